@@ -1,0 +1,7 @@
+"""Decoder models: config, the Flax decoder, and weight import/export."""
+from rzero_jax.models.config import (ModelConfig, RopeScaling, from_hf_dict, load_config,
+                                     tiny_config)
+from rzero_jax.models.transformer import (KVCache, abstract_params, cache_logical_axes,
+                                          default_positions, forward, forward_with_cache,
+                                          hidden_states, init_cache, init_params,
+                                          param_logical_axes, param_shardings, unembed)

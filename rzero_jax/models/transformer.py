@@ -1,0 +1,409 @@
+"""A pure-functional Flax linen decoder for the Qwen3, Qwen2/2.5 and Llama 3.x families.
+
+The module is only ever used through `apply({'params': params}, ...)`: parameters are plain
+pytrees and the KV cache is an explicit pytree that goes in and comes back out.
+
+Every parameter is declared with logical axis names; activations are constrained by logical
+names through `sharding.constrain`, which maps them with the rules table. The module never
+names a mesh axis.
+
+Layout conventions (shared by the HF/GGUF converters):
+  embed/embedding              [V, D]          (vocab, embed)
+  layers/...                   leading [L]     (layers, ...)   -- nn.scan over layers
+    input_norm/scale           [L, D]
+    attn/{q,k,v}_proj/kernel   [L, D, H|KV, Dh]
+    attn/{q,k,v}_proj/bias     [L, H|KV, Dh]   (Qwen2)
+    attn/{q,k}_norm/scale      [L, Dh]         (Qwen3)
+    attn/o_proj/kernel         [L, H, Dh, D]
+    post_attn_norm/scale       [L, D]
+    mlp/{gate,up}_proj/kernel  [L, D, F];  mlp/down_proj/kernel [L, F, D]
+  final_norm/scale             [D]
+  lm_head/kernel               [D, V]          (untied models only)
+
+Padding and positions: a row's real tokens are marked by `kv_mask` (True = real token). Each
+row gets its own positions (by default the running count of its real tokens), so a left-padded
+row yields the same logits as the unpadded row.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rzero_jax import sharding
+from rzero_jax.models.config import ModelConfig
+
+Params = Any
+KVCache = dict  # {'k': [L, B, S, KV, Dh], 'v': [L, B, S, KV, Dh]}
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+CACHE_AXES = ("layers", "batch", "cache_length", "kv_heads", "head_dim")
+
+
+def dtype_of(name: str):
+  return _DTYPES[name]
+
+
+# ----------------------------------------------------------------------------- RoPE
+
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+  """Inverse frequencies, computed in float32 the way transformers does (incl. llama3 scaling)."""
+  dim = cfg.head_dim
+  inv = 1.0 / (np.float32(cfg.rope_theta) ** (np.arange(0, dim, 2, dtype=np.int64)
+                                               .astype(np.float32) / np.float32(dim)))
+  inv = inv.astype(np.float32)
+  s = cfg.rope_scaling
+  if s is None:
+    return inv
+  low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+  high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+  wavelen = 2 * np.pi / inv
+  scaled = np.where(wavelen > low_wavelen, inv / s.factor, inv)
+  smooth = ((s.original_max_position_embeddings / wavelen - s.low_freq_factor)
+            / (s.high_freq_factor - s.low_freq_factor))
+  smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+  is_medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+  return np.where(is_medium, smoothed, scaled).astype(np.float32)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+  """x [B, T, N, Dh], positions [B, T]. Half-split rotation (transformers' rotate_half)."""
+  freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, Dh/2]
+  cos = jnp.cos(freqs)[:, :, None, :]
+  sin = jnp.sin(freqs)[:, :, None, :]
+  x32 = x.astype(jnp.float32)
+  x1, x2 = jnp.split(x32, 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------- layers
+
+def _param(module: nn.Module, name: str, init, shape: Sequence[int], axes: tuple, dtype):
+  return module.param(name, nn.with_logical_partitioning(init, axes), tuple(shape), dtype)
+
+
+class RMSNorm(nn.Module):
+  eps: float
+  dtype: Any
+  param_dtype: Any
+  axis_name: str = "norm"
+
+  @nn.compact
+  def __call__(self, x):
+    scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), (self.axis_name,),
+                   self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (y * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+class Projection(nn.Module):
+  """A kernel of logical shape `in_axes + out_axes`, contracted over the input axes."""
+  in_shape: tuple[int, ...]
+  out_shape: tuple[int, ...]
+  in_axes: tuple[str, ...]
+  out_axes: tuple[str, ...]
+  dtype: Any
+  param_dtype: Any
+  use_bias: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = _param(self, "kernel", nn.initializers.normal(0.02),
+                    self.in_shape + self.out_shape, self.in_axes + self.out_axes,
+                    self.param_dtype)
+    n_in = len(self.in_shape)
+    batch_dims = x.ndim - n_in
+    y = jax.lax.dot_general(
+        x.astype(self.dtype), kernel.astype(self.dtype),
+        ((tuple(range(batch_dims, x.ndim)), tuple(range(n_in))), ((), ())),
+        preferred_element_type=self.dtype)
+    if self.use_bias:
+      bias = _param(self, "bias", nn.initializers.zeros, self.out_shape, self.out_axes,
+                    self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class Attention(nn.Module):
+  cfg: ModelConfig
+  mesh: Any = None
+  rules: Any = sharding.DEFAULT_RULES
+
+  @nn.compact
+  def __call__(self, x, positions, kv_mask, layer_cache, cache_index):
+    cfg = self.cfg
+    dt, pdt = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
+    d, h, kv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    proj = functools.partial(Projection, in_shape=(d,), in_axes=("embed",), dtype=dt,
+                             param_dtype=pdt, use_bias=cfg.qkv_bias)
+    q = proj(out_shape=(h, hd), out_axes=("heads", "head_dim"), name="q_proj")(x)
+    k = proj(out_shape=(kv, hd), out_axes=("kv_heads", "head_dim"), name="k_proj")(x)
+    v = proj(out_shape=(kv, hd), out_axes=("kv_heads", "head_dim"), name="v_proj")(x)
+    if cfg.qk_norm:
+      q = RMSNorm(cfg.rms_norm_eps, dt, pdt, "head_dim", name="q_norm")(q)
+      k = RMSNorm(cfg.rms_norm_eps, dt, pdt, "head_dim", name="k_norm")(k)
+    inv_freq = rope_inv_freq(cfg)
+    q = apply_rope(q, positions, inv_freq)
+    k = apply_rope(k, positions, inv_freq)
+    q = sharding.constrain(q, ("batch", "length", "heads", "head_dim"), self.mesh, self.rules)
+
+    t = x.shape[1]
+    if layer_cache is None:
+      keys, values = k, v
+      q_slot = jnp.arange(t)
+      k_slot = jnp.arange(t)
+      new_cache = None
+    else:
+      # Write this call's keys/values at [cache_index, cache_index + t) and attend over all
+      # slots; unwritten or padded slots are masked out by kv_mask and causality.
+      ck, cv = layer_cache
+      keys = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
+      values = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
+      new_cache = (keys, values)
+      q_slot = cache_index + jnp.arange(t)
+      k_slot = jnp.arange(keys.shape[1])
+    mask = kv_mask[:, None, :] & (k_slot[None, None, :] <= q_slot[None, :, None])  # [B, T, S]
+
+    b = x.shape[0]
+    groups = h // kv
+    qg = q.reshape(b, t, kv, groups, hd)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, keys.astype(dt),
+                        preferred_element_type=jnp.float32) * (hd ** -0.5)
+    # A finite floor instead of -inf: fully masked rows (padding queries) stay NaN-free.
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, values.astype(dt)).reshape(b, t, h, hd)
+    out = sharding.constrain(out, ("batch", "length", "heads", "head_dim"), self.mesh,
+                             self.rules)
+    y = Projection(in_shape=(h, hd), out_shape=(d,), in_axes=("heads", "head_dim"),
+                   out_axes=("embed",), dtype=dt, param_dtype=pdt, name="o_proj")(out)
+    return y, new_cache
+
+
+class MLP(nn.Module):
+  cfg: ModelConfig
+  mesh: Any = None
+  rules: Any = sharding.DEFAULT_RULES
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.cfg
+    dt, pdt = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
+    d, f = cfg.hidden_size, cfg.intermediate_size
+    up = functools.partial(Projection, in_shape=(d,), out_shape=(f,), in_axes=("embed",),
+                           out_axes=("mlp",), dtype=dt, param_dtype=pdt)
+    gate = up(name="gate_proj")(x)
+    hidden = jax.nn.silu(gate) * up(name="up_proj")(x)
+    hidden = sharding.constrain(hidden, ("batch", "length", "act_mlp"), self.mesh, self.rules)
+    return Projection(in_shape=(f,), out_shape=(d,), in_axes=("mlp",), out_axes=("embed",),
+                      dtype=dt, param_dtype=pdt, name="down_proj")(hidden)
+
+
+class DecoderLayer(nn.Module):
+  cfg: ModelConfig
+  mesh: Any = None
+  rules: Any = sharding.DEFAULT_RULES
+
+  @nn.compact
+  def __call__(self, carry, layer_idx, positions, kv_mask, cache_index):
+    x, cache = carry
+    cfg = self.cfg
+    dt, pdt = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
+    layer_cache = None
+    if cache is not None:
+      # The whole cache rides in the scan carry and is updated in place at this layer's slot,
+      # so a decode step writes one token per layer instead of copying the cache.
+      layer_cache = (cache["k"][layer_idx], cache["v"][layer_idx])
+    h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="input_norm")(x)
+    attn_out, new_layer_cache = Attention(cfg, self.mesh, self.rules, name="attn")(
+        h, positions, kv_mask, layer_cache, cache_index)
+    x = x + attn_out
+    h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="post_attn_norm")(x)
+    x = x + MLP(cfg, self.mesh, self.rules, name="mlp")(h)
+    x = sharding.constrain(x, ("batch", "length", "act_embed"), self.mesh, self.rules)
+    if cache is not None:
+      t = x.shape[1]
+      k_new = jax.lax.dynamic_slice_in_dim(new_layer_cache[0], cache_index, t, axis=1)
+      v_new = jax.lax.dynamic_slice_in_dim(new_layer_cache[1], cache_index, t, axis=1)
+      cache = {
+          "k": jax.lax.dynamic_update_slice(cache["k"], k_new[None],
+                                            (layer_idx, 0, cache_index, 0, 0)),
+          "v": jax.lax.dynamic_update_slice(cache["v"], v_new[None],
+                                            (layer_idx, 0, cache_index, 0, 0)),
+      }
+    return (x, cache), None
+
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing, recompute everything
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class Decoder(nn.Module):
+  cfg: ModelConfig
+  mesh: Any = None
+  rules: Any = sharding.DEFAULT_RULES
+
+  def setup(self):
+    cfg = self.cfg
+    dt, pdt = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
+    self.embed = Embed(cfg.vocab_size, cfg.hidden_size, pdt, name="embed")
+    layer_cls = DecoderLayer
+    if cfg.remat != "none":
+      layer_cls = nn.remat(DecoderLayer, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+    self.layers = nn.scan(
+        layer_cls,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+        length=cfg.num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )(cfg, self.mesh, self.rules, name="layers")
+    self.final_norm = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="final_norm")
+    if not cfg.tie_word_embeddings:
+      self.lm_head = Projection(in_shape=(cfg.hidden_size,), out_shape=(cfg.vocab_size,),
+                                in_axes=("embed",), out_axes=("vocab",), dtype=jnp.float32,
+                                param_dtype=pdt, name="lm_head")
+
+  def __call__(self, tokens, positions, kv_mask, cache=None, cache_index=None,
+               return_hidden=False):
+    cfg = self.cfg
+    x = self.embed(tokens).astype(dtype_of(cfg.dtype))
+    x = sharding.constrain(x, ("batch", "length", "act_embed"), self.mesh, self.rules)
+    (x, cache), _ = self.layers((x, cache), jnp.arange(cfg.num_layers), positions, kv_mask,
+                                cache_index)
+    x = self.final_norm(x)
+    if return_hidden:
+      return x, cache
+    return self.unembed(x), cache
+
+  def unembed(self, hidden):
+    """Hidden states [..., D] -> float32 logits [..., V]."""
+    if self.cfg.tie_word_embeddings:
+      table = self.embed.embedding.astype(jnp.float32)
+      return jnp.einsum("...d,vd->...v", hidden.astype(jnp.float32), table)
+    return self.lm_head(hidden.astype(jnp.float32))
+
+
+class Embed(nn.Module):
+  vocab_size: int
+  hidden_size: int
+  param_dtype: Any
+
+  def setup(self):
+    self.embedding = self.param(
+        "embedding", nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                  ("vocab", "embed")),
+        (self.vocab_size, self.hidden_size), self.param_dtype)
+
+  def __call__(self, tokens):
+    return jnp.take(self.embedding, tokens, axis=0)
+
+
+# ----------------------------------------------------------------------------- functional API
+
+def _decoder(cfg: ModelConfig, mesh=None, rules=sharding.DEFAULT_RULES) -> Decoder:
+  return Decoder(cfg, mesh, tuple(rules))
+
+
+def default_positions(kv_mask: jax.Array) -> jax.Array:
+  """Each row counts its own real tokens: left padding does not shift positions."""
+  return jnp.maximum(jnp.cumsum(kv_mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def _inputs(tokens, positions, kv_mask):
+  tokens = jnp.asarray(tokens, jnp.int32)
+  if kv_mask is None:
+    kv_mask = jnp.ones(tokens.shape, bool)
+  kv_mask = jnp.asarray(kv_mask, bool)
+  if positions is None:
+    positions = default_positions(kv_mask)
+  return tokens, jnp.asarray(positions, jnp.int32), kv_mask
+
+
+def forward(cfg: ModelConfig, params: Params, tokens, positions=None, kv_mask=None, *,
+            mesh=None, rules=sharding.DEFAULT_RULES) -> jax.Array:
+  """tokens int32 [B, T] -> float32 logits [B, T, V]. kv_mask marks real (non-pad) tokens."""
+  tokens, positions, kv_mask = _inputs(tokens, positions, kv_mask)
+  logits, _ = _decoder(cfg, mesh, rules).apply({"params": params}, tokens, positions, kv_mask)
+  return logits
+
+
+def hidden_states(cfg: ModelConfig, params: Params, tokens, positions=None, kv_mask=None, *,
+                  mesh=None, rules=sharding.DEFAULT_RULES) -> jax.Array:
+  """Final-normed hidden states [B, T, D] in the compute dtype (for chunked projections)."""
+  tokens, positions, kv_mask = _inputs(tokens, positions, kv_mask)
+  hidden, _ = _decoder(cfg, mesh, rules).apply({"params": params}, tokens, positions, kv_mask,
+                                               return_hidden=True)
+  return hidden
+
+
+def unembed(cfg: ModelConfig, params: Params, hidden: jax.Array) -> jax.Array:
+  """Hidden states [..., D] -> float32 logits [..., V]."""
+  return _decoder(cfg).apply({"params": params}, hidden, method=Decoder.unembed)
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> KVCache:
+  dtype = dtype or dtype_of(cfg.dtype)
+  shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def cache_logical_axes() -> KVCache:
+  return {"k": CACHE_AXES, "v": CACHE_AXES}
+
+
+def forward_with_cache(cfg: ModelConfig, params: Params, tokens, positions, kv_mask,
+                       cache: KVCache, cache_index, *, mesh=None,
+                       rules=sharding.DEFAULT_RULES, return_hidden=False):
+  """Runs `tokens` [B, T] at cache slots [cache_index, cache_index + T).
+
+  kv_mask [B, S] marks the cache slots that hold (or will hold) real tokens. Returns
+  (float32 logits [B, T, V] or hidden states, updated cache).
+  """
+  return _decoder(cfg, mesh, rules).apply(
+      {"params": params}, jnp.asarray(tokens, jnp.int32), jnp.asarray(positions, jnp.int32),
+      jnp.asarray(kv_mask, bool), cache, jnp.asarray(cache_index, jnp.int32),
+      return_hidden=return_hidden)
+
+
+def _abstract_boxed(cfg: ModelConfig):
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  return jax.eval_shape(
+      lambda: _decoder(cfg).init(jax.random.key(0), tokens, tokens, tokens.astype(bool)))
+
+
+def param_logical_axes(cfg: ModelConfig) -> Params:
+  """The logical axis names of every parameter, as a pytree of tuples matching the params."""
+  boxed = _abstract_boxed(cfg)["params"]
+  return jax.tree.map(lambda p: tuple(p.names), boxed,
+                      is_leaf=lambda p: isinstance(p, nn.LogicallyPartitioned))
+
+
+def abstract_params(cfg: ModelConfig) -> Params:
+  """ShapeDtypeStructs of every parameter, without allocating anything."""
+  return nn.unbox(_abstract_boxed(cfg)["params"])
+
+
+def param_shardings(cfg: ModelConfig, mesh, rules=sharding.DEFAULT_RULES) -> Params:
+  return sharding.shardings_for(abstract_params(cfg), param_logical_axes(cfg), mesh, rules)
+
+
+def init_params(cfg: ModelConfig, rng: jax.Array, mesh=None,
+                rules=sharding.DEFAULT_RULES) -> Params:
+  """Random parameters, created directly in their target shardings when a mesh is given."""
+  tokens = jnp.zeros((1, 1), jnp.int32)
+
+  def init(key):
+    return nn.unbox(_decoder(cfg).init(key, tokens, tokens, tokens.astype(bool))["params"])
+
+  if mesh is None:
+    return jax.jit(init)(rng)
+  return jax.jit(init, out_shardings=param_shardings(cfg, mesh, rules))(rng)
