@@ -1,0 +1,63 @@
+"""R-Zero prompts, quoted exactly from the reference (the authors' code), as data.
+
+The Challenger always gets the same (system, user) pair; the Solver's user turn is the question.
+Build chat messages here and render them with the tokenizer's chat template; a tokenizer without
+a template falls back to `format_without_template`, the reference's plain "system: / user:" form.
+"""
+
+from __future__ import annotations
+
+CHALLENGER_SYSTEM_PROMPT = (
+    'You are an expert competition-math problem setter.\n'
+    'FIRST, in your private scratch-pad, think step-by-step to design a brand-new, '
+    'non-trivial problem. The problem could come from any field of mathematics, including '
+    'but not limited to algebra, geometry, number theory, combinatorics, prealgebra, '
+    'probability, statistics, and calculus. Aim for a difficulty such that fewer than 30 % '
+    'of advanced high-school students could solve it. Avoid re-using textbook clichés or '
+    'famous contest problems.\n'
+    'THEN, without revealing any of your private thoughts, output **exactly** the following '
+    'two blocks:\n'
+    '\n'
+    '<question>\n'
+    '{The full problem statement on one or more lines}\n'
+    '</question>\n'
+    '\n'
+    '\\boxed{final_answer}\n'
+    '\n'
+    'Do NOT output anything else—no explanations, no extra markup.'
+)
+
+CHALLENGER_USER_PROMPT = (
+    "Generate one new, challenging reasoning question now. "
+    "Remember to format the output exactly as instructed."
+)
+
+SOLVER_SYSTEM_PROMPT = 'Please reason step by step, and put your final answer within \\boxed{}.'
+
+Message = dict[str, str]
+
+
+def challenger_messages() -> list[Message]:
+    """The one Challenger prompt: every Challenger rollout starts from this pair."""
+    return [
+        {"role": "system", "content": CHALLENGER_SYSTEM_PROMPT},
+        {"role": "user", "content": CHALLENGER_USER_PROMPT},
+    ]
+
+
+def solver_messages(question: str) -> list[Message]:
+    """The Solver prompt for one question (used for training, pseudo-labelling and evaluation)."""
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"question must be a non-empty string, got {question!r:.80}")
+    return [
+        {"role": "system", "content": SOLVER_SYSTEM_PROMPT},
+        {"role": "user", "content": question},
+    ]
+
+
+def format_without_template(messages: list[Message]) -> str:
+    """The reference's fallback for tokenizers without a chat template: system, newline, user."""
+    roles = [m.get("role") for m in messages]
+    if roles != ["system", "user"]:
+        raise ValueError(f"expected [system, user] messages, got roles {roles}")
+    return "system: " + messages[0]["content"] + "\nuser: " + messages[1]["content"]
