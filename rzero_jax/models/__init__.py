@@ -5,3 +5,5 @@ from rzero_jax.models.transformer import (KVCache, abstract_params, cache_logica
                                           default_positions, forward, forward_with_cache,
                                           hidden_states, init_cache, init_params,
                                           param_logical_axes, param_shardings, unembed)
+from rzero_jax.models.gguf import load_gguf
+from rzero_jax.models.hf import load_hf, save_hf
