@@ -185,6 +185,8 @@ def _quick_verdict(a: str, b: str) -> bool | None:
         return False
     if ca == cb:
         return True
+    if not (_braces_balanced(a) and _braces_balanced(b)):
+        return False  # "1} + \\boxed{2" must not smuggle a second answer into the parser
     na, nb = _as_number(ca), _as_number(cb)
     if na is not None and nb is not None:
         # A percentage may be meant as its number or as a fraction of 100 (math-verify agrees).
@@ -193,13 +195,33 @@ def _quick_verdict(a: str, b: str) -> bool | None:
         if values_a & values_b:
             return True
         if {na[1], nb[1]} == {"dec", "frac"}:
-            return None  # 0.333333 vs 1/3: math-verify's rounding rules decide
+            # 0.333333 vs 1/3: math-verify compares at 6 decimals. Values more than 1e-6 apart
+            # cannot round to the same 6th decimal, so only close calls go to it.
+            gap = min(abs(x - y) for x in values_a for y in values_b)
+            return None if gap <= Fraction(1, 10**6) else False
         return False  # integers and terminating decimals compare exactly
-    if _TEXT_ANSWER.match(ca) and _TEXT_ANSWER.match(cb):
+    text_a, text_b = _TEXT_ANSWER.match(ca) is not None, _TEXT_ANSWER.match(cb) is not None
+    if text_a and text_b:
         return False  # two different words ("monday" vs "tuesday"), never symbols multiplied
+    if (text_a and nb is not None) or (text_b and na is not None):
+        return False  # a word ("undefined", "no answer") is not a number
     if len(ca) == 1 and len(cb) == 1 and ca.isalpha() and cb.isalpha():
         return False  # two different choice letters
     return None
+
+
+def _braces_balanced(s: str) -> bool:
+    depth, k = 0, 0
+    while k < len(s):
+        c = s[k]
+        if c == "\\":
+            k += 2
+            continue
+        depth += (c == "{") - (c == "}")
+        if depth < 0:
+            return False
+        k += 1
+    return depth == 0
 
 
 def _worker_form(s: str) -> str:
@@ -310,6 +332,12 @@ class GradingPool:
         self._lock = threading.Lock()
         self._closed = False
         self.stats = collections.Counter()  # quick / cached / symbolic / timeouts / crashes
+
+    def __enter__(self) -> "GradingPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # -- public ------------------------------------------------------------------------------
 
@@ -500,10 +528,13 @@ def is_equiv(
 ) -> bool:
     """True iff two final answers are the same string or mathematically equal.
 
-    Symmetric. None (no answer) equals nothing, not even None. Integers compare exactly; sets are
-    unordered; fractions, decimals, percentages, degrees, units in `\\text{}`, `x = 3` vs `3`,
-    intervals, matrices and symbolic forms follow math-verify. Returns within about `timeout`
-    seconds per symbolic comparison (a comparison that runs out counts as not equal).
+    Symmetric. None (no answer) equals nothing, not even None. Integers compare exactly, and so do
+    terminating decimals; sets are unordered; a percentage matches its number or its hundredth;
+    degrees and units in `\\text{}` are dropped; a single-variable assignment `x = 3` matches
+    `3`; fractions vs decimals, intervals, matrices and symbolic forms follow math-verify.
+    Answers longer than MAX_PARSE_CHARS, or with unbalanced braces, only match as equal strings.
+    Returns within about `timeout` seconds per symbolic comparison (one that runs out, or crashes
+    its worker, counts as not equal).
     """
     return is_equiv_batch([(a, b)], timeout=timeout, pool=pool)[0]
 

@@ -63,7 +63,8 @@ def _ngram_features(tokens: np.ndarray, lengths: np.ndarray):
             # An n-gram starting at p = (n-1)-gram at p followed by the token at p + n - 1. Positions
             # where it does not fit get junk ids that the `fits` mask below drops.
             nxt = np.zeros_like(tokens)
-            nxt[: tokens.size - (n - 1)] = tokens[n - 1 :]
+            shifted = max(tokens.size - (n - 1), 0)
+            nxt[:shifted] = tokens[n - 1 :]
             gram = np.unique(gram * vocab_size + nxt, return_inverse=True)[1].reshape(-1)
         fits = room >= n
         d, g = doc_of_token[fits], gram[fits]

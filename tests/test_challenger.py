@@ -1,0 +1,214 @@
+"""Challenger parsing, majority vote, uncertainty reward and combined rewards vs hand-computed values."""
+
+import numpy as np
+import pytest
+
+from rzero_jax import grading
+from rzero_jax.rzero import challenger, prompts
+
+
+def exact_equiv(pairs):
+    """Plain string equality: keeps the vote tests independent of the symbolic grader."""
+    return [a == b for a, b in pairs]
+
+
+# ----------------------------------------------------------------------------------- parsing
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("<question>What is 2+2?</question>\n\\boxed{4}", "What is 2+2?"),
+        ("<question>\n  Line one\n  line two\n</question>", "Line one\n  line two"),
+        ("<question>first</question> ... <question>second</question>", "second"),
+        ("<question>draft</question><question>final\n</question> \\boxed{1}", "final"),
+        ("<question>   </question>", None),
+        ("<question>no closing tag", None),
+        ("no tags at all \\boxed{3}", None),
+        ("</question> closing before <question> opening", None),
+        ("", None),
+    ],
+)
+def test_parse_question(text, expected):
+    assert challenger.parse_question(text) == expected
+
+
+def test_format_check_with_and_without_box():
+    ok = "<question>Find x.</question>\n\n\\boxed{3}"
+    no_box = "<question>Find x.</question>"
+    box_before = "\\boxed{3} <question>Find x.</question>"
+    empty_box = "<question>Find x.</question> \\boxed{ }"
+    assert challenger.is_well_formed(ok) and challenger.is_well_formed(no_box)
+    assert challenger.is_well_formed(ok, require_boxed=True)
+    assert not challenger.is_well_formed(no_box, require_boxed=True)
+    assert not challenger.is_well_formed(box_before, require_boxed=True)
+    assert not challenger.is_well_formed(empty_box, require_boxed=True)
+    assert not challenger.is_well_formed("\\boxed{3}", require_boxed=True)
+
+
+def test_challenger_prompt_is_the_reference_prompt():
+    msgs = prompts.challenger_messages()
+    assert [m["role"] for m in msgs] == ["system", "user"]
+    system = msgs[0]["content"]
+    assert system.startswith("You are an expert competition-math problem setter.\nFIRST,")
+    assert "fewer than 30 % of advanced high-school students" in system
+    assert "<question>\n{The full problem statement on one or more lines}\n</question>\n\n\\boxed{final_answer}" in system
+    assert system.endswith("Do NOT output anything else\u2014no explanations, no extra markup.")
+    assert msgs[1]["content"] == (
+        "Generate one new, challenging reasoning question now. Remember to format the output exactly as instructed."
+    )
+    solver = prompts.solver_messages("What is 1+1?")
+    assert solver[0]["content"] == "Please reason step by step, and put your final answer within \\boxed{}."
+    assert prompts.format_without_template(solver) == (
+        "system: Please reason step by step, and put your final answer within \\boxed{}.\nuser: What is 1+1?"
+    )
+    with pytest.raises(ValueError):
+        prompts.solver_messages("  ")
+    with pytest.raises(ValueError, match="roles"):
+        prompts.format_without_template([{"role": "user", "content": "x"}])
+
+
+# ----------------------------------------------------------------------------- majority vote
+
+
+@pytest.mark.parametrize(
+    "answers, label, p_hat",
+    [
+        (["3", "3", "4", "3", "5"], "3", 3 / 5),
+        (["4", "3", "3", "4"], "4", 0.5),  # tie: the cluster that appeared first
+        (["3", "4", "4", "3"], "3", 0.5),
+        ([None, None, None, "2", "2"], None, 3 / 5),  # "no answer" wins: no label
+        ([None, "2", "2", None, "1"], None, 2 / 5),  # tie with the no-answer cluster, seen first
+        (["2", None, None, "2", "1"], "2", 2 / 5),
+        (["7", None, None, None, None, None, None, None, None, None], None, 0.9),  # None counts in m
+        (["7", None, "8", None, "9", "10", "11", "12", "13", "14"], None, 0.2),
+        (["  5 ", "5", "", None], "5", 0.5),  # stripped; an empty box is no answer
+        (["a"], "a", 1.0),
+    ],
+)
+def test_majority_vote_hand_computed(answers, label, p_hat):
+    assert challenger.majority_vote(answers, equiv=exact_equiv) == (label, pytest.approx(p_hat))
+
+
+def test_majority_vote_clusters_by_mathematical_equivalence():
+    answers = ["\\frac{1}{2}", "0.5", "1/2", "0.25", "\\dfrac{1}{2}", "x = 0.5", None, "50\\%", "2", "2"]
+    label, p_hat = challenger.majority_vote(answers)  # default grader
+    assert label == "\\frac{1}{2}"
+    assert p_hat == pytest.approx(0.6)
+
+
+def test_majority_vote_uses_first_member_as_representative():
+    # Non-transitive toy relation: b~a and c~b but not c~a. c cannot join a's cluster via b.
+    rel = {frozenset(("a", "b")), frozenset(("b", "c"))}
+
+    def equiv(pairs):
+        return [frozenset(p) in rel for p in pairs]
+
+    assert challenger.majority_vote(["a", "b", "c", "c"], equiv=equiv) == ("a", 0.5)
+
+
+def test_majority_votes_batch_and_errors():
+    calls = []
+
+    def counting_equiv(pairs):
+        calls.append(len(pairs))
+        return exact_equiv(pairs)
+
+    votes = challenger.majority_votes([["1", "1", "2"], ["x", "y", "y", None]], equiv=counting_equiv)
+    assert votes == [("1", pytest.approx(2 / 3)), ("y", 0.5)]
+    assert calls == [1 + 1]  # one call for every pair of distinct answers of every question
+    with pytest.raises(ValueError, match="empty"):
+        challenger.majority_vote([])
+    with pytest.raises(TypeError, match="str or None"):
+        challenger.majority_vote([3, 3])
+
+
+# ------------------------------------------------------------------------------------ rewards
+
+
+@pytest.mark.parametrize(
+    "p_hat, paper, code",
+    [(0.0, 0.0, 0.0), (0.1, 0.2, 0.1), (0.5, 1.0, 0.5), (0.9, 0.2, 0.1), (1.0, 0.0, 0.0)],
+)
+def test_uncertainty_reward(p_hat, paper, code):
+    assert challenger.uncertainty_reward(p_hat) == pytest.approx(paper, abs=1e-12)
+    assert challenger.uncertainty_reward(p_hat, scale="paper") == pytest.approx(paper, abs=1e-12)
+    assert challenger.uncertainty_reward(p_hat, scale="code") == pytest.approx(code, abs=1e-12)
+
+
+def test_uncertainty_reward_rejects_bad_input():
+    with pytest.raises(ValueError, match="p_hat"):
+        challenger.uncertainty_reward(1.5)
+    with pytest.raises(ValueError, match="scale"):
+        challenger.uncertainty_reward(0.5, scale="half")
+
+
+def test_challenger_rewards_paper_form():
+    questions = ["q1", "q2", None, "q4", "q5"]
+    p_hats = [0.5, 0.9, None, 0.3, 0.1]
+    penalties = [0.0, 0.0, 0.5, 0.25, 0.5]
+    rewards = challenger.challenger_rewards(questions, p_hats, penalties)
+    # q1: 1 - 0; q2: 0.2 - 0; malformed: 0; q4: 0.6 - 0.25; q5: max(0, 0.2 - 0.5) = 0
+    np.testing.assert_allclose(rewards, [1.0, 0.2, 0.0, 0.35, 0.0], atol=1e-12)
+    no_penalty = challenger.challenger_rewards(questions, p_hats, [0.0] * 5)
+    np.testing.assert_allclose(no_penalty, [1.0, 0.2, 0.0, 0.6, 0.2], atol=1e-12)
+
+
+def test_challenger_rewards_code_form():
+    questions = ["q1", None, "q3", "q4"]
+    p_hats = [0.5, float("nan"), 0.3, 0.1]
+    penalties = [0.25, 0.5, 0.0, 0.5]
+    rewards = challenger.challenger_rewards(questions, p_hats, penalties, form="code")
+    # code scale min(p, 1-p), no clip; malformed: -1 - r_rep
+    np.testing.assert_allclose(rewards, [0.25, -1.5, 0.3, -0.4], atol=1e-12)
+    mixed = challenger.challenger_rewards(questions, p_hats, penalties, form="code", scale="paper")
+    np.testing.assert_allclose(mixed, [0.75, -1.5, 0.6, -0.3], atol=1e-12)
+
+
+def test_challenger_rewards_errors():
+    with pytest.raises(ValueError, match="same length"):
+        challenger.challenger_rewards(["q"], [0.5, 0.5], [0.0])
+    with pytest.raises(ValueError, match="form"):
+        challenger.challenger_rewards(["q"], [0.5], [0.0], form="clip")
+    with pytest.raises(ValueError, match="p_hats"):
+        challenger.challenger_rewards(["q"], [None], [0.0])
+
+
+def test_scoring_ignores_the_challengers_own_answer():
+    """The public code's defect: it compared the vote with the Challenger's boxed answer."""
+    question = "<question>How many primes are below 10?</question>\n\n"
+    other = "<question>What is the area of a unit circle?</question> \\boxed{\\pi}"
+    answers = [["4", "4", "4", "5", None, "4", "3", "4", "5", "5"], ["\\pi"] * 10]
+    batches = [[question + "\\boxed{4}", other], [question + "\\boxed{9}", other], [question, other]]
+    for completions in batches:
+        scores = challenger.score_challenger_rollouts(completions, answers, equiv=exact_equiv)
+        assert scores.labels == ["4", "\\pi"]
+        assert scores.p_hats == [0.5, 1.0]
+        # r_unc = 1 and 0; each question is its own cluster of a batch of two: r_rep = 1/2.
+        np.testing.assert_allclose(scores.rewards, [0.5, 0.0], atol=1e-12)
+
+
+def test_score_challenger_rollouts_batch():
+    completions = [
+        "<question>find the number of positive integers less than 100 that are prime</question> \\boxed{25}",
+        "<question>find the number of positive integers less than 100 that are prime</question> \\boxed{24}",
+        "no question here \\boxed{3}",
+        "<question>a circle of radius 3 is inscribed in a square; what is the area of the square</question>",
+    ]
+    answers = [["25"] * 5 + ["24"] * 5, ["25"] * 5 + ["24"] * 5, None, ["36"] * 9 + [None]]
+    scores = challenger.score_challenger_rollouts(completions, answers, equiv=exact_equiv)
+    assert scores.questions[2] is None and scores.labels[2] is None and scores.p_hats[2] is None
+    # Two identical questions form one cluster of the 3 well-formed ones; the circle is alone.
+    np.testing.assert_allclose(scores.penalties, [2 / 3, 2 / 3, 0.0, 1 / 3])
+    np.testing.assert_allclose(scores.rewards, [1 - 2 / 3, 1 - 2 / 3, 0.0, 0.0], atol=1e-12)
+    code = challenger.score_challenger_rollouts(completions, answers, form="code", equiv=exact_equiv)
+    np.testing.assert_allclose(code.rewards, [0.5 - 2 / 3, 0.5 - 2 / 3, -1.0, 0.1 - 1 / 3], atol=1e-12)
+    with pytest.raises(ValueError, match="solver_answers"):
+        challenger.score_challenger_rollouts(completions[:1], [None])
+
+
+def test_missing_box_is_none_in_the_whole_path():
+    answers = [grading.extract_boxed(t) for t in ["no box", "\\boxed{2}", "also none", "\\boxed{2}", "x"]]
+    assert answers == [None, "2", None, "2", None]
+    label, p_hat = challenger.majority_vote(answers, equiv=exact_equiv)
+    assert label is None and p_hat == pytest.approx(0.6)  # three missing answers outvote "2"

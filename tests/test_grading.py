@@ -1,0 +1,273 @@
+"""Answer extraction and equivalence: a table of equivalences, extraction, and hostile inputs.
+
+The grader must never hang and never run model text: each hostile input gets a verdict within the
+timeout plus 1 s, and the worker pool keeps working afterwards.
+"""
+
+import os
+import pathlib
+import re
+import signal
+import threading
+import time
+
+import pytest
+
+from rzero_jax import grading
+
+
+EQUIVALENCE_CASES = [
+    # fractions and decimals
+    ("1/2", "0.5", True), ("\\frac{1}{2}", "0.5", True), ("\\dfrac{1}{2}", "\\frac12", True),
+    ("\\tfrac{3}{4}", "0.75", True), ("\\frac{2}{4}", "\\frac{1}{2}", True), ("0.5", "0.50", True),
+    ("\\frac{1}{3}", "0.3", False), ("\\frac{1}{2}", "\\frac{1}{3}", False), ("-\\frac{1}{2}", "-0.5", True),
+    ("\\frac{-1}{2}", "-0.5", True), ("2.5", "\\frac{5}{2}", True), ("3", "3.0", True), ("3", "3.01", False),
+    ("\\frac{1}{3}", "0.333333", True),
+    # integers compare exactly
+    ("123456789", "123456788", False), ("12345678901234567890", "12345678901234567891", False),
+    ("1000", "1,000", True), ("1000", "1{,}000", True), ("7", "-7", False), ("0", "-0", True),
+    ("2^{10}", "1024", True), ("2^{10}", "1023", False),
+    # units and degrees
+    ("90^\\circ", "90", True), ("90^{\\circ}", "90°", True), ("10 \\text{ cm}", "10", True),
+    ("5\\text{ meters}", "5", True), ("12 \\text{cm}", "13 \\text{cm}", False), ("\\$5", "5", True),
+    # percentages
+    ("50\\%", "0.5", True), ("50\\%", "50", True), ("25%", "0.25", True), ("50\\%", "0.6", False),
+    # assignments
+    ("x=3", "3", True), ("3", "y = 3", True), ("x=3", "4", False),
+    # sets (unordered)
+    ("\\{1,2,3\\}", "\\{3,2,1\\}", True), ("\\{1,2\\}", "\\{1,2,3\\}", False), ("1, 2", "2, 1", True),
+    # intervals
+    ("[1,2)", "[1, 2)", True), ("(1,2]", "[1,2)", False), ("(-\\infty, 3]", "(-\\infty,3]", True),
+    ("[1,2]\\cup[3,4]", "[3,4]\\cup[1,2]", True), ("(0, 1)", "[0, 1]", False),
+    # matrices
+    ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", "\\begin{bmatrix}1&2\\\\3&4\\end{bmatrix}", True),
+    ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "\\begin{pmatrix}2\\\\1\\end{pmatrix}", False),
+    ("\\begin{pmatrix}1&0\\\\0&1\\end{pmatrix}", "\\begin{pmatrix}1&0\\\\0&2\\end{pmatrix}", False),
+    # pi and roots
+    ("2\\sqrt{2}", "\\sqrt{8}", True), ("\\frac{\\sqrt{2}}{2}", "\\frac{1}{\\sqrt{2}}", True),
+    ("\\sqrt{2}", "1.41", False), ("2\\pi", "\\pi \\cdot 2", True), ("\\pi", "3.14", False),
+    ("\\frac{\\pi}{2}", "\\frac{\\pi}{3}", False), ("\\sqrt{3}", "\\sqrt{2}", False),
+    # scientific notation
+    ("1.5e3", "1500", True), ("1.5\\times10^{3}", "1500", True), ("3 \\times 10^{8}", "300000000", True),
+    ("2.5e-3", "0.0025", True), ("1e-7", "0", False), ("6.02\\times10^{23}", "6.03\\times10^{23}", False),
+    # text answers
+    ("\\text{Monday}", "Monday", True), ("Monday", "Tuesday", False), ("\\text{(A)}", "A", True),
+    ("A", "B", False), ("yes", "Yes", True), ("Monday", "dynamo", False), ("\\text{even}", "odd", False),
+    # symbolic
+    ("x^2+2x+1", "(x+1)^2", True), ("x^2-1", "(x-1)(x+1)", True), ("x^2+1", "(x+1)^2", False),
+    ("\\binom{5}{2}", "10", True), ("5!", "120", True), ("\\ln 2 + \\ln 3", "\\ln 6", True),
+    ("2+3i", "3i+2", True), ("-\\infty", "\\infty", False),
+    # nothing to compare, or a second answer smuggled in through unbalanced braces
+    ("", "", False), ("3", "", False), ("1} + \\boxed{2", "2", False),
+]
+
+
+@pytest.fixture(scope="module")
+def pool():
+    p = grading.GradingPool(num_workers=2)
+    p.start()
+    yield p
+    p.close()
+
+
+@pytest.fixture(scope="module")
+def table_verdicts(pool):
+    """Both orders of every table case, graded in two batch calls (the workers run in parallel)."""
+    forward = pool.equiv_batch([(a, b) for a, b, _ in EQUIVALENCE_CASES], timeout=30)
+    backward = pool.equiv_batch([(b, a) for a, b, _ in EQUIVALENCE_CASES], timeout=30)
+    return forward, backward
+
+
+def test_table_is_large_and_balanced():
+    assert len(EQUIVALENCE_CASES) >= 60
+    positives = sum(expected for _, _, expected in EQUIVALENCE_CASES)
+    assert 20 <= positives <= len(EQUIVALENCE_CASES) - 20
+
+
+@pytest.mark.parametrize("k", range(len(EQUIVALENCE_CASES)), ids=lambda k: f"{EQUIVALENCE_CASES[k][0]}~{EQUIVALENCE_CASES[k][1]}")
+def test_equivalence_table(table_verdicts, k):
+    a, b, expected = EQUIVALENCE_CASES[k]
+    forward, backward = table_verdicts
+    assert forward[k] == expected, f"is_equiv({a!r}, {b!r})"
+    assert backward[k] == expected, f"is_equiv({b!r}, {a!r}) (must be symmetric)"
+
+
+def test_is_equiv_single_calls_and_none(pool):
+    assert grading.is_equiv("\\frac{1}{2}", "0.5", pool=pool) is True
+    assert grading.is_equiv("x^2-1", "(x-1)(x+1)", pool=pool) is True
+    assert grading.is_equiv(None, "1", pool=pool) is False
+    assert grading.is_equiv("1", None, pool=pool) is False
+    assert grading.is_equiv(None, None, pool=pool) is False  # no answer never matches
+
+
+def test_bad_arguments_raise_clear_errors(pool):
+    with pytest.raises(TypeError, match="str or None"):
+        pool.equiv_batch([(3, "3")])
+    with pytest.raises(ValueError, match="pair"):
+        pool.equiv_batch([("3",)])
+    with pytest.raises(ValueError, match="timeout"):
+        pool.equiv_batch([("3", "3")], timeout=0)
+    with pytest.raises(TypeError):
+        grading.extract_boxed(None)
+
+
+def test_symbolic_verdicts_are_cached(pool):
+    pair = ("\\sin^2 x + \\cos^2 x", "1")
+    assert pool.equiv_batch([pair]) == [True]
+    before = pool.stats["cached"]
+    assert pool.equiv_batch([pair, pair[::-1]]) == [True, True]
+    assert pool.stats["cached"] == before + 2
+
+
+QUICK_PATH_PAIRS = [
+    ("1/2", "0.5"), ("0.25", "\\frac12"), ("3", "3.0"), ("3", "3.01"), ("1000", "1,000"), ("50\\%", "0.5"),
+    ("50\\%", "50"), ("0.3", "\\frac{1}{3}"), ("2.0000001", "2"), ("123456789", "123456788"),
+    ("-0.5", "\\frac{-1}{2}"), ("1.5e3", "1500"), ("2.5e-3", "0.0025"), ("Monday", "5"), ("no answer", "1"),
+    ("yes", "Yes"), ("A", "B"), ("90^\\circ", "90"), ("10 \\text{ cm}", "10"), ("x=3", "3"), ("7", "-7"),
+    ("25%", "0.25"), ("\\frac{7}{2}", "3.5"), ("1e-7", "0"), ("0.1", "\\frac{1}{10}"), ("100\\%", "1"),
+    ("12%", "0.13"), ("\\text{Monday}", "Monday"), ("(A)", "a"),
+]
+
+
+def test_quick_path_agrees_with_math_verify(pool):
+    """The in-process shortcuts decide exactly what the symbolic grader would."""
+    decided = []
+    for a, b in QUICK_PATH_PAIRS:
+        a, b = sorted((a, b))
+        verdict = grading._quick_verdict(a, b)
+        assert verdict is not None, (a, b)
+        decided.append(((grading._worker_form(a), grading._worker_form(b)), verdict))
+    symbolic = pool._run_symbolic([pair for pair, _ in decided], timeout=30)
+    assert [v for _, v in decided] == symbolic
+
+
+# ---------------------------------------------------------------------------------- extraction
+
+BOXED_CASES = [
+    ("The answer is \\boxed{42}.", "42"),
+    ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+    ("first \\boxed{1} then \\boxed{2}", "2"),
+    ("\\boxed{\\left\\{ 1, 2 \\right\\}}", "\\left\\{ 1, 2 \\right\\}"),
+    ("\\boxed{\\{1,2\\}}", "\\{1,2\\}"),
+    ("\\boxed{a_{b_{c}}}", "a_{b_{c}}"),
+    ("\\fbox{7}", "7"),
+    ("\\boxed{3} and later \\fbox{4}", "4"),
+    ("\\boxed 5", "5"),
+    ("$\\boxed 12$ done", "12"),
+    ("\\boxed {x+1}", "x+1"),
+    ("\\boxed{}", ""),
+    ("\\boxed{1} then a truncated \\boxed{2", "1"),
+    ("\\boxedfoo{3}", None),
+    ("no box here", None),
+    ("\\boxed{unclosed", None),
+    ("", None),
+]
+
+
+@pytest.mark.parametrize("text, expected", BOXED_CASES)
+def test_extract_boxed(text, expected):
+    assert grading.extract_boxed(text) == expected
+
+
+def test_missing_box_is_none_not_a_string():
+    assert grading.extract_boxed("The answer is 5.") is None
+
+
+def test_extract_boxed_deep_nesting():
+    depth = 10_000
+    inner = "{" * depth + "x" + "}" * depth
+    assert grading.extract_boxed("\\boxed{" + inner + "}") == inner
+    assert grading.extract_boxed("\\boxed{" + inner) is None  # one brace short: unclosed
+
+
+def test_solver_reward(pool):
+    assert grading.solver_reward("so \\boxed{\\frac{1}{2}}", "0.5", pool=pool) == 1.0
+    assert grading.solver_reward("so \\boxed{3}", "4", pool=pool) == 0.0
+    assert grading.solver_reward("the answer is 0.5", "0.5", pool=pool) == 0.0  # no box, no reward
+    assert grading.solver_reward("\\boxed{None}", "None", pool=pool) == 1.0  # a real string, not "missing"
+    assert grading.solver_reward("\\boxed{3}", None, pool=pool) == 0.0
+    assert grading.solver_rewards(["\\boxed{2}", "\\boxed{x=2}", "none"], ["2", "2", "2"], pool=pool) == [1.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match="length"):
+        grading.solver_rewards(["a"], [], pool=pool)
+
+
+# ------------------------------------------------------------------------------- hostile inputs
+
+TIMEOUT_S = 2.0
+
+
+def hostile_inputs(marker: pathlib.Path) -> list[tuple[str, str]]:
+    return [
+        ("9^{9^{9^{9}}}", "1"),
+        ("10!!!!!!", "3"),
+        ("{" * 10_000 + "1" + "}" * 10_000, "1"),
+        ("{" * 900 + "1" + "}" * 900, "1"),  # deep but short enough to reach the parser
+        ("x" * 200_000, "x"),
+        (f"__import__('os').system('touch {marker}')", "0"),
+        (f"\\input{{/etc/passwd}}", "root"),
+        ("\ud800\udfff\udc00", "1"),
+        ("1\x002", "12"),
+    ]
+
+
+def test_hostile_inputs_get_a_verdict_in_time_and_run_nothing(pool, tmp_path):
+    marker = tmp_path / "pwned"
+    for a, b in hostile_inputs(marker):
+        pool.start()  # a replacement worker's start-up is not part of the comparison's budget
+        t0 = time.perf_counter()
+        verdict = grading.is_equiv(a, b, timeout=TIMEOUT_S, pool=pool)
+        elapsed = time.perf_counter() - t0
+        assert verdict is False, repr(a[:40])
+        assert elapsed < TIMEOUT_S + 1.0, f"{a[:40]!r} took {elapsed:.2f}s"
+    assert not marker.exists(), "model text was executed"
+    assert pool.stats["timeouts"] >= 2  # the bignum and the factorial tower really hung a worker
+    # The pool still works.
+    assert pool.equiv_batch([("2\\sqrt{2}", "\\sqrt{8}"), ("\\frac{1}{2}", "0.5")], timeout=30) == [True, True]
+
+
+def test_hung_comparison_in_a_batch_does_not_block_the_others(pool):
+    pool.start()
+    pairs = [("9^{9^{9^{9}}}", "7"), ("x^2-1", "(x-1)(x+1)"), ("(x+1)^2", "x^2+2x+1"), ("\\sqrt{4}", "2")]
+    t0 = time.perf_counter()
+    assert pool.equiv_batch(pairs, timeout=TIMEOUT_S) == [False, True, True, True]
+    assert time.perf_counter() - t0 < TIMEOUT_S + 10  # the other items waited at most for a restart
+
+
+def test_timeout_works_from_a_worker_thread(pool):
+    pool.start()
+    out = {}
+
+    def compare():
+        t0 = time.perf_counter()
+        out["verdict"] = grading.is_equiv("10!!!!!!", "5", timeout=TIMEOUT_S, pool=pool)
+        out["elapsed"] = time.perf_counter() - t0
+
+    thread = threading.Thread(target=compare)
+    thread.start()
+    thread.join(timeout=TIMEOUT_S + 30)
+    assert not thread.is_alive()
+    assert out["verdict"] is False and out["elapsed"] < TIMEOUT_S + 1.0
+
+
+def test_a_worker_killed_from_outside_is_replaced(pool):
+    pool.start()
+    victim = pool.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    time.sleep(0.2)
+    assert pool.equiv_batch([("x^2-4", "(x-2)(x+2)")], timeout=30) == [True]  # not cached yet
+    assert victim not in pool.worker_pids()
+
+
+def test_closed_pool_refuses_work():
+    p = grading.GradingPool(num_workers=1)
+    p.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        p.equiv_batch([("x+1", "1+x")])
+
+
+def test_grader_source_never_evaluates_text():
+    """No eval/exec/sympify/parse_expr anywhere in the grader (math-verify runs LaTeX-only)."""
+    source = pathlib.Path(grading.__file__).read_text()
+    code = re.sub(r'"""(?:.|\n)*?"""|#.*', "", source)  # docstrings and comments may mention them
+    for forbidden in ("eval(", "exec(", "sympify(", "parse_expr(", "ExprExtractionConfig"):
+        assert forbidden not in code, forbidden
