@@ -16,6 +16,7 @@ Run: python benchmarks/repetition.py [--batch 2048] [--words 60] [--ref_pairs 20
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import time
 
@@ -87,7 +88,7 @@ def main() -> None:
     parser.add_argument("--words", type=int, default=60)
     parser.add_argument("--ref_pairs", type=int, default=20000, help="pairs timed for the reference BLEU loop")
     parser.add_argument("--full_reference", action="store_true", help="run the whole reference double loop")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
     questions = make_questions(args.batch, args.words)
@@ -96,19 +97,22 @@ def main() -> None:
     mean_words = np.mean([len(q.split()) for q in questions])
     print(f"batch: {b} questions, {mean_words:.1f} words on average; {total_pairs:,} pairs i < j")
 
+    print(f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
+
     repetition.repetition_penalty(questions[:64])  # warm numpy/BLAS once
-    ours_total = float("inf")
+    runs = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
         ours_penalty = repetition.repetition_penalty(questions, threshold=0.5)
-        ours_total = min(ours_total, time.perf_counter() - t0)
+        runs.append(time.perf_counter() - t0)
+    ours_total = float(np.median(runs))
     t0 = time.perf_counter()
     distances = repetition.bleu_distances(questions)
     ours_bleu = time.perf_counter() - t0
     t0 = time.perf_counter()
     labels = repetition.average_linkage_labels(distances, 0.5)
     ours_cluster = time.perf_counter() - t0
-    print(f"ours:      {ours_total:8.3f} s  repetition_penalty end to end, best of {args.repeats} "
+    print(f"ours:      {ours_total:8.3f} s  repetition_penalty end to end, median of {args.repeats} "
           f"(one run split: BLEU distances {ours_bleu:.3f} s + clustering {ours_cluster:.3f} s)")
 
     rng = random.Random(1)
@@ -133,6 +137,7 @@ def main() -> None:
         f"extrapolated to {total_pairs:,} pairs")
     print(f"reference: {reference_total:8.1f} s  (NLTK double loop {ref_bleu_full:.1f} s: {how}; "
           f"scipy average linkage {ref_cluster:.3f} s measured)")
+    print(f"host load average at the end: {os.getloadavg()[0]:.1f}")
     print(f"agreement: max |d_ours - d_nltk| on the timed pairs = {worst:.2e}; "
           f"penalties identical: {bool(np.array_equal(ours_penalty, ref_penalty))}; "
           f"clusters: {len(np.unique(labels))}, largest {int(np.bincount(labels).max())}")

@@ -188,3 +188,13 @@ def test_penalty_matches_the_reference_pipeline(questions):
     labels = scipy_labels(repetition.bleu_distances(questions), 0.5)
     reference = np.bincount(labels)[labels] / len(questions)
     np.testing.assert_array_equal(ours, reference)
+
+
+def test_collapsed_batch_is_one_cluster():
+    """The case the penalty exists for: the Challenger repeating itself (all distances 0)."""
+    same = "find the number of positive integers below 100 that are prime"
+    qs = [same] * 300 + ["a circle of radius 3 is inscribed in a square what is its area"]
+    penalty = repetition.repetition_penalty(qs)
+    np.testing.assert_allclose(penalty, [300 / 301] * 300 + [1 / 301])
+    d = repetition.bleu_distances(qs)
+    assert partition(repetition.average_linkage_labels(d, 0.5)) == partition(scipy_labels(d, 0.5))

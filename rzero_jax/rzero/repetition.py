@@ -10,8 +10,8 @@ matrices:
 * Frequent features (shared by many questions) go through one dense BLAS product; rare ones are
   expanded into their (i, j) pairs and counted with `np.bincount`. Either way each pair count is
   exact, so BLEU follows NLTK's method1 formula to floating-point rounding.
-* Average linkage is a nearest-neighbour-cached generic agglomeration over the B x B matrix with the
-  Lance-Williams update, stopped at the threshold; it gives the same flat clusters as
+* Average linkage is a nearest-neighbour chain over the B x B matrix with the Lance-Williams
+  update, limited to merges at or below the threshold; it gives the same flat clusters as
   `scipy.cluster.hierarchy.linkage(..., "average")` + `fcluster(t, criterion="distance")`.
 
 Pure numpy: nltk, scipy and scikit-learn are only the references the tests compare against.
@@ -30,7 +30,7 @@ EPSILON = 0.1  # NLTK SmoothingFunction().method1: a zero-match precision become
 _PAIR_CHUNK = 1 << 22
 
 
-def _tokenize(questions: Sequence[str]) -> tuple[np.ndarray, np.ndarray, int]:
+def _tokenize(questions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Whitespace tokens (str.split(), as the reference) as dense integer ids, flat, plus lengths."""
     split = []
     for q in questions:
@@ -41,7 +41,7 @@ def _tokenize(questions: Sequence[str]) -> tuple[np.ndarray, np.ndarray, int]:
     flat = [t for toks in split for t in toks]
     index = {t: i for i, t in enumerate(dict.fromkeys(flat))}
     tokens = np.fromiter(map(index.__getitem__, flat), dtype=np.int64, count=len(flat))
-    return tokens, lengths, max(len(index), 1)
+    return tokens, lengths
 
 
 def _ngram_features(tokens: np.ndarray, lengths: np.ndarray):
@@ -73,7 +73,7 @@ def _ngram_features(tokens: np.ndarray, lengths: np.ndarray):
             continue
         # Rank of each occurrence among equal (doc, gram): the k-th "the" in a question is feature
         # (the, k), so the number of shared features is sum_g min(c_i[g], c_j[g]) exactly.
-        order = np.lexsort((g, d))
+        order = np.argsort(d * (int(g.max()) + 1) + g)  # by question, then n-gram (one int key)
         d, g = d[order], g[order]
         new_group = np.ones(d.size, dtype=bool)
         new_group[1:] = (d[1:] != d[:-1]) | (g[1:] != g[:-1])
@@ -91,7 +91,7 @@ def _shared_feature_counts(doc: np.ndarray, feature: np.ndarray, n_docs: int) ->
     """
     if doc.size == 0:
         return np.zeros((n_docs, n_docs))
-    order = np.lexsort((doc, feature))
+    order = np.argsort(feature * n_docs + doc)  # postings: by feature, then question
     doc, feature = doc[order], feature[order]
     df = np.bincount(feature)
     per_occurrence_df = df[feature]
@@ -143,7 +143,7 @@ def bleu_matrix(questions: Sequence[str]) -> np.ndarray:
     Hypothesis i, reference j, both orders filled (the matrix is not symmetric). The diagonal is
     BLEU of a question against itself, as NLTK computes it.
     """
-    tokens, lengths, _ = _tokenize(questions)
+    tokens, lengths = _tokenize(questions)
     n_docs = lengths.size
     if n_docs == 0:
         return np.zeros((0, 0))
@@ -192,10 +192,10 @@ def bleu_distances(questions: Sequence[str]) -> np.ndarray:
 def average_linkage_labels(distances: np.ndarray, threshold: float) -> np.ndarray:
     """Flat cluster labels of average-linkage agglomeration cut at `threshold` (inclusive).
 
-    Same partition as scipy `fcluster(linkage(squareform(d), "average"), t, "distance")`: clusters
-    are merged, closest pair first, while their average distance is <= threshold. Average linkage
-    is reducible, so merge heights never decrease and stopping at the first height above the
-    threshold is exact. Labels are 0..K-1 in order of each cluster's first member.
+    Same partition as scipy `fcluster(linkage(squareform(d), "average"), t, "distance")`: every
+    merge of the average-linkage dendrogram at height <= threshold is applied. Average linkage is
+    reducible (merge heights never decrease up the tree), so those merges alone decide the flat
+    clusters. Labels are 0..K-1 in order of each cluster's first member.
     """
     d = np.asarray(distances, dtype=np.float64)
     if d.ndim != 2 or d.shape[0] != d.shape[1]:
@@ -220,39 +220,63 @@ def average_linkage_labels(distances: np.ndarray, threshold: float) -> np.ndarra
 
 
 def _agglomerate(dist: np.ndarray, threshold: float) -> np.ndarray:
-    """Generic agglomeration with cached nearest neighbours; returns each point's cluster root."""
+    """Nearest-neighbour-chain agglomeration of the merges at height <= threshold.
+
+    Returns each point's cluster representative. NN-chain merges reciprocal nearest neighbours,
+    which for a reducible linkage such as average gives the same dendrogram as closest-pair-first
+    (scipy uses it too), in O(n) numpy steps of O(n) each, whatever the ties: a batch of identical
+    questions (all distances 0) costs no more than any other. A cluster whose nearest neighbour is
+    beyond the threshold can never come closer (an average is at least the smallest of the
+    distances it averages), so it is retired instead of merged further.
+    """
     n = dist.shape[0]
     dist = dist.copy()
     size = np.ones(n)
-    root = np.arange(n)
-    nn = np.argmin(dist, axis=1)
-    nn_dist = dist[np.arange(n), nn]
+    parent = np.arange(n)
+    retired = np.zeros(n, dtype=bool)
+    chain: list[int] = []
+    start = 0
     while True:
-        i = int(np.argmin(nn_dist))
-        if not nn_dist[i] <= threshold:
-            break
-        j = int(nn[i])
-        # Lance-Williams update for average linkage, the formula scipy uses.
-        merged = (size[i] * dist[i] + size[j] * dist[j]) / (size[i] + size[j])
-        merged[i] = merged[j] = np.inf
-        dist[i, :] = merged
-        dist[:, i] = merged
-        dist[j, :] = np.inf
-        dist[:, j] = np.inf
-        size[i] += size[j]
-        root[root == j] = i
-        nn_dist[j] = np.inf
-        # Rows that pointed at i or j lost their neighbour's old distance: recompute them.
-        stale = np.flatnonzero(((nn == i) | (nn == j)) & np.isfinite(nn_dist))
-        stale = np.union1d(stale, [i])
-        if stale.size:
-            rows = dist[stale]
-            nn[stale] = np.argmin(rows, axis=1)
-            nn_dist[stale] = rows[np.arange(stale.size), nn[stale]]
-        closer = np.flatnonzero(merged < nn_dist)
-        nn[closer] = i
-        nn_dist[closer] = merged[closer]
-    return root
+        if not chain:
+            while start < n and retired[start]:
+                start += 1
+            if start == n:
+                break
+            chain.append(start)
+        a = chain[-1]
+        row = dist[a]
+        b = int(np.argmin(row))
+        # Prefer the previous chain element among equally near ones: this is what guarantees the
+        # chain ends in a reciprocal pair instead of cycling through ties.
+        if len(chain) > 1 and row[chain[-2]] <= row[b]:
+            b = chain[-2]
+        if not row[b] <= threshold:
+            # Distances along the chain only shrink, so every member's nearest neighbour is beyond
+            # the threshold too, for good.
+            retired[chain] = True
+            dist[chain, :] = np.inf
+            dist[:, chain] = np.inf
+            chain.clear()
+            continue
+        if len(chain) > 1 and b == chain[-2]:
+            del chain[-2:]
+            # Lance-Williams update for average linkage, the formula scipy uses; a keeps the union.
+            merged = (size[a] * dist[a] + size[b] * dist[b]) / (size[a] + size[b])
+            merged[a] = merged[b] = np.inf
+            dist[a, :] = merged
+            dist[:, a] = merged
+            dist[b, :] = np.inf
+            dist[:, b] = np.inf
+            size[a] += size[b]
+            retired[b] = True
+            parent[b] = a
+        else:
+            chain.append(b)
+    while True:  # resolve representatives (parents always point at a later-surviving cluster)
+        grand = parent[parent]
+        if np.array_equal(grand, parent):
+            return parent
+        parent = grand
 
 
 def repetition_penalty(questions: Sequence[str], threshold: float = 0.5) -> np.ndarray:
