@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import functools
 import json
 import math
 import os
@@ -174,20 +175,27 @@ def _as_number(c: str) -> tuple[Fraction, str, bool] | None:
     return None
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _analyse(s: str) -> tuple[str, tuple[Fraction, str, bool] | None, bool, bool]:
+    """(canonical form, plain-number value, is a word answer, braces balanced), cached: in a
+    majority vote every answer meets every other one."""
+    c = _canonical(s)
+    return c, _as_number(c), _TEXT_ANSWER.match(c) is not None, _braces_balanced(s)
+
+
 def _quick_verdict(a: str, b: str) -> bool | None:
     """True/False when cheap checks settle it, None when it needs the symbolic grader."""
     if a == b:
         return bool(a)
     if not a or not b or len(a) > MAX_PARSE_CHARS or len(b) > MAX_PARSE_CHARS:
         return False
-    ca, cb = _canonical(a), _canonical(b)
+    (ca, na, text_a, balanced_a), (cb, nb, text_b, balanced_b) = _analyse(a), _analyse(b)
     if not ca or not cb:
         return False
     if ca == cb:
         return True
-    if not (_braces_balanced(a) and _braces_balanced(b)):
+    if not (balanced_a and balanced_b):
         return False  # "1} + \\boxed{2" must not smuggle a second answer into the parser
-    na, nb = _as_number(ca), _as_number(cb)
     if na is not None and nb is not None:
         # A percentage may be meant as its number or as a fraction of 100 (math-verify agrees).
         values_a = {na[0]} | ({na[0] / 100} if na[2] else set())
@@ -200,7 +208,6 @@ def _quick_verdict(a: str, b: str) -> bool | None:
             gap = min(abs(x - y) for x in values_a for y in values_b)
             return None if gap <= Fraction(1, 10**6) else False
         return False  # integers and terminating decimals compare exactly
-    text_a, text_b = _TEXT_ANSWER.match(ca) is not None, _TEXT_ANSWER.match(cb) is not None
     if text_a and text_b:
         return False  # two different words ("monday" vs "tuesday"), never symbols multiplied
     if (text_a and nb is not None) or (text_b and na is not None):
@@ -400,7 +407,9 @@ class GradingPool:
 
     # -- the event loop ----------------------------------------------------------------------
 
-    def _run_symbolic(self, pairs: list[tuple[str, str]], timeout: float, wait_ready: bool = False) -> list[bool]:
+    def _run_symbolic(
+        self, pairs: list[tuple[str, str]], timeout: float, wait_ready: bool = False
+    ) -> list[bool]:
         if self._closed:
             raise RuntimeError("GradingPool is closed")
         results: list[bool | None] = [None] * len(pairs)
@@ -574,7 +583,6 @@ def _worker_main() -> None:
     except (ImportError, ValueError, OSError):
         pass
     _start_orphan_watchdog(parent_pid)
-    import functools
     import logging
 
     logging.disable(logging.CRITICAL)  # math-verify warns that its own timeouts are off: intended

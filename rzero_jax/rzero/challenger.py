@@ -80,7 +80,8 @@ def majority_votes(
         norm = [_normalise_answer(a) for a in answers]
         uniques = list(dict.fromkeys(a for a in norm if a is not None))  # first-occurrence order
         first_pair = len(pairs)
-        pairs.extend((uniques[i], uniques[j]) for i in range(len(uniques)) for j in range(i + 1, len(uniques)))
+        k = len(uniques)
+        pairs.extend((uniques[i], uniques[j]) for i in range(k) for j in range(i + 1, k))
         prepared.append((norm, uniques, first_pair))
     verdicts = list(equiv(pairs)) if pairs else []
     if len(verdicts) != len(pairs):
@@ -88,7 +89,9 @@ def majority_votes(
     return [_vote(norm, uniques, verdicts, first) for norm, uniques, first in prepared]
 
 
-def _vote(norm: list[str | None], uniques: list[str], verdicts: list[bool], first: int) -> tuple[str | None, float]:
+def _vote(
+    norm: list[str | None], uniques: list[str], verdicts: list[bool], first: int
+) -> tuple[str | None, float]:
     k = len(uniques)
 
     def same(i: int, j: int) -> bool:  # verdict for uniques i < j, laid out row by row
@@ -204,7 +207,9 @@ def score_challenger_rollouts(
     the well-formed questions of the batch (B = their number); malformed rollouts get r_rep = 0.
     """
     if len(completions) != len(solver_answers):
-        raise ValueError(f"completions ({len(completions)}) and solver_answers ({len(solver_answers)}) differ")
+        raise ValueError(
+            f"completions ({len(completions)}) and solver_answers ({len(solver_answers)}) differ in length"
+        )
     questions = [parse_question(c) for c in completions]
     for i, (q, ans) in enumerate(zip(questions, solver_answers)):
         if q is not None and ans is None:

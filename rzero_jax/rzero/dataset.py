@@ -27,6 +27,7 @@ from rzero_jax.rzero import challenger
 
 _PROOF = re.compile(r"\bprove\b|\bshow\s+that\b|证明", re.IGNORECASE)
 _CORE_FIELDS = ("question", "label", "p_hat", "answers")
+_DROP_REASONS = ("proof", "mentions_box", "duplicate", "no_label", "text_label", "out_of_band")
 _BAND_SLACK = 1e-9  # p_hat = k/m in floating point must not fall out of a closed band by rounding
 
 
@@ -100,7 +101,12 @@ def build_dataset(
         elif not lo - _BAND_SLACK <= p_hat <= hi + _BAND_SLACK:
             drops["out_of_band"] += 1
         else:
-            record = {"question": questions[i].strip(), "label": label, "p_hat": p_hat, "answers": list(answers[i])}
+            record = {
+                "question": questions[i].strip(),
+                "label": label,
+                "p_hat": p_hat,
+                "answers": list(answers[i]),
+            }
             if meta is not None and meta[i] is not None:
                 record["meta"] = dict(meta[i])
             records.append(record)
@@ -109,7 +115,7 @@ def build_dataset(
     after_question_filters = n - drops["proof"] - drops["mentions_box"]
     stats = {
         "candidates": n,
-        "dropped": {k: drops[k] for k in ("proof", "mentions_box", "duplicate", "no_label", "text_label", "out_of_band")},
+        "dropped": {k: drops[k] for k in _DROP_REASONS},
         "after_question_filters": after_question_filters,
         "after_dedup": len(to_vote),
         "after_label_filters": len(to_vote) - drops["no_label"] - drops["text_label"],
