@@ -1,0 +1,116 @@
+"""Sharded forward and sharded checkpoint loading on 8 virtual CPU devices (2 data, 2 fsdp,
+2 tensor)."""
+import os
+
+_FLAG = "--xla_force_host_platform_device_count=8"
+if _FLAG not in os.environ.get("XLA_FLAGS", ""):  # before jax is imported (see conftest.py)
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+
+import contextlib  # noqa: E402
+import functools  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from rzero_jax import models, sharding  # noqa: E402
+from rzero_jax.models import hf  # noqa: E402
+
+pytestmark = pytest.mark.skipif(jax.device_count() < 8,
+                                reason="needs 8 devices: run tests/sharded in its own process "
+                                       "with XLA_FLAGS=--xla_force_host_platform_device_count=8")
+
+FAMILIES = ("qwen3", "qwen2", "llama")
+
+
+@pytest.fixture(scope="module")
+def mesh():
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+  return mesh
+
+
+def _config(family):
+  # Every sharded dimension (batch 4, embed 64, heads 4, kv heads 2, mlp 128, vocab 256) divides
+  # its mesh axes, so nothing silently falls back to replication.
+  return models.tiny_config(family, hidden_size=64, num_heads=4, num_kv_heads=2,
+                            intermediate_size=128, vocab_size=256)
+
+
+def _inputs():
+  rng = np.random.RandomState(0)
+  tokens = rng.randint(0, 256, (4, 16)).astype(np.int32)
+  mask = np.ones((4, 16), bool)
+  mask[1, :5] = False  # left-padded rows
+  mask[3, :11] = False
+  return tokens, mask
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sharded_forward_equals_single_device(mesh, family):
+  cfg = _config(family)
+  params = models.init_params(cfg, jax.random.key(1))
+  tokens, mask = _inputs()
+  single = np.asarray(jax.jit(functools.partial(models.forward, cfg))(params, tokens,
+                                                                      kv_mask=mask))
+
+  sharded_params = models.init_params(cfg, jax.random.key(1), mesh=mesh)
+  expected = models.param_shardings(cfg, mesh)
+  for leaf, want in zip(jax.tree.leaves(sharded_params), jax.tree.leaves(expected)):
+    assert leaf.sharding.is_equivalent_to(want, leaf.ndim)
+  batch = jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(("batch", "length")))
+  sharded_forward = jax.jit(functools.partial(models.forward, cfg, mesh=mesh))
+  out = sharded_forward(sharded_params, jax.device_put(tokens, batch),
+                        kv_mask=jax.device_put(mask, batch))
+  assert len(out.sharding.device_set) == 8
+  np.testing.assert_allclose(np.asarray(out), single, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_load_hf_places_each_tensor_in_its_target_sharding(mesh, family, tmp_path):
+  cfg = _config(family)
+  models.save_hf(cfg, models.init_params(cfg, jax.random.key(2)), str(tmp_path))
+  _, reference = models.load_hf(str(tmp_path))
+  cfg2, params = models.load_hf(str(tmp_path), mesh=mesh)
+  assert cfg2 == cfg
+  expected = models.param_shardings(cfg, mesh)
+  flat_params = jax.tree_util.tree_flatten_with_path(params)[0]
+  flat_expected = jax.tree.leaves(expected)
+  flat_reference = jax.tree.leaves(reference)
+  assert len(flat_params) == len(flat_expected) == len(flat_reference)
+  for (path, leaf), want, ref in zip(flat_params, flat_expected, flat_reference):
+    assert leaf.sharding.is_equivalent_to(want, leaf.ndim), jax.tree_util.keystr(path)
+    assert np.array_equal(np.asarray(leaf), np.asarray(ref)), jax.tree_util.keystr(path)
+  # The big weights really are split (not replicated everywhere).
+  q = params["layers"]["attn"]["q_proj"]["kernel"]
+  assert q.sharding.spec[1:3] == ("fsdp", "tensor")
+  assert q.addressable_shards[0].data.shape == (cfg.num_layers, 32, 2, cfg.head_dim)
+
+
+def test_load_hf_reads_only_the_slice_each_shard_needs(mesh, tmp_path):
+  cfg = _config("qwen2")
+  models.save_hf(cfg, models.init_params(cfg, jax.random.key(3)), str(tmp_path))
+  reads = []
+
+  class Recording(hf.SafetensorsSource):
+    def read(self, name, index):
+      out = super().read(name, index)
+      reads.append((name, out.shape))
+      return out
+
+  with contextlib.ExitStack() as stack:
+    params = hf.params_from_source(cfg, Recording(str(tmp_path), stack), mesh)
+  # q_proj.weight is HF [H*Dh, D] = [64, 64]; its shards split heads over `tensor` and D over
+  # `fsdp`, so every read is a quarter of the tensor.
+  q_reads = [shape for name, shape in reads if name == "model.layers.0.self_attn.q_proj.weight"]
+  assert q_reads and all(shape == (32, 32) for shape in q_reads), q_reads
+  assert params["layers"]["attn"]["q_proj"]["bias"].sharding.spec[:2] == (None, "tensor")
+
+
+def test_load_hf_bfloat16_on_mesh(mesh, tmp_path):
+  cfg = _config("llama")
+  models.save_hf(cfg, models.init_params(cfg, jax.random.key(4)), str(tmp_path))
+  cfg16, params = models.load_hf(str(tmp_path), dtype=jnp.bfloat16, mesh=mesh)
+  assert cfg16.param_dtype == "bfloat16"
+  assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
