@@ -15,6 +15,10 @@ import pytest
 from rzero_jax import checkpoint as ckpt_lib
 from rzero_jax.checkpoint import CheckpointManager
 
+# A deliberately failed Orbax read leaves an asyncio callback behind that fires, at some later
+# garbage collection, after its event loop has closed; that noise is not a test result.
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -205,8 +209,6 @@ def test_truncated_latest_step_falls_back(tmp_path, caplog, victim):
     assert restore_latest(tmp_path)[0] == 2
 
 
-# Orbax's failed read leaves an asyncio callback behind that fires after its loop closed.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_explicit_broken_step_raises_and_bad_target_costs_nothing(tmp_path):
     save_steps(tmp_path, [0, 1])
     path = _array_data_file(str(tmp_path / "1") + "/params")
