@@ -198,11 +198,12 @@ def test_score_challenger_rollouts_batch():
     answers = [["25"] * 5 + ["24"] * 5, ["25"] * 5 + ["24"] * 5, None, ["36"] * 9 + [None]]
     scores = challenger.score_challenger_rollouts(completions, answers, equiv=exact_equiv)
     assert scores.questions[2] is None and scores.labels[2] is None and scores.p_hats[2] is None
-    # Two identical questions form one cluster of the 3 well-formed ones; the circle is alone.
-    np.testing.assert_allclose(scores.penalties, [2 / 3, 2 / 3, 0.0, 1 / 3])
-    np.testing.assert_allclose(scores.rewards, [1 - 2 / 3, 1 - 2 / 3, 0.0, 0.0], atol=1e-12)
+    # Two identical questions form one cluster; the circle is alone. B is the whole rollout
+    # batch of 4 (the malformed rollout counts in B but belongs to no cluster).
+    np.testing.assert_allclose(scores.penalties, [2 / 4, 2 / 4, 0.0, 1 / 4])
+    np.testing.assert_allclose(scores.rewards, [1 - 2 / 4, 1 - 2 / 4, 0.0, 0.0], atol=1e-12)
     code = challenger.score_challenger_rollouts(completions, answers, form="code", equiv=exact_equiv)
-    np.testing.assert_allclose(code.rewards, [0.5 - 2 / 3, 0.5 - 2 / 3, -1.0, 0.1 - 1 / 3], atol=1e-12)
+    np.testing.assert_allclose(code.rewards, [0.5 - 2 / 4, 0.5 - 2 / 4, -1.0, 0.1 - 1 / 4], atol=1e-12)
     with pytest.raises(ValueError, match="solver_answers"):
         challenger.score_challenger_rollouts(completions[:1], [None])
 

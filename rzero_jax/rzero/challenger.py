@@ -204,7 +204,8 @@ def score_challenger_rollouts(
 
     solver_answers[i] holds the Solver's m extracted answers for completion i's question, or None
     for a malformed completion (it was never sent to the Solver). The repetition penalty clusters
-    the well-formed questions of the batch (B = their number); malformed rollouts get r_rep = 0.
+    the well-formed questions of the batch, and B is the whole rollout batch; malformed rollouts get
+    r_rep = 0.
     """
     if len(completions) != len(solver_answers):
         raise ValueError(
@@ -222,6 +223,10 @@ def score_challenger_rollouts(
         labels[i], p_hats[i] = label, p
     penalties = np.zeros(len(completions))
     if valid:
-        penalties[valid] = repetition.repetition_penalty([questions[i] for i in valid], bleu_threshold)
+        # r_rep = |C_k| / B with B the whole rollout batch (reference §4): clusters form among the
+        # well-formed questions, but a lone valid question in a mostly malformed batch must not
+        # be charged as if it were the whole batch.
+        share = repetition.repetition_penalty([questions[i] for i in valid], bleu_threshold)
+        penalties[valid] = share * (len(valid) / len(completions))
     rewards = challenger_rewards(questions, p_hats, penalties, form=form, scale=scale)
     return ChallengerScores(rewards, questions, labels, p_hats, penalties)

@@ -7,6 +7,8 @@ a template falls back to `format_without_template`, the reference's plain "syste
 
 from __future__ import annotations
 
+import dataclasses
+
 CHALLENGER_SYSTEM_PROMPT = (
     'You are an expert competition-math problem setter.\n'
     'FIRST, in your private scratch-pad, think step-by-step to design a brand-new, '
@@ -37,22 +39,54 @@ SOLVER_SYSTEM_PROMPT = 'Please reason step by step, and put your final answer wi
 Message = dict[str, str]
 
 
+@dataclasses.dataclass(frozen=True)
+class PromptSet:
+    """The role prompts of one setting, as data. The paper's set is the default; a synthetic
+    world brings its own (a tiny model's context cannot afford the competition-math prompt)."""
+
+    challenger_system: str
+    challenger_user: str
+    solver_system: str
+
+    def challenger_messages(self) -> list[Message]:
+        """The one Challenger prompt: every Challenger rollout starts from this pair."""
+        return [
+            {"role": "system", "content": self.challenger_system},
+            {"role": "user", "content": self.challenger_user},
+        ]
+
+    def solver_messages(self, question: str) -> list[Message]:
+        """The Solver prompt for one question (training, pseudo-labelling and evaluation)."""
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError(f"question must be a non-empty string, got {question!r:.80}")
+        return [
+            {"role": "system", "content": self.solver_system},
+            {"role": "user", "content": question},
+        ]
+
+
+PAPER = PromptSet(CHALLENGER_SYSTEM_PROMPT, CHALLENGER_USER_PROMPT, SOLVER_SYSTEM_PROMPT)
+PROMPT_SETS = ("paper", "arith")
+
+
+def prompt_set(name: str) -> PromptSet:
+    """The prompt set a config names: "paper" (reference §2) or a world's ("arith")."""
+    if name == "paper":
+        return PAPER
+    if name == "arith":
+        from rzero_jax.worlds import arith  # lazy: the world is optional
+        return PromptSet(**dataclasses.asdict(arith.PROMPTS))
+    raise ValueError(f"prompt set {name!r} is unknown; expected one of {PROMPT_SETS}")
+
+
 def challenger_messages() -> list[Message]:
-    """The one Challenger prompt: every Challenger rollout starts from this pair."""
-    return [
-        {"role": "system", "content": CHALLENGER_SYSTEM_PROMPT},
-        {"role": "user", "content": CHALLENGER_USER_PROMPT},
-    ]
+    """The paper's Challenger prompt."""
+    return PAPER.challenger_messages()
 
 
 def solver_messages(question: str) -> list[Message]:
-    """The Solver prompt for one question (used for training, pseudo-labelling and evaluation)."""
-    if not isinstance(question, str) or not question.strip():
-        raise ValueError(f"question must be a non-empty string, got {question!r:.80}")
-    return [
-        {"role": "system", "content": SOLVER_SYSTEM_PROMPT},
-        {"role": "user", "content": question},
-    ]
+    """The paper's Solver prompt for one question."""
+    return PAPER.solver_messages(question)
 
 
 def format_without_template(messages: list[Message]) -> str:
