@@ -1,0 +1,53 @@
+"""The embedded default: R-Zero in a small arithmetic world, on a laptop CPU.
+
+The base model is a small Qwen3-architecture model that the project pretrains itself on the
+world's documents (built once, then cached under ~/.cache/rzero-jax); then 3 R-Zero iterations.
+The whole run is sized to finish in about 15 minutes on 2 CPU cores.
+
+  python -m launch.train --workdir=runs/default
+"""
+from rzero_jax.rzero.config import base_config
+
+
+def get_config():
+  c = base_config()
+  c.seed = 0
+  c.iterations = 3
+  c.prompts = "arith"
+  c.world.name = "arith"
+  c.world.cache_dir = ""          # "" = ~/.cache/rzero-jax
+  # How the base model is built (rzero_jax.worlds.base_model.BaseModelSpec); its hash is the
+  # cache key, so changing any of these builds a new base model.
+  c.world.base = dict(seed=0, hidden_size=128, intermediate_size=384, num_layers=4,
+                      num_heads=4, num_kv_heads=2, head_dim=32, vocab_size=256,
+                      num_docs=64_000, steps=1000, batch_size=64, learning_rate=3e-3)
+
+  c.challenger.steps = 5
+  c.challenger.prompts_per_step = 32
+  c.challenger.group_size = 4
+  c.challenger.prompts_per_update = 32
+  c.challenger.max_new_tokens = 48
+  c.challenger.solver_samples = 10
+  c.challenger.learner.learning_rate = 1e-4
+  c.challenger.learner.kl_coef = 0.01
+
+  c.dataset.num_questions = 256
+  c.dataset.solver_samples = 10
+  c.dataset.max_question_tokens = 48
+
+  c.solver.steps = 15
+  c.solver.prompts_per_step = 16
+  c.solver.group_size = 5
+  c.solver.prompts_per_update = 16
+  c.solver.max_new_tokens = 96
+  c.solver.learner.learning_rate = 1e-4
+  c.solver.learner.kl_coef = 0.01
+
+  c.sampling.answer_max_new_tokens = 96
+  c.sampling.max_rows_per_call = 2048
+
+  c.checkpoint.max_to_keep = 2
+  c.eval.benchmarks = "arith"
+  c.eval.max_new_tokens = 96
+  c.eval.batch_size = 256
+  return c

@@ -1,0 +1,89 @@
+"""The R-Zero run config: the paper's defaults (reference §4-§6), one section per concern.
+
+Config files in configs/ start from `base_config()` and override what differs. Every value the
+loop reads is declared here, so `lock_config` turns a typo in an override into an error.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+
+def _learner(**overrides) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict(dict(
+      learning_rate=1e-6, b1=0.9, b2=0.999, weight_decay=0.01, grad_clip=1.0,
+      clip_low=0.2, clip_high=0.3, dual_clip=3.0, kl_coef=0.01, kl_clamp=10.0,
+      aggregation="seq-mean-token-mean", advantage_estimator="grpo",
+      micro_batches=1, logprob_chunk=256))
+  c.update(overrides)
+  return c
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.iterations = 3
+  # An HF directory (config.json + safetensors) or a GGUF file; --base_model overrides it.
+  c.base_model = ""
+  # "paper": the competition-math prompts of reference §2; "arith": the arithmetic world's.
+  c.prompts = "paper"
+  # "base_challenger": the baseline whose Solver phase uses questions of the untrained model.
+  c.mode = "rzero"
+  # Move idle models (the frozen Solver, the KL reference) to host memory between uses.
+  c.offload_idle = False
+
+  # A synthetic world ("arith") supplies its own cached base model, evaluation and
+  # report-only annotations; "" means a real base model (config.base_model / --base_model).
+  c.world = ml_collections.ConfigDict(dict(name="", cache_dir=""))
+
+  c.model = ml_collections.ConfigDict(dict(dtype="float32", param_dtype="float32",
+                                           remat="none"))
+
+  c.challenger = ml_collections.ConfigDict(dict(
+      steps=5,
+      prompts_per_step=512,       # rollout prompts per step (all the same Challenger prompt)
+      group_size=4,               # G rollouts per prompt
+      prompts_per_update=16,      # prompts per optimizer update (the code's mini-batch)
+      max_new_tokens=4096,
+      temperature=1.0, top_p=0.99, top_k=0,
+      solver_samples=10,          # m
+      uncertainty_scale="paper",  # "paper": 1-2|p-1/2|; "code": min(p, 1-p)
+      reward_form="paper",        # "paper": max(0, r_unc - r_rep), malformed 0; "code"
+      repetition_threshold=0.5,
+      learner=_learner()))
+
+  c.dataset = ml_collections.ConfigDict(dict(
+      num_questions=8000,
+      temperature=1.0, top_p=0.95, top_k=0,
+      solver_samples=10,
+      band_delta=0.25,            # keep |p_hat - 1/2| <= delta (the paper's [0.25, 0.75])
+      band_low=-1.0,              # set both band_low and band_high (e.g. 0.3, 0.8, the code's)
+      band_high=-1.0,             # to use an explicit range instead of band_delta
+      max_question_tokens=1024))
+
+  c.solver = ml_collections.ConfigDict(dict(
+      steps=15,
+      prompts_per_step=512,
+      group_size=5,
+      prompts_per_update=128,
+      max_new_tokens=4096,
+      temperature=1.0, top_p=0.99, top_k=0,
+      learner=_learner()))
+
+  # How the frozen Solver answers questions (reward and pseudo-labels): the code's settings.
+  c.sampling = ml_collections.ConfigDict(dict(
+      answer_temperature=1.0, answer_top_p=1.0, answer_top_k=40,
+      answer_max_new_tokens=4096,
+      max_rows_per_call=4096))    # bounds the KV cache of one generate call
+
+  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+  c.mesh.rules = ml_collections.ConfigDict()   # logical name -> mesh axes overrides
+
+  c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=2, async_save=True))
+
+  c.eval = ml_collections.ConfigDict(dict(
+      benchmarks="",              # comma-separated names for rzero_jax.evaluation; "" = none
+      data_dir="",
+      max_new_tokens=1024,
+      limit=0,                    # per benchmark; 0 = all
+      batch_size=64))
+  return c

@@ -1,0 +1,87 @@
+"""One R-Zero experiment from a config: base model, the co-evolution loop, evaluation, report.
+
+`launch/train.py` calls `run` and nothing else. A synthetic world (config.world.name) supplies
+its own base model (built once and cached), its held-out evaluation and report-only annotations
+(true answers, difficulty levels) that never reach training.
+"""
+from __future__ import annotations
+
+import os
+
+from absl import logging
+
+from rzero_jax.rzero import loop, report
+from rzero_jax.rzero.workdir import ConfigChangedError  # noqa: F401  (re-exported)
+
+# Errors that mean "the user's input is wrong": the launcher prints them as one line.
+UserError = (ValueError, FileNotFoundError, NotADirectoryError)
+Preempted = loop.Preempted
+
+
+def _world(config):
+  name = config.world.name
+  if not name:
+    return None
+  if name == "arith":
+    from rzero_jax.worlds import arith
+    return arith
+  raise ValueError(f"config.world.name={name!r}; expected '' (none) or 'arith'")
+
+
+def resolve_base_model(config) -> str:
+  """The base checkpoint: config.base_model, or the world's own model, built once and cached."""
+  if config.base_model:
+    return config.base_model
+  world = _world(config)
+  if world is None:
+    raise ValueError("no base model: pass --base_model=PATH (an HF directory with config.json "
+                     "and safetensors, or a .gguf file) or set config.base_model")
+  from rzero_jax.worlds import base_model
+  cache = os.path.expanduser(config.world.cache_dir or "~/.cache/rzero-jax")
+  return base_model.build_base_model(os.path.join(cache, "arith_base"),
+                                     **config.world.base.to_dict())
+
+
+def make_evaluate(config):
+  """The held-out evaluation run after each iteration, or None when nothing is configured."""
+  if not config.eval.benchmarks:
+    return None
+  from rzero_jax.evaluation import runner
+
+  def evaluate(env, params):
+    ecfg = runner.EvalConfig(
+        benchmarks=config.eval.benchmarks, data_dir=config.eval.data_dir or None,
+        max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size,
+        limit=config.eval.limit or None, seed=config.seed, prompts=config.prompts)
+    results = runner.evaluate(runner.model_generate_fn(env.cfg, params, env.mesh),
+                              env.tokenizer, ecfg, progress=False)
+    flat = {"accuracy": _overall_accuracy(results)}
+    for name, entry in results["benchmarks"].items():
+      flat[f"{name}/accuracy"] = entry["score"]["accuracy"]
+      for subset, sub in entry.get("subsets", {}).items():
+        flat[f"{name}/{subset}/accuracy"] = sub["accuracy"]
+    return {**flat, "results": results}
+
+  return evaluate
+
+
+def _overall_accuracy(results) -> float:
+  accs = [b["score"]["accuracy"] for b in results["benchmarks"].values()]
+  return sum(accs) / len(accs) if accs else 0.0
+
+
+def make_annotate(config):
+  """Report-only facts about a generated question (never used to filter or to train)."""
+  world = _world(config)
+  if world is None:
+    return None
+  return lambda q: {"true_answer": world.true_answer(q), "level": world.difficulty_of(q)}
+
+
+def run(config, workdir: str, *, allow_config_change: bool = False) -> str:
+  """Runs or resumes the experiment; returns the one-screen summary printed at the end."""
+  base = resolve_base_model(config)
+  logging.info("base model: %s", base)
+  loop.run(config, workdir, base_model=base, allow_config_change=allow_config_change,
+           evaluate=make_evaluate(config), annotate=make_annotate(config))
+  return report.write_report(workdir)

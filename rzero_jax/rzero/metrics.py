@@ -1,0 +1,103 @@
+"""Per-step metrics: one JSONL line, TensorBoard scalars and one human-readable log line.
+
+Only process 0 writes. A step repeated after a resume is appended again; readers keep the last
+record of each (iteration, phase, step).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Iterable, Mapping
+
+from absl import logging
+
+
+def _clean(value: Any):
+  if hasattr(value, "tolist"):
+    value = value.tolist()
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
+class MetricsWriter:
+  def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = None
+    if enabled:
+      os.makedirs(workdir, exist_ok=True)
+      if tensorboard:
+        from tensorboardX import SummaryWriter  # host-only dependency, imported lazily
+        self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+
+  def write(self, record: Mapping[str, Any]) -> None:
+    if not self.enabled:
+      return
+    record = {k: _clean(v) for k, v in record.items()}
+    line = json.dumps(record, sort_keys=True)
+    with open(self.path, "a") as f:
+      # One write of one line: a kill leaves at most a truncated last line, which readers skip.
+      f.write(line + "\n")
+      f.flush()
+    if self._tb is not None:
+      global_step = int(record.get("global_step", 0))
+      prefix = f"{record.get('phase', 'run')}/"
+      for key, value in record.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+          self._tb.add_scalar(prefix + key, value, global_step)
+      self._tb.flush()
+    logging.info("%s", human_line(record))
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+_SHOWN = (("reward_mean", "reward {:.3f}"), ("reward_std", "±{:.3f}"),
+          ("format_valid", "valid {:.0%}"), ("p_hat_mean", "p̂ {:.2f}"),
+          ("repetition_penalty", "rep {:.3f}"), ("kept", "kept {}"), ("kl", "kl {:.4f}"),
+          ("clip_frac", "clip {:.3f}"), ("accuracy", "acc {:.3f}"),
+          ("tokens_per_s", "{:.0f} tok/s"), ("time_sampling", "sample {:.1f}s"),
+          ("time_grading", "grade {:.1f}s"), ("time_training", "train {:.1f}s"))
+
+
+def human_line(record: Mapping[str, Any]) -> str:
+  head = f"[it {record.get('iteration', '?')} {record.get('phase', '?')}"
+  if "step" in record:
+    head += f" step {record['step']}"
+  parts = [head + "]"]
+  for key, fmt in _SHOWN:
+    value = record.get(key)
+    if value is not None:
+      try:
+        parts.append(fmt.format(value))
+      except (TypeError, ValueError):
+        parts.append(f"{key} {value}")
+  return " ".join(parts)
+
+
+def read_metrics(path: str) -> list[dict]:
+  """Metrics records, the last one of each (iteration, phase, step) kept, in file order."""
+  if not os.path.exists(path):
+    return []
+  records: dict[tuple, dict] = {}
+  with open(path) as f:
+    for line in f:
+      try:
+        rec = json.loads(line)
+      except json.JSONDecodeError:
+        continue  # a line cut by a kill
+      records[(rec.get("iteration"), rec.get("phase"), rec.get("step"))] = rec
+  return list(records.values())
+
+
+def histogram(values: Iterable[float], bins: int = 10) -> list[int]:
+  """Counts of values in [0, 1] over equal-width bins (the last bin includes 1.0)."""
+  counts = [0] * bins
+  for v in values:
+    if v is None:
+      continue
+    counts[min(int(float(v) * bins), bins - 1)] += 1
+  return counts

@@ -1,0 +1,263 @@
+"""The three phases of an R-Zero iteration, as plain functions over explicit state.
+
+Device work (sampling, logprobs, train steps) is jitted elsewhere; everything here is host-side
+glue: text, rewards, grading and datasets. No reward is computed inside jitted code.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from rzero_jax import grading, sampling
+from rzero_jax.rl import grpo, rollouts
+from rzero_jax.rl.learner import LearnerConfig
+from rzero_jax.rzero import challenger, dataset, repetition
+from rzero_jax.rzero.metrics import histogram
+
+PHASE_IDS = {"challenger": 1, "dataset": 2, "solver": 3, "eval": 4}
+
+
+def derive_seed(seed: int, iteration: int, phase: str, step: int = 0) -> int:
+  """One seed per (run seed, iteration, phase, step): resumed steps replay exactly."""
+  state = np.random.SeedSequence([seed, iteration, PHASE_IDS[phase], step]).generate_state(1)
+  return int(state[0] & 0x7FFFFFFF)
+
+
+@dataclasses.dataclass(frozen=True)
+class Env:
+  """What every phase reads and never changes: model shape, tokenizer, prompts, mesh."""
+  cfg: Any
+  tokenizer: Any
+  mesh: Any
+  rules: Any
+  prompt_set: Any            # module-like: challenger_messages(), solver_messages(question)
+  stop_token_ids: tuple[int, ...]
+  max_rows_per_call: int
+
+
+@dataclasses.dataclass
+class Role:
+  """A role being trained: its learner config and the jitted functions bound to its shapes."""
+  learner: LearnerConfig
+  train_step: Callable        # (state, batch) -> (state, metrics)
+  logprobs: Callable          # (params, tokens, kv_mask) -> logp [B, T-1]
+  advantage_estimator: str = "grpo"
+
+
+def pow2_at_least(n: int, minimum: int = 16) -> int:
+  size = minimum
+  while size < n:
+    size *= 2
+  return size
+
+
+def generate_rows(env: Env, params, prompts: Sequence[Sequence[int]], *, n: int, seed: int,
+                  max_new_tokens: int, temperature: float, top_p: float, top_k: int):
+  """sampling.generate over many prompts, split so no call exceeds max_rows_per_call rows."""
+  per_call = max(1, env.max_rows_per_call // n)
+  tokens, logprobs, finish = [], [], []
+  for start in range(0, len(prompts), per_call):
+    out = sampling.generate(env.cfg, params, list(prompts[start:start + per_call]),
+                            max_new_tokens=max_new_tokens, temperature=temperature,
+                            top_p=top_p, top_k=top_k, n=n, seed=seed + start,
+                            stop_token_ids=env.stop_token_ids, mesh=env.mesh)
+    tokens += out.tokens
+    logprobs += out.logprobs
+    finish += out.finish_reasons
+  return tokens, logprobs, finish
+
+
+def decode(env: Env, rows: Sequence[Sequence[int]]) -> list[str]:
+  stops = set(env.stop_token_ids)
+  return [env.tokenizer.decode([t for t in row if t not in stops]) for row in rows]
+
+
+def solver_prompt_ids(env: Env, questions: Sequence[str]) -> list[list[int]]:
+  return [env.tokenizer.encode_chat(env.prompt_set.solver_messages(q)) for q in questions]
+
+
+def challenger_prompt_ids(env: Env) -> list[int]:
+  return env.tokenizer.encode_chat(env.prompt_set.challenger_messages())
+
+
+def answer_questions(env: Env, solver_params, questions: Sequence[str], *, m: int, seed: int,
+                     sampling_cfg) -> list[list[str | None]]:
+  """m sampled Solver answers per question, each the content of its last \\boxed{} or None."""
+  if not questions:
+    return []
+  rows, _, _ = generate_rows(
+      env, solver_params, solver_prompt_ids(env, questions), n=m, seed=seed,
+      max_new_tokens=sampling_cfg.answer_max_new_tokens,
+      temperature=sampling_cfg.answer_temperature, top_p=sampling_cfg.answer_top_p,
+      top_k=sampling_cfg.answer_top_k)
+  texts = decode(env, rows)
+  answers = [grading.extract_boxed(t) for t in texts]
+  return [answers[i * m:(i + 1) * m] for i in range(len(questions))]
+
+
+def grpo_update(env: Env, role: Role, state, ref_params, prompts: Sequence[Sequence[int]],
+                completions, sampler_logprobs, rewards: np.ndarray, *, group_size: int,
+                max_new_tokens: int, rows_per_update: int):
+  """Advantages, packing, pi_old / pi_ref logprobs, then one optimizer update per mini-batch."""
+  adv = np.asarray(grpo.group_advantages(np.asarray(rewards, np.float32), group_size,
+                                         estimator=role.advantage_estimator))
+  prompt_len = pow2_at_least(max(len(p) for p in prompts))
+  batch = rollouts.pack(prompts, completions, sampler_logprobs, adv, prompt_len=prompt_len,
+                        max_new_tokens=max_new_tokens,
+                        pad_id=getattr(env.tokenizer, "pad_id", 0) or 0)
+  all_metrics = []
+  for mb in rollouts.minibatches(batch, rows_per_update):
+    # pi_old is recomputed by the trainer (one PPO epoch, as the reference stack does).
+    mb["old_logp"] = np.asarray(role.logprobs(state.params, mb["tokens"], mb["kv_mask"]))
+    if role.learner.kl_coef > 0:
+      mb["ref_logp"] = np.asarray(role.logprobs(ref_params, mb["tokens"], mb["kv_mask"]))
+    state, metrics = role.train_step(state, mb)
+    all_metrics.append({k: float(v) for k, v in metrics.items()})
+  merged = {k: float(np.mean([m[k] for m in all_metrics])) for k in all_metrics[0]}
+  merged["zero_std_groups"] = float(np.mean(
+      np.std(np.asarray(rewards).reshape(-1, group_size), axis=1) == 0))
+  return state, merged
+
+
+# ----------------------------------------------------------------------------- Challenger
+
+
+def challenger_step(env: Env, role: Role, state, ref_params, solver_params, ccfg, sampling_cfg,
+                    *, seed: int):
+  """One Challenger GRPO step against the frozen Solver. Returns (state, metrics record)."""
+  t0 = time.perf_counter()
+  prompt = challenger_prompt_ids(env)
+  rollouts_n = ccfg.prompts_per_step * ccfg.group_size
+  rows, logps, _ = generate_rows(env, state.params, [prompt], n=rollouts_n, seed=seed,
+                                 max_new_tokens=ccfg.max_new_tokens,
+                                 temperature=ccfg.temperature, top_p=ccfg.top_p,
+                                 top_k=ccfg.top_k)
+  texts = decode(env, rows)
+  questions = [challenger.parse_question(t) for t in texts]
+  valid = [i for i, q in enumerate(questions) if q is not None]
+  t1 = time.perf_counter()
+  # Malformed questions are never sent to the Solver (they earn 0 under the paper's form).
+  answers = answer_questions(env, solver_params, [questions[i] for i in valid],
+                             m=ccfg.solver_samples, seed=seed + 1, sampling_cfg=sampling_cfg)
+  t2 = time.perf_counter()
+  solver_answers: list[Any] = [None] * len(rows)
+  for i, ans in zip(valid, answers):
+    solver_answers[i] = ans
+  scores = challenger.score_challenger_rollouts(
+      texts, solver_answers, form=ccfg.reward_form, scale=ccfg.uncertainty_scale,
+      bleu_threshold=ccfg.repetition_threshold)
+  rewards = scores.rewards
+  p_hat = np.array([np.nan if p is None else p for p in scores.p_hats])
+  penalty = scores.penalties
+  t3 = time.perf_counter()
+  state, train_metrics = grpo_update(
+      env, role, state, ref_params, [prompt] * len(rows), rows, logps, rewards,
+      group_size=ccfg.group_size, max_new_tokens=ccfg.max_new_tokens,
+      rows_per_update=ccfg.prompts_per_update * ccfg.group_size)
+  t4 = time.perf_counter()
+  n_tokens = sum(len(r) for r in rows)
+  record = dict(
+      reward_mean=float(np.mean(rewards)), reward_std=float(np.std(rewards)),
+      format_valid=len(valid) / len(rows),
+      p_hat_mean=float(np.nanmean(p_hat)) if valid else None,
+      p_hat_hist=histogram(p_hat[valid]),
+      repetition_penalty=float(np.mean(penalty[valid])) if valid else 0.0,
+      questions=[questions[i] for i in valid],
+      tokens_per_s=n_tokens / max(t1 - t0, 1e-9),
+      time_sampling=(t1 - t0) + (t2 - t1), time_grading=t3 - t2, time_training=t4 - t3,
+      **_train_fields(train_metrics))
+  return state, record
+
+
+def _train_fields(m: dict) -> dict:
+  keep = ("loss", "kl", "clip_frac/low", "clip_frac/high", "clip_frac/dual", "entropy",
+          "grad_norm", "logprob_diff/mean", "logprob_diff/max", "ratio/max",
+          "zero_std_groups")
+  out = {k: m[k] for k in keep if k in m}
+  out["clip_frac"] = sum(m.get(k, 0.0) for k in ("clip_frac/low", "clip_frac/high",
+                                                   "clip_frac/dual"))
+  return out
+
+
+# ----------------------------------------------------------------------------- Dataset
+
+
+def build_dataset(env: Env, challenger_params, solver_params, dcfg, sampling_cfg, *, seed: int,
+                  annotate: Callable[[str], dict] | None = None):
+  """N Challenger questions, m Solver answers each, majority labels, band filter.
+
+  `annotate(question)` may attach report-only fields (e.g. the true answer in a synthetic
+  world); they are stored under `meta` and never used to filter or to train.
+  Returns (records, stats).
+  """
+  t0 = time.perf_counter()
+  prompt = challenger_prompt_ids(env)
+  rows, _, _ = generate_rows(env, challenger_params, [prompt], n=dcfg.num_questions,
+                             seed=seed, max_new_tokens=_challenger_tokens(dcfg),
+                             temperature=dcfg.temperature, top_p=dcfg.top_p, top_k=dcfg.top_k)
+  texts = decode(env, rows)
+  candidates = []
+  for text in texts:
+    # The dataset keeps only questions that also carry a \boxed{} answer (reference §5).
+    if challenger.is_well_formed(text, require_boxed=True):
+      q = challenger.parse_question(text)
+      if len(env.tokenizer.encode(q)) <= dcfg.max_question_tokens:
+        candidates.append(q)
+  t1 = time.perf_counter()
+  answers = answer_questions(env, solver_params, candidates, m=dcfg.solver_samples,
+                             seed=seed + 1, sampling_cfg=sampling_cfg)
+  t2 = time.perf_counter()
+  band = ((dcfg.band_low, dcfg.band_high) if dcfg.band_low >= 0 and dcfg.band_high >= 0
+          else None)
+  meta = [annotate(q) for q in candidates] if annotate else None
+  records, stats = dataset.build_dataset(candidates, answers, delta=dcfg.band_delta,
+                                         band=band, meta=meta)
+  stats = dict(stats)
+  stats.update(generated=len(rows), well_formed=len(candidates),
+               time_sampling=(t1 - t0) + (t2 - t1), time_grading=time.perf_counter() - t2)
+  return records, stats
+
+
+def _challenger_tokens(dcfg) -> int:
+  return dcfg.get("challenger_max_new_tokens", None) or dcfg.max_question_tokens
+
+
+# ----------------------------------------------------------------------------- Solver
+
+
+def solver_batch(records: Sequence[dict], step: int, prompts_per_step: int, seed: int):
+  """The step's questions: a fixed shuffle of the dataset, cycled, so a resumed step replays."""
+  order = np.random.default_rng(seed).permutation(len(records))
+  idx = [(step * prompts_per_step + j) % len(records) for j in range(prompts_per_step)]
+  return [records[order[i]] for i in idx]
+
+
+def solver_step(env: Env, role: Role, state, ref_params, records: Sequence[dict], scfg, *,
+                step: int, seed: int, data_seed: int):
+  """One Solver GRPO step on the pseudo-labelled dataset. Returns (state, metrics record)."""
+  t0 = time.perf_counter()
+  batch = solver_batch(records, step, scfg.prompts_per_step, data_seed)
+  prompts = solver_prompt_ids(env, [r["question"] for r in batch])
+  g = scfg.group_size
+  rows, logps, _ = generate_rows(env, state.params, prompts, n=g, seed=seed,
+                                 max_new_tokens=scfg.max_new_tokens,
+                                 temperature=scfg.temperature, top_p=scfg.top_p,
+                                 top_k=scfg.top_k)
+  t1 = time.perf_counter()
+  texts = decode(env, rows)
+  labels = [r["label"] for r in batch for _ in range(g)]
+  rewards = np.asarray(grading.solver_rewards(texts, labels), np.float32)
+  t2 = time.perf_counter()
+  state, train_metrics = grpo_update(
+      env, role, state, ref_params, [p for p in prompts for _ in range(g)], rows, logps,
+      rewards, group_size=g, max_new_tokens=scfg.max_new_tokens,
+      rows_per_update=scfg.prompts_per_update * g)
+  t3 = time.perf_counter()
+  n_tokens = sum(len(r) for r in rows)
+  record = dict(reward_mean=float(np.mean(rewards)), reward_std=float(np.std(rewards)),
+                tokens_per_s=n_tokens / max(t1 - t0, 1e-9), time_sampling=t1 - t0,
+                time_grading=t2 - t1, time_training=t3 - t2, **_train_fields(train_metrics))
+  return state, record

@@ -1,0 +1,111 @@
+"""The run's working directory: everything a killed run needs to resume.
+
+  WORKDIR/config.json            the run's config, frozen at the first start
+  WORKDIR/progress.json          which iteration/phase/step is done (for people and tools;
+                                 the checkpoints' own metadata is the source of truth)
+  WORKDIR/checkpoints/{role}/    Orbax, after every train step (keep-last-N)
+  WORKDIR/checkpoints/{role}_final/  Orbax, step t = the role after iteration t (kept)
+  WORKDIR/datasets/iter_{t}.jsonl    the Solver dataset of iteration t (atomic)
+  WORKDIR/eval/iter_{t}.json         held-out evaluation after iteration t (0 = base)
+  WORKDIR/metrics.jsonl, WORKDIR/tb/ metrics; WORKDIR/report.md, progress.png
+Every file is written to a temporary name in the same directory and renamed into place.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Mapping
+
+
+def atomic_write_text(path: str, text: str) -> None:
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def atomic_write_json(path: str, obj: Any) -> None:
+  atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
+
+
+def _jsonable(x):
+  if hasattr(x, "tolist"):
+    return x.tolist()
+  if isinstance(x, (set, frozenset, tuple)):
+    return list(x)
+  raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def read_json(path: str, default=None):
+  if not os.path.exists(path):
+    return default
+  with open(path) as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, Mapping):
+      out.update(flatten(v, key + "."))
+    else:
+      out[key] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+  """Human-readable lines for every key whose value differs between two nested configs."""
+  a, b = flatten(old), flatten(new)
+  lines = []
+  for key in sorted(set(a) | set(b)):
+    if a.get(key, "<absent>") != b.get(key, "<absent>"):
+      lines.append(f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
+  return lines
+
+
+class ConfigChangedError(ValueError):
+  pass
+
+
+def check_or_store_config(workdir: str, config: Mapping[str, Any],
+                          allow_change: bool = False, is_writer: bool = True) -> None:
+  """Freezes the config of a workdir; a resumed run with another config is refused."""
+  path = os.path.join(workdir, "config.json")
+  stored = read_json(path)
+  current = json.loads(json.dumps(config, default=_jsonable))
+  if stored is not None:
+    diff = config_diff(stored, current)
+    if diff and not allow_change:
+      raise ConfigChangedError(
+          f"{path}: the config differs from the one this workdir was started with "
+          f"({'; '.join(diff)}); use another --workdir, or pass --allow_config_change")
+    if not diff:
+      return
+  if is_writer:
+    atomic_write_json(path, current)
+
+
+def dataset_path(workdir: str, iteration: int) -> str:
+  return os.path.join(workdir, "datasets", f"iter_{iteration}.jsonl")
+
+
+def eval_path(workdir: str, iteration: int) -> str:
+  return os.path.join(workdir, "eval", f"iter_{iteration}.json")
+
+
+def checkpoint_dir(workdir: str, role: str, final: bool = False) -> str:
+  return os.path.join(workdir, "checkpoints", f"{role}_final" if final else role)
