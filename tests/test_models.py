@@ -258,6 +258,8 @@ def test_config_of_every_family_round_trips_through_to_hf_dict(checkpoints):
      r"rope scaling type 'linear' is not supported; supported: default, llama3"),
     ({"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 128},
      r"sliding-window attention is not supported"),
+    ({"attention_bias": True},
+     r"attention_bias=true is not supported for llama .*supported: attention_bias=false"),
 ])
 def test_config_rejects_unsupported_options_and_lists_supported(override, message):
   hf_dict = {**dict(model_type="llama", vocab_size=VOCAB, hidden_size=64, intermediate_size=96,

@@ -157,10 +157,13 @@ def from_hf_dict(hf: Mapping[str, Any], where: str = "config.json", **runtime) -
   head_dim = hf.get("head_dim") or hf["hidden_size"] // num_heads
   eos = hf.get("eos_token_id")
   eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (int(eos),))
-  if model_type == "qwen2":
-    qkv_bias = True
-  else:
-    qkv_bias = bool(hf.get("attention_bias", False))
+  # Qwen2 always has q/k/v bias (and no o_proj bias). In Llama and Qwen3, attention_bias=true
+  # also puts a bias on o_proj, which the decoder does not have.
+  qkv_bias = model_type == "qwen2"
+  if model_type != "qwen2" and hf.get("attention_bias"):
+    raise ValueError(f"{where}: attention_bias=true is not supported for {model_type} (it adds "
+                     "q/k/v/o biases); supported: attention_bias=false, or model_type qwen2 "
+                     "for q/k/v bias")
   return ModelConfig(
       model_type=model_type,
       vocab_size=int(hf["vocab_size"]),
