@@ -1,0 +1,455 @@
+"""Batched autoregressive sampling: one jitted prefill, then a jitted `lax.while_loop` decode.
+
+Shapes are bucketed so compilation stays bounded: prompts are left-padded to a power-of-two
+length (at least `MIN_PROMPT_BUCKET`) and the prompt count is padded to a batch bucket (see
+`batch_bucket`). The static part of each jitted function is a frozen `_Plan` (config, buckets,
+budget, which truncations are active, mesh); everything that varies per call (temperature,
+top-k, top-p, seed, stop tokens) is an array, so changing it never recompiles.
+
+Prefill runs every prompt once over a cache of the prompt bucket's length, samples the first
+token and then repeats each prompt's cache `n` times into the decode cache, whose length is
+`prompt_bucket + max_new_tokens`. Decode feeds one token per step, writing it in place into the
+donated cache, and stops when every row has emitted a stop token or the budget is spent.
+
+Sampling rules (the usual ones): temperature 0 is greedy; otherwise logits are divided by the
+temperature, top-k keeps the k largest, and top-p then keeps the smallest set of the largest
+tokens whose probability (renormalised after top-k) sums to at least top_p, always the top-1.
+The recorded logprob is log_softmax(logits / T) of the untruncated distribution (T = 1 when
+greedy), so it is comparable with the trainer's. The key of step s is fold_in(key(seed), s).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from rzero_jax import models, sharding
+from rzero_jax.models.config import ModelConfig
+
+MIN_PROMPT_BUCKET = 16
+# Up to this many prompts the batch bucket is a power of two; above it, a multiple of it. That
+# bounds the number of compiled shapes while wasting at most this many padding rows.
+BATCH_BUCKET_STEP = 64
+
+# Number of traces of each jitted body. Tracing happens exactly when jit (re)compiles for a
+# new static plan or new shapes, so this is the compilation count the tests watch.
+_TRACES: collections.Counter = collections.Counter()
+
+
+def compile_count() -> int:
+  """How many times the prefill and decode functions have been traced (= compiled)."""
+  return sum(_TRACES.values())
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleOutput:
+  tokens: list[list[int]]          # completion only, cut after the first stop token
+  logprobs: list[list[float]]      # per token, under the temperature-scaled distribution
+  finish_reasons: list[str]        # "stop" | "length"
+
+
+# ----------------------------------------------------------------------------- sizes
+
+def prompt_bucket(length: int, min_bucket: int = MIN_PROMPT_BUCKET) -> int:
+  """The padded prompt length: the next power of two, at least `min_bucket`."""
+  return max(min_bucket, 1 << max(0, int(length) - 1).bit_length())
+
+
+def batch_bucket(num_prompts: int, multiple: int = 1) -> int:
+  """The padded prompt count: a power of two up to BATCH_BUCKET_STEP, then a multiple of it;
+  always a multiple of `multiple` (the number of batch shards of the mesh)."""
+  if num_prompts <= BATCH_BUCKET_STEP:
+    size = 1 << max(0, num_prompts - 1).bit_length()
+  else:
+    size = -(-num_prompts // BATCH_BUCKET_STEP) * BATCH_BUCKET_STEP
+  return -(-size // multiple) * multiple
+
+
+def kv_cache_bytes(cfg: ModelConfig, batch: int, length: int, dtype=None) -> int:
+  """Bytes of a K+V cache: layers x batch x kv_heads x length x head_dim x 2 x itemsize."""
+  itemsize = jnp.dtype(dtype or models.transformer.dtype_of(cfg.dtype)).itemsize
+  return (cfg.num_layers * batch * cfg.num_kv_heads * length * cfg.head_dim * 2 * itemsize)
+
+
+# ----------------------------------------------------------------------------- sampling rules
+
+def _ordered_keys(x: jax.Array) -> jax.Array:
+  """float32 -> uint32 with the same order, so thresholds can be bisected over integers."""
+  bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+  return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(1 << 31))
+
+
+def _largest_threshold(keys: jax.Array, holds) -> jax.Array:
+  """Per row, the largest key t (one of the row's keys) such that holds(keys >= t) is True.
+
+  `holds` must be monotone: true for the whole row (t = row min), and once false for some t,
+  false for every larger t. Bisection over the 32-bit keys finds t exactly in 32 O(V) passes,
+  with no sort of the vocabulary (a sort of [B, V] per step costs more than this on every
+  backend we target).
+  """
+  lo = jnp.min(keys, axis=-1)  # holds by assumption
+  hi = jnp.max(keys, axis=-1)
+
+  def step(_, bounds):
+    lo, hi = bounds
+    gap = hi - lo
+    mid = lo + (gap >> 1) + (gap & 1)  # ceil((lo + hi) / 2) without overflow
+    ok = holds(keys >= mid[:, None])
+    return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
+
+  lo, _ = jax.lax.fori_loop(0, 32, step, (lo, hi))
+  return lo
+
+
+def truncate_logits(scaled: jax.Array, top_k: jax.Array, top_p: jax.Array, *,
+                    use_top_k: bool, use_top_p: bool) -> jax.Array:
+  """Sets logits outside the top-k / top-p (nucleus) set to -inf. scaled: [B, V] float32.
+
+  Ties at the boundary are all kept (the set is defined by a logit threshold).
+  """
+  if not (use_top_k or use_top_p):
+    return scaled
+  keys = _ordered_keys(scaled)
+  keep = jnp.ones(scaled.shape, bool)
+  if use_top_k:
+    k = jnp.asarray(top_k, jnp.int32)
+    t = _largest_threshold(keys, lambda mask: jnp.sum(mask, axis=-1) >= k)
+    keep = keys >= t[:, None]
+  if use_top_p:
+    probs = jax.nn.softmax(jnp.where(keep, scaled, -jnp.inf), axis=-1)
+    p = jnp.asarray(top_p, jnp.float32)
+    t = _largest_threshold(keys, lambda mask: jnp.sum(jnp.where(mask, probs, 0.0), -1) >= p)
+    keep = keep & (keys >= t[:, None])
+  return jnp.where(keep, scaled, -jnp.inf)
+
+
+def sample_tokens(logits: jax.Array, key: jax.Array, knobs: dict, *, use_top_k: bool,
+                  use_top_p: bool) -> tuple[jax.Array, jax.Array]:
+  """logits [B, V] float32 -> (tokens [B] int32, logprobs [B] float32).
+
+  knobs: {'temperature', 'top_k', 'top_p'} scalar arrays.
+  """
+  temperature = knobs["temperature"]
+
+  def greedy(_):
+    tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return tokens, _logprob_of(jax.nn.log_softmax(logits, axis=-1), tokens)
+
+  def sample(_):
+    scaled = logits / temperature
+    masked = truncate_logits(scaled, knobs["top_k"], knobs["top_p"], use_top_k=use_top_k,
+                             use_top_p=use_top_p)
+    tokens = jax.random.categorical(key, masked, axis=-1).astype(jnp.int32)
+    return tokens, _logprob_of(jax.nn.log_softmax(scaled, axis=-1), tokens)
+
+  return jax.lax.cond(temperature <= 0, greedy, sample, None)
+
+
+def _logprob_of(logp: jax.Array, tokens: jax.Array) -> jax.Array:
+  return jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
+
+
+# ----------------------------------------------------------------------------- jitted parts
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+  """The static part of the jitted functions: everything that fixes a shape or the program."""
+  cfg: ModelConfig
+  prompt_bucket: int
+  max_new_tokens: int
+  n: int
+  use_top_k: bool
+  use_top_p: bool
+  pad_id: int
+  mesh: Any
+  rules: tuple
+
+  @property
+  def cache_length(self) -> int:
+    return self.prompt_bucket + self.max_new_tokens
+
+  def constrain_cache(self, cache):
+    axes = models.cache_logical_axes()
+    return {name: sharding.constrain(x, axes[name], self.mesh, self.rules)
+            for name, x in cache.items()}
+
+  def constrain_rows(self, x):
+    return sharding.constrain(x, ("batch",) + (None,) * (x.ndim - 1), self.mesh, self.rules)
+
+  def kv_mask(self, prompt_lens, length):
+    """[B, length]: slot s holds a real token iff it is not left padding."""
+    return jnp.arange(length)[None, :] >= (self.prompt_bucket - prompt_lens)[:, None]
+
+  def sample(self, logits, key, knobs):
+    return sample_tokens(logits, key, knobs, use_top_k=self.use_top_k, use_top_p=self.use_top_p)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _prefill(plan: _Plan, params, tokens, prompt_lens, live, stop_mask, knobs):
+  """Runs the prompts, samples token 0 and builds the decode state (rows = prompts x n)."""
+  _TRACES["prefill"] += 1
+  cfg, n = plan.cfg, plan.n
+  num_prompts, bucket = tokens.shape
+  kv_mask = plan.kv_mask(prompt_lens, bucket)
+  cache = plan.constrain_cache(models.init_cache(cfg, num_prompts, bucket))
+  hidden, cache = models.forward_with_cache(
+      cfg, params, tokens, models.default_positions(kv_mask), kv_mask, cache, 0,
+      mesh=plan.mesh, rules=plan.rules, return_hidden=True)
+  # Only the last position's logits are needed: never materialise [B, T, V].
+  logits = models.unembed(cfg, params, hidden[:, -1])
+
+  # Sample j of prompt i is row i * n + j; repeating after prefill runs each prompt once.
+  rows = num_prompts * n
+  logits = plan.constrain_rows(jnp.repeat(logits, n, axis=0))
+  prompt_lens = plan.constrain_rows(jnp.repeat(prompt_lens, n, axis=0))
+  live = plan.constrain_rows(jnp.repeat(live, n, axis=0))
+  decode_cache = {}
+  for name, x in cache.items():
+    full = jnp.zeros((cfg.num_layers, rows, plan.cache_length) + x.shape[3:], x.dtype)
+    full = jax.lax.dynamic_update_slice(full, jnp.repeat(x, n, axis=1), (0, 0, 0, 0, 0))
+    decode_cache[name] = full
+  decode_cache = plan.constrain_cache(decode_cache)
+
+  base_key = jax.random.key(knobs["seed"])
+  first, first_lp = plan.sample(logits, jax.random.fold_in(base_key, 0), knobs)
+  first = jnp.where(live, first, plan.pad_id)
+  out_tokens = jnp.full((rows, plan.max_new_tokens), plan.pad_id, jnp.int32)
+  out_logprobs = jnp.zeros((rows, plan.max_new_tokens), jnp.float32)
+  return {
+      "cache": decode_cache,
+      "tokens": plan.constrain_rows(out_tokens.at[:, 0].set(first)),
+      "logprobs": plan.constrain_rows(out_logprobs.at[:, 0].set(jnp.where(live, first_lp, 0.))),
+      "lengths": live.astype(jnp.int32),
+      "done": ~live | stop_mask[first],
+      "prompt_lens": prompt_lens,
+      "step": jnp.asarray(1, jnp.int32),
+  }
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
+def _decode(plan: _Plan, params, state, stop_mask, knobs):
+  """Feeds the last sampled token until every row is done or the budget is spent."""
+  _TRACES["decode"] += 1
+  cfg, bucket = plan.cfg, plan.prompt_bucket
+  base_key = jax.random.key(knobs["seed"])
+  kv_mask = plan.kv_mask(state["prompt_lens"], plan.cache_length)
+
+  def not_finished(s):
+    return (s["step"] < plan.max_new_tokens) & ~jnp.all(s["done"])
+
+  def decode_one(s):
+    step = s["step"]
+    last = jax.lax.dynamic_slice_in_dim(s["tokens"], step - 1, 1, axis=1)  # [B, 1]
+    positions = (s["prompt_lens"] + step - 1)[:, None]
+    logits, cache = models.forward_with_cache(
+        cfg, params, last, positions, kv_mask, s["cache"], bucket + step - 1,
+        mesh=plan.mesh, rules=plan.rules)
+    token, logprob = plan.sample(logits[:, 0], jax.random.fold_in(base_key, step), knobs)
+    done = s["done"]
+    token = jnp.where(done, plan.pad_id, token)
+    logprob = jnp.where(done, 0.0, logprob)
+    return {
+        "cache": plan.constrain_cache(cache),
+        "tokens": jax.lax.dynamic_update_slice_in_dim(s["tokens"], token[:, None], step, 1),
+        "logprobs": jax.lax.dynamic_update_slice_in_dim(s["logprobs"], logprob[:, None], step,
+                                                        1),
+        "lengths": s["lengths"] + (~done).astype(jnp.int32),
+        "done": done | stop_mask[token],
+        "prompt_lens": s["prompt_lens"],
+        "step": step + 1,
+    }
+
+  return jax.lax.while_loop(not_finished, decode_one, state)
+
+
+# ----------------------------------------------------------------------------- host API
+
+def _check_args(cfg: ModelConfig, prompts, max_new_tokens, temperature, top_p, top_k, n,
+                stop_token_ids):
+  if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not prompts:
+    raise ValueError("generate: prompts must be a non-empty list of token-id lists, got "
+                     f"{type(prompts).__name__}")
+  for i, p in enumerate(prompts):
+    if isinstance(p, (str, bytes)) or len(p) == 0:
+      raise ValueError(f"generate: prompts[{i}] must be a non-empty list of token ids, got "
+                       f"{p!r:.60}")
+  if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+    raise ValueError(f"generate: max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+  if not (temperature >= 0 and math.isfinite(temperature)):
+    raise ValueError(f"generate: temperature must be finite and >= 0, got {temperature!r}")
+  if not 0 < top_p <= 1:
+    raise ValueError(f"generate: top_p must be in (0, 1], got {top_p!r}")
+  if not isinstance(top_k, (int, np.integer)) or top_k < 0:
+    raise ValueError(f"generate: top_k must be an int >= 0 (0 = off), got {top_k!r}")
+  if not isinstance(n, (int, np.integer)) or n < 1:
+    raise ValueError(f"generate: n must be an int >= 1, got {n!r}")
+  for t in stop_token_ids:
+    if not 0 <= int(t) < cfg.vocab_size:
+      raise ValueError(f"generate: stop token id {t} is outside the vocabulary "
+                       f"[0, {cfg.vocab_size})")
+
+
+def _pack_prompts(prompts, num_rows: int, bucket: int, vocab_size: int, pad_id: int):
+  """Left-pads prompts into [num_rows, bucket]; rows past len(prompts) are dead padding."""
+  tokens = np.full((num_rows, bucket), pad_id, np.int32)
+  lens = np.ones((num_rows,), np.int32)
+  for i, p in enumerate(prompts):
+    ids = np.asarray(p, np.int64)
+    if ids.min() < 0 or ids.max() >= vocab_size:
+      raise ValueError(f"generate: prompts[{i}] holds token id {int(ids.max()) if ids.max() >= vocab_size else int(ids.min())} "
+                       f"outside the vocabulary [0, {vocab_size})")
+    tokens[i, bucket - len(ids):] = ids
+    lens[i] = len(ids)
+  live = np.arange(num_rows) < len(prompts)
+  return tokens, lens, live
+
+
+def _batch_shards(mesh, rules) -> int:
+  if mesh is None:
+    return 1
+  entry = sharding.logical_to_spec(("batch",), rules, mesh)[0]
+  axes = (entry,) if isinstance(entry, str) else tuple(entry or ())
+  return math.prod(mesh.shape[a] for a in axes)
+
+
+@functools.lru_cache(maxsize=16)
+def _param_shardings(cfg: ModelConfig, mesh, rules):
+  return models.param_shardings(cfg, mesh, rules)
+
+
+def _place(plan: _Plan, params, row_arrays, replicated_arrays):
+  if plan.mesh is None:
+    return params, row_arrays, replicated_arrays
+  params = jax.device_put(params, _param_shardings(plan.cfg, plan.mesh, plan.rules))
+  row_spec = sharding.logical_to_spec(("batch",), plan.rules, plan.mesh)
+  rows = [jax.device_put(x, NamedSharding(plan.mesh, PartitionSpec(*row_spec,
+                                                                   *([None] * (x.ndim - 1)))))
+          for x in row_arrays]
+  repl = jax.device_put(replicated_arrays, sharding.replicated(plan.mesh))
+  return params, rows, repl
+
+
+def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
+             max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
+             top_k: int = 0, n: int = 1, seed: int = 0, stop_token_ids: Sequence[int] = (),
+             mesh=None, rules=sharding.DEFAULT_RULES) -> SampleOutput:
+  """Samples `n` completions per prompt. Row i * n + j of the output is sample j of prompt i.
+
+  Completions are cut after (and including) the first stop token; finish reason "stop" if one
+  was emitted, else "length". Under a mesh, rows are split over the batch axes and heads over
+  tensor, following `rules`.
+  """
+  stop_token_ids = tuple(int(t) for t in stop_token_ids)
+  _check_args(cfg, prompts, max_new_tokens, temperature, top_p, top_k, n, stop_token_ids)
+  rules = tuple(rules)
+  pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
+  plan = _Plan(
+      cfg=cfg, prompt_bucket=prompt_bucket(max(len(p) for p in prompts)),
+      max_new_tokens=int(max_new_tokens), n=int(n),
+      use_top_k=temperature > 0 and 0 < top_k < cfg.vocab_size,
+      use_top_p=temperature > 0 and top_p < 1.0, pad_id=int(pad_id), mesh=mesh, rules=rules)
+  num_rows = batch_bucket(len(prompts), _batch_shards(mesh, rules))
+  tokens, prompt_lens, live = _pack_prompts(prompts, num_rows, plan.prompt_bucket,
+                                            cfg.vocab_size, plan.pad_id)
+  stop_mask = np.zeros((cfg.vocab_size,), bool)
+  stop_mask[list(stop_token_ids)] = True
+  knobs = {"temperature": np.float32(temperature), "top_p": np.float32(top_p),
+           "top_k": np.int32(top_k), "seed": np.uint32(seed % (1 << 32))}
+  params, (tokens, prompt_lens, live), (stop_mask, knobs) = _place(
+      plan, params, (tokens, prompt_lens, live), (stop_mask, knobs))
+
+  state = _prefill(plan, params, tokens, prompt_lens, live, stop_mask, knobs)
+  state = _decode(plan, params, state, stop_mask, knobs)
+  out_tokens, out_logprobs, lengths, done = jax.device_get(
+      (state["tokens"], state["logprobs"], state["lengths"], state["done"]))
+  del state
+
+  real = len(prompts) * n
+  return SampleOutput(
+      tokens=[out_tokens[r, :lengths[r]].tolist() for r in range(real)],
+      logprobs=[out_logprobs[r, :lengths[r]].tolist() for r in range(real)],
+      # `done` is only ever set by a stop token; running out of budget leaves it False.
+      finish_reasons=["stop" if done[r] else "length" for r in range(real)])
+
+
+# ----------------------------------------------------------------------------- text level
+
+@dataclasses.dataclass(frozen=True)
+class TextOutput:
+  texts: list[str]                 # decoded completions, cut before the first stop string
+  tokens: list[list[int]]          # completion ids through the token that completed a stop
+  logprobs: list[list[float]]      # one per token in `tokens`
+  finish_reasons: list[str]        # "stop" | "length"
+  prompt_tokens: list[list[int]]   # per prompt (not per row): the chat-templated prompt ids
+
+
+def _encode_chat(tokenizer, messages) -> list[int]:
+  if hasattr(tokenizer, "encode_chat"):
+    return list(tokenizer.encode_chat(messages))
+  return list(tokenizer.encode(tokenizer.apply_chat_template(messages)))
+
+
+def _cut_at_stop_strings(tokenizer, ids: list[int], stop_strings: Sequence[str]):
+  """(text, number of tokens kept, stopped). Keeps the shortest token prefix whose text
+  already contains a stop string, so the kept tokens are exactly those that were needed."""
+  text = tokenizer.decode(ids)
+  hits = [i for i in (text.find(s) for s in stop_strings) if i >= 0]
+  if not hits:
+    return text, len(ids), False
+  cut = min(hits)
+
+  def contains_stop(k):
+    prefix = tokenizer.decode(ids[:k])
+    return any(s in prefix for s in stop_strings)
+
+  lo, hi = 1, len(ids)  # contains_stop(hi) is True
+  while lo < hi:
+    mid = (lo + hi) // 2
+    if contains_stop(mid):
+      hi = mid
+    else:
+      lo = mid + 1
+  return text[:cut], hi, True
+
+
+def generate_text(cfg: ModelConfig, params, tokenizer, messages_list, *,
+                  stop_strings: Sequence[str] = (), max_new_tokens: int = 64,
+                  temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, n: int = 1,
+                  seed: int = 0, stop_token_ids: Sequence[int] | None = None, mesh=None,
+                  rules=sharding.DEFAULT_RULES) -> TextOutput:
+  """Chat messages -> decoded completions (row i * n + j = sample j of conversation i).
+
+  `tokenizer` needs `encode_chat(messages)` (or `apply_chat_template` + `encode`), `decode`
+  and, unless `stop_token_ids` is given, `eos_token_ids`. Stop tokens are not decoded into the
+  text; stop strings are cut on the host (the text ends before the stop string).
+  """
+  if isinstance(stop_strings, str):
+    raise ValueError("generate_text: stop_strings must be a sequence of strings, not a str")
+  if any(not s for s in stop_strings):
+    raise ValueError("generate_text: stop_strings must not contain the empty string")
+  prompts = [_encode_chat(tokenizer, m) for m in messages_list]
+  if stop_token_ids is None:
+    stop_token_ids = tuple(getattr(tokenizer, "eos_token_ids", ()))
+  out = generate(cfg, params, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                 top_p=top_p, top_k=top_k, n=n, seed=seed, stop_token_ids=stop_token_ids,
+                 mesh=mesh, rules=rules)
+  stop_ids = set(int(t) for t in stop_token_ids)
+  texts, tokens, logprobs, reasons = [], [], [], []
+  for ids, lps, reason in zip(out.tokens, out.logprobs, out.finish_reasons):
+    content = ids[:-1] if reason == "stop" and ids and ids[-1] in stop_ids else ids
+    text, keep, stopped = _cut_at_stop_strings(tokenizer, content, stop_strings)
+    if stopped:
+      ids, lps, reason = ids[:keep], lps[:keep], "stop"
+    texts.append(text)
+    tokens.append(ids)
+    logprobs.append(lps)
+    reasons.append(reason)
+  return TextOutput(texts=texts, tokens=tokens, logprobs=logprobs, finish_reasons=reasons,
+                    prompt_tokens=prompts)

