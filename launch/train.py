@@ -15,8 +15,22 @@ from ml_collections import config_flags
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "configs",
                                "arith_tiny.py")
-_CONFIG = config_flags.DEFINE_config_file("config", os.path.normpath(_DEFAULT_CONFIG),
-                                          "ml_collections config file.", lock_config=True)
+
+
+def _bad_override(e: Exception, argv) -> str:
+  key = str(e).strip("'\"")
+  culprit = [a for a in argv[1:] if a.startswith("--config") and key and key in a]
+  where = f" in {culprit[0]}" if culprit else ""
+  return (f"error: invalid config override{where}: {type(e).__name__}: {key} "
+          "(no such config field, or a value of the wrong type)")
+
+
+try:
+  # config_flags reads the --config.* overrides from sys.argv right here, at definition time.
+  _CONFIG = config_flags.DEFINE_config_file("config", os.path.normpath(_DEFAULT_CONFIG),
+                                            "ml_collections config file.", lock_config=True)
+except (AttributeError, KeyError, TypeError, ValueError) as _e:
+  sys.exit(_bad_override(_e, sys.argv))
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, datasets, metrics).")
 _BASE_MODEL = flags.DEFINE_string("base_model", None,
                                   "HF directory or .gguf file; overrides config.base_model.")
@@ -32,6 +46,16 @@ flags.mark_flag_as_required("workdir")
 def _quiet_orbax(record) -> bool:
   # Orbax logs every save at INFO; keep its warnings, drop the chatter around our step lines.
   return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
+
+
+def _parse_flags(argv):
+  """absl's parser, but a bad --config.* override is one clear line instead of a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f"error: {e}\nPass --helpfull to see the flags.")
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    sys.exit(_bad_override(e, argv))
 
 
 def main(argv):
@@ -65,4 +89,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -10,8 +10,10 @@ import os
 
 from absl import logging
 
+import jax
+
 from rzero_jax.rzero import loop, report
-from rzero_jax.rzero.workdir import ConfigChangedError  # noqa: F401  (re-exported)
+from rzero_jax.rzero import workdir as wd
 
 # Errors that mean "the user's input is wrong": the launcher prints them as one line.
 UserError = (ValueError, FileNotFoundError, NotADirectoryError)
@@ -80,6 +82,9 @@ def make_annotate(config):
 
 def run(config, workdir: str, *, allow_config_change: bool = False) -> str:
   """Runs or resumes the experiment; returns the one-screen summary printed at the end."""
+  # Refuse a changed config before spending minutes on a base model.
+  wd.check_or_store_config(workdir, config.to_dict(), allow_config_change,
+                           is_writer=jax.process_index() == 0)
   base = resolve_base_model(config)
   logging.info("base model: %s", base)
   loop.run(config, workdir, base_model=base, allow_config_change=allow_config_change,
