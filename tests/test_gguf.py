@@ -96,6 +96,17 @@ def test_load_gguf_errors(tiny_llama, tmp_path):
   (tmp_path / "junk.gguf").write_bytes(b"not a gguf at all")
   with pytest.raises(ValueError, match=r"junk\.gguf: not a readable GGUF file"):
     models.load_gguf(str(tmp_path / "junk.gguf"))
+  whole = str(tmp_path / "whole.gguf")
+  _write_tiny_llama_gguf(tiny_llama, whole)
+  with open(whole, "rb") as f:
+    data = f.read()
+  (tmp_path / "cut.gguf").write_bytes(data[:len(data) // 2])
+  with pytest.raises(ValueError, match=r"cut\.gguf: not a readable GGUF file: tensor '.*' runs "
+                                       r"past the end of the file \(truncated\?\)"):
+    models.load_gguf(str(tmp_path / "cut.gguf"))
+  (tmp_path / "header_only.gguf").write_bytes(data[:200])
+  with pytest.raises(ValueError, match=r"header_only\.gguf: not a readable GGUF file"):
+    models.load_gguf(str(tmp_path / "header_only.gguf"))
   qwen = str(tmp_path / "qwen.gguf")
   _write_tiny_llama_gguf(tiny_llama, qwen, arch="qwen2")
   with pytest.raises(ValueError, match=r"qwen\.gguf: GGUF architecture 'qwen2' is not "

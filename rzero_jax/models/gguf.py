@@ -7,14 +7,20 @@ llama.cpp's converter permutes the rows of attn_q / attn_k so that its RoPE, whi
 adjacent pairs (x0, x1), (x2, x3), ..., matches HF's rotate-half RoPE, which pairs x_i with
 x_{i + Dh/2}. We undo it: within each head, rows [pair, 2] go back to [2, pair].
 
-Reading uses only the `gguf` package and numpy (no torch).
+The header is parsed here (`GGUFFile`): the `gguf` package's reader turns every vocabulary
+string into its own memmap slice, which takes seconds on a 49k-token vocabulary, while we skip the
+string arrays nobody asked for. Tensor data stays memory-mapped; the `gguf` package supplies the
+quantization tables and dequantization. No torch anywhere.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import mmap
 import os
 import re
-from typing import Any
+import struct
+from typing import Any, Container
 
 import jax.numpy as jnp
 import numpy as np
@@ -57,60 +63,175 @@ def smollm2_path() -> str | None:
   return path if os.path.exists(path) else None
 
 
-def open_reader(path: str):
-  """A `gguf.GGUFReader` for `path`, with clear errors for a missing or unreadable file."""
+def _gguf_package():
   try:
     import gguf
   except ImportError:
     raise ImportError("reading GGUF files needs the `gguf` package: pip install gguf "
                       "(or the rzero-jax[gguf] extra)") from None
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path}: no such GGUF file")
-  try:
-    return gguf.GGUFReader(path)
-  except Exception as e:  # the reader raises ValueError / struct errors on bad input
-    raise ValueError(f"{path}: not a readable GGUF file: {e}") from None
+  return gguf
 
 
-def _field(reader, key: str, default: Any = None) -> Any:
-  field = reader.fields.get(key)
-  return default if field is None else field.contents()
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+  name: str
+  shape: tuple[int, ...]  # numpy (row-major) order: GGUF lists dimensions fastest-moving first
+  ggml_type: int
+  offset: int             # absolute, in the file
+  nbytes: int
 
 
-def config_from_gguf(reader, path: str, **runtime) -> ModelConfig:
+# GGUF metadata value types: fixed-size scalars; 8 is a string, 9 an array.
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
+            11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+_VERSIONS = (2, 3)
+
+
+class GGUFFile:
+  """A GGUF file's metadata and tensor table; tensor bytes stay memory-mapped until read.
+
+  String arrays (the vocabulary, the merges) are only decoded when named in `string_arrays`;
+  otherwise their metadata value is their length."""
+
+  def __init__(self, path: str, string_arrays: Container[str] = ()):
+    gguf = _gguf_package()
+    self.path = path = os.fspath(path)
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"{path}: no such GGUF file")
+    with open(path, "rb") as f:
+      try:
+        self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+      except ValueError:  # an empty file cannot be mapped
+        raise ValueError(f"{path}: not a readable GGUF file: empty") from None
+    self._pos = 0
+    self._string_arrays = string_arrays
+    try:
+      if bytes(self._map[:4]) != b"GGUF":
+        raise ValueError("does not start with the GGUF magic bytes")
+      version, tensor_count, kv_count = struct.unpack_from("<IQQ", self._map, 4)
+      if version not in _VERSIONS:
+        raise ValueError(f"GGUF version {version}; supported: {_VERSIONS}")
+      self._pos = 24
+      self.metadata: dict[str, Any] = {}
+      for _ in range(kv_count):
+        key = self._string()
+        self.metadata[key] = self._value(self._u32(), key)
+      entries = []
+      for _ in range(tensor_count):
+        name = self._string()
+        dims = struct.unpack_from(f"<{self._u32()}Q", self._map, self._pos)
+        self._pos += 8 * len(dims)
+        ggml_type, offset = struct.unpack_from("<IQ", self._map, self._pos)
+        self._pos += 12
+        entries.append((name, tuple(int(d) for d in reversed(dims)), ggml_type, offset))
+      alignment = int(self.metadata.get("general.alignment", 32))
+      data_start = -(-self._pos // alignment) * alignment
+      self.tensors: dict[str, TensorInfo] = {}
+      for name, shape, ggml_type, offset in entries:
+        try:
+          block, block_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ggml_type)]
+        except (ValueError, KeyError):
+          raise ValueError(f"tensor {name!r} has unknown ggml type {ggml_type}") from None
+        nbytes = int(np.prod(shape)) // block * block_bytes
+        if data_start + offset + nbytes > len(self._map):
+          raise ValueError(f"tensor {name!r} runs past the end of the file (truncated?)")
+        self.tensors[name] = TensorInfo(name, shape, ggml_type, data_start + offset, nbytes)
+    except (ValueError, struct.error, UnicodeDecodeError) as e:
+      raise ValueError(f"{path}: not a readable GGUF file: {e}") from None
+
+  def _u32(self) -> int:
+    (value,) = struct.unpack_from("<I", self._map, self._pos)
+    self._pos += 4
+    return value
+
+  def _string(self) -> str:
+    (length,) = struct.unpack_from("<Q", self._map, self._pos)
+    start = self._pos + 8
+    self._pos = start + length
+    if self._pos > len(self._map):
+      raise ValueError("string runs past the end of the file (truncated?)")
+    return self._map[start:self._pos].decode("utf-8")
+
+  def _value(self, value_type: int, key: str) -> Any:
+    if value_type in _SCALARS:
+      (value,) = struct.unpack_from(_SCALARS[value_type], self._map, self._pos)
+      self._pos += struct.calcsize(_SCALARS[value_type])
+      return value
+    if value_type == _STRING:
+      return self._string()
+    if value_type != _ARRAY:
+      raise ValueError(f"metadata {key!r} has unknown value type {value_type}")
+    element_type = self._u32()
+    (count,) = struct.unpack_from("<Q", self._map, self._pos)
+    self._pos += 8
+    if element_type in _SCALARS:
+      dtype = np.dtype(_SCALARS[element_type])
+      values = np.frombuffer(self._map, dtype, count, self._pos).tolist()
+      self._pos += count * dtype.itemsize
+      return values
+    if element_type != _STRING:
+      raise ValueError(f"metadata {key!r} is an array of type {element_type}")
+    if key in self._string_arrays:
+      return [self._string() for _ in range(count)]
+    for _ in range(count):  # skip: only the length is kept
+      (length,) = struct.unpack_from("<Q", self._map, self._pos)
+      self._pos += 8 + length
+    return count
+
+  def get(self, key: str, default: Any = None) -> Any:
+    return self.metadata.get(key, default)
+
+  def dequantize(self, name: str) -> np.ndarray:
+    """Tensor `name` as float32, in numpy order."""
+    gguf = _gguf_package()
+    from gguf.quants import dequantize
+
+    info = self.tensors[name]
+    qtype = gguf.GGMLQuantizationType(info.ggml_type)
+    block, block_bytes = gguf.GGML_QUANT_SIZES[qtype]
+    raw = np.frombuffer(self._map, np.uint8, info.nbytes, info.offset)
+    raw = raw.reshape(*info.shape[:-1], info.shape[-1] // block * block_bytes)
+    try:
+      return np.asarray(dequantize(raw, qtype), np.float32).reshape(info.shape)
+    except NotImplementedError:
+      raise ValueError(f"{self.path}: tensor {name!r} is stored as {qtype.name}, which the gguf "
+                       "package cannot dequantize") from None
+
+
+def config_from_gguf(file: GGUFFile, **runtime) -> ModelConfig:
   """A ModelConfig from the file's `llama.*` metadata. `runtime` sets dtype/param_dtype/remat."""
-  arch = _field(reader, "general.architecture")
+  path = file.path
+  arch = file.get("general.architecture")
   if arch not in SUPPORTED_ARCHITECTURES:
     raise ValueError(f"{path}: GGUF architecture {arch!r} is not supported; supported: "
                      f"{', '.join(SUPPORTED_ARCHITECTURES)}")
 
   def need(key: str):
-    value = _field(reader, f"{arch}.{key}")
+    value = file.get(f"{arch}.{key}")
     if value is None:
       raise ValueError(f"{path}: GGUF metadata lacks {arch}.{key}")
     return value
 
-  names = {t.name for t in reader.tensors}
-  if ("rope_freqs.weight" in names
-      or _field(reader, f"{arch}.rope.scaling.type") not in (None, "none")):
+  names = set(file.tensors)
+  if "rope_freqs.weight" in names or file.get(f"{arch}.rope.scaling.type") not in (None, "none"):
     raise ValueError(f"{path}: GGUF RoPE scaling (rope_freqs / {arch}.rope.scaling.*) is not "
                      "supported; convert the HF checkpoint with load_hf instead")
   hidden = int(need("embedding_length"))
   heads = int(need("attention.head_count"))
-  head_dim = int(_field(reader, f"{arch}.attention.key_length", hidden // heads))
-  rotary = int(_field(reader, f"{arch}.rope.dimension_count", head_dim))
+  head_dim = int(file.get(f"{arch}.attention.key_length", hidden // heads))
+  rotary = int(file.get(f"{arch}.rope.dimension_count", head_dim))
   if rotary != head_dim:
     raise ValueError(f"{path}: partial rotary embeddings ({arch}.rope.dimension_count="
                      f"{rotary}, head_dim={head_dim}) are not supported")
-  vocab = _field(reader, f"{arch}.vocab_size")
+  vocab = file.get(f"{arch}.vocab_size")
   if vocab is None:
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
-    if tokens is None:
+    tokens = file.get("tokenizer.ggml.tokens")  # a list, or its length when skipped
+    vocab = len(tokens) if isinstance(tokens, list) else tokens
+    if vocab is None:
       raise ValueError(f"{path}: GGUF metadata has neither {arch}.vocab_size nor "
                        "tokenizer.ggml.tokens")
-    vocab = len(tokens.data)
-  eos = _field(reader, "tokenizer.ggml.eos_token_id")
+  eos = file.get("tokenizer.ggml.eos_token_id")
   return ModelConfig(
       model_type="llama",
       vocab_size=int(vocab),
@@ -118,15 +239,15 @@ def config_from_gguf(reader, path: str, **runtime) -> ModelConfig:
       intermediate_size=int(need("feed_forward_length")),
       num_layers=int(need("block_count")),
       num_heads=heads,
-      num_kv_heads=int(_field(reader, f"{arch}.attention.head_count_kv", heads)),
+      num_kv_heads=int(file.get(f"{arch}.attention.head_count_kv", heads)),
       head_dim=head_dim,
       rms_norm_eps=float(need("attention.layer_norm_rms_epsilon")),
-      rope_theta=float(_field(reader, f"{arch}.rope.freq_base", 10000.0)),
-      max_position_embeddings=int(_field(reader, f"{arch}.context_length", 4096)),
+      rope_theta=float(file.get(f"{arch}.rope.freq_base", 10000.0)),
+      max_position_embeddings=int(file.get(f"{arch}.context_length", 4096)),
       tie_word_embeddings="output.weight" not in names,
-      bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
+      bos_token_id=file.get("tokenizer.ggml.bos_token_id"),
       eos_token_ids=() if eos is None else (int(eos),),
-      pad_token_id=_field(reader, "tokenizer.ggml.padding_token_id"),
+      pad_token_id=file.get("tokenizer.ggml.padding_token_id"),
       **runtime)
 
 
@@ -149,33 +270,30 @@ def unpermute_rotary_rows(w: np.ndarray, num_heads: int) -> np.ndarray:
 class GGUFSource:
   """The file's tensors under their HF names, dequantized to float32 when read."""
 
-  def __init__(self, reader, path: str, cfg: ModelConfig):
-    self.where = path
+  def __init__(self, file: GGUFFile, cfg: ModelConfig):
+    self.where = file.path
+    self._file = file
     self._cfg = cfg
-    self._tensors = {}
+    self._gguf_names = {}
     unknown = []
-    for t in reader.tensors:
-      name = hf_name(t.name)
-      if name is None:
-        unknown.append(t.name)
+    for name in file.tensors:
+      hf = hf_name(name)
+      if hf is None:
+        unknown.append(name)
       else:
-        self._tensors[name] = t
+        self._gguf_names[hf] = name
     if unknown:
-      raise ValueError(f"{path}: unexpected GGUF tensor(s) for a llama model: "
+      raise ValueError(f"{file.path}: unexpected GGUF tensor(s) for a llama model: "
                        f"{', '.join(sorted(unknown))}")
 
   def names(self) -> set[str]:
-    return set(self._tensors)
+    return set(self._gguf_names)
 
   def shape(self, name: str) -> tuple[int, ...]:
-    # GGUF lists dimensions fastest-moving first; numpy (and HF) the other way round.
-    return tuple(int(d) for d in reversed(self._tensors[name].shape))
+    return self._file.tensors[self._gguf_names[name]].shape
 
   def read(self, name: str, index: tuple[slice, ...]) -> np.ndarray:
-    from gguf.quants import dequantize
-
-    t = self._tensors[name]
-    w = np.asarray(dequantize(t.data, t.tensor_type), np.float32).reshape(self.shape(name))
+    w = self._file.dequantize(self._gguf_names[name])
     if name.endswith("self_attn.q_proj.weight"):
       w = unpermute_rotary_rows(w, self._cfg.num_heads)
     elif name.endswith("self_attn.k_proj.weight"):
@@ -188,10 +306,9 @@ def load_gguf(path: str, dtype=jnp.float32, mesh=None,
   """Reads a Llama-architecture GGUF file into (cfg, params), dequantized to `dtype`.
 
   The tokenizer of the same file: `rzero_jax.tokenizer.load_tokenizer(path)`."""
-  path = os.fspath(path)
-  reader = open_reader(path)
-  cfg = config_from_gguf(reader, path, param_dtype=dtype_name(dtype))
-  params = params_from_source(cfg, GGUFSource(reader, path, cfg), mesh, rules)
+  file = GGUFFile(path)
+  cfg = config_from_gguf(file, param_dtype=dtype_name(dtype))
+  params = params_from_source(cfg, GGUFSource(file, cfg), mesh, rules)
   return cfg, params
 
 
@@ -223,16 +340,15 @@ def read_tokenizer_metadata(path: str) -> tuple[str, dict, dict]:
   """(architecture, tokenizer_dict, tokenizer_config) in the form transformers' GGUF tokenizer
   converter takes (`transformers.integrations.gguf.convert_gguf_tokenizer`).
 
-  Transformers' own reader for this imports torch; this one needs only `gguf`."""
-  path = os.fspath(path)
-  reader = open_reader(path)
-  arch = _field(reader, "general.architecture")
-  tokenizer = {name: _field(reader, key) for key, name in _TOKENIZER_KEYS.items()
-               if key in reader.fields}
+  Transformers' own reader for this imports torch; this one does not."""
+  file = GGUFFile(path, string_arrays=("tokenizer.ggml.tokens", "tokenizer.ggml.merges"))
+  arch = file.get("general.architecture")
+  tokenizer = {name: file.metadata[key] for key, name in _TOKENIZER_KEYS.items()
+               if key in file.metadata}
   if "tokens" not in tokenizer:
-    raise ValueError(f"{path}: GGUF file has no tokenizer (tokenizer.ggml.tokens missing)")
-  config = {name: _field(reader, key) for key, name in _TOKENIZER_CONFIG_KEYS.items()
-            if key in reader.fields}
+    raise ValueError(f"{file.path}: GGUF file has no tokenizer (tokenizer.ggml.tokens missing)")
+  config = {name: file.metadata[key] for key, name in _TOKENIZER_CONFIG_KEYS.items()
+            if key in file.metadata}
   if tokenizer.get("tokenizer_type") == "llama":
     # llama.cpp adds BOS to a sentencepiece vocabulary that does not say otherwise.
     config.setdefault("add_bos_token", True)

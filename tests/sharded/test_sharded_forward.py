@@ -86,6 +86,10 @@ def test_load_hf_places_each_tensor_in_its_target_sharding(mesh, family, tmp_pat
   q = params["layers"]["attn"]["q_proj"]["kernel"]
   assert q.sharding.spec[1:3] == ("fsdp", "tensor")
   assert q.addressable_shards[0].data.shape == (cfg.num_layers, 32, 2, cfg.head_dim)
+  # Exporting sharded params writes the same checkpoint as the single-device ones.
+  models.save_hf(cfg, params, str(tmp_path / "again"))
+  assert ((tmp_path / "again" / "model.safetensors").read_bytes()
+          == (tmp_path / "model.safetensors").read_bytes())
 
 
 def test_load_hf_reads_only_the_slice_each_shard_needs(mesh, tmp_path):
