@@ -14,7 +14,7 @@ checkpoint and OUTPUT/comparison.md).
 """
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 _PAPER_BENCHMARKS = ("math500,gsm8k,amc23,minerva,olympiadbench,aime24,aime25,"
                      "mmlu_pro,supergpqa,bbeh")
@@ -73,6 +73,9 @@ def _mesh(text: str):
 def main(argv):
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    # Orbax logs every restore at INFO; the table and the progress bar are the output here.
+    logging.set_verbosity(logging.WARNING)
   from rzero_jax.evaluation import runner
   try:
     config = runner.EvalConfig(

@@ -70,7 +70,7 @@ def _is_step_dir(path: str) -> bool:
 
 
 class _Manager:
-  """Read-only view of one Orbax CheckpointManager directory."""
+  """Read access to one Orbax CheckpointManager directory through `rzero_jax.checkpoint`."""
 
   def __init__(self, path: str):
     from rzero_jax import checkpoint
@@ -78,23 +78,20 @@ class _Manager:
     self._mgr = checkpoint.CheckpointManager(path, max_to_keep=None, async_save=False)
 
   def steps(self) -> list[int]:
-    steps = getattr(self._mgr, "all_steps", None)
-    return sorted(steps()) if steps is not None else _numeric_children(self.path)
+    return self._mgr.all_steps()
 
   def metadata(self, step: int) -> dict:
-    meta = self._mgr.metadata(step)
-    if not isinstance(meta, dict):
+    meta = self._mgr.restore(step, target=None).metadata
+    if not meta:
       raise ValueError(f"{self.path}/{step}: checkpoint has no JSON metadata item (expected "
                        "model_config and tokenizer)")
     return meta
 
   def restore_params(self, step: int, abstract):
-    return self._mgr.restore(step, {"params": abstract})["params"]
+    return self._mgr.restore(step, {"params": abstract}).items["params"]
 
   def close(self):
-    close = getattr(self._mgr, "close", None)
-    if close is not None:
-      close()
+    self._mgr.close()
 
 
 def _orbax(spec: str, manager_dir: str, iteration: int | None,
@@ -214,7 +211,7 @@ def _dtype_name(dtype) -> str:
 def load_resolved(resolved: ResolvedCheckpoint, dtype=None, mesh=None):
   """(cfg, params, tokenizer) of a resolved checkpoint; params placed on `mesh` if given."""
   import jax
-  from rzero_jax import models, sharding
+  from rzero_jax import models
   from rzero_jax import tokenizer as tokenizer_lib
   if not os.path.exists(resolved.tokenizer):
     raise FileNotFoundError(f"checkpoint {resolved.spec}: its tokenizer {resolved.tokenizer} "
@@ -227,28 +224,29 @@ def load_resolved(resolved: ResolvedCheckpoint, dtype=None, mesh=None):
     if not isinstance(meta["model_config"], dict):
       raise ValueError(f"{where}: expected an HF config.json object")
     cfg = models.from_hf_dict(meta["model_config"], where=where, dtype=name, param_dtype=name)
+    # Restore in the dtype it was saved in (the checkpoint layer insists), then cast.
+    saved = jax.numpy.dtype(meta["model_config"].get("torch_dtype") or "float32")
     abstract = models.abstract_params(cfg)
     if mesh is not None:
       shardings = models.param_shardings(cfg, mesh)
     else:
       shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]),
                                abstract)
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, jdtype, sharding=s),
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, saved, sharding=s),
                           abstract, shardings)
     mgr = _Manager(resolved.path)
     try:
       params = mgr.restore_params(resolved.step, target)
     finally:
       mgr.close()
+    if saved != jdtype:
+      params = jax.tree.map(lambda x: x.astype(jdtype), params)
   elif resolved.kind == "hf":
     cfg, params = models.load_hf(resolved.path, dtype=jdtype, mesh=mesh)
     cfg = dataclasses.replace(cfg, dtype=name, param_dtype=name)
   elif resolved.kind == "gguf":
-    cfg, params = models.load_gguf(resolved.path, dtype=jdtype)
+    cfg, params = models.load_gguf(resolved.path, dtype=jdtype, mesh=mesh)
     cfg = dataclasses.replace(cfg, dtype=name, param_dtype=name)
-    if mesh is not None:
-      params = sharding.place(params, models.param_logical_axes(cfg), mesh,
-                              sharding.DEFAULT_RULES)
   else:
     raise ValueError(f"unknown checkpoint kind {resolved.kind!r}")
   return cfg, params, tokenizer_lib.load_tokenizer(resolved.tokenizer)

@@ -435,6 +435,14 @@ def _tfds_records(dataset: str, split: str, data_dir: str | None) -> Iterator[tu
     yield f"example {i}", {k: decode(v) for k, v in example.items()}
 
 
+def benchmark_name(spec_text: str) -> str:
+  """The canonical benchmark name of one `--benchmarks` entry (NAME, NAME=PATH, tfds:NAME)."""
+  text = spec_text.strip()
+  if text.startswith("tfds:"):
+    return canonical_name(text[len("tfds:"):].partition(":")[0])
+  return canonical_name(text.partition("=")[0])
+
+
 def load_benchmark(spec_text: str, data_dir: str | None = None,
                    limit: int | None = None) -> Benchmark:
   """One entry of `--benchmarks`: NAME, NAME=PATH or tfds:NAME[:SPLIT]."""

@@ -232,13 +232,11 @@ def read_results(path: str) -> dict[str, Any]:
 def load_benchmarks(config: EvalConfig) -> list[loaders.Benchmark]:
   """Every benchmark loaded (and validated) before any generation starts: a typo in the last
   name or a broken file fails in seconds, not after hours of sampling."""
-  benchmarks = [loaders.load_benchmark(b, config.data_dir, config.limit)
-                for b in config.benchmarks]
-  names = [b.name for b in benchmarks]
+  names = [loaders.benchmark_name(b) for b in config.benchmarks]  # all names before any file
   duplicates = sorted({n for n in names if names.count(n) > 1})
   if duplicates:
     raise ValueError(f"--benchmarks: {', '.join(duplicates)} given more than once")
-  return benchmarks
+  return [loaders.load_benchmark(b, config.data_dir, config.limit) for b in config.benchmarks]
 
 
 def evaluate(generate_fn: GenerateFn, tokenizer, config: EvalConfig,
