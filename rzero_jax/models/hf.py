@@ -275,17 +275,17 @@ def dtype_name(dtype) -> str:
   return name
 
 
-def _check_names_and_shapes(cfg: ModelConfig, source: TensorSource) -> list[str]:
+def _check_names_and_shapes(cfg: ModelConfig, source: TensorSource) -> bool:
   """Raises one error listing every missing, unexpected or wrongly shaped tensor.
 
-  Returns tensors to compare after loading (an lm_head.weight in a tied checkpoint)."""
+  Returns whether a tied checkpoint also holds an lm_head.weight (to compare with the
+  embedding)."""
   table = tensor_table(cfg)
   expected = {name: entry.hf_shape for entry in table for name in entry.hf_names(cfg.num_layers)}
   present = {n for n in source.names() if not n.endswith(IGNORED_SUFFIXES)}
-  tolerated = []
-  if cfg.tie_word_embeddings and "lm_head.weight" in present:
-    # transformers may still write the tied head; it must equal the embedding (checked later).
-    tolerated.append("lm_head.weight")
+  redundant_head = cfg.tie_word_embeddings and "lm_head.weight" in present
+  if redundant_head:
+    # Some writers still save the tied head; it must equal the embedding (checked later).
     expected["lm_head.weight"] = (cfg.vocab_size, cfg.hidden_size)
   problems = []
   missing = sorted(set(expected) - present)
@@ -304,7 +304,7 @@ def _check_names_and_shapes(cfg: ModelConfig, source: TensorSource) -> list[str]
   if problems:
     raise ValueError(f"{source.where}: checkpoint does not match its config: "
                      + "; ".join(problems))
-  return tolerated
+  return redundant_head
 
 
 def _check_tied_head(cfg: ModelConfig, source: TensorSource, rows_per_chunk: int = 4096):
@@ -337,8 +337,7 @@ def params_from_source(cfg: ModelConfig, source: TensorSource, mesh=None,
   """Builds the params pytree for `cfg` from HF-named tensors, each straight into its sharding.
 
   The stored dtype is `cfg.param_dtype`."""
-  tolerated = _check_names_and_shapes(cfg, source)
-  if tolerated:
+  if _check_names_and_shapes(cfg, source):
     _check_tied_head(cfg, source)
   check_table_matches_model(cfg)
   np_dtype = np.dtype(transformer.dtype_of(cfg.param_dtype))
@@ -352,12 +351,13 @@ def params_from_source(cfg: ModelConfig, source: TensorSource, mesh=None,
     else:
       target = _get_path(shardings, entry.path, "param_shardings")
     _set_path(params, entry.path, jax.make_array_from_callback(
-        shape, target, _make_callback(cfg, source, entry, shape, np_dtype), dtype=np_dtype))
+        shape, target, _make_callback(source, entry, shape, np_dtype), dtype=np_dtype))
   return params
 
 
-def _make_callback(cfg: ModelConfig, source: TensorSource, entry: TensorMap,
-                   shape: tuple[int, ...], np_dtype: np.dtype):
+def _make_callback(source: TensorSource, entry: TensorMap, shape: tuple[int, ...],
+                   np_dtype: np.dtype):
+  """The make_array_from_callback callback: one shard's block, read layer by layer."""
   def callback(index):
     index = _normalize(index, shape)
     if not entry.layered:
