@@ -43,6 +43,7 @@ class EvalConfig:
   limit: int | None = None      # first N problems of each benchmark
   seed: int = 0
   boxed: str = "first"          # which \boxed{} is the answer: "first" (the paper) or "last"
+  prompts: str = "paper"        # the Solver prompt set: "paper" or a world's ("arith")
 
   def __post_init__(self):
     if isinstance(self.benchmarks, str):
@@ -76,13 +77,14 @@ def model_generate_fn(cfg, params, mesh=None) -> GenerateFn:
 
 # --- prompts and responses ------------------------------------------------------------------
 
-def build_prompts(tokenizer, problems: Sequence[loaders.Problem]
+def build_prompts(tokenizer, problems: Sequence[loaders.Problem], prompt_set: str = "paper"
                   ) -> tuple[list[str], list[list[int]]]:
   """(chat-templated prompt text, prompt token ids) per problem, with the Solver prompt."""
   from rzero_jax.rzero import prompts as solver_prompts
+  solver = solver_prompts.prompt_set(prompt_set)
   texts, ids = [], []
   for p in problems:
-    messages = solver_prompts.solver_messages(p.question)
+    messages = solver.solver_messages(p.question)
     texts.append(tokenizer.apply_chat_template(messages))
     ids.append(list(tokenizer.encode_chat(messages)))
   return texts, ids
@@ -140,7 +142,7 @@ def evaluate_benchmark(generate_fn: GenerateFn, tokenizer, benchmark: loaders.Be
   problems = benchmark.problems
   k = config.num_samples
   t0 = time.perf_counter()
-  prompt_texts, prompt_ids = build_prompts(tokenizer, problems)
+  prompt_texts, prompt_ids = build_prompts(tokenizer, problems, config.prompts)
   responses, reasons, generated = generate_responses(
       generate_fn, tokenizer, prompt_ids, config, progress, desc=benchmark.name)
   t1 = time.perf_counter()

@@ -219,8 +219,9 @@ def _dataset_phase(s: Setup, iteration: int, challenger_params, solver_params, b
                   "global_step": iteration, "kept": len(records),
                   **{k: v for k, v in stats.items() if k != "kept"}})
   if not records:
-    raise RuntimeError(f"iteration {iteration}: the dataset kept no question "
-                       f"(stats: {stats}); widen the band or raise dataset.num_questions")
+    logging.warning("iteration %d: the dataset kept no question (%s); the Solver phase of this "
+                    "iteration is skipped. Widen the band or raise dataset.num_questions.",
+                    iteration, stats)
   return records
 
 
@@ -300,7 +301,8 @@ def run(config, workdir: str, *, base_model: str | None = None,
           return phases.solver_step(s.env, role, state, ref, records, c.solver, step=step,
                                     seed=seed, data_seed=data_seed)
 
-        solver_params = _train_phase(s, "solver", t, c.solver.steps, solver_step, sigterm)
+        solver_steps = c.solver.steps if records else 0
+        solver_params = _train_phase(s, "solver", t, solver_steps, solver_step, sigterm)
         _write_progress(s, t, "solver")
         results[t] = _evaluate(s, t, solver_params)
         _write_progress(s, t, "eval")
