@@ -72,9 +72,23 @@ def make_optimizer(lc: LearnerConfig) -> optax.GradientTransformation:
 
 
 def init_train_state(params, lc: LearnerConfig) -> TrainState:
-  """Optimizer state is created by jit next to the params, so it inherits their shardings."""
+  """Step 0 with fresh optimizer state. On a mesh, every params-shaped part of the optimizer
+  state (Adam's mu and nu) is sharded like the params and the scalars are replicated.
+
+  The shardings are explicit because jit does not carry them over: `zeros_like` of a sharded
+  param comes out replicated, i.e. a full copy of both moments on every device.
+  """
   opt = make_optimizer(lc)
-  return jax.jit(lambda p: TrainState(jnp.zeros((), jnp.int32), p, opt.init(p)))(params)
+  init = lambda p: TrainState(jnp.zeros((), jnp.int32), p, opt.init(p))  # noqa: E731
+  param_shardings = jax.tree.map(lambda x: getattr(x, "sharding", None), params)
+  if not all(isinstance(s, NamedSharding) for s in jax.tree.leaves(param_shardings)):
+    return jax.jit(init)(params)
+  scalar = sharding.replicated(jax.tree.leaves(param_shardings)[0].mesh)
+  opt_shardings = optax.tree_map_params(opt, lambda _, s: s,
+                                        jax.eval_shape(opt.init, params), param_shardings,
+                                        transform_non_params=lambda _: scalar)
+  out_shardings = TrainState(scalar, param_shardings, opt_shardings)
+  return jax.jit(init, out_shardings=out_shardings)(params)
 
 
 def state_shardings(state: TrainState):
