@@ -3,8 +3,9 @@
 Shapes are bucketed so compilation stays bounded: prompts are left-padded to a power-of-two
 length (at least `MIN_PROMPT_BUCKET`) and the prompt count is padded to a batch bucket (see
 `batch_bucket`). The static part of each jitted function is a frozen `_Plan` (config, buckets,
-budget, which truncations are active, mesh); everything that varies per call (temperature,
-top-k, top-p, seed, stop tokens) is an array, so changing it never recompiles.
+budget, samples per prompt, mesh); everything that varies per call (temperature, top-k, top-p,
+seed, stop tokens) is an array, and greedy / top-k / top-p are runtime branches (`lax.cond`),
+so changing any of them never recompiles.
 
 Prefill runs every prompt once over a cache of the prompt bucket's length, samples the first
 token and then repeats each prompt's cache `n` times into the decode cache, whose length is
@@ -108,30 +109,34 @@ def _largest_threshold(keys: jax.Array, holds) -> jax.Array:
   return lo
 
 
-def truncate_logits(scaled: jax.Array, top_k: jax.Array, top_p: jax.Array, *,
-                    use_top_k: bool, use_top_p: bool) -> jax.Array:
+def truncate_logits(scaled: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
   """Sets logits outside the top-k / top-p (nucleus) set to -inf. scaled: [B, V] float32.
 
-  Ties at the boundary are all kept (the set is defined by a logit threshold).
+  top_k <= 0 or >= V and top_p >= 1 switch a rule off. The switches are runtime conditions,
+  not static flags, so one compiled program serves every setting and an inactive rule costs
+  nothing. Ties at the boundary are all kept (the set is defined by a logit threshold).
   """
-  if not (use_top_k or use_top_p):
-    return scaled
+  vocab = scaled.shape[-1]
+  top_k = jnp.asarray(top_k, jnp.int32)
+  top_p = jnp.asarray(top_p, jnp.float32)
   keys = _ordered_keys(scaled)
-  keep = jnp.ones(scaled.shape, bool)
-  if use_top_k:
-    k = jnp.asarray(top_k, jnp.int32)
-    t = _largest_threshold(keys, lambda mask: jnp.sum(mask, axis=-1) >= k)
-    keep = keys >= t[:, None]
-  if use_top_p:
+  everything = jnp.ones(scaled.shape, bool)
+
+  def top_k_set(_):
+    t = _largest_threshold(keys, lambda mask: jnp.sum(mask, axis=-1) >= top_k)
+    return keys >= t[:, None]
+
+  def nucleus(keep):
     probs = jax.nn.softmax(jnp.where(keep, scaled, -jnp.inf), axis=-1)
-    p = jnp.asarray(top_p, jnp.float32)
-    t = _largest_threshold(keys, lambda mask: jnp.sum(jnp.where(mask, probs, 0.0), -1) >= p)
-    keep = keep & (keys >= t[:, None])
+    t = _largest_threshold(keys, lambda mask: jnp.sum(jnp.where(mask, probs, 0.0), -1) >= top_p)
+    return keep & (keys >= t[:, None])
+
+  keep = jax.lax.cond((top_k > 0) & (top_k < vocab), top_k_set, lambda _: everything, None)
+  keep = jax.lax.cond(top_p < 1.0, nucleus, lambda k: k, keep)
   return jnp.where(keep, scaled, -jnp.inf)
 
 
-def sample_tokens(logits: jax.Array, key: jax.Array, knobs: dict, *, use_top_k: bool,
-                  use_top_p: bool) -> tuple[jax.Array, jax.Array]:
+def sample_tokens(logits: jax.Array, key: jax.Array, knobs: dict) -> tuple[jax.Array, jax.Array]:
   """logits [B, V] float32 -> (tokens [B] int32, logprobs [B] float32).
 
   knobs: {'temperature', 'top_k', 'top_p'} scalar arrays.
@@ -144,8 +149,7 @@ def sample_tokens(logits: jax.Array, key: jax.Array, knobs: dict, *, use_top_k: 
 
   def sample(_):
     scaled = logits / temperature
-    masked = truncate_logits(scaled, knobs["top_k"], knobs["top_p"], use_top_k=use_top_k,
-                             use_top_p=use_top_p)
+    masked = truncate_logits(scaled, knobs["top_k"], knobs["top_p"])
     tokens = jax.random.categorical(key, masked, axis=-1).astype(jnp.int32)
     return tokens, _logprob_of(jax.nn.log_softmax(scaled, axis=-1), tokens)
 
@@ -165,8 +169,6 @@ class _Plan:
   prompt_bucket: int
   max_new_tokens: int
   n: int
-  use_top_k: bool
-  use_top_p: bool
   pad_id: int
   mesh: Any
   rules: tuple
@@ -187,8 +189,6 @@ class _Plan:
     """[B, length]: slot s holds a real token iff it is not left padding."""
     return jnp.arange(length)[None, :] >= (self.prompt_bucket - prompt_lens)[:, None]
 
-  def sample(self, logits, key, knobs):
-    return sample_tokens(logits, key, knobs, use_top_k=self.use_top_k, use_top_p=self.use_top_p)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -218,7 +218,7 @@ def _prefill(plan: _Plan, params, tokens, prompt_lens, live, stop_mask, knobs):
   decode_cache = plan.constrain_cache(decode_cache)
 
   base_key = jax.random.key(knobs["seed"])
-  first, first_lp = plan.sample(logits, jax.random.fold_in(base_key, 0), knobs)
+  first, first_lp = sample_tokens(logits, jax.random.fold_in(base_key, 0), knobs)
   first = jnp.where(live, first, plan.pad_id)
   out_tokens = jnp.full((rows, plan.max_new_tokens), plan.pad_id, jnp.int32)
   out_logprobs = jnp.zeros((rows, plan.max_new_tokens), jnp.float32)
@@ -251,7 +251,7 @@ def _decode(plan: _Plan, params, state, stop_mask, knobs):
     logits, cache = models.forward_with_cache(
         cfg, params, last, positions, kv_mask, s["cache"], bucket + step - 1,
         mesh=plan.mesh, rules=plan.rules)
-    token, logprob = plan.sample(logits[:, 0], jax.random.fold_in(base_key, step), knobs)
+    token, logprob = sample_tokens(logits[:, 0], jax.random.fold_in(base_key, step), knobs)
     done = s["done"]
     token = jnp.where(done, plan.pad_id, token)
     logprob = jnp.where(done, 0.0, logprob)
@@ -352,9 +352,7 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
   pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
   plan = _Plan(
       cfg=cfg, prompt_bucket=prompt_bucket(max(len(p) for p in prompts)),
-      max_new_tokens=int(max_new_tokens), n=int(n),
-      use_top_k=temperature > 0 and 0 < top_k < cfg.vocab_size,
-      use_top_p=temperature > 0 and top_p < 1.0, pad_id=int(pad_id), mesh=mesh, rules=rules)
+      max_new_tokens=int(max_new_tokens), n=int(n), pad_id=int(pad_id), mesh=mesh, rules=rules)
   num_rows = batch_bucket(len(prompts), _batch_shards(mesh, rules))
   tokens, prompt_lens, live = _pack_prompts(prompts, num_rows, plan.prompt_bucket,
                                             cfg.vocab_size, plan.pad_id)
