@@ -130,13 +130,19 @@ class Setup:
   annotate: Callable | None
 
 
-def _role(setup_cfg, section, cfg, state, mesh, rules, temperature) -> phases.Role:
-  lcfg = learner.LearnerConfig.from_config(section.learner)
-  lcfg = dataclasses.replace(lcfg, temperature=float(temperature))
+def learner_config(section) -> learner.LearnerConfig:
+  """A role's learner settings; its logprobs use the temperature the role samples at."""
+  return dataclasses.replace(learner.LearnerConfig.from_config(section.learner),
+                             temperature=float(section.temperature))
+
+
+def make_role(section, env: phases.Env, state) -> phases.Role:
+  """The jitted train step and logprob function of a role, bound to its shapes and mesh."""
+  lcfg = learner_config(section)
   return phases.Role(
       learner=lcfg,
-      train_step=learner.make_train_step(cfg, lcfg, state, mesh=mesh, rules=rules),
-      logprobs=learner.make_logprob_fn(cfg, lcfg, mesh=mesh, rules=rules),
+      train_step=learner.make_train_step(env.cfg, lcfg, state, mesh=env.mesh, rules=env.rules),
+      logprobs=learner.make_logprob_fn(env.cfg, lcfg, mesh=env.mesh, rules=env.rules),
       advantage_estimator=section.learner.advantage_estimator)
 
 
@@ -150,8 +156,7 @@ def _train_phase(s: Setup, role_name: str, iteration: int, steps: int,
   env = s.env
   section = c.challenger if role_name == "challenger" else c.solver
   start_params = _final_params(ckpts, iteration - 1, s.abstract_params, s.base_params)
-  lcfg = learner.LearnerConfig.from_config(section.learner)
-  state = learner.init_train_state(start_params, lcfg)
+  state = learner.init_train_state(start_params, learner_config(section))
   start = 0
   if ckpts.steps.latest_step() is not None:
     # The newest intact step checkpoint; one from an earlier iteration means a fresh phase.
@@ -165,7 +170,7 @@ def _train_phase(s: Setup, role_name: str, iteration: int, steps: int,
       logging.info("resuming the %s phase of iteration %d after step %d", role_name,
                    iteration, start)
   ref_params = learner.to_host(start_params) if c.offload_idle else start_params
-  role = _role(c, section, env.cfg, state, env.mesh, env.rules, section.temperature)
+  role = make_role(section, env, state)
   global_base = (iteration - 1) * steps
   for step in range(start, steps):
     seed = phases.derive_seed(c.seed, iteration, role_name, step)
