@@ -129,20 +129,28 @@ class CheckpointManager:
     """
 
     def __init__(self, directory: str | os.PathLike, *, max_to_keep: int | None = 3,
-                 async_save: bool = True):
+                 async_save: bool = True, read_only: bool = False):
         """Opens (creating if needed) `directory`, which must have a single writer: leftovers
-        of interrupted saves in it are deleted, and uncommitted steps are set aside."""
+        of interrupted saves in it are deleted, and uncommitted steps are set aside.
+
+        read_only=True is for readers of a live run (evaluation): it touches nothing on disk,
+        so a save in flight in the trainer is never mistaken for debris. (Orbax's own read_only
+        option is not used: it logs a warning on every open.) Such a manager must not save."""
         if max_to_keep is not None and (not isinstance(max_to_keep, int) or max_to_keep < 1):
             raise ValueError(f"max_to_keep={max_to_keep!r}; expected a positive int or None "
                              f"(keep everything)")
         self._directory = epath.Path(directory)
         if self._directory.exists() and not self._directory.is_dir():
             raise NotADirectoryError(f"checkpoint directory {self._directory} is a file")
-        self._set_aside_unfinished_steps()
+        if read_only and not self._directory.is_dir():
+            raise FileNotFoundError(f"checkpoint directory {self._directory} does not exist")
+        self._read_only = read_only
+        if not read_only:
+            self._set_aside_unfinished_steps()
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep),
             enable_async_checkpointing=async_save,
-            create=True,
+            create=not read_only,
         )
         self._manager = ocp.CheckpointManager(self._directory, options=options)
 
@@ -195,6 +203,8 @@ class CheckpointManager:
         Returns once the arrays have been copied off the devices; the write to disk goes on in
         the background (see `wait`). Steps must increase.
         """
+        if self._read_only:
+            raise ValueError(f"checkpoint directory {self._directory} was opened read-only")
         if not isinstance(step, (int, np.integer)) or step < 0:
             raise ValueError(f"save: step={step!r}; expected a non-negative int")
         step = int(step)

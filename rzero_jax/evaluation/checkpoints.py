@@ -75,7 +75,8 @@ class _Manager:
   def __init__(self, path: str):
     from rzero_jax import checkpoint
     self.path = path
-    self._mgr = checkpoint.CheckpointManager(path, max_to_keep=None, async_save=False)
+    self._mgr = checkpoint.CheckpointManager(path, max_to_keep=None, async_save=False,
+                                             read_only=True)
 
   def steps(self) -> list[int]:
     return self._mgr.all_steps()
