@@ -234,7 +234,9 @@ def _evaluate(s: Setup, iteration: int, params):
   path = wd.eval_path(s.workdir, iteration)
   if s.evaluate is None or os.path.exists(path):
     return wd.read_json(path)
+  start = time.perf_counter()
   result = s.evaluate(s.env, params)
+  result["time_eval"] = time.perf_counter() - start
   if s.is_writer:
     wd.atomic_write_json(path, result)
   s.writer.write({"iteration": iteration, "phase": "eval", "step": 0, "global_step": iteration,
@@ -262,7 +264,8 @@ def setup(config, workdir: str, *, base_model: str, allow_config_change: bool = 
   env = phases.Env(cfg=cfg, tokenizer=tok, mesh=mesh, rules=rules,
                    prompt_set=prompts.prompt_set(config.prompts),
                    stop_token_ids=tuple(tok.eos_token_ids),
-                   max_rows_per_call=config.sampling.max_rows_per_call)
+                   max_rows_per_call=config.sampling.max_rows_per_call,
+                   progress=is_writer)
   ckpts = {r: RoleCheckpoints.open(workdir, r, config.checkpoint) for r in ROLES}
   abstract = checkpoint.abstract_like(base_params)
   writer = metrics_lib.MetricsWriter(workdir, enabled=is_writer)

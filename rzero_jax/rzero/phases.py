@@ -10,6 +10,7 @@ import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import tqdm
 
 from rzero_jax import grading, sampling
 from rzero_jax.rl import grpo, rollouts
@@ -36,6 +37,7 @@ class Env:
   prompt_set: Any            # module-like: challenger_messages(), solver_messages(question)
   stop_token_ids: tuple[int, ...]
   max_rows_per_call: int
+  progress: bool = False     # tqdm bars (process 0 only)
 
 
 @dataclasses.dataclass
@@ -55,14 +57,27 @@ def pow2_at_least(n: int, minimum: int = 16) -> int:
 
 
 def generate_rows(env: Env, params, prompts: Sequence[Sequence[int]], *, n: int, seed: int,
-                  max_new_tokens: int, temperature: float, top_p: float, top_k: int):
-  """sampling.generate over many prompts, split so no call exceeds max_rows_per_call rows."""
-  per_call = max(1, env.max_rows_per_call // n)
+                  max_new_tokens: int, temperature: float, top_p: float, top_k: int,
+                  desc: str = "sampling"):
+  """sampling.generate of n samples per prompt, split so no call exceeds max_rows_per_call rows
+  (which bounds the KV cache). Row i*n+j is sample j of prompt i, as in one big call."""
+  limit = env.max_rows_per_call
+  # (prompt indices, samples per prompt) of each call: whole prompts while they fit, else
+  # one prompt's samples in pieces (e.g. 8,000 dataset questions from the one Challenger prompt).
+  calls = []
+  if n <= limit:
+    per_call = limit // n
+    calls = [(list(range(i, min(i + per_call, len(prompts)))), n)
+             for i in range(0, len(prompts), per_call)]
+  else:
+    for i in range(len(prompts)):
+      calls += [([i], min(limit, n - done)) for done in range(0, n, limit)]
   tokens, logprobs, finish = [], [], []
-  for start in range(0, len(prompts), per_call):
-    out = sampling.generate(env.cfg, params, list(prompts[start:start + per_call]),
+  for k, (idx, samples) in enumerate(tqdm.tqdm(calls, desc=desc, unit="call", leave=False,
+                                               disable=not env.progress or len(calls) < 2)):
+    out = sampling.generate(env.cfg, params, [prompts[i] for i in idx],
                             max_new_tokens=max_new_tokens, temperature=temperature,
-                            top_p=top_p, top_k=top_k, n=n, seed=seed + start,
+                            top_p=top_p, top_k=top_k, n=samples, seed=seed + 7919 * k,
                             stop_token_ids=env.stop_token_ids, mesh=env.mesh)
     tokens += out.tokens
     logprobs += out.logprobs
@@ -90,6 +105,7 @@ def answer_questions(env: Env, solver_params, questions: Sequence[str], *, m: in
     return []
   rows, _, _ = generate_rows(
       env, solver_params, solver_prompt_ids(env, questions), n=m, seed=seed,
+      desc="solver answers",
       max_new_tokens=sampling_cfg.answer_max_new_tokens,
       temperature=sampling_cfg.answer_temperature, top_p=sampling_cfg.answer_top_p,
       top_k=sampling_cfg.answer_top_k)
@@ -196,7 +212,8 @@ def build_dataset(env: Env, challenger_params, solver_params, dcfg, sampling_cfg
   t0 = time.perf_counter()
   prompt = challenger_prompt_ids(env)
   rows, _, _ = generate_rows(env, challenger_params, [prompt], n=dcfg.num_questions,
-                             seed=seed, max_new_tokens=_challenger_tokens(dcfg),
+                             seed=seed, desc="dataset questions",
+                             max_new_tokens=_challenger_tokens(dcfg),
                              temperature=dcfg.temperature, top_p=dcfg.top_p, top_k=dcfg.top_k)
   texts = decode(env, rows)
   candidates = []
