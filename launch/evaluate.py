@@ -12,6 +12,8 @@ directory or step, an HF directory or a GGUF file. Benchmark files are read from
 Writes OUTPUT/results.json, results.md and samples.jsonl (with --compare_to: one folder per
 checkpoint and OUTPUT/comparison.md).
 """
+import json
+import os
 import sys
 
 from absl import app, flags, logging
@@ -52,6 +54,22 @@ _MESH = flags.DEFINE_string(
     "mesh", "", "Device mesh: empty = one device; 'auto' = FSDP over all devices; or "
     "'data=2,fsdp=2,tensor=2'.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
+_PROMPTS = flags.DEFINE_string(
+    "prompts", "", "Solver prompt set: 'paper' or a world's ('arith'); default: the run's own "
+    "(from WORKDIR/config.json) when --checkpoint is a run workdir, else 'paper'.")
+
+
+def _prompt_set(checkpoint: str) -> str:
+  if _PROMPTS.value:
+    return _PROMPTS.value
+  run_config = os.path.join(checkpoint or "", "config.json")
+  if os.path.isdir(checkpoint or "") and os.path.exists(run_config):
+    try:
+      with open(run_config) as f:
+        return json.load(f).get("prompts", "paper") or "paper"
+    except (OSError, json.JSONDecodeError):
+      pass
+  return "paper"
 flags.mark_flags_as_required(["checkpoint", "output"])
 
 
@@ -82,7 +100,8 @@ def main(argv):
         benchmarks=_BENCHMARKS.value, data_dir=_DATA_DIR.value,
         max_new_tokens=_MAX_NEW_TOKENS.value, num_samples=_NUM_SAMPLES.value,
         temperature=_TEMPERATURE.value, top_p=_TOP_P.value, batch_size=_BATCH_SIZE.value,
-        limit=_LIMIT.value, seed=_SEED.value, boxed=_BOXED.value)
+        limit=_LIMIT.value, seed=_SEED.value, boxed=_BOXED.value,
+        prompts=_prompt_set(_CHECKPOINT.value))
     runner.run(_CHECKPOINT.value, config, _OUTPUT.value, compare_to=_COMPARE_TO.value,
                role=_ROLE.value, iteration=_ITERATION.value,
                compare_iteration=_COMPARE_ITERATION.value, dtype=_DTYPE.value,
