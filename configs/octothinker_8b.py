@@ -17,29 +17,10 @@ Memory budget (8.0B parameters, per role):
 
 Run:
   python -m launch.train --config=configs/octothinker_8b.py --workdir=gs://BUCKET/octothinker_8b \
-      --base_model=/path/to/OctoThinker-8B-Hybrid-Base (Llama-3.1-8B family) --multihost
+      --base_model=/path/to/OctoThinker-8B-Hybrid-Base --multihost
 """
-from rzero_jax.rzero.config import base_config
+from rzero_jax.rzero.config import paper_config
 
 
 def get_config():
-  c = base_config()
-  c.iterations = 3
-  c.prompts = "paper"
-  c.model.dtype = "bfloat16"
-  c.model.param_dtype = "float32"
-  c.model.remat = "full"
-  c.offload_idle = True
-  c.mesh.data = 1
-  c.mesh.fsdp = -1
-  c.mesh.tensor = 2
-  c.challenger.max_new_tokens = 4096
-  c.solver.max_new_tokens = 4096
-  c.sampling.answer_max_new_tokens = 4096
-  c.sampling.max_rows_per_call = 64
-  for role in (c.challenger, c.solver):
-    role.learner.micro_batches = 16
-    role.learner.logprob_chunk = 512
-  c.eval.benchmarks = "math500,gsm8k,amc23,minerva,olympiadbench,aime24,aime25"
-  c.eval.max_new_tokens = 4096
-  return c
+  return paper_config(tensor=2, max_rows_per_call=64, micro_batches=16)

@@ -87,3 +87,23 @@ def base_config() -> ml_collections.ConfigDict:
       limit=0,                    # per benchmark; 0 = all
       batch_size=64))
   return c
+
+
+def paper_config(*, tensor: int, max_rows_per_call: int, micro_batches: int
+                 ) -> ml_collections.ConfigDict:
+  """The paper's run on a TPU pod slice: base_config plus bf16 compute over float32 master
+  weights, rematerialised layers, FSDP, idle models in host memory, and the seven math
+  benchmarks. The per-model files in configs/ pick the mesh and batch splitting."""
+  c = base_config()
+  c.model.dtype = "bfloat16"
+  c.model.param_dtype = "float32"
+  c.model.remat = "full"
+  c.offload_idle = True
+  c.mesh.update(data=1, fsdp=-1, tensor=tensor)
+  c.sampling.max_rows_per_call = max_rows_per_call
+  for role in (c.challenger, c.solver):
+    role.learner.micro_batches = micro_batches
+    role.learner.logprob_chunk = 512
+  c.eval.benchmarks = "math500,gsm8k,amc23,minerva,olympiadbench,aime24,aime25"
+  c.eval.max_new_tokens = 4096
+  return c
