@@ -211,8 +211,8 @@ def _prefill(plan: _Plan, params, tokens, prompt_lens, live, stop_mask, knobs):
   prompt_lens = plan.constrain_rows(jnp.repeat(prompt_lens, n, axis=0))
   live = plan.constrain_rows(jnp.repeat(live, n, axis=0))
   decode_cache = {}
-  for name, x in cache.items():
-    full = jnp.zeros((cfg.num_layers, rows, plan.cache_length) + x.shape[3:], x.dtype)
+  for name, x in cache.items():  # [L, B, KV, S, Dh]: the prompt fills slots [0, bucket)
+    full = models.init_cache(cfg, rows, plan.cache_length, x.dtype)[name]
     full = jax.lax.dynamic_update_slice(full, jnp.repeat(x, n, axis=1), (0, 0, 0, 0, 0))
     decode_cache[name] = full
   decode_cache = plan.constrain_cache(decode_cache)

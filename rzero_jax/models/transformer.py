@@ -38,10 +38,12 @@ from rzero_jax import sharding
 from rzero_jax.models.config import ModelConfig
 
 Params = Any
-KVCache = dict  # {'k': [L, B, S, KV, Dh], 'v': [L, B, S, KV, Dh]}
+KVCache = dict  # {'k': [L, B, KV, S, Dh], 'v': [L, B, KV, S, Dh]}
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-CACHE_AXES = ("layers", "batch", "cache_length", "kv_heads", "head_dim")
+# Heads before slots: each (row, kv head) block of keys is contiguous, so attention's batched
+# matmuls read the cache as it lies instead of transposing it every step.
+CACHE_AXES = ("layers", "batch", "kv_heads", "cache_length", "head_dim")
 
 
 def dtype_of(name: str):
@@ -136,7 +138,7 @@ class Attention(nn.Module):
   rules: Any = sharding.DEFAULT_RULES
 
   @nn.compact
-  def __call__(self, x, positions, kv_mask, layer_cache, cache_index):
+  def __call__(self, x, positions, kv_mask, cache, layer_idx, cache_index):
     cfg = self.cfg
     dt, pdt = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
     d, h, kv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -153,37 +155,37 @@ class Attention(nn.Module):
     k = apply_rope(k, positions, inv_freq)
     q = sharding.constrain(q, ("batch", "length", "heads", "head_dim"), self.mesh, self.rules)
 
-    t = x.shape[1]
-    if layer_cache is None:
-      keys, values = k, v
-      q_slot = jnp.arange(t)
-      k_slot = jnp.arange(t)
-      new_cache = None
-    else:
-      # Write this call's keys/values at [cache_index, cache_index + t) and attend over all
-      # slots; unwritten or padded slots are masked out by kv_mask and causality.
-      ck, cv = layer_cache
-      keys = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
-      values = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
-      new_cache = (keys, values)
-      q_slot = cache_index + jnp.arange(t)
-      k_slot = jnp.arange(keys.shape[1])
-    mask = kv_mask[:, None, :] & (k_slot[None, None, :] <= q_slot[None, :, None])  # [B, T, S]
-
-    b = x.shape[0]
+    b, t = x.shape[:2]
     groups = h // kv
     qg = q.reshape(b, t, kv, groups, hd)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, keys.astype(dt),
+    if cache is None:
+      keys = k.transpose(0, 2, 1, 3)  # [B, KV, T, Dh]
+      values = v.transpose(0, 2, 1, 3)
+      q_slot = k_slot = jnp.arange(t)
+    else:
+      # Write this call's keys/values in place at [cache_index, cache_index + t) of this
+      # layer's slice of the whole cache, then attend over all slots; unwritten or padded slots
+      # are masked out by kv_mask and causality.
+      def write(full, new):
+        new = new.transpose(0, 2, 1, 3)[None].astype(full.dtype)  # [1, B, KV, T, Dh]
+        return jax.lax.dynamic_update_slice(full, new, (layer_idx, 0, 0, cache_index, 0))
+      cache = {"k": write(cache["k"], k), "v": write(cache["v"], v)}
+      keys, values = cache["k"][layer_idx], cache["v"][layer_idx]  # [B, KV, S, Dh]
+      q_slot = cache_index + jnp.arange(t)
+      k_slot = jnp.arange(keys.shape[2])
+    mask = kv_mask[:, None, :] & (k_slot[None, None, :] <= q_slot[None, :, None])  # [B, T, S]
+
+    scores = jnp.einsum("btkgd,bksd->bkgts", qg, keys.astype(dt),
                         preferred_element_type=jnp.float32) * (hd ** -0.5)
     # A finite floor instead of -inf: fully masked rows (padding queries) stay NaN-free.
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, values.astype(dt)).reshape(b, t, h, hd)
+    out = jnp.einsum("bkgts,bksd->btkgd", probs, values.astype(dt)).reshape(b, t, h, hd)
     out = sharding.constrain(out, ("batch", "length", "heads", "head_dim"), self.mesh,
                              self.rules)
     y = Projection(in_shape=(h, hd), out_shape=(d,), in_axes=("heads", "head_dim"),
                    out_axes=("embed",), dtype=dt, param_dtype=pdt, name="o_proj")(out)
-    return y, new_cache
+    return y, cache
 
 
 class MLP(nn.Module):
@@ -215,28 +217,15 @@ class DecoderLayer(nn.Module):
     x, cache = carry
     cfg = self.cfg
     dt, pdt = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
-    layer_cache = None
-    if cache is not None:
-      # The whole cache rides in the scan carry and is updated in place at this layer's slot,
-      # so a decode step writes one token per layer instead of copying the cache.
-      layer_cache = (cache["k"][layer_idx], cache["v"][layer_idx])
     h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="input_norm")(x)
-    attn_out, new_layer_cache = Attention(cfg, self.mesh, self.rules, name="attn")(
-        h, positions, kv_mask, layer_cache, cache_index)
+    # The whole cache rides in the scan carry and is updated in place at this layer's slots,
+    # so a decode step writes one token per layer instead of copying the cache.
+    attn_out, cache = Attention(cfg, self.mesh, self.rules, name="attn")(
+        h, positions, kv_mask, cache, layer_idx, cache_index)
     x = x + attn_out
     h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="post_attn_norm")(x)
     x = x + MLP(cfg, self.mesh, self.rules, name="mlp")(h)
     x = sharding.constrain(x, ("batch", "length", "act_embed"), self.mesh, self.rules)
-    if cache is not None:
-      t = x.shape[1]
-      k_new = jax.lax.dynamic_slice_in_dim(new_layer_cache[0], cache_index, t, axis=1)
-      v_new = jax.lax.dynamic_slice_in_dim(new_layer_cache[1], cache_index, t, axis=1)
-      cache = {
-          "k": jax.lax.dynamic_update_slice(cache["k"], k_new[None],
-                                            (layer_idx, 0, cache_index, 0, 0)),
-          "v": jax.lax.dynamic_update_slice(cache["v"], v_new[None],
-                                            (layer_idx, 0, cache_index, 0, 0)),
-      }
     return (x, cache), None
 
 
@@ -352,7 +341,7 @@ def unembed(cfg: ModelConfig, params: Params, hidden: jax.Array) -> jax.Array:
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> KVCache:
   dtype = dtype or dtype_of(cfg.dtype)
-  shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+  shape = (cfg.num_layers, batch, cfg.num_kv_heads, length, cfg.head_dim)
   return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
 

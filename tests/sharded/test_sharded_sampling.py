@@ -1,9 +1,10 @@
 """The sampler under a mesh of 8 virtual CPU devices gives the unsharded tokens."""
 import os
 
-# Must happen before jax is imported: this module runs in its own pytest process.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8").strip()
+# Must happen before jax is imported (conftest.py does it too when run as a directory).
+_FLAG = "--xla_force_host_platform_device_count=8"
+if _FLAG not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
