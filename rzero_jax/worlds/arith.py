@@ -24,7 +24,7 @@ from typing import Union
 
 import numpy as np
 
-WORLD_VERSION = "arith-v1"  # part of every cache key that depends on this world's text
+WORLD_VERSION = "arith-v2"  # part of every cache key that depends on this world's text
 
 # ----------------------------------------------------------------------------- expressions
 
@@ -197,17 +197,18 @@ class Level:
   heldout_fraction: float
 
 
+# Ordered by how hard each shape proved for a small pretrained model (measured on training
+# problems): every two-digit operation (a carry, a borrow, a two-digit product) is the skill
+# that comes last, and each extra operation is one more step that can go wrong.
 LEVELS: tuple[Level, ...] = (
     Level(1, "a + b, one digit", (Pattern(2, 1, "+", False),), 0.4),
     Level(2, "a - b or a * b, one digit", (Pattern(2, 1, OPS, False),), 0.3),
-    Level(3, "a + b or a - b, two digits", (Pattern(2, 2, "+-", False),), 0.1),
-    Level(4, "three one-digit operands, no parentheses", (Pattern(3, 1, OPS, False),), 0.1),
-    Level(5, "two-digit times one-digit; or three one-digit operands with parentheses",
-          (Pattern(2, 2, OPS, False), Pattern(3, 1, OPS, True)), 0.1),
-    Level(6, "three operands up to two digits, no parentheses", (Pattern(3, 2, OPS, False),), 0.1),
-    Level(7, "three operands up to two digits, with parentheses", (Pattern(3, 2, OPS, True),), 0.1),
-    Level(8, "four operands up to two digits (and anything larger)",
-          (Pattern(4, 2, OPS, True),), 0.1),
+    Level(3, "three one-digit operands, + and - only", (Pattern(3, 1, "+-", False),), 0.1),
+    Level(4, "three one-digit operands with *", (Pattern(3, 1, OPS, False),), 0.1),
+    Level(5, "three one-digit operands with parentheses", (Pattern(3, 1, OPS, True),), 0.1),
+    Level(6, "two operands, one with two digits", (Pattern(2, 2, OPS, False),), 0.1),
+    Level(7, "three operands, one with two digits", (Pattern(3, 2, OPS, True),), 0.1),
+    Level(8, "four one-digit operands (and anything larger)", (Pattern(4, 1, OPS, True),), 0.1),
 )
 NUM_LEVELS = len(LEVELS)
 
@@ -286,7 +287,7 @@ def canonical_question(question: str) -> str | None:
 
 # ----------------------------------------------------------------------------- held-out split
 
-_HELDOUT_KEY = b"rzero-jax/arith/heldout/v1"
+_HELDOUT_KEY = b"rzero-jax/arith/heldout/v2"
 
 
 def _unit_hash(text: str) -> float:
@@ -468,8 +469,7 @@ class WorldPrompts:
 
 
 PROMPTS = WorldPrompts(
-    challenger_system=("Write one new arithmetic question as <question>\n...\n</question>, "
-                       "then its answer in \\boxed{}."),
+    challenger_system="Write a new question as <question>\n...\n</question> then \\boxed{answer}.",
     challenger_user="New question.",
-    solver_system="Solve step by step. Put the answer in \\boxed{}.",
+    solver_system="Solve it; put the answer in \\boxed{}.",
 )
