@@ -136,6 +136,44 @@ def truncate_logits(scaled: jax.Array, top_k: jax.Array, top_p: jax.Array) -> ja
   return jnp.where(keep, scaled, -jnp.inf)
 
 
+_CDF_BLOCK = 128
+
+
+def categorical(key: jax.Array, logits: jax.Array) -> jax.Array:
+  """One token per row from softmax(logits) [B, V]; -inf logits are never drawn.
+
+  Inverts the CDF in two levels (which block of 128 tokens, then which token inside it): one
+  pass over the vocabulary and one uniform per row. `jax.random.categorical` draws a Gumbel per
+  token instead, which on CPU costs more than a small model's whole decode step.
+  """
+  rows, vocab = logits.shape
+  weights = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+  pad = (-vocab) % _CDF_BLOCK
+  if pad:
+    weights = jnp.pad(weights, ((0, 0), (0, pad)))
+  blocks = weights.reshape(rows, -1, _CDF_BLOCK)
+  block_mass = jnp.sum(blocks, axis=-1)
+  block_cdf = jnp.cumsum(block_mass, axis=-1)
+  target = jax.random.uniform(key, (rows,), jnp.float32) * block_cdf[:, -1]
+  block = _first_above(block_cdf, target, block_mass > 0)
+  inner = jnp.take_along_axis(blocks, block[:, None, None], axis=1)[:, 0]  # [B, block]
+  mass_before = jnp.take_along_axis(block_cdf - block_mass, block[:, None], axis=1)[:, 0]
+  offset = _first_above(jnp.cumsum(inner, axis=-1), target - mass_before, inner > 0)
+  return (block * _CDF_BLOCK + offset).astype(jnp.int32)
+
+
+def _first_above(cdf: jax.Array, target: jax.Array, positive: jax.Array) -> jax.Array:
+  """Per row, the first index whose cdf exceeds target: always an entry of positive weight,
+  since the cdf only rises there. Rounding can put target outside [0, total); clamping to the
+  first / last positive entry keeps zero-weight entries unreachable even then."""
+  n = cdf.shape[-1]
+  index = jnp.sum(cdf <= target[:, None], axis=-1)
+  positions = jnp.arange(n)
+  first = jnp.min(jnp.where(positive, positions, n), axis=-1)
+  last = jnp.max(jnp.where(positive, positions, -1), axis=-1)
+  return jnp.clip(index, first, last)
+
+
 def sample_tokens(logits: jax.Array, key: jax.Array, knobs: dict) -> tuple[jax.Array, jax.Array]:
   """logits [B, V] float32 -> (tokens [B] int32, logprobs [B] float32).
 
@@ -145,19 +183,21 @@ def sample_tokens(logits: jax.Array, key: jax.Array, knobs: dict) -> tuple[jax.A
 
   def greedy(_):
     tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    return tokens, _logprob_of(jax.nn.log_softmax(logits, axis=-1), tokens)
+    return tokens, _logprob_of(logits, tokens)
 
   def sample(_):
     scaled = logits / temperature
     masked = truncate_logits(scaled, knobs["top_k"], knobs["top_p"])
-    tokens = jax.random.categorical(key, masked, axis=-1).astype(jnp.int32)
-    return tokens, _logprob_of(jax.nn.log_softmax(scaled, axis=-1), tokens)
+    tokens = categorical(key, masked)
+    return tokens, _logprob_of(scaled, tokens)
 
   return jax.lax.cond(temperature <= 0, greedy, sample, None)
 
 
-def _logprob_of(logp: jax.Array, tokens: jax.Array) -> jax.Array:
-  return jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
+def _logprob_of(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+  """log_softmax(logits)[tokens] without materialising the [B, V] log-probabilities."""
+  chosen = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0]
+  return chosen - jax.nn.logsumexp(logits, axis=-1)
 
 
 # ----------------------------------------------------------------------------- jitted parts

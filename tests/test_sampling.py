@@ -210,6 +210,24 @@ def test_truncation_matches_sorted_definition(top_k, top_p):
                                   logits[row][np.isfinite(masked[row])])
 
 
+def test_categorical_never_draws_excluded_tokens():
+  vocab = 300  # not a multiple of the CDF block: the padded tail must stay unreachable
+  logits = np.full((5, vocab), -np.inf, np.float32)
+  logits[0, vocab - 1] = 0.0              # only the last token
+  logits[1, 0] = 0.0                      # only the first
+  logits[2, [3, 150, 299]] = [0.0, 1.0, 2.0]
+  logits[3, 128] = 50.0                   # a block boundary
+  logits[4] = np.linspace(-30, 30, vocab)  # everything allowed, very uneven mass
+  draw = jax.jit(jax.vmap(sampling.categorical, in_axes=(0, None)))
+  tokens = np.asarray(draw(jax.random.split(jax.random.key(0), 2000), jnp.asarray(logits)))
+  assert (tokens[:, 0] == vocab - 1).all() and (tokens[:, 1] == 0).all()
+  assert set(tokens[:, 2].tolist()) == {3, 150, 299} and (tokens[:, 3] == 128).all()
+  assert np.isfinite(logits[4][tokens[:, 4]]).all() and tokens[:, 4].max() < vocab
+  # Frequencies of row 2 follow softmax([0, 1, 2]).
+  counts = [(tokens[:, 2] == t).sum() for t in (3, 150, 299)]
+  assert stats.chisquare(counts, np.asarray(jax.nn.softmax(jnp.arange(3.0))) * 2000).pvalue > 1e-3
+
+
 @pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 0, 1.0), (1.3, 6, 0.9)])
 def test_first_token_frequencies_match_distribution(small_vocab, temperature, top_k, top_p):
   cfg, params = small_vocab
