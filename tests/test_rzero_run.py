@@ -24,13 +24,13 @@ TINY = [
     "--config.challenger.steps=2", "--config.challenger.prompts_per_step=4",
     "--config.challenger.prompts_per_update=2", "--config.challenger.max_new_tokens=40",
     "--config.challenger.solver_samples=4",
-    "--config.dataset.num_questions=24", "--config.dataset.solver_samples=4",
+    "--config.dataset.num_questions=64", "--config.dataset.solver_samples=4",
     "--config.dataset.band_low=0.0", "--config.dataset.band_high=1.0",
     "--config.solver.steps=2", "--config.solver.prompts_per_step=4",
     "--config.solver.prompts_per_update=4", "--config.solver.group_size=2",
     "--config.solver.max_new_tokens=40", "--config.sampling.answer_max_new_tokens=40",
     "--config.eval.limit=8", "--config.eval.max_new_tokens=40",
-    "--config.challenger.learner.learning_rate=1e-3", "--config.solver.learner.learning_rate=1e-3",
+    "--config.challenger.learner.learning_rate=1e-4", "--config.solver.learner.learning_rate=1e-3",
 ]
 
 
@@ -38,7 +38,7 @@ TINY = [
 def tiny_base(tmp_path_factory):
   from rzero_jax.worlds import base_model
   return base_model.build_base_model(
-      str(tmp_path_factory.mktemp("base")), num_docs=2000, steps=120, batch_size=16,
+      str(tmp_path_factory.mktemp("base")), num_docs=4000, steps=300, batch_size=16,
       hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1,
       head_dim=16, vocab_size=128)
 
