@@ -230,7 +230,6 @@ class _Plan:
     return jnp.arange(length)[None, :] >= (self.prompt_bucket - prompt_lens)[:, None]
 
 
-
 @functools.partial(jax.jit, static_argnums=0)
 def _prefill(plan: _Plan, params, tokens, prompt_lens, live, stop_mask, knobs):
   """Runs the prompts, samples token 0 and builds the decode state (rows = prompts x n)."""
@@ -341,10 +340,14 @@ def _pack_prompts(prompts, num_rows: int, bucket: int, vocab_size: int, pad_id: 
   tokens = np.full((num_rows, bucket), pad_id, np.int32)
   lens = np.ones((num_rows,), np.int32)
   for i, p in enumerate(prompts):
-    ids = np.asarray(p, np.int64)
-    if ids.min() < 0 or ids.max() >= vocab_size:
-      raise ValueError(f"generate: prompts[{i}] holds token id {int(ids.max()) if ids.max() >= vocab_size else int(ids.min())} "
-                       f"outside the vocabulary [0, {vocab_size})")
+    ids = np.asarray(p)
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+      raise ValueError(f"generate: prompts[{i}] must be a flat list of int token ids, got "
+                       f"{p!r:.60}")
+    bad = ids[(ids < 0) | (ids >= vocab_size)]
+    if bad.size:
+      raise ValueError(f"generate: prompts[{i}] holds token id {int(bad[0])} outside the "
+                       f"vocabulary [0, {vocab_size})")
     tokens[i, bucket - len(ids):] = ids
     lens[i] = len(ids)
   live = np.arange(num_rows) < len(prompts)

@@ -368,6 +368,7 @@ def test_kv_cache_bytes_is_the_cache_size():
     (dict(prompts=[]), "prompts"),
     (dict(prompts=[[1], []]), r"prompts\[1\]"),
     (dict(prompts=[[1, 999]]), r"prompts\[0\].*999"),
+    (dict(prompts=[[1, 2.5]]), r"prompts\[0\].*int token ids"),
     (dict(max_new_tokens=0), "max_new_tokens"),
     (dict(temperature=-1.0), "temperature"),
     (dict(top_p=0.0), "top_p"),
