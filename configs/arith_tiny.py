@@ -18,9 +18,10 @@ def get_config():
   c.world.cache_dir = ""          # "" = ~/.cache/rzero-jax
   # How the base model is built (rzero_jax.worlds.base_model.BaseModelSpec); its hash is the
   # cache key, so changing any of these builds a new base model.
-  c.world.base = dict(seed=0, hidden_size=128, intermediate_size=384, num_layers=4,
-                      num_heads=4, num_kv_heads=2, head_dim=32, vocab_size=256,
-                      num_docs=64_000, steps=1000, batch_size=64, learning_rate=3e-3)
+  c.world.base = dict(seed=0, hidden_size=64, intermediate_size=256, num_layers=2,
+                      num_heads=4, num_kv_heads=2, head_dim=16, vocab_size=256,
+                      num_docs=72_000, steps=9000, batch_size=8, learning_rate=3e-3,
+                      challenger_fraction=0.2)
 
   c.challenger.steps = 5
   c.challenger.prompts_per_step = 32

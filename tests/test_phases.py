@@ -63,3 +63,38 @@ def test_solver_batches_cycle_a_fixed_shuffle():
   assert len(set(first)) == 3 and first == [r["question"] for r in
                                             phases.solver_batch(records, 0, 3, seed=1)]
   assert len(set(first + second[:2])) == 5  # one pass covers the whole dataset
+
+
+def test_dataset_never_keeps_an_excluded_question(monkeypatch):
+  texts = {1: "<question>\n1 + 2\n</question>\n\n\\boxed{3}",
+           2: "<question>\n4 + 5\n</question>\n\n\\boxed{9}"}
+
+  class Tok:
+    def decode(self, ids):
+      return texts[ids[0]]
+
+    def encode(self, text):
+      return list(range(len(text.split())))
+
+    def encode_chat(self, messages):
+      return [0]
+
+  class Prompts:
+    def challenger_messages(self):
+      return []
+
+  env = phases.Env(cfg=None, tokenizer=Tok(), mesh=None, rules=None, prompt_set=Prompts(),
+                   stop_token_ids=(), max_rows_per_call=8)
+  monkeypatch.setattr(phases, "generate_rows", lambda *a, **k: ([[1], [2]], None, None))
+  seen = []
+  monkeypatch.setattr(phases, "answer_questions",
+                      lambda env, params, qs, **k: seen.extend(qs) or [["3", "3"] for _ in qs])
+
+  class D(dict):
+    __getattr__ = dict.get
+
+  dcfg = D(num_questions=2, temperature=1.0, top_p=1.0, top_k=0, solver_samples=2,
+           band_delta=0.5, band_low=-1.0, band_high=-1.0, max_question_tokens=64)
+  records, _ = phases.build_dataset(env, None, None, dcfg, None, seed=0,
+                                    exclude=lambda q: q == "4 + 5")
+  assert seen == ["1 + 2"] and [r["question"] for r in records] == ["1 + 2"]

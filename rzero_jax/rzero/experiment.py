@@ -88,5 +88,6 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> str:
   base = resolve_base_model(config)
   logging.info("base model: %s", base)
   loop.run(config, workdir, base_model=base, allow_config_change=allow_config_change,
-           evaluate=make_evaluate(config), annotate=make_annotate(config))
+           evaluate=make_evaluate(config), annotate=make_annotate(config),
+           exclude=getattr(_world(config), "is_heldout", None))
   return report.write_report(workdir)

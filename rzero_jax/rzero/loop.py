@@ -128,6 +128,7 @@ class Setup:
   is_writer: bool
   evaluate: Callable | None
   annotate: Callable | None
+  exclude: Callable | None = None
 
 
 def learner_config(section) -> learner.LearnerConfig:
@@ -215,7 +216,8 @@ def _dataset_phase(s: Setup, iteration: int, challenger_params, solver_params, b
   writer_params = base_params if c.mode == "base_challenger" else challenger_params
   records, stats = phases.build_dataset(
       s.env, writer_params, solver_params, c.dataset, c.sampling,
-      seed=phases.derive_seed(c.seed, iteration, "dataset"), annotate=s.annotate)
+      seed=phases.derive_seed(c.seed, iteration, "dataset"), annotate=s.annotate,
+      exclude=s.exclude)
   if s.is_writer:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     dataset.write_jsonl_atomic(path, records)
@@ -252,7 +254,8 @@ def _write_progress(s: Setup, iteration: int, phase: str) -> None:
 
 
 def setup(config, workdir: str, *, base_model: str, allow_config_change: bool = False,
-          evaluate: Callable | None = None, annotate: Callable | None = None) -> Setup:
+          evaluate: Callable | None = None, annotate: Callable | None = None,
+          exclude: Callable | None = None) -> Setup:
   is_writer = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   wd.check_or_store_config(workdir, config.to_dict(), allow_config_change, is_writer)
@@ -272,18 +275,19 @@ def setup(config, workdir: str, *, base_model: str, allow_config_change: bool = 
   return Setup(config=config, workdir=workdir, env=env, base_params=base_params,
                abstract_params=abstract, tok_path=os.path.abspath(base_model),
                ckpts=ckpts, writer=writer, is_writer=is_writer, evaluate=evaluate,
-               annotate=annotate)
+               annotate=annotate, exclude=exclude)
 
 
 def run(config, workdir: str, *, base_model: str | None = None,
         allow_config_change: bool = False, evaluate: Callable | None = None,
-        annotate: Callable | None = None) -> dict:
+        annotate: Callable | None = None, exclude: Callable | None = None) -> dict:
   """Runs (or resumes) all iterations. Returns {iteration: evaluation result}.
 
   base_model defaults to config.base_model; a world passes the path of its cached model.
   """
   s = setup(config, workdir, base_model=base_model or config.base_model,
-            allow_config_change=allow_config_change, evaluate=evaluate, annotate=annotate)
+            allow_config_change=allow_config_change, evaluate=evaluate, annotate=annotate,
+            exclude=exclude)
   c = config
   results = {}
   try:

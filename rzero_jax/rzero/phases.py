@@ -202,7 +202,8 @@ def _train_fields(m: dict) -> dict:
 
 
 def build_dataset(env: Env, challenger_params, solver_params, dcfg, sampling_cfg, *, seed: int,
-                  annotate: Callable[[str], dict] | None = None):
+                  annotate: Callable[[str], dict] | None = None,
+                  exclude: Callable[[str], bool] | None = None):
   """N Challenger questions, m Solver answers each, majority labels, band filter.
 
   `annotate(question)` may attach report-only fields (e.g. the true answer in a synthetic
@@ -221,6 +222,10 @@ def build_dataset(env: Env, challenger_params, solver_params, dcfg, sampling_cfg
     # The dataset keeps only questions that also carry a \boxed{} answer (reference §5).
     if challenger.is_well_formed(text, require_boxed=True):
       q = challenger.parse_question(text)
+      # A world's held-out questions must never become training data (decided from the
+      # question text alone, never from a label).
+      if exclude is not None and exclude(q):
+        continue
       if len(env.tokenizer.encode(q)) <= dcfg.max_question_tokens:
         candidates.append(q)
   t1 = time.perf_counter()
