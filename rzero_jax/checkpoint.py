@@ -139,6 +139,10 @@ class CheckpointManager:
         if max_to_keep is not None and (not isinstance(max_to_keep, int) or max_to_keep < 1):
             raise ValueError(f"max_to_keep={max_to_keep!r}; expected a positive int or None "
                              f"(keep everything)")
+        # Orbax's OCDBT writer refuses relative paths (deep inside an async save thread), and a
+        # relative workdir such as the README's `runs/default` is the common case.
+        if "://" not in os.fspath(directory):
+            directory = os.path.abspath(directory)
         self._directory = epath.Path(directory)
         if self._directory.exists() and not self._directory.is_dir():
             raise NotADirectoryError(f"checkpoint directory {self._directory} is a file")

@@ -12,6 +12,8 @@ import numpy as np
 import optax
 import pytest
 
+from etils import epath
+
 from rzero_jax import checkpoint as ckpt_lib
 from rzero_jax.checkpoint import CheckpointManager
 
@@ -70,6 +72,19 @@ def test_round_trip_bit_exact_with_structure(tmp_path):
     # optax's namedtuples come back as namedtuples, so the optimizer accepts them.
     adam_state = items["opt_state"][1][0]
     assert type(adam_state).__name__ == "ScaleByAdamState" and int(adam_state.count) == 1
+
+
+def test_relative_directory(tmp_path, monkeypatch):
+    # The README's workdir is relative; Orbax's own writer only takes absolute paths.
+    monkeypatch.chdir(tmp_path)
+    state = make_state(2)
+    with CheckpointManager(os.path.join("runs", "ckpt")) as ckpt:
+        ckpt.save(1, state)
+        ckpt.wait()
+        assert ckpt.directory == epath.Path(tmp_path / "runs" / "ckpt")
+    monkeypatch.chdir("/")
+    with CheckpointManager(tmp_path / "runs" / "ckpt") as ckpt:
+        assert_bit_identical(ckpt.restore(target=ckpt_lib.abstract_like(state)).items, state)
 
 
 def test_restore_subset_and_without_target(tmp_path):
