@@ -30,6 +30,8 @@ def main():
   if os.path.exists(args.workdir):
     shutil.rmtree(args.workdir)
   cache = args.cache_dir or os.path.join(args.workdir + "_cache")
+  if not args.cache_dir and os.path.exists(cache):
+    shutil.rmtree(cache)  # a fresh cache of our own: the base-model build is timed too
   cmd = [sys.executable, "-m", "launch.train", f"--workdir={args.workdir}",
          f"--config.world.cache_dir={cache}", *overrides]
   start = time.perf_counter()

@@ -23,7 +23,7 @@ def get_config():
                       num_docs=72_000, steps=9000, batch_size=8, learning_rate=3e-3,
                       challenger_fraction=0.2)
 
-  c.challenger.steps = 5
+  c.challenger.steps = 10
   c.challenger.prompts_per_step = 32
   c.challenger.group_size = 4
   c.challenger.prompts_per_update = 32
@@ -32,11 +32,16 @@ def get_config():
   c.challenger.learner.learning_rate = 1e-4
   c.challenger.learner.kl_coef = 0.01
 
-  c.dataset.num_questions = 256
+  c.dataset.num_questions = 1024
   c.dataset.solver_samples = 10
   c.dataset.max_question_tokens = 48
+  # Measured on this world's training questions: majority labels are right 18-54% of the time
+  # at p_hat 0.3-0.6 and 78% at 0.7, so at the paper's band [0.25, 0.75] most kept labels were
+  # wrong (47%, 44%, 30% over three iterations). This band keeps labels 87%, 78%, 69% right.
+  c.dataset.band_low = 0.5
+  c.dataset.band_high = 0.9
 
-  c.solver.steps = 15
+  c.solver.steps = 60
   c.solver.prompts_per_step = 16
   c.solver.group_size = 5
   c.solver.prompts_per_update = 16

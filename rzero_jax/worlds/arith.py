@@ -395,7 +395,7 @@ def sample_heldout_problem(rng: Rng, level: int) -> Problem:
   return Problem(question=question, answer=evaluate(expr), level=level)
 
 
-def heldout_sets(seed: int = 20250805, per_level: int = 64) -> dict[int, list[Problem]]:
+def heldout_sets(seed: int = 20250805, per_level: int = 256) -> dict[int, list[Problem]]:
   """Distinct held-out problems per level, the same for the same arguments.
 
   A level whose held-out partition is smaller than `per_level` (level 1 has about 40 of its
