@@ -48,8 +48,8 @@ log = logging.getLogger(__name__)
 class BaseModelSpec:
   """Every choice that decides the built model; its hash is the cache key.
 
-  The defaults build in about 3 minutes on 2 CPU cores (136k parameters, 9,000 steps of 8
-  documents). Measured on the held-out sets, greedy Solver accuracy falls from about 90% at
+  The defaults build in about 1.5 minutes on 2 quiet CPU cores (136k parameters, 9,000 steps
+  of 8 documents). Measured on the held-out sets, greedy Solver accuracy falls from about 90% at
   level 1 to about 10% at levels 7-8. On this budget, many small steps of a shallow model beat
   fewer, larger steps or a deeper or wider model.
   """
