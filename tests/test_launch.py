@@ -57,6 +57,9 @@ def test_changed_config_on_resume_is_refused(tmp_path):
 def test_changed_config_via_the_launcher(tmp_path):
   from configs import arith_tiny
   run = tmp_path / "run"
-  wd.check_or_store_config(str(run), arith_tiny.get_config().to_dict())
-  proc = _train(f"--workdir={run}", "--config.solver.steps=3")
-  _assert_one_line_error(proc, "error:", "solver.steps: 15 -> 3", "--allow_config_change")
+  config = arith_tiny.get_config()
+  wd.check_or_store_config(str(run), config.to_dict())
+  steps = config.solver.steps + 1
+  proc = _train(f"--workdir={run}", f"--config.solver.steps={steps}")
+  _assert_one_line_error(proc, "error:", f"solver.steps: {config.solver.steps} -> {steps}",
+                         "--allow_config_change")
