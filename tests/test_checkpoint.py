@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from etils import epath
 
 from rzero_jax import checkpoint as ckpt_lib
