@@ -222,6 +222,12 @@ class _Plan:
     return {name: sharding.constrain(x, axes[name], self.mesh, self.rules)
             for name, x in cache.items()}
 
+  def constrain_layer_cache(self, cache):
+    """One layer's cache, [B, KV, S, Dh]: the stacked cache's axes without 'layers'."""
+    axes = models.cache_logical_axes()
+    return {name: sharding.constrain(x, axes[name][1:], self.mesh, self.rules)
+            for name, x in cache.items()}
+
   def constrain_rows(self, x):
     return sharding.constrain(x, ("batch",) + (None,) * (x.ndim - 1), self.mesh, self.rules)
 
@@ -249,12 +255,15 @@ def _prefill(plan: _Plan, params, tokens, prompt_lens, live, stop_mask, knobs):
   logits = plan.constrain_rows(jnp.repeat(logits, n, axis=0))
   prompt_lens = plan.constrain_rows(jnp.repeat(prompt_lens, n, axis=0))
   live = plan.constrain_rows(jnp.repeat(live, n, axis=0))
-  decode_cache = {}
-  for name, x in cache.items():  # [L, B, KV, S, Dh]: the prompt fills slots [0, bucket)
-    full = models.init_cache(cfg, rows, plan.cache_length, x.dtype)[name]
-    full = jax.lax.dynamic_update_slice(full, jnp.repeat(x, n, axis=1), (0, 0, 0, 0, 0))
-    decode_cache[name] = full
-  decode_cache = plan.constrain_cache(decode_cache)
+  # Decode keeps one cache buffer per layer ([B, KV, S, Dh]; see `models.forward_per_layer`);
+  # the prompt fills slots [0, bucket) of each.
+  decode_cache = []
+  for layer_cache in models.split_cache(cache):
+    full = {}
+    for name, x in layer_cache.items():
+      empty = jnp.zeros((rows, cfg.num_kv_heads, plan.cache_length, cfg.head_dim), x.dtype)
+      full[name] = jax.lax.dynamic_update_slice(empty, jnp.repeat(x, n, axis=0), (0, 0, 0, 0))
+    decode_cache.append(plan.constrain_layer_cache(full))
 
   base_key = jax.random.key(knobs["seed"])
   first, first_lp = sample_tokens(logits, jax.random.fold_in(base_key, 0), knobs)
@@ -279,6 +288,7 @@ def _decode(plan: _Plan, params, state, stop_mask, knobs):
   cfg, bucket = plan.cfg, plan.prompt_bucket
   base_key = jax.random.key(knobs["seed"])
   kv_mask = plan.kv_mask(state["prompt_lens"], plan.cache_length)
+  layer_params = models.split_layers(params)
 
   def not_finished(s):
     return (s["step"] < plan.max_new_tokens) & ~jnp.all(s["done"])
@@ -287,15 +297,15 @@ def _decode(plan: _Plan, params, state, stop_mask, knobs):
     step = s["step"]
     last = jax.lax.dynamic_slice_in_dim(s["tokens"], step - 1, 1, axis=1)  # [B, 1]
     positions = (s["prompt_lens"] + step - 1)[:, None]
-    logits, cache = models.forward_with_cache(
-        cfg, params, last, positions, kv_mask, s["cache"], bucket + step - 1,
+    logits, cache = models.forward_per_layer(
+        cfg, params, layer_params, last, positions, kv_mask, s["cache"], bucket + step - 1,
         mesh=plan.mesh, rules=plan.rules)
     token, logprob = sample_tokens(logits[:, 0], jax.random.fold_in(base_key, step), knobs)
     done = s["done"]
     token = jnp.where(done, plan.pad_id, token)
     logprob = jnp.where(done, 0.0, logprob)
     return {
-        "cache": plan.constrain_cache(cache),
+        "cache": [plan.constrain_layer_cache(c) for c in cache],
         "tokens": jax.lax.dynamic_update_slice_in_dim(s["tokens"], token[:, None], step, 1),
         "logprobs": jax.lax.dynamic_update_slice_in_dim(s["logprobs"], logprob[:, None], step,
                                                         1),

@@ -423,3 +423,28 @@ def test_generate_text_cuts_at_stop_strings(tiny):
   kept = out.tokens[0]
   assert stop in tok.decode(kept) and stop not in tok.decode(kept[:-1])
   assert len(out.logprobs[0]) == len(kept)
+
+
+@pytest.mark.parametrize("family", ["qwen3", "qwen2", "llama"])
+def test_per_layer_decode_step_equals_the_scanned_one(family):
+  """The decode loop's unrolled per-layer form gives the scanned form's logits and caches."""
+  cfg = models.tiny_config(family)
+  params = models.init_params(cfg, jax.random.key(3))
+  batch, length, index = 3, 24, 9
+  rng = np.random.default_rng(0)
+  cache = {name: jnp.asarray(rng.normal(size=(cfg.num_layers, batch, cfg.num_kv_heads, length,
+                                               cfg.head_dim)), jnp.float32)
+           for name in ("k", "v")}
+  kv_mask = np.arange(length)[None, :] >= np.array([0, 3, 5])[:, None]
+  tokens = rng.integers(1, cfg.vocab_size, (batch, 1))
+  positions = np.array([[9], [6], [4]])
+  want_logits, want_cache = models.forward_with_cache(cfg, params, tokens, positions, kv_mask,
+                                                      cache, index)
+  got_logits, got_caches = models.forward_per_layer(
+      cfg, params, models.split_layers(params), tokens, positions, kv_mask,
+      models.split_cache(cache), index)
+  np.testing.assert_allclose(got_logits, want_logits, rtol=1e-5, atol=1e-5)
+  assert len(got_caches) == cfg.num_layers
+  for layer, got in enumerate(got_caches):
+    for name in ("k", "v"):
+      np.testing.assert_allclose(got[name], want_cache[name][layer], rtol=1e-6, atol=1e-6)
