@@ -1,0 +1,145 @@
+"""How much can R-Zero's Solver phase teach the arithmetic world's base model at all?
+
+Two measurements on held-out problems, no R-Zero run and no Challenger:
+
+  1. greedy vs mean-sample vs maj@m accuracy per level: what self-consistency could teach
+     (majority labels are only worth learning where the majority beats the greedy answer);
+  2. a GRPO probe with the world's TRUE answers as rewards: the Solver trains on freshly drawn
+     training problems of the chosen levels, with the default config's Solver settings, and the
+     held-out accuracy is measured before and after. Perfect labels are the best case of the
+     Solver phase, so if this does not move the held-out frontier, no pseudo-label can.
+
+Ground truth is used here only to diagnose the base model; R-Zero's phases never see it.
+
+  .venv/bin/python benchmarks/solver_headroom.py [--steps=120] [--learning_rate=3e-4]
+"""
+import argparse
+import collections
+import importlib.util
+import os
+import random
+import sys
+import tempfile
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from rzero_jax import grading  # noqa: E402
+from rzero_jax.rl import learner  # noqa: E402
+from rzero_jax.rzero import experiment, loop, phases  # noqa: E402
+from rzero_jax.worlds import arith  # noqa: E402
+
+
+def _default_config():
+  spec = importlib.util.spec_from_file_location("arith_tiny",
+                                                os.path.join(REPO, "configs", "arith_tiny.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _answers(env, params, problems, *, n, temperature, seed, max_new_tokens):
+  prompts = phases.solver_prompt_ids(env, [p.question for p in problems])
+  rows, _, _ = phases.generate_rows(env, params, prompts, n=n, seed=seed,
+                                    max_new_tokens=max_new_tokens, temperature=temperature,
+                                    top_p=1.0, top_k=0 if temperature == 0 else 40)
+  answers = [grading.extract_boxed(t) for t in phases.decode(env, rows)]
+  return [answers[i * n:(i + 1) * n] for i in range(len(problems))]
+
+
+def greedy_accuracy(env, params, problems, max_new_tokens):
+  got = _answers(env, params, problems, n=1, temperature=0.0, seed=0,
+                 max_new_tokens=max_new_tokens)
+  return float(np.mean([a[0] == str(p.answer) for a, p in zip(got, problems)]))
+
+
+def self_consistency(env, params, problems, m, max_new_tokens):
+  """(mean sample accuracy, maj@m accuracy) at T = 1, top-k 40 (the answer sampling default)."""
+  got = _answers(env, params, problems, n=m, temperature=1.0, seed=1,
+                 max_new_tokens=max_new_tokens)
+  mean, majority = [], []
+  for answers, p in zip(got, problems):
+    mean.append(np.mean([a == str(p.answer) for a in answers]))
+    votes = collections.Counter(a for a in answers if a is not None)
+    majority.append(bool(votes) and votes.most_common(1)[0][0] == str(p.answer))
+  return float(np.mean(mean)), float(np.mean(majority))
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--levels", default="3,4,5,6,7,8", help="held-out levels to report")
+  ap.add_argument("--frontier", default="5,6,7,8")
+  ap.add_argument("--per_level", type=int, default=128, help="held-out problems per level")
+  ap.add_argument("--m", type=int, default=10, help="samples per problem for maj@m")
+  ap.add_argument("--train_levels", default="5,6,7", help="levels of the probe's problems")
+  ap.add_argument("--steps", type=int, default=120, help="GRPO steps of the probe (0 = skip)")
+  ap.add_argument("--learning_rate", type=float, default=3e-4)
+  ap.add_argument("--seed", type=int, default=0)
+  args = ap.parse_args()
+  levels = [int(x) for x in args.levels.split(",")]
+  frontier = [int(x) for x in args.frontier.split(",")]
+
+  config = _default_config()
+  config.solver.learner.learning_rate = args.learning_rate
+  base = experiment.resolve_base_model(config)
+  with tempfile.TemporaryDirectory() as workdir:
+    s = loop.setup(config, workdir, base_model=base)
+    env, budget = s.env, config.solver.max_new_tokens
+    heldout = arith.heldout_sets(per_level=args.per_level)
+
+    print(f"base model: {base}")
+    print(f"\n1. self-consistency on held-out problems ({args.per_level} per level, "
+          f"m = {args.m}; %)")
+    print("| level | greedy | mean sample | maj@m | maj@m - greedy |")
+    print("|---|---|---|---|---|")
+    gaps = []
+    before = {}
+    for level in levels:
+      g = greedy_accuracy(env, s.base_params, heldout[level], budget)
+      mean, majority = self_consistency(env, s.base_params, heldout[level], args.m, budget)
+      before[level] = g
+      if level in frontier:
+        gaps.append(majority - g)
+      print(f"| {level} | {100 * g:.1f} | {100 * mean:.1f} | {100 * majority:.1f} | "
+            f"{100 * (majority - g):+.1f} |")
+    print(f"maj@m - greedy over the frontier levels: {100 * np.mean(gaps):+.1f} points")
+    if args.steps <= 0:
+      return
+
+    rng = random.Random(f"solver-headroom/{args.seed}")
+    train_levels = [int(x) for x in args.train_levels.split(",")]
+    n = args.steps * config.solver.prompts_per_step  # every problem is seen once
+    records = []
+    for _ in range(n):
+      p = arith.sample_problem(rng, rng.choice(train_levels))
+      records.append({"question": p.question, "label": str(p.answer)})
+    state = learner.init_train_state(s.base_params, loop.learner_config(config.solver))
+    role = loop.make_role(config.solver, env, state)
+    rewards = []
+    for step in range(args.steps):
+      state, record = phases.solver_step(env, role, state, s.base_params, records,
+                                         config.solver, step=step, seed=args.seed + step,
+                                         data_seed=args.seed)
+      rewards.append(record["reward_mean"])
+    print(f"\n2. GRPO with true-answer rewards: {args.steps} steps x "
+          f"{config.solver.prompts_per_step} fresh problems of levels {args.train_levels}, "
+          f"lr {args.learning_rate:g} (otherwise the default Solver settings)")
+    quarter = max(1, args.steps // 4)
+    print(f"training reward: first {quarter} steps {np.mean(rewards[:quarter]):.3f}, "
+          f"last {quarter} steps {np.mean(rewards[-quarter:]):.3f}")
+    print("| level | greedy before | greedy after | change |")
+    print("|---|---|---|---|")
+    changes = []
+    for level in levels:
+      after = greedy_accuracy(env, state.params, heldout[level], budget)
+      if level in frontier:
+        changes.append(after - before[level])
+      print(f"| {level} | {100 * before[level]:.1f} | {100 * after:.1f} | "
+            f"{100 * (after - before[level]):+.1f} |")
+    print(f"frontier change with perfect labels: {100 * np.mean(changes):+.1f} points")
+
+
+if __name__ == "__main__":
+  main()
