@@ -77,13 +77,15 @@ def main():
   ap.add_argument("--steps", type=int, default=120, help="GRPO steps of the probe (0 = skip)")
   ap.add_argument("--learning_rate", type=float, default=3e-4)
   ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--base_model", default="", help="HF directory ('' = the default config's "
+                  "base model, built if needed)")
   args = ap.parse_args()
   levels = [int(x) for x in args.levels.split(",")]
   frontier = [int(x) for x in args.frontier.split(",")]
 
   config = _default_config()
   config.solver.learner.learning_rate = args.learning_rate
-  base = experiment.resolve_base_model(config)
+  base = args.base_model or experiment.resolve_base_model(config)
   with tempfile.TemporaryDirectory() as workdir:
     s = loop.setup(config, workdir, base_model=base)
     env, budget = s.env, config.solver.max_new_tokens
