@@ -275,21 +275,20 @@ class Decoder(nn.Module):
 
   def __call__(self, tokens, positions, kv_mask, cache=None, cache_index=None,
                return_hidden=False):
-    cfg = self.cfg
-    x = self.embed(tokens).astype(dtype_of(cfg.dtype))
-    x = sharding.constrain(x, ("batch", "length", "act_embed"), self.mesh, self.rules)
-    (x, cache), _ = self.layers((x, cache), jnp.arange(cfg.num_layers), positions, kv_mask,
-                                cache_index)
-    x = self.final_norm(x)
+    x = self.embed_tokens(tokens)
+    (x, cache), _ = self.layers((x, cache), jnp.arange(self.cfg.num_layers), positions,
+                                kv_mask, cache_index)
     if return_hidden:
-      return x, cache
-    return self.unembed(x), cache
+      return self.final_norm(x), cache
+    return self.logits(x), cache
 
   def embed_tokens(self, tokens):
+    """Tokens [B, T] -> embeddings in the compute dtype (the layers' input)."""
     x = self.embed(tokens).astype(dtype_of(self.cfg.dtype))
     return sharding.constrain(x, ("batch", "length", "act_embed"), self.mesh, self.rules)
 
   def logits(self, x):
+    """The last layer's output -> float32 logits: final norm, then the vocabulary projection."""
     return self.unembed(self.final_norm(x))
 
   def unembed(self, hidden):
