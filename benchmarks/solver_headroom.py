@@ -15,7 +15,6 @@ Ground truth is used here only to diagnose the base model; R-Zero's phases never
 """
 import argparse
 import collections
-import importlib.util
 import os
 import random
 import sys
@@ -26,18 +25,11 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from configs import arith_tiny  # noqa: E402
 from rzero_jax import grading  # noqa: E402
 from rzero_jax.rl import learner  # noqa: E402
 from rzero_jax.rzero import experiment, loop, phases  # noqa: E402
 from rzero_jax.worlds import arith  # noqa: E402
-
-
-def _default_config():
-  spec = importlib.util.spec_from_file_location("arith_tiny",
-                                                os.path.join(REPO, "configs", "arith_tiny.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def _answers(env, params, problems, *, n, temperature, seed, max_new_tokens):
@@ -83,7 +75,7 @@ def main():
   levels = [int(x) for x in args.levels.split(",")]
   frontier = [int(x) for x in args.frontier.split(",")]
 
-  config = _default_config()
+  config = arith_tiny.get_config()
   config.solver.learner.learning_rate = args.learning_rate
   base = args.base_model or experiment.resolve_base_model(config)
   with tempfile.TemporaryDirectory() as workdir:
