@@ -216,6 +216,22 @@ def test_truncation_matches_sorted_definition(top_k, top_p):
                                   logits[row][np.isfinite(masked[row])])
 
 
+def test_greedy_tokens_are_argmax_with_first_index_on_ties():
+  rng = np.random.RandomState(0)
+  logits = rng.randn(6, 300).astype(np.float32)
+  logits[1, [7, 250]] = 9.0            # a tie: the first index wins, as in argmax
+  logits[2, :] = -1.5                  # all equal
+  logits[3, 299] = 50.0                # the last index
+  tokens, logprobs = jax.jit(sampling.greedy_tokens)(jnp.asarray(logits))
+  np.testing.assert_array_equal(tokens, np.argmax(logits, axis=-1))
+  expected = np.take_along_axis(jax.nn.log_softmax(logits, axis=-1), np.argmax(logits, -1)[:, None],
+                                axis=-1)[:, 0]
+  np.testing.assert_allclose(logprobs, expected, rtol=1e-6, atol=1e-6)
+  nan_row = np.full((1, 300), np.nan, np.float32)
+  token, _ = sampling.greedy_tokens(jnp.asarray(nan_row))
+  assert 0 <= int(token[0]) < 300
+
+
 def test_categorical_never_draws_excluded_tokens():
   vocab = 300  # not a multiple of the CDF block: the padded tail must stay unreachable
   logits = np.full((5, vocab), -np.inf, np.float32)
