@@ -422,59 +422,22 @@ def heldout_sets(seed: int = 20250805, per_level: int = 256) -> dict[int, list[P
 
 # ----------------------------------------------------------------------------- text formats
 
-def _nonzero_parts(n: int) -> list[int]:
-  """n >= 0 as its place-value parts, largest first: 376 -> [300, 70, 6]."""
-  digits = str(n)
-  return [int(d) * 10 ** (len(digits) - 1 - i) for i, d in enumerate(digits) if d != "0"]
-
-
-def _careful_expansion(expr: BinOp) -> Expr | None:
-  """The place-value rewrite of one multi-digit operation, or None where it is a single step.
-
-  A product of a one-digit factor and a number with two or more non-zero digits becomes the sum
-  of its partial products (``47 * 8`` -> ``320 + 56``); a sum or difference of two multi-digit
-  numbers that both have a units digit adds or subtracts the right operand's place-value parts
-  one at a time (``47 + 38`` -> ``47 + 30 + 8``).
-  Every piece it leaves is a single step, so expanding never repeats. Negative operands are
-  left to the one-step form.
-  """
-  a, b = expr.left.value, expr.right.value
-  if a < 0 or b < 0:
-    return None
-  if expr.op == "*":
-    if a < 10 and b >= 10:
-      a, b = b, a
-    if b >= 10 or b < 2 or len(_nonzero_parts(a)) < 2:
-      return None
-    parts = [Lit(part * b) for part in _nonzero_parts(a)]
-  else:
-    if a < 10 or b < 10 or a % 10 == 0 or b % 10 == 0:
-      return None
-    parts = [expr.left] + [Lit(part) for part in _nonzero_parts(b)]
-  out = parts[0]
-  for part in parts[1:]:
-    out = BinOp("+" if expr.op == "*" else expr.op, out, part)
-  return out
-
-
-def _reduce_once(expr: Expr, careful: bool = False) -> Expr:
-  """Evaluates the leftmost operation whose operands are both literals (careful: a multi-digit
-  operation is first rewritten by place value, `_careful_expansion`)."""
+def _reduce_once(expr: Expr) -> Expr:
+  """Evaluates the leftmost operation whose operands are both literals."""
   if isinstance(expr, Lit):
     raise ValueError("a literal has nothing left to reduce")
   if isinstance(expr.left, Lit) and isinstance(expr.right, Lit):
-    expanded = _careful_expansion(expr) if careful else None
-    return expanded if expanded is not None else Lit(evaluate(expr))
+    return Lit(evaluate(expr))
   if not isinstance(expr.left, Lit):
-    return BinOp(expr.op, _reduce_once(expr.left, careful), expr.right)
-  return BinOp(expr.op, expr.left, _reduce_once(expr.right, careful))
+    return BinOp(expr.op, _reduce_once(expr.left), expr.right)
+  return BinOp(expr.op, expr.left, _reduce_once(expr.right))
 
 
-def reduction_steps(expr: Expr, careful: bool = False) -> list[str]:
+def reduction_steps(expr: Expr) -> list[str]:
   """The expression, then each one-operation reduction of it down to the answer."""
   steps = [format_expr(expr)]
   while not isinstance(expr, Lit):
-    expr = _reduce_once(expr, careful)
+    expr = _reduce_once(expr)
     steps.append(str(expr.value) if isinstance(expr, Lit) else format_expr(expr))
   return steps
 
@@ -483,15 +446,12 @@ def boxed(answer: int) -> str:
   return "\\boxed{" + str(answer) + "}"
 
 
-def worked_solution(question: str, careful: bool = False) -> str:
-  """A short step-by-step solution, e.g. ``(3 + 4) * 5 = 7 * 5 = 35`` then ``\\boxed{35}``.
-
-  careful: multi-digit operations are worked by place value (``47 * 8 = 320 + 56 = 376``)
-  instead of in one step (``47 * 8 = 376``)."""
+def worked_solution(question: str) -> str:
+  """A short step-by-step solution, e.g. ``(3 + 4) * 5 = 7 * 5 = 35`` then ``\\boxed{35}``."""
   expr = parse_question(question)
   if expr is None:
     raise ValueError(f"question {question!r} is not an arithmetic question of this world")
-  return " = ".join(reduction_steps(expr, careful)) + "\n" + boxed(evaluate(expr))
+  return " = ".join(reduction_steps(expr)) + "\n" + boxed(evaluate(expr))
 
 
 def challenger_completion(problem: Problem) -> str:

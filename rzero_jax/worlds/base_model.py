@@ -70,9 +70,6 @@ class BaseModelSpec:
   # hard, because the easy levels are learned anyway as steps of the harder ones.
   challenger_level_weights: tuple[float, ...] = (4, 4, 3, 3, 2, 1, 1, 1)
   solver_level_weights: tuple[float, ...] = (1, 1, 2, 2, 2, 2, 2, 2)
-  # Share of Solver documents whose multi-digit operations are worked by place value
-  # (`arith.worked_solution(careful=True)`); the rest do each operation in one step.
-  careful_fraction: float = 0.0
   # pretraining
   steps: int = 9000
   batch_size: int = 8
@@ -90,10 +87,9 @@ class BaseModelSpec:
         raise ValueError(f"build_base_model: {name}={value!r}; expected a positive integer")
     if self.vocab_size < 64:
       raise ValueError(f"build_base_model: vocab_size={self.vocab_size}; expected >= 64")
-    for name in ("challenger_fraction", "careful_fraction"):
-      if not 0.0 <= getattr(self, name) <= 1.0:
-        raise ValueError(f"build_base_model: {name}={getattr(self, name)}; "
-                         "expected a value in [0, 1]")
+    if not 0.0 <= self.challenger_fraction <= 1.0:
+      raise ValueError(f"build_base_model: challenger_fraction={self.challenger_fraction}; "
+                       "expected a value in [0, 1]")
     for name in ("challenger_level_weights", "solver_level_weights"):
       weights = getattr(self, name)
       if len(weights) != arith.NUM_LEVELS or min(weights) < 0 or sum(weights) <= 0:
@@ -135,9 +131,8 @@ def corpus_documents(spec: BaseModelSpec, prompts=None) -> list[tuple[list[dict]
     else:
       level = rng.choices(levels, weights=spec.solver_level_weights)[0]
       problem = arith.sample_problem(rng, level)
-      careful = spec.careful_fraction > 0 and rng.random() < spec.careful_fraction
       docs.append((prompts.solver_messages(problem.question),
-                   arith.worked_solution(problem.question, careful=careful)))
+                   arith.worked_solution(problem.question)))
   return docs
 
 
