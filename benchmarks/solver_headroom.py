@@ -3,7 +3,8 @@
 Two measurements on held-out problems, no R-Zero run and no Challenger:
 
   1. greedy vs mean-sample vs maj@m accuracy per level: what self-consistency could teach
-     (majority labels are only worth learning where the majority beats the greedy answer);
+     (majority labels are only worth learning where the majority beats the greedy answer), and
+     greedy accuracy split by whether the problem takes a multi-digit step;
   2. a GRPO probe with the world's TRUE answers as rewards: the Solver trains on freshly drawn
      training problems of the chosen levels, with the default config's Solver settings, and the
      held-out accuracy is measured before and after. Perfect labels are the best case of the
@@ -12,6 +13,10 @@ Two measurements on held-out problems, no R-Zero run and no Challenger:
 Ground truth is used here only to diagnose the base model; R-Zero's phases never see it.
 
   .venv/bin/python benchmarks/solver_headroom.py [--steps=120] [--learning_rate=3e-4]
+      [--temperature=1.0] [--eval_set=heldout|train] [--base_model=DIR]
+
+Choose a base-model design with --eval_set=train (fresh training-distribution problems), never
+on the held-out sets; benchmarks/build_variant_base.py builds a variant to check.
 """
 import argparse
 import collections
@@ -41,15 +46,40 @@ def _answers(env, params, problems, *, n, temperature, seed, max_new_tokens):
   return [answers[i * n:(i + 1) * n] for i in range(len(problems))]
 
 
-def greedy_accuracy(env, params, problems, max_new_tokens):
+def greedy_correct(env, params, problems, max_new_tokens) -> list[bool]:
   got = _answers(env, params, problems, n=1, temperature=0.0, seed=0,
                  max_new_tokens=max_new_tokens)
-  return float(np.mean([a[0] == str(p.answer) for a, p in zip(got, problems)]))
+  return [a[0] == str(p.answer) for a, p in zip(got, problems)]
 
 
-def self_consistency(env, params, problems, m, max_new_tokens):
-  """(mean sample accuracy, maj@m accuracy) at T = 1, top-k 40 (the answer sampling default)."""
-  got = _answers(env, params, problems, n=m, temperature=1.0, seed=1,
+def greedy_accuracy(env, params, problems, max_new_tokens):
+  return float(np.mean(greedy_correct(env, params, problems, max_new_tokens)))
+
+
+def has_multi_digit_step(question: str) -> bool:
+  """Whether working the question takes a product with a multi-digit operand or a sum or
+  difference of two multi-digit numbers (operands counted as evaluated, e.g. 32 in 4 * 8 * 4)."""
+  def walk(expr):
+    if isinstance(expr, arith.Lit):
+      return expr.value, False
+    (a, hard_a), (b, hard_b) = walk(expr.left), walk(expr.right)
+    big_a, big_b = abs(a) >= 10, abs(b) >= 10
+    if expr.op == "*":
+      hard = (big_a and abs(b) >= 2) or (big_b and abs(a) >= 2)
+    else:
+      hard = big_a and big_b
+    return arith.evaluate(expr), hard or hard_a or hard_b
+  return walk(arith.parse_question(question))[1]
+
+
+def _percent(flags) -> str:
+  return f"{100 * np.mean(flags):.1f} ({len(flags)})" if flags else "–"
+
+
+def self_consistency(env, params, problems, m, max_new_tokens, temperature):
+  """(mean sample accuracy, maj@m accuracy) at the given temperature, top-k 40 (the answer
+  sampling default)."""
+  got = _answers(env, params, problems, n=m, temperature=temperature, seed=1,
                  max_new_tokens=max_new_tokens)
   mean, majority = [], []
   for answers, p in zip(got, problems):
@@ -69,6 +99,11 @@ def main():
   ap.add_argument("--steps", type=int, default=120, help="GRPO steps of the probe (0 = skip)")
   ap.add_argument("--learning_rate", type=float, default=3e-4)
   ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--eval_set", default="heldout", choices=("heldout", "train"),
+                  help="'train': measure on fresh training-distribution problems instead, so "
+                  "that a base-model design can be chosen without looking at the held-out sets")
+  ap.add_argument("--temperature", type=float, default=1.0,
+                  help="sampling temperature of the maj@m answers and the probe's rollouts")
   ap.add_argument("--base_model", default="", help="HF directory ('' = the default config's "
                   "base model, built if needed)")
   args = ap.parse_args()
@@ -77,27 +112,38 @@ def main():
 
   config = arith_tiny.get_config()
   config.solver.learner.learning_rate = args.learning_rate
+  config.solver.temperature = args.temperature
   base = args.base_model or experiment.resolve_base_model(config)
   with tempfile.TemporaryDirectory() as workdir:
     s = loop.setup(config, workdir, base_model=base)
     env, budget = s.env, config.solver.max_new_tokens
-    heldout = arith.heldout_sets(per_level=args.per_level)
+    if args.eval_set == "heldout":
+      heldout = arith.heldout_sets(per_level=args.per_level)
+    else:  # fresh training-distribution problems: for choosing a design without the held-out sets
+      eval_rng = random.Random(f"solver-headroom/eval/{args.seed}")
+      heldout = {level: [arith.sample_problem(eval_rng, level) for _ in range(args.per_level)]
+                 for level in levels}
 
     print(f"base model: {base}")
-    print(f"\n1. self-consistency on held-out problems ({args.per_level} per level, "
-          f"m = {args.m}; %)")
-    print("| level | greedy | mean sample | maj@m | maj@m - greedy |")
-    print("|---|---|---|---|---|")
+    print(f"\n1. self-consistency on {args.eval_set} problems ({args.per_level} per level, "
+          f"m = {args.m}, T = {args.temperature:g}; %)")
+    print("| level | greedy | mean sample | maj@m | maj@m - greedy | greedy: one-digit steps only "
+          "(n) | greedy: a multi-digit step (n) |")
+    print("|---|---|---|---|---|---|---|")
     gaps = []
     before = {}
     for level in levels:
-      g = greedy_accuracy(env, s.base_params, heldout[level], budget)
-      mean, majority = self_consistency(env, s.base_params, heldout[level], args.m, budget)
+      correct = greedy_correct(env, s.base_params, heldout[level], budget)
+      g = float(np.mean(correct))
+      hard = [has_multi_digit_step(p.question) for p in heldout[level]]
+      split = [_percent([c for c, h in zip(correct, hard) if h == want]) for want in (False, True)]
+      mean, majority = self_consistency(env, s.base_params, heldout[level], args.m, budget,
+                                        args.temperature)
       before[level] = g
       if level in frontier:
         gaps.append(majority - g)
       print(f"| {level} | {100 * g:.1f} | {100 * mean:.1f} | {100 * majority:.1f} | "
-            f"{100 * (majority - g):+.1f} |")
+            f"{100 * (majority - g):+.1f} | {split[0]} | {split[1]} |")
     print(f"maj@m - greedy over the frontier levels: {100 * np.mean(gaps):+.1f} points")
     if args.steps <= 0:
       return
@@ -119,7 +165,8 @@ def main():
       rewards.append(record["reward_mean"])
     print(f"\n2. GRPO with true-answer rewards: {args.steps} steps x "
           f"{config.solver.prompts_per_step} fresh problems of levels {args.train_levels}, "
-          f"lr {args.learning_rate:g} (otherwise the default Solver settings)")
+          f"lr {args.learning_rate:g}, T = {args.temperature:g} (otherwise the default Solver "
+          "settings)")
     quarter = max(1, args.steps // 4)
     print(f"training reward: first {quarter} steps {np.mean(rewards[:quarter]):.3f}, "
           f"last {quarter} steps {np.mean(rewards[-quarter:]):.3f}")

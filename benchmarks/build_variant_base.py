@@ -1,0 +1,41 @@
+"""Builds a variant of the default's base model, to check with `solver_headroom.py` before any
+R-Zero run. Each argument overrides one `BaseModelSpec` field of configs/arith_tiny.py (a
+Python literal); the build is cached like the default's, and its directory is printed last.
+
+  .venv/bin/python benchmarks/build_variant_base.py steps=27000 num_docs=216000
+  .venv/bin/python benchmarks/solver_headroom.py --eval_set=train --base_model=<printed dir>
+"""
+import ast
+import os
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from configs import arith_tiny  # noqa: E402
+from rzero_jax.worlds import base_model  # noqa: E402
+
+
+def main(argv):
+  config = arith_tiny.get_config()
+  fields = config.world.base.to_dict()
+  known = {f.name for f in base_model.dataclasses.fields(base_model.BaseModelSpec)}
+  for arg in argv:
+    name, sep, value = arg.partition("=")
+    if not sep or name not in known:
+      sys.exit(f"build_variant_base: {arg!r}: expected FIELD=VALUE with FIELD one of "
+               f"{sorted(known)}")
+    try:
+      fields[name] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      sys.exit(f"build_variant_base: {arg!r}: the value must be a Python literal")
+  cache = config.world.cache_dir or os.path.expanduser("~/.cache/rzero-jax")
+  start = time.perf_counter()
+  path = base_model.build_base_model(os.path.join(cache, "arith_base"), **fields)
+  print(f"built in {time.perf_counter() - start:.0f} s")
+  print(path)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
