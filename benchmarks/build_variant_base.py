@@ -6,6 +6,7 @@ Python literal); the build is cached like the default's, and its directory is pr
   .venv/bin/python benchmarks/solver_headroom.py --eval_set=train --base_model=<printed dir>
 """
 import ast
+import dataclasses
 import os
 import sys
 import time
@@ -20,7 +21,7 @@ from rzero_jax.worlds import base_model  # noqa: E402
 def main(argv):
   config = arith_tiny.get_config()
   fields = config.world.base.to_dict()
-  known = {f.name for f in base_model.dataclasses.fields(base_model.BaseModelSpec)}
+  known = {f.name for f in dataclasses.fields(base_model.BaseModelSpec)}
   for arg in argv:
     name, sep, value = arg.partition("=")
     if not sep or name not in known:
