@@ -68,7 +68,9 @@ def has_multi_digit_step(question: str) -> bool:
       hard = (big_a and abs(b) >= 2) or (big_b and abs(a) >= 2)
     else:
       hard = big_a and big_b
-    return arith.evaluate(expr), hard or hard_a or hard_b
+    # The operands' values are known: evaluate one operation, not the whole subtree again.
+    value = arith.evaluate(arith.BinOp(expr.op, arith.Lit(a), arith.Lit(b)))
+    return value, hard or hard_a or hard_b
   return walk(arith.parse_question(question))[1]
 
 
