@@ -15,12 +15,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from configs import arith_tiny  # noqa: E402
+from rzero_jax.rzero import experiment  # noqa: E402
 from rzero_jax.worlds import base_model  # noqa: E402
 
 
 def main(argv):
   config = arith_tiny.get_config()
-  fields = config.world.base.to_dict()
   known = {f.name for f in dataclasses.fields(base_model.BaseModelSpec)}
   for arg in argv:
     name, sep, value = arg.partition("=")
@@ -28,12 +28,11 @@ def main(argv):
       sys.exit(f"build_variant_base: {arg!r}: expected FIELD=VALUE with FIELD one of "
                f"{sorted(known)}")
     try:
-      fields[name] = ast.literal_eval(value)
+      config.world.base[name] = ast.literal_eval(value)
     except (ValueError, SyntaxError):
       sys.exit(f"build_variant_base: {arg!r}: the value must be a Python literal")
-  cache = config.world.cache_dir or os.path.expanduser("~/.cache/rzero-jax")
   start = time.perf_counter()
-  path = base_model.build_base_model(os.path.join(cache, "arith_base"), **fields)
+  path = experiment.resolve_base_model(config)  # the default run's own build and cache
   print(f"built in {time.perf_counter() - start:.0f} s")
   print(path)
 
