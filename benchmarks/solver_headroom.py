@@ -37,32 +37,23 @@ from rzero_jax.rzero import experiment, loop, phases  # noqa: E402
 from rzero_jax.worlds import arith  # noqa: E402
 
 
-def _completions(env, params, problems, *, n, temperature, seed, max_new_tokens):
+def _answers(env, params, problems, *, n, temperature, seed, max_new_tokens):
   prompts = phases.solver_prompt_ids(env, [p.question for p in problems])
   rows, _, _ = phases.generate_rows(env, params, prompts, n=n, seed=seed,
                                     max_new_tokens=max_new_tokens, temperature=temperature,
                                     top_p=1.0, top_k=0 if temperature == 0 else 40)
-  texts = phases.decode(env, rows)
-  return [texts[i * n:(i + 1) * n] for i in range(len(problems))]
+  answers = [grading.extract_boxed(t) for t in phases.decode(env, rows)]
+  return [answers[i * n:(i + 1) * n] for i in range(len(problems))]
 
 
-def _answers(env, params, problems, **kwargs):
-  return [[grading.extract_boxed(t) for t in texts]
-          for texts in _completions(env, params, problems, **kwargs)]
+def greedy_correct(env, params, problems, max_new_tokens) -> list[bool]:
+  got = _answers(env, params, problems, n=1, temperature=0.0, seed=0,
+                 max_new_tokens=max_new_tokens)
+  return [a[0] == str(p.answer) for a, p in zip(got, problems)]
 
 
-def is_direct(completion: str) -> bool:
-  """A bare answer: the boxed answer comes before any worked step."""
-  return completion.lstrip().startswith("\\boxed{")
-
-
-def greedy_correct(env, params, problems, max_new_tokens, styles=None) -> list[bool]:
-  """Per problem, whether greedy decoding is right; appends is_direct per problem to `styles`."""
-  got = _completions(env, params, problems, n=1, temperature=0.0, seed=0,
-                     max_new_tokens=max_new_tokens)
-  if styles is not None:
-    styles.extend(is_direct(texts[0]) for texts in got)
-  return [grading.extract_boxed(t[0]) == str(p.answer) for t, p in zip(got, problems)]
+def greedy_accuracy(env, params, problems, max_new_tokens):
+  return float(np.mean(greedy_correct(env, params, problems, max_new_tokens)))
 
 
 def has_multi_digit_step(question: str) -> bool:
@@ -139,13 +130,12 @@ def main():
     print(f"\n1. self-consistency on {args.eval_set} problems ({args.per_level} per level, "
           f"m = {args.m}, T = {args.temperature:g}; %)")
     print("| level | greedy | mean sample | maj@m | maj@m - greedy | greedy: one-digit steps only "
-          "(n) | greedy: a multi-digit step (n) | greedy: bare answers |")
-    print("|---|---|---|---|---|---|---|---|")
+          "(n) | greedy: a multi-digit step (n) |")
+    print("|---|---|---|---|---|---|---|")
     gaps = []
     before = {}
     for level in levels:
-      direct: list[bool] = []
-      correct = greedy_correct(env, s.base_params, heldout[level], budget, direct)
+      correct = greedy_correct(env, s.base_params, heldout[level], budget)
       g = float(np.mean(correct))
       hard = [has_multi_digit_step(p.question) for p in heldout[level]]
       split = [_percent([c for c, h in zip(correct, hard) if h == want]) for want in (False, True)]
@@ -155,7 +145,7 @@ def main():
       if level in frontier:
         gaps.append(majority - g)
       print(f"| {level} | {100 * g:.1f} | {100 * mean:.1f} | {100 * majority:.1f} | "
-            f"{100 * (majority - g):+.1f} | {split[0]} | {split[1]} | {_percent(direct)} |")
+            f"{100 * (majority - g):+.1f} | {split[0]} | {split[1]} |")
     print(f"maj@m - greedy over the frontier levels: {100 * np.mean(gaps):+.1f} points")
     if args.steps <= 0:
       return
@@ -182,16 +172,15 @@ def main():
     quarter = max(1, args.steps // 4)
     print(f"training reward: first {quarter} steps {np.mean(rewards[:quarter]):.3f}, "
           f"last {quarter} steps {np.mean(rewards[-quarter:]):.3f}")
-    print("| level | greedy before | greedy after | change | bare answers after |")
-    print("|---|---|---|---|---|")
+    print("| level | greedy before | greedy after | change |")
+    print("|---|---|---|---|")
     changes = []
     for level in levels:
-      direct = []
-      after = float(np.mean(greedy_correct(env, state.params, heldout[level], budget, direct)))
+      after = greedy_accuracy(env, state.params, heldout[level], budget)
       if level in frontier:
         changes.append(after - before[level])
       print(f"| {level} | {100 * before[level]:.1f} | {100 * after:.1f} | "
-            f"{100 * (after - before[level]):+.1f} | {_percent(direct)} |")
+            f"{100 * (after - before[level]):+.1f} |")
     print(f"frontier change with perfect labels: {100 * np.mean(changes):+.1f} points")
 
 

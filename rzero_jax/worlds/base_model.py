@@ -70,8 +70,6 @@ class BaseModelSpec:
   # hard, because the easy levels are learned anyway as steps of the harder ones.
   challenger_level_weights: tuple[float, ...] = (4, 4, 3, 3, 2, 1, 1, 1)
   solver_level_weights: tuple[float, ...] = (1, 1, 2, 2, 2, 2, 2, 2)
-  # Share of Solver documents that give the bare boxed answer instead of a worked solution.
-  solver_answer_only_fraction: float = 0.0
   # pretraining
   steps: int = 9000
   batch_size: int = 8
@@ -89,10 +87,9 @@ class BaseModelSpec:
         raise ValueError(f"build_base_model: {name}={value!r}; expected a positive integer")
     if self.vocab_size < 64:
       raise ValueError(f"build_base_model: vocab_size={self.vocab_size}; expected >= 64")
-    for name in ("challenger_fraction", "solver_answer_only_fraction"):
-      value = getattr(self, name)
-      if not 0.0 <= value <= 1.0:
-        raise ValueError(f"build_base_model: {name}={value}; expected a value in [0, 1]")
+    if not 0.0 <= self.challenger_fraction <= 1.0:
+      raise ValueError(f"build_base_model: challenger_fraction={self.challenger_fraction}; "
+                       "expected a value in [0, 1]")
     for name in ("challenger_level_weights", "solver_level_weights"):
       weights = getattr(self, name)
       if len(weights) != arith.NUM_LEVELS or min(weights) < 0 or sum(weights) <= 0:
@@ -134,11 +131,8 @@ def corpus_documents(spec: BaseModelSpec, prompts=None) -> list[tuple[list[dict]
     else:
       level = rng.choices(levels, weights=spec.solver_level_weights)[0]
       problem = arith.sample_problem(rng, level)
-      answer_only = (spec.solver_answer_only_fraction > 0
-                     and rng.random() < spec.solver_answer_only_fraction)
       docs.append((prompts.solver_messages(problem.question),
-                   arith.boxed(problem.answer) if answer_only
-                   else arith.worked_solution(problem.question)))
+                   arith.worked_solution(problem.question)))
   return docs
 
 
