@@ -8,18 +8,22 @@ Two measurements on held-out problems, no R-Zero run and no Challenger:
   2. a GRPO probe with the world's TRUE answers as rewards: the Solver trains on freshly drawn
      training problems of the chosen levels, with the default config's Solver settings, and the
      held-out accuracy is measured before and after. Perfect labels are the best case of the
-     Solver phase, so if this does not move the held-out frontier, no pseudo-label can.
+     Solver phase, so if this does not move the held-out frontier, no pseudo-label can;
+  3. optionally (--sft_steps), a supervised bound on the same data budget: continued
+     next-token training on the true worked solutions of the probe's own problem stream, which
+     is more signal per problem than any reward.
 
 Ground truth is used here only to diagnose the base model; R-Zero's phases never see it.
 
   .venv/bin/python benchmarks/solver_headroom.py [--steps=120] [--learning_rate=3e-4]
-      [--temperature=1.0] [--eval_set=heldout|train] [--base_model=DIR]
+      [--temperature=1.0] [--eval_set=heldout|train] [--base_model=DIR] [--sft_steps=0]
 
 Choose a base-model design with --eval_set=train (fresh training-distribution problems), never
 on the held-out sets; benchmarks/build_variant_base.py builds a variant to check.
 """
 import argparse
 import collections
+import functools
 import os
 import random
 import sys
@@ -34,7 +38,7 @@ from configs import arith_tiny  # noqa: E402
 from rzero_jax import grading  # noqa: E402
 from rzero_jax.rl import learner  # noqa: E402
 from rzero_jax.rzero import experiment, loop, phases  # noqa: E402
-from rzero_jax.worlds import arith  # noqa: E402
+from rzero_jax.worlds import arith, base_model  # noqa: E402
 
 
 def _answers(env, params, problems, *, n, temperature, seed, max_new_tokens):
@@ -50,10 +54,6 @@ def greedy_correct(env, params, problems, max_new_tokens) -> list[bool]:
   got = _answers(env, params, problems, n=1, temperature=0.0, seed=0,
                  max_new_tokens=max_new_tokens)
   return [a[0] == str(p.answer) for a, p in zip(got, problems)]
-
-
-def greedy_accuracy(env, params, problems, max_new_tokens):
-  return float(np.mean(greedy_correct(env, params, problems, max_new_tokens)))
 
 
 def has_multi_digit_step(question: str) -> bool:
@@ -91,6 +91,61 @@ def self_consistency(env, params, problems, m, max_new_tokens, temperature):
   return float(np.mean(mean)), float(np.mean(majority))
 
 
+def training_problems(seed: int, train_levels, n: int) -> list:
+  """The probes' fresh training problems: the same stream for the GRPO probe and the bound."""
+  rng = random.Random(f"solver-headroom/{seed}")
+  return [arith.sample_problem(rng, rng.choice(train_levels)) for _ in range(n)]
+
+
+def _report_change(env, params, heldout, before, levels, frontier, budget, what):
+  print("| level | greedy before | greedy after | change |")
+  print("|---|---|---|---|")
+  changes = []
+  for level in levels:
+    after = float(np.mean(greedy_correct(env, params, heldout[level], budget)))
+    if level in frontier:
+      changes.append(after - before[level])
+    print(f"| {level} | {100 * before[level]:.1f} | {100 * after:.1f} | "
+          f"{100 * (after - before[level]):+.1f} |")
+  print(f"frontier change {what}: {100 * np.mean(changes):+.1f} points")
+
+
+def supervised_bound(env, params, heldout, before, levels, frontier, args, config,
+                     train_levels, budget):
+  """Continued next-token training on true worked solutions, AdamW at the probe's constant lr
+  (the learner's betas and weight decay), one batch of prompts_per_step fresh documents a step."""
+  import jax
+  import optax
+
+  batch = config.solver.prompts_per_step
+  problems = training_problems(args.seed, train_levels, args.sft_steps * batch)
+  docs = [(env.prompt_set.solver_messages(p.question), arith.worked_solution(p.question))
+          for p in problems]
+  corpus = base_model.tokenize_corpus(env.tokenizer, docs)
+  lc = config.solver.learner
+  optimizer = optax.chain(optax.clip_by_global_norm(lc.grad_clip),
+                          optax.adamw(args.learning_rate, b1=lc.b1, b2=lc.b2,
+                                      weight_decay=lc.weight_decay))
+
+  def step(params, opt_state, tokens, loss_mask):
+    loss, grads = jax.value_and_grad(functools.partial(
+        base_model.next_token_loss, env.cfg))(params, tokens, loss_mask)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  step = jax.jit(step)
+  opt_state = optimizer.init(params)
+  for i in range(args.sft_steps):
+    rows = slice(i * batch, (i + 1) * batch)
+    params, opt_state, loss = step(params, opt_state, corpus.tokens[rows],
+                                   corpus.loss_mask[rows])
+  print(f"\n3. Supervised bound: {args.sft_steps} steps x {batch} true worked solutions of "
+        f"levels {args.train_levels} (the probe's problem stream), lr {args.learning_rate:g}; "
+        f"last loss {float(loss):.3f}")
+  _report_change(env, params, heldout, before, levels, frontier, budget,
+                 "with supervised worked solutions")
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--levels", default="3,4,5,6,7,8", help="held-out levels to report")
@@ -108,6 +163,8 @@ def main():
                   help="sampling temperature of the maj@m answers and the probe's rollouts")
   ap.add_argument("--base_model", default="", help="HF directory ('' = the default config's "
                   "base model, built if needed)")
+  ap.add_argument("--sft_steps", type=int, default=0, help="steps of the supervised bound "
+                  "(0 = skip); each step takes prompts_per_step fresh worked solutions")
   args = ap.parse_args()
   levels = [int(x) for x in args.levels.split(",")]
   frontier = [int(x) for x in args.frontier.split(",")]
@@ -147,16 +204,16 @@ def main():
       print(f"| {level} | {100 * g:.1f} | {100 * mean:.1f} | {100 * majority:.1f} | "
             f"{100 * (majority - g):+.1f} | {split[0]} | {split[1]} |")
     print(f"maj@m - greedy over the frontier levels: {100 * np.mean(gaps):+.1f} points")
+    train_levels = [int(x) for x in args.train_levels.split(",")]
+    if args.sft_steps > 0:
+      supervised_bound(env, s.base_params, heldout, before, levels, frontier, args, config,
+                       train_levels, budget)
     if args.steps <= 0:
       return
 
-    rng = random.Random(f"solver-headroom/{args.seed}")
-    train_levels = [int(x) for x in args.train_levels.split(",")]
     n = args.steps * config.solver.prompts_per_step  # every problem is seen once
-    records = []
-    for _ in range(n):
-      p = arith.sample_problem(rng, rng.choice(train_levels))
-      records.append({"question": p.question, "label": str(p.answer)})
+    records = [{"question": p.question, "label": str(p.answer)}
+               for p in training_problems(args.seed, train_levels, n)]
     state = learner.init_train_state(s.base_params, loop.learner_config(config.solver))
     role = loop.make_role(config.solver, env, state)
     rewards = []
@@ -172,16 +229,8 @@ def main():
     quarter = max(1, args.steps // 4)
     print(f"training reward: first {quarter} steps {np.mean(rewards[:quarter]):.3f}, "
           f"last {quarter} steps {np.mean(rewards[-quarter:]):.3f}")
-    print("| level | greedy before | greedy after | change |")
-    print("|---|---|---|---|")
-    changes = []
-    for level in levels:
-      after = greedy_accuracy(env, state.params, heldout[level], budget)
-      if level in frontier:
-        changes.append(after - before[level])
-      print(f"| {level} | {100 * before[level]:.1f} | {100 * after:.1f} | "
-            f"{100 * (after - before[level]):+.1f} |")
-    print(f"frontier change with perfect labels: {100 * np.mean(changes):+.1f} points")
+    _report_change(env, state.params, heldout, before, levels, frontier, budget,
+                   "with perfect labels")
 
 
 if __name__ == "__main__":
