@@ -1,6 +1,7 @@
 """How much can R-Zero's Solver phase teach the arithmetic world's base model at all?
 
-Two measurements on held-out problems, no R-Zero run and no Challenger:
+Measurements on held-out problems (or, with --eval_set=train, fresh training problems), no
+R-Zero run and no Challenger:
 
   1. greedy vs mean-sample vs maj@m accuracy per level: what self-consistency could teach
      (majority labels are only worth learning where the majority beats the greedy answer), and
@@ -110,6 +111,30 @@ def _report_change(env, params, heldout, before, levels, frontier, budget, what)
   print(f"frontier change {what}: {100 * np.mean(changes):+.1f} points")
 
 
+def grpo_probe(env, params, heldout, before, levels, frontier, args, config, train_levels,
+               budget):
+  """The Solver's GRPO step with the world's true answers as labels, on fresh problems."""
+  n = args.steps * config.solver.prompts_per_step  # every problem is seen once
+  records = [{"question": p.question, "label": str(p.answer)}
+             for p in training_problems(args.seed, train_levels, n)]
+  state = learner.init_train_state(params, loop.learner_config(config.solver))
+  role = loop.make_role(config.solver, env, state)
+  rewards = []
+  for step in range(args.steps):
+    state, record = phases.solver_step(env, role, state, params, records, config.solver,
+                                       step=step, seed=args.seed + step, data_seed=args.seed)
+    rewards.append(record["reward_mean"])
+  print(f"\n2. GRPO with true-answer rewards: {args.steps} steps x "
+        f"{config.solver.prompts_per_step} fresh problems of levels {args.train_levels}, "
+        f"lr {args.learning_rate:g}, T = {args.temperature:g} (otherwise the default Solver "
+        "settings)")
+  quarter = max(1, args.steps // 4)
+  print(f"training reward: first {quarter} steps {np.mean(rewards[:quarter]):.3f}, "
+        f"last {quarter} steps {np.mean(rewards[-quarter:]):.3f}")
+  _report_change(env, state.params, heldout, before, levels, frontier, budget,
+                 "with perfect labels")
+
+
 def supervised_bound(env, params, heldout, before, levels, frontier, args, config,
                      train_levels, budget):
   """Continued next-token training on true worked solutions, AdamW at the probe's constant lr
@@ -205,33 +230,12 @@ def main():
             f"{100 * (majority - g):+.1f} | {split[0]} | {split[1]} |")
     print(f"maj@m - greedy over the frontier levels: {100 * np.mean(gaps):+.1f} points")
     train_levels = [int(x) for x in args.train_levels.split(",")]
+    if args.steps > 0:
+      grpo_probe(env, s.base_params, heldout, before, levels, frontier, args, config,
+                 train_levels, budget)
     if args.sft_steps > 0:
       supervised_bound(env, s.base_params, heldout, before, levels, frontier, args, config,
                        train_levels, budget)
-    if args.steps <= 0:
-      return
-
-    n = args.steps * config.solver.prompts_per_step  # every problem is seen once
-    records = [{"question": p.question, "label": str(p.answer)}
-               for p in training_problems(args.seed, train_levels, n)]
-    state = learner.init_train_state(s.base_params, loop.learner_config(config.solver))
-    role = loop.make_role(config.solver, env, state)
-    rewards = []
-    for step in range(args.steps):
-      state, record = phases.solver_step(env, role, state, s.base_params, records,
-                                         config.solver, step=step, seed=args.seed + step,
-                                         data_seed=args.seed)
-      rewards.append(record["reward_mean"])
-    print(f"\n2. GRPO with true-answer rewards: {args.steps} steps x "
-          f"{config.solver.prompts_per_step} fresh problems of levels {args.train_levels}, "
-          f"lr {args.learning_rate:g}, T = {args.temperature:g} (otherwise the default Solver "
-          "settings)")
-    quarter = max(1, args.steps // 4)
-    print(f"training reward: first {quarter} steps {np.mean(rewards[:quarter]):.3f}, "
-          f"last {quarter} steps {np.mean(rewards[-quarter:]):.3f}")
-    _report_change(env, state.params, heldout, before, levels, frontier, budget,
-                   "with perfect labels")
-
 
 if __name__ == "__main__":
   main()
