@@ -137,28 +137,18 @@ def grpo_probe(env, params, heldout, before, levels, frontier, args, config, tra
 
 def supervised_bound(env, params, heldout, before, levels, frontier, args, config,
                      train_levels, budget):
-  """Continued next-token training on true worked solutions, AdamW at the probe's constant lr
-  (the learner's betas and weight decay), one batch of prompts_per_step fresh documents a step."""
+  """Continued next-token training on true worked solutions with the Solver's optimizer at the
+  probe's constant lr, one batch of prompts_per_step fresh documents a step."""
   import jax
-  import optax
 
   batch = config.solver.prompts_per_step
   problems = training_problems(args.seed, train_levels, args.sft_steps * batch)
   docs = [(env.prompt_set.solver_messages(p.question), arith.worked_solution(p.question))
           for p in problems]
   corpus = base_model.tokenize_corpus(env.tokenizer, docs)
-  lc = config.solver.learner
-  optimizer = optax.chain(optax.clip_by_global_norm(lc.grad_clip),
-                          optax.adamw(args.learning_rate, b1=lc.b1, b2=lc.b2,
-                                      weight_decay=lc.weight_decay))
-
-  def step(params, opt_state, tokens, loss_mask):
-    loss, grads = jax.value_and_grad(functools.partial(
-        base_model.next_token_loss, env.cfg))(params, tokens, loss_mask)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  step = jax.jit(step)
+  # The Solver's own optimizer (main() has set its learning rate to --learning_rate).
+  optimizer = learner.make_optimizer(loop.learner_config(config.solver))
+  step = jax.jit(functools.partial(base_model.next_token_step, env.cfg, optimizer))
   opt_state = optimizer.init(params)
   for i in range(args.sft_steps):
     rows = slice(i * batch, (i + 1) * batch)

@@ -254,7 +254,8 @@ def make_optimizer(spec: BaseModelSpec):
                      optax.adamw(schedule, b1=0.9, b2=0.98, weight_decay=spec.weight_decay))
 
 
-def _train_step(cfg, optimizer, params, opt_state, tokens, loss_mask):
+def next_token_step(cfg, optimizer, params, opt_state, tokens, loss_mask):
+  """One optimizer update on `next_token_loss`; returns (params, opt_state, loss)."""
   import jax
   import optax
 
@@ -298,7 +299,7 @@ def pretrain(cfg, spec: BaseModelSpec, corpus: TokenizedCorpus, log_every: int =
   params = models.init_params(cfg, jax.random.key(spec.seed))
   optimizer = make_optimizer(spec)
   opt_state = optimizer.init(params)
-  step_fn = jax.jit(functools.partial(_train_step, cfg, optimizer), donate_argnums=(0, 1))
+  step_fn = jax.jit(functools.partial(next_token_step, cfg, optimizer), donate_argnums=(0, 1))
   batches = _BatchSchedule(corpus, spec.batch_size, spec.bucket_multiple,
                            np.random.default_rng([spec.seed, 2]))
   losses = []
