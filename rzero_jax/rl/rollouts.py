@@ -1,8 +1,9 @@
 """Host-side packing of sampled completions into fixed-shape training batches.
 
-Every batch of one phase has the same shape [rows, prompt_len + max_new_tokens], so the train
-step compiles once per phase: prompts are left-padded to `prompt_len`, completions right-padded
-to `max_new_tokens`.
+A batch has the shape [rows, prompt_len + max_new_tokens]: prompts are left-padded to
+`prompt_len`, completions right-padded to `max_new_tokens`. The phases pass power-of-two buckets
+of both (`phases.pow2_at_least`, `phases.completion_bucket`), so the train step compiles once
+per bucket pair.
 """
 from __future__ import annotations
 
