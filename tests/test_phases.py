@@ -168,3 +168,16 @@ def test_grpo_update_on_a_completion_bucket_equals_the_full_budget_update(monkey
   for key in ("loss", "kl", "entropy"):
     np.testing.assert_allclose(bucketed_metrics[key], full_metrics[key], rtol=1e-4, atol=1e-7)
 
+
+def test_every_minibatch_sees_pi_old_of_the_policy_that_sampled():
+  update, params, logprob_fn = _grpo_update_case()
+  seen, _ = update()
+  assert len(seen) == 2
+  for mb in seen:
+    sampling_policy = np.asarray(logprob_fn(params, mb["tokens"], mb["kv_mask"]))
+    np.testing.assert_allclose(mb["old_logp"], sampling_policy, rtol=1e-5, atol=1e-6)
+  # The first update moved the policy, so pi_old of the second mini-batch is not the policy
+  # it is applied to.
+  updated = np.asarray(logprob_fn(seen[1]["params"], seen[1]["tokens"], seen[1]["kv_mask"]))
+  mask = seen[1]["loss_mask"] > 0
+  assert np.abs(updated - seen[1]["old_logp"])[mask].max() > 1e-3

@@ -137,12 +137,16 @@ def grpo_update(env: Env, role: Role, state, ref_params, prompts: Sequence[Seque
   batch = rollouts.pack(prompts, completions, sampler_logprobs, adv, prompt_len=prompt_len,
                         max_new_tokens=completion_bucket(completions, max_new_tokens),
                         pad_id=getattr(env.tokenizer, "pad_id", 0) or 0)
-  all_metrics = []
-  for mb in rollouts.minibatches(batch, rows_per_update):
-    # pi_old is recomputed by the trainer (one PPO epoch, as the reference stack does).
+  # pi_old is recomputed by the trainer (one PPO epoch, as the reference stack does), for every
+  # mini-batch before the first update: later mini-batches' ratios measure their drift from the
+  # policy that sampled them, not from the one the previous update left.
+  minibatches = list(rollouts.minibatches(batch, rows_per_update))
+  for mb in minibatches:
     mb["old_logp"] = np.asarray(role.logprobs(state.params, mb["tokens"], mb["kv_mask"]))
     if role.learner.kl_coef > 0:
       mb["ref_logp"] = np.asarray(role.logprobs(ref_params, mb["tokens"], mb["kv_mask"]))
+  all_metrics = []
+  for mb in minibatches:
     state, metrics = role.train_step(state, mb)
     all_metrics.append({k: float(v) for k, v in metrics.items()})
   merged = {k: float(np.mean([m[k] for m in all_metrics])) for k in all_metrics[0]}
