@@ -235,14 +235,17 @@ def test_champ_loader_reads_the_package():
   assert len(loaders.load_benchmark("champ", limit=20).problems) == 20
 
 
-def test_arith_loader_uses_the_worlds_heldout_sets():
+@pytest.mark.parametrize("name,sets_fn", [("arith", "heldout_sets"),
+                                          ("arith_design", "design_sets")])
+def test_arith_loaders_use_the_worlds_sets(name, sets_fn):
   arith = pytest.importorskip("rzero_jax.worlds.arith")
-  sets = arith.heldout_sets()
-  b = loaders.load_benchmark("arith")
+  sets = getattr(arith, sets_fn)()
+  b = loaders.load_benchmark(name)
   assert len(b.problems) == sum(len(v) for v in sets.values())
   first_level = next(iter(sets))
   assert b.problems[0].question == sets[first_level][0].question
   assert b.problems[0].gold == str(sets[first_level][0].answer)
+  assert {p.subset for p in b.problems} == {str(level) for level in sets}
 
 
 @pytest.mark.parametrize("name,content,match", [

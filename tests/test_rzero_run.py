@@ -195,3 +195,18 @@ def test_sigterm_saves_and_exits_cleanly(tiny_base, xla_cache, tmp_path):
                                     async_save=False) as mgr:
     restored = mgr.restore(target={"params": None})
   assert restored.metadata["iteration"] == 1 and restored.metadata["step"] >= 1
+
+
+def test_report_titles_design_set_accuracy_apart_from_held_out():
+  def data(prefix):
+    evals = {t: {"accuracy": 0.5, f"{prefix}/2/accuracy": 0.25, f"{prefix}/10/accuracy": 0.75}
+             for t in (0, 1)}
+    return {"eval": evals, "datasets": {}}
+
+  for prefix, title in (("arith", "Held-out Solver accuracy"),
+                        ("arith_design", "training-distribution design sets")):
+    table = report.summary_table(data(prefix))
+    assert table.splitlines()[0] == "| model | overall | L2 | L10 |"
+    assert "| iter 1 | 50.0 | 25.0 | 75.0 |" in table
+    assert title in report.accuracy_title(data(prefix))
+  assert "Held-out" not in report.accuracy_title(data("arith_design"))

@@ -138,6 +138,22 @@ def test_heldout_sets_are_fixed_distinct_and_heldout():
     arith.heldout_sets(per_level=0)
 
 
+def test_design_sets_are_fixed_distinct_and_never_heldout():
+  sets = arith.design_sets(per_level=40)
+  assert sets == arith.design_sets(per_level=40)
+  assert sorted(sets) == list(range(1, arith.NUM_LEVELS + 1))
+  heldout = {p.question for ps in arith.heldout_sets().values() for p in ps}
+  for level, problems in sets.items():
+    questions = [p.question for p in problems]
+    assert len(set(questions)) == len(questions) >= 40
+    for p in problems:
+      assert p.level == level and not arith.is_heldout(p.question)
+      assert p.question not in heldout
+      assert p.answer == reference_eval(expression_of(p.question))
+  with pytest.raises(ValueError, match="per_level"):
+    arith.design_sets(per_level=0)
+
+
 def test_heldout_membership_ignores_spelling():
   held = arith.heldout_sets(per_level=5)[8][0]
   squashed = held.question.replace(" ", "").replace("Whatis", "What is ")

@@ -248,6 +248,8 @@ SPECS: dict[str, BenchmarkSpec] = {s.name: s for s in (
     BenchmarkSpec("champ", "CHAMP", "other", "champ_dataset package", "PyPI champ-dataset"),
     BenchmarkSpec("arith", "Arithmetic world (held-out)", "other", "rzero_jax.worlds.arith",
                   "generated"),
+    BenchmarkSpec("arith_design", "Arithmetic world (training distribution, for design checks)",
+                  "other", "rzero_jax.worlds.arith", "generated"),
 )}
 
 ALIASES = {"math-500": "math500", "math_500": "math500", "minerva_math": "minerva",
@@ -400,15 +402,17 @@ def _load_champ(limit: int | None) -> tuple[list[Problem], str]:
   return problems[:limit] if limit is not None else problems, "champ_dataset v0"
 
 
-def _load_arith(limit: int | None) -> tuple[list[Problem], str]:
-  from rzero_jax.worlds import arith  # lazy: only this benchmark needs the world
+def _load_arith(limit: int | None, which: str) -> tuple[list[Problem], str]:
+  """The world's held-out sets ("arith", what the training run reports on) or its design sets
+  ("arith_design": training-distribution problems, for choosing a design without them)."""
+  from rzero_jax.worlds import arith  # lazy: only these benchmarks need the world
+  make = arith.heldout_sets if which == "arith" else arith.design_sets
   problems = []
-  # The world's default held-out seed: the same sets the training run reports on.
-  for level, items in arith.heldout_sets().items():
+  for level, items in make().items():
     problems += [Problem(id=f"{level}-{i}", question=p.question, gold=str(p.answer),
                          grader=MATH, subset=str(level)) for i, p in enumerate(items)]
   return (problems[:limit] if limit is not None else problems,
-          "rzero_jax.worlds.arith.heldout_sets()")
+          f"rzero_jax.worlds.arith.{make.__name__}()")
 
 
 def _tfds_records(dataset: str, split: str, data_dir: str | None) -> Iterator[tuple[str, Any]]:
@@ -462,8 +466,8 @@ def load_benchmark(spec_text: str, data_dir: str | None = None,
     spec = SPECS[canonical_name(name)]
     if spec.name == "champ":
       problems, source = _load_champ(limit)
-    elif spec.name == "arith":
-      problems, source = _load_arith(limit)
+    elif spec.name in ("arith", "arith_design"):
+      problems, source = _load_arith(limit, spec.name)
     elif path:
       path = os.path.expanduser(path)
       if not os.path.exists(path):

@@ -83,10 +83,18 @@ def _same_answer(label, truth) -> bool:
 
 
 def _level_keys(evals: dict) -> list[str]:
+  """Per-level accuracy keys of the arithmetic world's held-out sets ("arith/3/accuracy") or,
+  in a design check, its training-distribution sets ("arith_design/3/accuracy")."""
   keys = set()
   for e in evals.values():
-    keys.update(k for k in e if re.fullmatch(r"arith/\d+/accuracy", k))
-  return sorted(keys, key=lambda k: int(k.split("/")[1]))
+    keys.update(k for k in e if re.fullmatch(r"arith(_design)?/\d+/accuracy", k))
+  return sorted(keys, key=lambda k: (k.split("/")[0], int(k.split("/")[1])))
+
+
+def accuracy_title(data: dict) -> str:
+  if any(k.startswith("arith_design/") for k in _level_keys(data["eval"])):
+    return "Solver accuracy on training-distribution design sets, never held-out (%)"
+  return "Held-out Solver accuracy (%)"
 
 
 def _pct(x) -> str:
@@ -115,7 +123,7 @@ def summary_table(data: dict) -> str:
 
 def render_markdown(data: dict) -> str:
   parts = ["# R-Zero run report", "",
-           "## Held-out Solver accuracy (%)", "", summary_table(data), ""]
+           f"## {accuracy_title(data)}", "", summary_table(data), ""]
   if data["challenger_steps"]:
     parts += ["## Challenger steps", "",
               "| iter | step | mean reward | format-valid | mean p̂ | repetition penalty |",
@@ -170,7 +178,7 @@ def plot(data: dict, path: str) -> None:
               marker="o", label="base" if t == 0 else f"iter {t}")
     else:
       ax.bar(str(t), 100 * (e.get("accuracy") or 0))
-  ax.set_title("Held-out Solver accuracy (%)")
+  ax.set_title(accuracy_title(data))
   ax.set_xlabel("difficulty level" if levels else "iteration")
   if levels:
     ax.legend()

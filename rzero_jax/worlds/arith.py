@@ -20,7 +20,7 @@ import dataclasses
 import hashlib
 import random
 import re
-from typing import Union
+from typing import Callable, Union
 
 import numpy as np
 
@@ -395,22 +395,18 @@ def sample_heldout_problem(rng: Rng, level: int) -> Problem:
   return Problem(question=question, answer=evaluate(expr), level=level)
 
 
-def heldout_sets(seed: int = 20250805, per_level: int = 256) -> dict[int, list[Problem]]:
-  """Distinct held-out problems per level, the same for the same arguments.
-
-  A level whose held-out partition is smaller than `per_level` (level 1 has about 40 of its
-  100 problems held out) contributes all of its held-out problems; check `len()` per level.
-  """
+def _distinct_sets(kind: str, sample: Callable[[random.Random, int], Problem], seed: int,
+                   per_level: int) -> dict[int, list[Problem]]:
   if isinstance(per_level, bool) or not isinstance(per_level, int) or per_level < 1:
     raise ValueError(f"per_level={per_level!r}; expected a positive integer")
   sets = {}
   for level in range(1, NUM_LEVELS + 1):
-    rng = random.Random(f"{WORLD_VERSION}/heldout/{seed}/{level}")
+    rng = random.Random(f"{WORLD_VERSION}/{kind}/{seed}/{level}")
     seen: dict[str, Problem] = {}
     # Stop after many draws with nothing new: the level's partition is then exhausted.
     stale = 0
     while len(seen) < per_level and stale < 2000:
-      problem = sample_heldout_problem(rng, level)
+      problem = sample(rng, level)
       if problem.question in seen:
         stale += 1
       else:
@@ -418,6 +414,25 @@ def heldout_sets(seed: int = 20250805, per_level: int = 256) -> dict[int, list[P
         stale = 0
     sets[level] = list(seen.values())
   return sets
+
+
+def heldout_sets(seed: int = 20250805, per_level: int = 256) -> dict[int, list[Problem]]:
+  """Distinct held-out problems per level, the same for the same arguments.
+
+  A level whose held-out partition is smaller than `per_level` (level 1 has about 40 of its
+  100 problems held out) contributes all of its held-out problems; check `len()` per level.
+  """
+  return _distinct_sets("heldout", sample_heldout_problem, seed, per_level)
+
+
+def design_sets(seed: int = 20251126, per_level: int = 256) -> dict[int, list[Problem]]:
+  """Distinct *training-distribution* problems per level, never held-out ones.
+
+  For choosing a design (sizes, learning rates, base models) by its effect on accuracy without
+  ever looking at the held-out sets. The easy levels' problems may also appear in the base
+  model's pretraining corpus, so their accuracies read high.
+  """
+  return _distinct_sets("design", sample_problem, seed, per_level)
 
 
 # ----------------------------------------------------------------------------- text formats
