@@ -107,3 +107,21 @@ def test_grpo_learns_a_verifiable_reward():
     state, _ = step(state, batch)
   assert np.mean(history[:3]) < 0.2, history[:3]
   assert np.mean(history[-5:]) > 0.8, (len(history), history[-5:])
+
+
+def test_a_batch_without_old_logp_is_on_policy():
+  """Leaving pi_old out means 'the params being updated sampled this batch': the same update
+  as passing their own logprobs, without the forward pass that computes them."""
+  params = models.init_params(CFG, jax.random.key(3))
+  lc = learner.LearnerConfig(learning_rate=1e-3, logprob_chunk=4, temperature=0.8)
+  batch = _random_batch(np.random.default_rng(3))
+  batch["old_logp"] = np.asarray(learner.make_logprob_fn(CFG, lc)(params, batch["tokens"],
+                                                                  batch["kv_mask"]))
+  on_policy = {k: v for k, v in batch.items() if k != "old_logp"}
+  grads_fn = jax.jit(lambda p, b: learner.accumulate_gradients(CFG, lc, p, b))
+  (g_old, m_old), (g_on, m_on) = grads_fn(params, batch), grads_fn(params, on_policy)
+  assert float(m_on["loss"]) != 0.0 and float(m_on["ratio/max"]) == 1.0
+  for key in ("loss", "kl", "entropy", "grad_norm"):
+    np.testing.assert_allclose(float(m_on[key]), float(m_old[key]), rtol=1e-5, err_msg=key)
+  for a, b in zip(jax.tree.leaves(g_on), jax.tree.leaves(g_old)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.abs(b).max()))

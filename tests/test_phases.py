@@ -128,7 +128,7 @@ def _grpo_update_case():
   ref = jax.tree.map(lambda x: x * 0.9, params)
   logprob_fn = learner.make_logprob_fn(cfg, lc)
 
-  def update():
+  def update(rows_per_update=4):
     state = learner.init_train_state(jax.tree.map(jnp.copy, params), lc)
     seen = []
     step = learner.make_train_step(cfg, lc, state)
@@ -141,7 +141,7 @@ def _grpo_update_case():
     role = phases.Role(learner=lc, train_step=recording_step, logprobs=logprob_fn)
     _, metrics = phases.grpo_update(env, role, state, ref, prompts, completions, logps,
                                     rewards, group_size=2, max_new_tokens=64,
-                                    rows_per_update=4)
+                                    rows_per_update=rows_per_update)
     return seen, metrics
 
   return update, params, logprob_fn
@@ -167,6 +167,12 @@ def test_grpo_update_on_a_completion_bucket_equals_the_full_budget_update(monkey
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.abs(b).max()))
   for key in ("loss", "kl", "entropy"):
     np.testing.assert_allclose(bucketed_metrics[key], full_metrics[key], rtol=1e-4, atol=1e-7)
+
+
+def test_a_single_update_leaves_pi_old_to_the_train_step():
+  update, _, _ = _grpo_update_case()
+  seen, _ = update(rows_per_update=8)
+  assert len(seen) == 1 and "old_logp" not in seen[0] and "ref_logp" in seen[0]
 
 
 def test_every_minibatch_sees_pi_old_of_the_policy_that_sampled():

@@ -4,13 +4,19 @@ A batch is a dict of arrays with a leading row axis B (one row = prompt + comple
   tokens      int32 [B, T]   prompt left-padded, completion right-padded
   kv_mask     bool  [B, T]   real tokens
   loss_mask   f32   [B, T-1] 1 where the *target* token tokens[:, t+1] is a completion token
-  old_logp    f32   [B, T-1] log pi_old of the targets (trainer-recomputed, or the sampler's)
+  old_logp    f32   [B, T-1] log pi_old of the targets (trainer-recomputed, or the sampler's);
+                             optional: a batch without it is on-policy (below)
   ref_logp    f32   [B, T-1] log pi_ref of the targets (ignored when kl_coef == 0)
   sampler_logp f32  [B, T-1] the sampler's logprobs, only for the sampler-vs-trainer alarm
   advantages  f32   [B]
 
 The loss is accumulated as (sum, count) over micro-batches, and the gradient is the gradient of
 sum(loss_sum) / sum(count): one batch in k micro-batches gives the update of the whole batch.
+
+On-policy batches. When a rollout batch makes a single optimizer update, the params being
+updated are the policy that sampled it, so pi_old is their own logp. Leave `old_logp` out of
+such a batch and the step uses stop_gradient(logp): exact, and one forward pass cheaper than
+recomputing it (ratio 1, so the clip never engages, as with a recomputed pi_old).
 """
 from __future__ import annotations
 
@@ -110,8 +116,9 @@ def _loss_terms(cfg, lc: LearnerConfig, params, mb, mesh, rules):
   logp, entropy = token_logprobs(cfg, params, mb["tokens"], mb["kv_mask"],
                                  temperature=lc.temperature, chunk_size=lc.logprob_chunk,
                                  mesh=mesh, rules=rules, with_entropy=True)
+  old_logp = mb["old_logp"] if "old_logp" in mb else jax.lax.stop_gradient(logp)
   loss_sum, count, metrics = grpo.policy_loss(
-      logp, mb["old_logp"], mb["ref_logp"] if lc.kl_coef > 0 else None, mb["advantages"],
+      logp, old_logp, mb["ref_logp"] if lc.kl_coef > 0 else None, mb["advantages"],
       mb["loss_mask"], clip_low=lc.clip_low, clip_high=lc.clip_high, dual_clip=lc.dual_clip,
       kl_coef=lc.kl_coef, kl_clamp=lc.kl_clamp, aggregation=lc.aggregation, entropy=entropy)
   metrics.update(grpo.logprob_mismatch(mb["sampler_logp"], jax.lax.stop_gradient(logp),
@@ -169,12 +176,16 @@ def train_step(cfg: models.ModelConfig, lc: LearnerConfig, state: TrainState, ba
 
 def make_train_step(cfg: models.ModelConfig, lc: LearnerConfig, state: TrainState, *,
                     mesh=None, rules=sharding.DEFAULT_RULES) -> Callable:
-  """The jitted step with explicit in/out shardings and a donated state."""
+  """The jitted step with explicit in/out shardings and a donated state.
+
+  Every batch array is split by rows over the batch axes (one sharding for the whole batch
+  dict, so a batch may leave out `old_logp`)."""
   fn = lambda s, b: train_step(cfg, lc, s, b, mesh=mesh, rules=rules)  # noqa: E731
   if mesh is None:
     return jax.jit(fn, donate_argnums=0)
   shard = state_shardings(state)
-  return jax.jit(fn, in_shardings=(shard, batch_shardings(mesh, rules)),
+  rows = NamedSharding(mesh, PartitionSpec(*sharding.logical_to_spec(("batch",), rules, mesh)))
+  return jax.jit(fn, in_shardings=(shard, rows),
                  out_shardings=(shard, sharding.replicated(mesh)), donate_argnums=0)
 
 

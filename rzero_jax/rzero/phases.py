@@ -139,10 +139,15 @@ def grpo_update(env: Env, role: Role, state, ref_params, prompts: Sequence[Seque
                         pad_id=getattr(env.tokenizer, "pad_id", 0) or 0)
   # pi_old is recomputed by the trainer (one PPO epoch, as the reference stack does), for every
   # mini-batch before the first update: later mini-batches' ratios measure their drift from the
-  # policy that sampled them, not from the one the previous update left.
+  # policy that sampled them, not from the one the previous update left. A batch that makes a
+  # single update is on-policy and leaves pi_old to the train step (rl.learner), which saves a
+  # forward pass.
   minibatches = list(rollouts.minibatches(batch, rows_per_update))
   for mb in minibatches:
-    mb["old_logp"] = np.asarray(role.logprobs(state.params, mb["tokens"], mb["kv_mask"]))
+    if len(minibatches) == 1:
+      del mb["old_logp"]
+    else:
+      mb["old_logp"] = np.asarray(role.logprobs(state.params, mb["tokens"], mb["kv_mask"]))
     if role.learner.kl_coef > 0:
       mb["ref_logp"] = np.asarray(role.logprobs(ref_params, mb["tokens"], mb["kv_mask"]))
   all_metrics = []

@@ -135,6 +135,30 @@ def test_sharded_train_steps_equal_single_device(mesh_name, cfg_name):
   assert step._cache_size() == 1, "the second step recompiled"
 
 
+def test_an_on_policy_batch_steps_on_the_mesh_as_on_one_device():
+  """A batch without old_logp (rl.learner: on-policy) has a different pytree; the sharded step
+  must take it too, and give the single-device update."""
+  cfg = CONFIGS["kv_heads_divide_tensor"]
+  mesh = sharding.make_mesh(MESHES["data2_fsdp2_tensor2"])
+  batch = {k: v for k, v in _batch(seed=4).items() if k != "old_logp"}
+  params = models.init_params(cfg, jax.random.key(0))
+  state = learner.init_train_state(jax.tree.map(jnp.copy, params), LC)
+  _, want_metrics = jax.device_get(learner.make_train_step(cfg, LC, state)(state, batch))
+  sharded_params = jax.device_put(params, models.param_shardings(cfg, mesh))
+  state = learner.init_train_state(sharded_params, LC)
+  _, got_metrics = learner.make_train_step(cfg, LC, state, mesh=mesh)(state, batch)
+  assert float(got_metrics["ratio/max"]) == 1.0
+  _assert_metrics_close(got_metrics, want_metrics)
+  # The gradient itself rather than the Adam-updated weights: Adam's first step is
+  # lr * g / (|g| + eps), so where a gradient is near zero float rounding moves a weight by a
+  # sizeable fraction of lr.
+  grads = functools.partial(learner.accumulate_gradients, cfg, LC)
+  want = jax.device_get(jax.jit(grads)(params, batch)[0])
+  got = jax.device_get(jax.jit(functools.partial(grads, mesh=mesh))(sharded_params, batch)[0])
+  for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * float(np.abs(w).max()))
+
+
 def test_reference_params_round_trip_through_host_memory_onto_the_mesh():
   cfg = CONFIGS["kv_heads_divide_tensor"]
   mesh = sharding.make_mesh(MESHES["fsdp4_tensor2"])
