@@ -239,9 +239,9 @@ class _Plan:
             for name, x in cache.items()}
 
   def constrain_layer_cache(self, cache):
-    """One layer's cache, [B, KV, S, Dh]: the stacked cache's axes without 'layers'."""
-    axes = models.cache_logical_axes()
-    return {name: sharding.constrain(x, axes[name][1:], self.mesh, self.rules)
+    """One layer's decode cache (`models.split_cache`: keys transposed)."""
+    axes = models.layer_cache_logical_axes()
+    return {name: sharding.constrain(x, axes[name], self.mesh, self.rules)
             for name, x in cache.items()}
 
   def constrain_rows(self, x):
@@ -271,14 +271,17 @@ def _prefill(plan: _Plan, params, tokens, prompt_lens, live, stop_mask, knobs):
   logits = plan.constrain_rows(jnp.repeat(logits, n, axis=0))
   prompt_lens = plan.constrain_rows(jnp.repeat(prompt_lens, n, axis=0))
   live = plan.constrain_rows(jnp.repeat(live, n, axis=0))
-  # Decode keeps one cache buffer per layer ([B, KV, S, Dh]; see `models.forward_per_layer`);
-  # the prompt fills slots [0, bucket) of each.
+  # Decode keeps one cache buffer per layer (see `models.forward_per_layer`; keys transposed,
+  # `models.split_cache`); the prompt fills slots [0, bucket) of each.
   decode_cache = []
   for layer_cache in models.split_cache(cache):
     full = {}
     for name, x in layer_cache.items():
-      empty = jnp.zeros((rows, cfg.num_kv_heads, plan.cache_length, cfg.head_dim), x.dtype)
-      full[name] = jax.lax.dynamic_update_slice(empty, jnp.repeat(x, n, axis=0), (0, 0, 0, 0))
+      slot_axis = 3 if name == "kt" else 2
+      shape = list(x.shape)
+      shape[0], shape[slot_axis] = rows, plan.cache_length
+      full[name] = jax.lax.dynamic_update_slice(jnp.zeros(shape, x.dtype),
+                                                jnp.repeat(x, n, axis=0), (0, 0, 0, 0))
     decode_cache.append(plan.constrain_layer_cache(full))
 
   base_key = jax.random.key(knobs["seed"])

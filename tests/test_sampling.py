@@ -462,5 +462,6 @@ def test_per_layer_decode_step_equals_the_scanned_one(family):
   np.testing.assert_allclose(got_logits, want_logits, rtol=1e-5, atol=1e-5)
   assert len(got_caches) == cfg.num_layers
   for layer, got in enumerate(got_caches):
-    for name in ("k", "v"):
-      np.testing.assert_allclose(got[name], want_cache[name][layer], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got["kt"], np.swapaxes(want_cache["k"][layer], -1, -2),
+                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got["v"], want_cache["v"][layer], rtol=1e-6, atol=1e-6)

@@ -2,6 +2,7 @@
 from rzero_jax.models.config import (ModelConfig, RopeScaling, from_hf_dict, load_config,
                                      tiny_config)
 from rzero_jax.models.transformer import (KVCache, abstract_params, cache_logical_axes,
+                                          layer_cache_logical_axes,
                                           default_positions, forward, forward_per_layer,
                                           forward_with_cache, split_cache, split_layers,
                                           hidden_states, init_cache, init_params,

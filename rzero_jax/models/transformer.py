@@ -44,6 +44,11 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Heads before slots: each (row, kv head) block of keys is contiguous, so attention's batched
 # matmuls read the cache as it lies instead of transposing it every step.
 CACHE_AXES = ("layers", "batch", "kv_heads", "cache_length", "head_dim")
+# The decode loop's per-layer caches (`split_cache`) hold the keys transposed, as
+# 'kt' [B, KV, Dh, S]: the score product q [G, Dh] x kt [Dh, S] is then a plain one, which
+# XLA:CPU runs 14-15% faster per decode step than q x k^T at batch 64 and 512 (tiny model).
+LAYER_CACHE_AXES = {"kt": ("batch", "kv_heads", "head_dim", "cache_length"),
+                    "v": ("batch", "kv_heads", "cache_length", "head_dim")}
 
 
 def dtype_of(name: str):
@@ -158,6 +163,7 @@ class Attention(nn.Module):
     b, t = x.shape[:2]
     groups = h // kv
     qg = q.reshape(b, t, kv, groups, hd)
+    keys_t = None
     if cache is None:
       keys = k.transpose(0, 2, 1, 3)  # [B, KV, T, Dh]
       values = v.transpose(0, 2, 1, 3)
@@ -167,17 +173,19 @@ class Attention(nn.Module):
       # layer's slice of the whole cache (or of this layer's own cache, [B, KV, S, Dh]), then
       # attend over all slots; unwritten or padded slots are masked out by kv_mask and
       # causality.
-      def write(full, new):
-        new = new.transpose(0, 2, 1, 3).astype(full.dtype)  # [B, KV, T, Dh]
-        if full.ndim == 4:  # one layer's own cache (`forward_per_layer`)
-          return jax.lax.dynamic_update_slice(full, new, (0, 0, cache_index, 0))
-        return jax.lax.dynamic_update_slice(full, new[None], (layer_idx, 0, 0, cache_index, 0))
-      cache = {"k": write(cache["k"], k), "v": write(cache["v"], v)}
-      keys, values = cache["k"], cache["v"]
-      if keys.ndim == 5:
-        keys, values = keys[layer_idx], values[layer_idx]  # [B, KV, S, Dh]
+      def write(full, new, index):
+        return jax.lax.dynamic_update_slice(full, new.astype(full.dtype), index)
+      if "kt" in cache:  # one layer's own cache (`forward_per_layer`), keys transposed
+        cache = {"kt": write(cache["kt"], k.transpose(0, 2, 3, 1), (0, 0, 0, cache_index)),
+                 "v": write(cache["v"], v.transpose(0, 2, 1, 3), (0, 0, cache_index, 0))}
+        keys_t, values = cache["kt"], cache["v"]  # [B, KV, Dh, S], [B, KV, S, Dh]
+      else:
+        index = (layer_idx, 0, 0, cache_index, 0)
+        cache = {"k": write(cache["k"], k.transpose(0, 2, 1, 3)[None], index),
+                 "v": write(cache["v"], v.transpose(0, 2, 1, 3)[None], index)}
+        keys, values = cache["k"][layer_idx], cache["v"][layer_idx]  # [B, KV, S, Dh]
       q_slot = cache_index + jnp.arange(t)
-      k_slot = jnp.arange(keys.shape[2])
+      k_slot = jnp.arange(values.shape[2])
     mask = kv_mask[:, None, :] & (k_slot[None, None, :] <= q_slot[None, :, None])  # [B, T, S]
 
     # Plain batched matmuls over (batch, kv head) with the group's queries as rows: XLA:CPU
@@ -185,8 +193,13 @@ class Attention(nn.Module):
     # where the reshapes below are free).
     q_rows = qg.transpose(0, 2, 3, 1, 4).reshape(b, kv, groups * t, hd)  # [B, KV, G*T, Dh]
     batch_dims = ((0, 1), (0, 1))
-    scores = jax.lax.dot_general(q_rows, keys.astype(dt), (((3,), (3,)), batch_dims),
-                                 preferred_element_type=jnp.float32) * (hd ** -0.5)
+    if keys_t is None:
+      scores = jax.lax.dot_general(q_rows, keys.astype(dt), (((3,), (3,)), batch_dims),
+                                   preferred_element_type=jnp.float32)
+    else:
+      scores = jax.lax.dot_general(q_rows, keys_t.astype(dt), (((3,), (2,)), batch_dims),
+                                   preferred_element_type=jnp.float32)
+    scores = scores * (hd ** -0.5)
     scores = scores.reshape(b, kv, groups, t, -1)  # [B, KV, G, T, S]
     # A finite floor instead of -inf: fully masked rows (padding queries) stay NaN-free.
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
@@ -367,6 +380,11 @@ def cache_logical_axes() -> KVCache:
   return {"k": CACHE_AXES, "v": CACHE_AXES}
 
 
+def layer_cache_logical_axes() -> dict:
+  """Logical axes of one per-layer decode cache (`split_cache`)."""
+  return dict(LAYER_CACHE_AXES)
+
+
 def forward_with_cache(cfg: ModelConfig, params: Params, tokens, positions, kv_mask,
                        cache: KVCache, cache_index, *, mesh=None,
                        rules=sharding.DEFAULT_RULES, return_hidden=False):
@@ -393,9 +411,11 @@ def split_layers(params: Params) -> list:
 
 
 def split_cache(cache: KVCache) -> list:
-  """[L, B, KV, S, Dh] -> L caches of [B, KV, S, Dh], one per layer."""
+  """The stacked cache as L per-layer caches in the decode layout (`LAYER_CACHE_AXES`):
+  {'kt': [B, KV, Dh, S] (keys transposed), 'v': [B, KV, S, Dh]}."""
   num_layers = cache["k"].shape[0]
-  return [{name: x[l] for name, x in cache.items()} for l in range(num_layers)]
+  return [{"kt": cache["k"][l].transpose(0, 1, 3, 2), "v": cache["v"][l]}
+          for l in range(num_layers)]
 
 
 def forward_per_layer(cfg: ModelConfig, params: Params, layer_params: list, tokens, positions,
