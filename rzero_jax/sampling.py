@@ -73,6 +73,16 @@ def batch_bucket(num_prompts: int, multiple: int = 1) -> int:
   return -(-size // multiple) * multiple
 
 
+def prompts_per_call(max_rows: int, n: int, mesh=None, rules=sharding.DEFAULT_RULES) -> int:
+  """The most prompts one `generate` call may take so that its rows, after the prompt count is
+  padded to `batch_bucket`, stay within `max_rows` (at least 1)."""
+  multiple = _batch_shards(mesh, tuple(rules))
+  prompts = max(1, max_rows // n)
+  while prompts > 1 and batch_bucket(prompts, multiple) * n > max_rows:
+    prompts -= 1
+  return prompts
+
+
 def kv_cache_bytes(cfg: ModelConfig, batch: int, length: int, dtype=None) -> int:
   """Bytes of a K+V cache: layers x batch x kv_heads x length x head_dim x 2 x itemsize."""
   itemsize = jnp.dtype(dtype or models.transformer.dtype_of(cfg.dtype)).itemsize

@@ -36,8 +36,31 @@ def test_generate_rows_splits_calls_but_keeps_row_order(monkeypatch):
   calls.clear()
   rows, _, _ = phases.generate_rows(_env(4), None, [[9]], n=10, seed=0, max_new_tokens=2,
                                     temperature=1.0, top_p=1.0, top_k=0)
-  assert len(rows) == 10 and [n for _, n, _ in calls] == [4, 4, 2]
+  assert len(rows) == 10 and [n for _, n, _ in calls] == [4, 3, 3]
   assert len({seed for _, _, seed in calls}) == 3  # each piece samples independently
+
+
+def test_generate_rows_makes_equal_calls_within_the_padded_limit(monkeypatch):
+  calls = []
+
+  class Out:
+    def __init__(self, prompts, n):
+      self.tokens = [[p[0]] for p in prompts for _ in range(n)]
+      self.logprobs = [[0.0] for _ in self.tokens]
+      self.finish_reasons = ["length"] * len(self.tokens)
+
+  def fake_generate(cfg, params, prompts, *, n, seed, **kw):
+    calls.append(len(prompts))
+    return Out(prompts, n)
+
+  monkeypatch.setattr(phases.sampling, "generate", fake_generate)
+  prompts = [[i] for i in range(1000)]
+  rows, _, _ = phases.generate_rows(_env(2048), None, prompts, n=10, seed=0, max_new_tokens=2,
+                                    temperature=1.0, top_p=1.0, top_k=0)
+  assert [r[0] for r in rows[::10]] == list(range(1000))
+  # At most 192 prompts a call (padded: 192 x 10 rows), split evenly: one padded shape.
+  assert calls == [167] * 4 + [166] * 2
+  assert {phases.sampling.batch_bucket(c) * 10 for c in calls} == {1920}
 
 
 def test_pack_aligns_targets_with_completions():

@@ -465,3 +465,18 @@ def test_per_layer_decode_step_equals_the_scanned_one(family):
     np.testing.assert_allclose(got["kt"], np.swapaxes(want_cache["k"][layer], -1, -2),
                                rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(got["v"], want_cache["v"][layer], rtol=1e-6, atol=1e-6)
+
+
+def test_prompts_per_call_keeps_padded_rows_within_the_limit():
+  # 204 prompts x 10 would pad to 256 x 10 = 2,560 rows: the limit must hold after padding.
+  assert sampling.prompts_per_call(2048, 10) == 192
+  assert sampling.prompts_per_call(1024, 10) == 64
+  assert sampling.prompts_per_call(5, 10) == 1  # one prompt's samples are split elsewhere
+  for max_rows in (1, 7, 64, 100, 640, 2048, 5000):
+    for n in (1, 3, 10):
+      p = sampling.prompts_per_call(max_rows, n)
+      assert p >= 1
+      if p > 1 or n <= max_rows:
+        assert sampling.batch_bucket(p) * n <= max_rows, (max_rows, n, p)
+      # The largest such count: one more prompt would overflow after padding.
+      assert sampling.batch_bucket(p + 1) * n > max_rows or p + 1 > max_rows // n

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import tqdm
 
-from rzero_jax import grading, sampling
+from rzero_jax import grading, sampling, sharding
 from rzero_jax.rl import grpo, rollouts
 from rzero_jax.rl.learner import LearnerConfig
 from rzero_jax.rzero import challenger, dataset, repetition
@@ -69,6 +69,13 @@ def completion_bucket(completions: Sequence[Sequence[int]], max_new_tokens: int)
   return min(max_new_tokens, pow2_at_least(longest))
 
 
+def _even_split(total: int, most: int) -> list[int]:
+  """total as the fewest parts of at most `most`, their sizes within one of each other."""
+  parts = -(-total // most)
+  size, extra = divmod(total, parts)
+  return [size + (k < extra) for k in range(parts)]
+
+
 def generate_rows(env: Env, params, prompts: Sequence[Sequence[int]], *, n: int, seed: int,
                   max_new_tokens: int, temperature: float, top_p: float, top_k: int,
                   desc: str = "sampling"):
@@ -78,13 +85,18 @@ def generate_rows(env: Env, params, prompts: Sequence[Sequence[int]], *, n: int,
   # (prompt indices, samples per prompt) of each call: whole prompts while they fit, else
   # one prompt's samples in pieces (e.g. 8,000 dataset questions from the one Challenger prompt).
   calls = []
+  # The limit holds after `generate` pads the prompt count to its bucket, and the pieces are of
+  # equal size (to one), so they share one shape and one compiled program.
   if n <= limit:
-    per_call = limit // n
-    calls = [(list(range(i, min(i + per_call, len(prompts)))), n)
-             for i in range(0, len(prompts), per_call)]
+    per_call = sampling.prompts_per_call(limit, n, env.mesh,
+                                         env.rules or sharding.DEFAULT_RULES)
+    start = 0
+    for size in _even_split(len(prompts), per_call):
+      calls.append((list(range(start, start + size)), n))
+      start += size
   else:
     for i in range(len(prompts)):
-      calls += [([i], min(limit, n - done)) for done in range(0, n, limit)]
+      calls += [([i], size) for size in _even_split(n, limit)]
   tokens, logprobs, finish = [], [], []
   for k, (idx, samples) in enumerate(tqdm.tqdm(calls, desc=desc, unit="call", leave=False,
                                                disable=not env.progress or len(calls) < 2)):
