@@ -63,3 +63,10 @@ def test_changed_config_via_the_launcher(tmp_path):
   proc = _train(f"--workdir={run}", f"--config.solver.steps={steps}")
   _assert_one_line_error(proc, "error:", f"solver.steps: {config.solver.steps} -> {steps}",
                          "--allow_config_change")
+
+
+def test_nonpositive_max_rows_per_call_is_refused_before_writing(tmp_path):
+  proc = _train(f"--workdir={tmp_path / 'run'}", "--config.sampling.max_rows_per_call=0")
+  _assert_one_line_error(proc, "error: config.sampling.max_rows_per_call=0",
+                         "positive integer")
+  assert not (tmp_path / "run").exists()

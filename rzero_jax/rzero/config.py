@@ -107,3 +107,11 @@ def paper_config(*, tensor: int, max_rows_per_call: int, micro_batches: int
   c.eval.benchmarks = "math500,gsm8k,amc23,minerva,olympiadbench,aime24,aime25"
   c.eval.max_new_tokens = 4096
   return c
+
+
+def validate(config) -> None:
+  """Refuses values that would otherwise fail deep inside a run, naming the field."""
+  rows = config.sampling.max_rows_per_call
+  if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+    raise ValueError(f"config.sampling.max_rows_per_call={rows!r}; expected a positive "
+                     "integer (the most rows one generate call may decode)")

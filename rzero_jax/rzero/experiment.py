@@ -12,7 +12,7 @@ from absl import logging
 
 import jax
 
-from rzero_jax.rzero import loop, report
+from rzero_jax.rzero import config as config_lib, loop, report
 from rzero_jax.rzero import workdir as wd
 
 # Errors that mean "the user's input is wrong": the launcher prints them as one line.
@@ -82,7 +82,8 @@ def make_annotate(config):
 
 def run(config, workdir: str, *, allow_config_change: bool = False) -> str:
   """Runs or resumes the experiment; returns the one-screen summary printed at the end."""
-  # Refuse a changed config before spending minutes on a base model.
+  # Refuse a bad or changed config before writing or spending minutes on a base model.
+  config_lib.validate(config)
   wd.check_or_store_config(workdir, config.to_dict(), allow_config_change,
                            is_writer=jax.process_index() == 0)
   base = resolve_base_model(config)

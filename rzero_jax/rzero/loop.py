@@ -22,7 +22,8 @@ from absl import logging
 
 from rzero_jax import checkpoint, models, sharding, tokenizer as tokenizer_lib
 from rzero_jax.rl import learner
-from rzero_jax.rzero import dataset, metrics as metrics_lib, phases, prompts, workdir as wd
+from rzero_jax.rzero import config as config_lib, dataset, metrics as metrics_lib, phases, prompts
+from rzero_jax.rzero import workdir as wd
 
 ROLES = ("challenger", "solver")
 
@@ -257,6 +258,7 @@ def setup(config, workdir: str, *, base_model: str, allow_config_change: bool = 
           evaluate: Callable | None = None, annotate: Callable | None = None,
           exclude: Callable | None = None) -> Setup:
   is_writer = jax.process_index() == 0
+  config_lib.validate(config)
   os.makedirs(workdir, exist_ok=True)
   wd.check_or_store_config(workdir, config.to_dict(), allow_config_change, is_writer)
   mesh_cfg = {a: config.mesh[a] for a in sharding.MESH_AXES}
