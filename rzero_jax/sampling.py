@@ -283,13 +283,13 @@ def _prefill(plan: _Plan, params, tokens, prompt_lens, live, stop_mask, knobs):
   live = plan.constrain_rows(jnp.repeat(live, n, axis=0))
   # Decode keeps one cache buffer per layer (see `models.forward_per_layer`; keys transposed,
   # `models.split_cache`); the prompt fills slots [0, bucket) of each.
+  axes = models.layer_cache_logical_axes()
   decode_cache = []
   for layer_cache in models.split_cache(cache):
     full = {}
     for name, x in layer_cache.items():
-      slot_axis = 3 if name == "kt" else 2
       shape = list(x.shape)
-      shape[0], shape[slot_axis] = rows, plan.cache_length
+      shape[0], shape[axes[name].index("cache_length")] = rows, plan.cache_length
       full[name] = jax.lax.dynamic_update_slice(jnp.zeros(shape, x.dtype),
                                                 jnp.repeat(x, n, axis=0), (0, 0, 0, 0))
     decode_cache.append(plan.constrain_layer_cache(full))

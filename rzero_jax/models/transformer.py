@@ -170,7 +170,7 @@ class Attention(nn.Module):
       q_slot = k_slot = jnp.arange(t)
     else:
       # Write this call's keys/values in place at [cache_index, cache_index + t) of this
-      # layer's slice of the whole cache (or of this layer's own cache, [B, KV, S, Dh]), then
+      # layer's slice of the whole cache (or of this layer's own decode cache, `split_cache`), then
       # attend over all slots; unwritten or padded slots are masked out by kv_mask and
       # causality.
       def write(full, new, index):

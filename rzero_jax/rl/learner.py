@@ -101,15 +101,16 @@ def state_shardings(state: TrainState):
   return jax.tree.map(lambda x: x.sharding, state)
 
 
+def batch_sharding(mesh, rules=sharding.DEFAULT_RULES) -> NamedSharding:
+  """Every batch array split by rows over the batch axes (the trailing axes whole): one
+  sharding serves the whole batch dict, whichever keys it holds."""
+  return NamedSharding(mesh, PartitionSpec(*sharding.logical_to_spec(("batch",), rules, mesh)))
+
+
 def batch_shardings(mesh, rules=sharding.DEFAULT_RULES) -> dict[str, NamedSharding] | None:
   if mesh is None:
     return None
-  row = sharding.logical_to_spec(("batch",), rules, mesh)
-  out = {}
-  for key in BATCH_KEYS:
-    spec = PartitionSpec(*row) if key == "advantages" else PartitionSpec(*row, None)
-    out[key] = NamedSharding(mesh, spec)
-  return out
+  return {key: batch_sharding(mesh, rules) for key in BATCH_KEYS}
 
 
 def _loss_terms(cfg, lc: LearnerConfig, params, mb, mesh, rules):
@@ -176,16 +177,13 @@ def train_step(cfg: models.ModelConfig, lc: LearnerConfig, state: TrainState, ba
 
 def make_train_step(cfg: models.ModelConfig, lc: LearnerConfig, state: TrainState, *,
                     mesh=None, rules=sharding.DEFAULT_RULES) -> Callable:
-  """The jitted step with explicit in/out shardings and a donated state.
-
-  Every batch array is split by rows over the batch axes (one sharding for the whole batch
-  dict, so a batch may leave out `old_logp`)."""
+  """The jitted step with explicit in/out shardings and a donated state. The batch takes one
+  `batch_sharding` for all its arrays, so it may leave out `old_logp`."""
   fn = lambda s, b: train_step(cfg, lc, s, b, mesh=mesh, rules=rules)  # noqa: E731
   if mesh is None:
     return jax.jit(fn, donate_argnums=0)
   shard = state_shardings(state)
-  rows = NamedSharding(mesh, PartitionSpec(*sharding.logical_to_spec(("batch",), rules, mesh)))
-  return jax.jit(fn, in_shardings=(shard, rows),
+  return jax.jit(fn, in_shardings=(shard, batch_sharding(mesh, rules)),
                  out_shardings=(shard, sharding.replicated(mesh)), donate_argnums=0)
 
 
