@@ -59,9 +59,8 @@ def main():
   print(f"  {'other':<11}{other:7.0f} s   (base-model build if not cached, compiles, "
         "checkpoints, report)")
   # `--config.eval.benchmarks=arith_design` measures a design on training-distribution sets.
-  design = any(k.startswith("arith_design/") for e in data["eval"].values() for k in e)
-  prefix = "arith_design" if design else "arith"
-  frontier = [f"{prefix}/{lvl}/accuracy" for lvl in args.frontier.split(",")]
+  frontier = [f"{report.level_benchmark(data)}/{lvl}/accuracy"
+              for lvl in args.frontier.split(",")]
   print(f"\n{report.accuracy_title(data)}:")
   print(report.summary_table(data))
   base = data["eval"].get(0, {})

@@ -91,8 +91,14 @@ def _level_keys(evals: dict) -> list[str]:
   return sorted(keys, key=lambda k: (k.split("/")[0], int(k.split("/")[1])))
 
 
+def level_benchmark(data: dict) -> str:
+  """Which per-level sets the run was evaluated on: "arith" (held-out) or "arith_design"."""
+  keys = _level_keys(data["eval"])
+  return "arith_design" if any(k.startswith("arith_design/") for k in keys) else "arith"
+
+
 def accuracy_title(data: dict) -> str:
-  if any(k.startswith("arith_design/") for k in _level_keys(data["eval"])):
+  if level_benchmark(data) == "arith_design":
     return "Solver accuracy on training-distribution design sets, never held-out (%)"
   return "Held-out Solver accuracy (%)"
 
