@@ -51,8 +51,8 @@ def get_config():
 
   c.sampling.answer_max_new_tokens = 96
   # 64 questions x 10 answers a call. On the 2-core CPU the tiny model's decode ran at about
-  # 100k tokens/s up to 1,536 rows a call and at 33k at 2,048 (its KV cache, 67 MB, then far
-  # exceeds the 32 MB L3 cache); 640 rows was the fastest size measured.
+  # 100k tokens/s up to 1,536 rows a call and at 33k-36k at 2,048 (benchmarks/RESULTS.md);
+  # 640 rows was the fastest size measured.
   c.sampling.max_rows_per_call = 640
 
   c.checkpoint.max_to_keep = 2
