@@ -50,9 +50,9 @@ def get_config():
   c.solver.learner.kl_coef = 0.01
 
   c.sampling.answer_max_new_tokens = 96
-  # 64 questions x 10 answers a call. On the 2-core CPU the tiny model's decode ran at about
-  # 100k tokens/s up to 1,536 rows a call and at 33k-36k at 2,048 (benchmarks/RESULTS.md);
-  # 640 rows was the fastest size measured.
+  # 64 questions x 10 answers a call. On the 2-core CPU the tiny model's decode runs at about
+  # 100k tokens/s from 256 to 2,048 rows a call (benchmarks/RESULTS.md); 640 rows was the
+  # fastest size measured when this was set.
   c.sampling.max_rows_per_call = 640
 
   c.checkpoint.max_to_keep = 2

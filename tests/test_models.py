@@ -409,3 +409,27 @@ def test_partial_slices_read_only_what_the_shard_needs():
   np.testing.assert_array_equal(block, ours[1:4, 2:4, 3:6])
   assert reads == [(slice(12, 24), slice(1, 4))]
   np.testing.assert_array_equal(entry.to_hf(ours), full)
+
+
+def test_decode_attention_mix_equals_the_softmax_first_form():
+  """The decode loop normalises the softmax after the value product (see
+  `transformer._mix_values_decode`); it must give the same mix, and a fully masked row (a
+  padding query) must stay finite, as in the training form."""
+  from rzero_jax.models import transformer
+  rng = np.random.default_rng(0)
+  b, kv, groups, t, s, dh = 3, 2, 2, 1, 12, 4
+  scores = jnp.asarray(rng.normal(size=(b, kv, groups, t, s)) * 4, jnp.float32)
+  values = jnp.asarray(rng.normal(size=(b, kv, s, dh)), jnp.float32)
+  mask = rng.random((b, 1, 1, t, s)) < 0.6
+  mask[0] = False  # row 0: every slot masked
+  mask[1, ..., 0] = True
+  mask = jnp.asarray(mask)
+  want = transformer._mix_values(scores, mask, values, jnp.float32)
+  got = transformer._mix_values_decode(scores, mask, values, jnp.float32)
+  assert np.isfinite(np.asarray(got)).all()
+  np.testing.assert_allclose(np.asarray(got[1:]), np.asarray(want[1:]), rtol=1e-5, atol=1e-6)
+  # Masked slots carry no weight: changing their values changes nothing.
+  poisoned = jnp.where(mask[:, 0, 0, 0][:, None, :, None], values, 1e6)
+  np.testing.assert_allclose(
+      np.asarray(transformer._mix_values_decode(scores, mask, poisoned, jnp.float32)[1:]),
+      np.asarray(got[1:]), rtol=1e-5, atol=1e-6)
