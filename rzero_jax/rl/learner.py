@@ -34,10 +34,6 @@ from rzero_jax import models, sharding
 from rzero_jax.rl import grpo
 from rzero_jax.rl.logprobs import token_logprobs
 
-BATCH_KEYS = ("tokens", "kv_mask", "loss_mask", "old_logp", "ref_logp", "sampler_logp",
-              "advantages")
-
-
 @dataclasses.dataclass(frozen=True)
 class LearnerConfig:
   """Hyper-parameters of one GRPO role (reference §6)."""
@@ -106,11 +102,6 @@ def batch_sharding(mesh, rules=sharding.DEFAULT_RULES) -> NamedSharding:
   sharding serves the whole batch dict, whichever keys it holds."""
   return NamedSharding(mesh, PartitionSpec(*sharding.logical_to_spec(("batch",), rules, mesh)))
 
-
-def batch_shardings(mesh, rules=sharding.DEFAULT_RULES) -> dict[str, NamedSharding] | None:
-  if mesh is None:
-    return None
-  return {key: batch_sharding(mesh, rules) for key in BATCH_KEYS}
 
 
 def _loss_terms(cfg, lc: LearnerConfig, params, mb, mesh, rules):

@@ -124,7 +124,7 @@ def test_sharded_train_steps_equal_single_device(mesh_name, cfg_name):
   step = learner.make_train_step(cfg, LC, state, mesh=mesh)
   for seed, (want_state, want_metrics) in enumerate(expected):
     old_params = state.params
-    state, metrics = step(state, jax.device_put(_batch(seed), learner.batch_shardings(mesh)))
+    state, metrics = step(state, jax.device_put(_batch(seed), learner.batch_sharding(mesh)))
     # Donated: the old buffers are gone, and the new state keeps exactly the old shardings, so
     # it feeds straight back into the same executable.
     assert all(leaf.is_deleted() for leaf in jax.tree.leaves(old_params))
@@ -170,7 +170,7 @@ def test_reference_params_round_trip_through_host_memory_onto_the_mesh():
   _assert_shardings(back, param_shardings, "params")
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(back)):
     assert np.array_equal(np.asarray(a), np.asarray(b))
-  batch = jax.device_put(_batch(seed=3), learner.batch_shardings(mesh))
+  batch = jax.device_put(_batch(seed=3), learner.batch_sharding(mesh))
   logprob_fn = learner.make_logprob_fn(cfg, LC, mesh=mesh)
   want = np.asarray(logprob_fn(params, batch["tokens"], batch["kv_mask"]))
   got = np.asarray(logprob_fn(back, batch["tokens"], batch["kv_mask"]))
