@@ -55,6 +55,7 @@ class Row:
   hf_tok_s: float
   compile_s: float
   kv_bytes: int
+  peak_bytes: int
 
   @property
   def ratio(self) -> float:
@@ -163,10 +164,12 @@ def cpu_report(args) -> list[Row]:
       theirs, threads = time_hf(hf, prompts, args.new, args.sample, args.repeats)
       rows_padded = sampling.batch_bucket(batch)
       kv = sampling.kv_cache_bytes(cfg, rows_padded, sampling.prompt_bucket(PROMPT_LEN) + args.new)
-      row = Row(label, batch, ours, theirs, compile_s, kv)
+      held = sampling.peak_memory_bytes(cfg, params, prompts, max_new_tokens=args.new)
+      row = Row(label, batch, ours, theirs, compile_s, kv, held)
       rows.append(row)
       print(f"{label:45s} batch {batch:4d}: ours {ours:9.1f} tok/s (compile {compile_s:5.1f} s, "
-            f"KV cache {kv / 2**20:7.1f} MiB)  transformers {theirs:9.1f} tok/s "
+            f"KV cache {kv / 2**20:7.1f} MiB, peak {held / 2**20:7.1f} MiB)  "
+            f"transformers {theirs:9.1f} tok/s "
             f"({threads} thread{'s' if threads > 1 else ''})  "
             f"ratio {row.ratio:5.2f}x", flush=True)
   return rows
@@ -201,10 +204,11 @@ def device_report(args) -> None:
     frac = step_bytes / step_s / peak if peak else float("nan")
     cache_bytes = sampling.kv_cache_bytes(cfg, sampling.batch_bucket(batch),
                                           sampling.prompt_bucket(PROMPT_LEN) + args.new)
+    held = sampling.peak_memory_bytes(cfg, params, prompts, max_new_tokens=args.new)
     print(f"batch {batch:4d}: {tok_s:10.1f} tok/s end to end, {batch / step_s:10.1f} tok/s "
           f"decode, {step_s * 1e3:7.2f} ms/step, {frac:6.1%} of the HBM roofline "
-          f"(compile {compile_s:.1f} s, KV cache "
-          f"{cache_bytes / 2**30:.2f} GiB)",
+          f"(compile {compile_s:.1f} s, KV cache {cache_bytes / 2**30:.2f} GiB, "
+          f"peak {held / 2**30:.2f} GiB with the weights)",
           flush=True)
 
 

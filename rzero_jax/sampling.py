@@ -8,9 +8,10 @@ seed, stop tokens) is an array, and greedy / top-k / top-p are runtime branches 
 so changing any of them never recompiles.
 
 Prefill runs every prompt once over a cache of the prompt bucket's length, samples the first
-token and then repeats each prompt's cache `n` times into the decode cache, whose length is
-`prompt_bucket + max_new_tokens`. Decode feeds one token per step, writing it in place into the
-donated cache, and stops when every row has emitted a stop token or the budget is spent.
+token and then repeats each prompt's cache `n` times into the decode cache. Decode feeds one
+token per step, writing it in place into the cache, and stops when every row has emitted a
+stop token or the budget is spent. It runs in phases (`decode_phases`) whose caches grow to
+`prompt_bucket + max_new_tokens` slots: attention reads only slots that can hold tokens.
 
 Sampling rules (the usual ones): temperature 0 is greedy; otherwise logits are divided by the
 temperature, top-k keeps the k largest, and top-p then keeps the smallest set of the largest
@@ -35,6 +36,9 @@ from rzero_jax import models, sharding
 from rzero_jax.models.config import ModelConfig
 
 MIN_PROMPT_BUCKET = 16
+# Decode runs in phases over a growing cache (`decode_phases`).
+MIN_DECODE_PHASE = 32
+MAX_DECODE_PHASES = 4
 # Up to this many prompts the batch bucket is a power of two; above it, a multiple of it. That
 # bounds the number of compiled shapes while wasting at most this many padding rows.
 BATCH_BUCKET_STEP = 64
@@ -243,6 +247,12 @@ class _Plan:
   def cache_length(self) -> int:
     return self.prompt_bucket + self.max_new_tokens
 
+  def phases(self) -> list[tuple[int, int]]:
+    """(end step, cache slots) of each decode phase: `decode_phases`, each phase's cache
+    holding exactly the slots its steps can write."""
+    return [(end, min(self.cache_length, self.prompt_bucket + end))
+            for end in decode_phases(self.max_new_tokens)]
+
   def constrain_cache(self, cache):
     axes = models.cache_logical_axes()
     return {name: sharding.constrain(x, axes[name], self.mesh, self.rules)
@@ -264,7 +274,8 @@ class _Plan:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _prefill(plan: _Plan, params, tokens, prompt_lens, live, stop_mask, knobs):
-  """Runs the prompts, samples token 0 and builds the decode state (rows = prompts x n)."""
+  """Runs the prompts and samples token 0: (the decode state, rows = prompts x n; the
+  prompts' cache, one row per prompt)."""
   _TRACES["prefill"] += 1
   cfg, n = plan.cfg, plan.n
   num_prompts, bucket = tokens.shape
@@ -281,26 +292,12 @@ def _prefill(plan: _Plan, params, tokens, prompt_lens, live, stop_mask, knobs):
   logits = plan.constrain_rows(jnp.repeat(logits, n, axis=0))
   prompt_lens = plan.constrain_rows(jnp.repeat(prompt_lens, n, axis=0))
   live = plan.constrain_rows(jnp.repeat(live, n, axis=0))
-  # Decode keeps one cache buffer per layer (see `models.forward_per_layer`; keys transposed,
-  # `models.split_cache`); the prompt fills slots [0, bucket) of each.
-  axes = models.layer_cache_logical_axes()
-  decode_cache = []
-  for layer_cache in models.split_cache(cache):
-    full = {}
-    for name, x in layer_cache.items():
-      shape = list(x.shape)
-      shape[0], shape[axes[name].index("cache_length")] = rows, plan.cache_length
-      full[name] = jax.lax.dynamic_update_slice(jnp.zeros(shape, x.dtype),
-                                                jnp.repeat(x, n, axis=0), (0, 0, 0, 0))
-    decode_cache.append(plan.constrain_layer_cache(full))
-
   base_key = jax.random.key(knobs["seed"])
   first, first_lp = sample_tokens(logits, jax.random.fold_in(base_key, 0), knobs)
   first = jnp.where(live, first, plan.pad_id)
   out_tokens = jnp.full((rows, plan.max_new_tokens), plan.pad_id, jnp.int32)
   out_logprobs = jnp.zeros((rows, plan.max_new_tokens), jnp.float32)
-  return {
-      "cache": decode_cache,
+  state = {
       "tokens": plan.constrain_rows(out_tokens.at[:, 0].set(first)),
       "logprobs": plan.constrain_rows(out_logprobs.at[:, 0].set(jnp.where(live, first_lp, 0.))),
       "lengths": live.astype(jnp.int32),
@@ -308,21 +305,41 @@ def _prefill(plan: _Plan, params, tokens, prompt_lens, live, stop_mask, knobs):
       "prompt_lens": prompt_lens,
       "step": jnp.asarray(1, jnp.int32),
   }
+  return state, cache
+
+
+def decode_phases(max_new_tokens: int) -> list[int]:
+  """The step at which each decode phase ends: doubling up to `max_new_tokens`, the first
+  after `MIN_DECODE_PHASE` steps or more, `MAX_DECODE_PHASES` at most.
+
+  Each phase runs its own `while_loop` over a cache that holds only the slots its steps can
+  write, so over a whole budget attention reads from a half to two thirds of what the full
+  cache would give it, and far less when rows stop early, as answers usually do. Every phase
+  is compiled apart (about 1 s more per phase for the tiny model on a CPU), hence the cap.
+  """
+  first = max(MIN_DECODE_PHASE, -(-max_new_tokens // 2 ** (MAX_DECODE_PHASES - 1)))
+  ends, end = [], first
+  while end < max_new_tokens:
+    ends.append(end)
+    end *= 2
+  return ends + [max_new_tokens]
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
-def _decode(plan: _Plan, params, state, stop_mask, knobs):
-  """Feeds the last sampled token until every row is done or the budget is spent."""
+def _decode(plan: _Plan, params, state, prompt_cache, stop_mask, knobs):
+  """Feeds the last sampled token until every row is done or the budget is spent.
+
+  `prompt_cache` is the prefill's, one row per prompt. Each row's cache is built here, so the
+  call holds no argument of the decode cache's size: every phase copies the cache into a longer
+  one, which no output could alias. The cache is not returned.
+  """
   _TRACES["decode"] += 1
   cfg, bucket = plan.cfg, plan.prompt_bucket
   base_key = jax.random.key(knobs["seed"])
   kv_mask = plan.kv_mask(state["prompt_lens"], plan.cache_length)
   layer_params = models.split_layers(params)
 
-  def not_finished(s):
-    return (s["step"] < plan.max_new_tokens) & ~jnp.all(s["done"])
-
-  def decode_one(s):
+  def decode_one(s, kv_mask):
     step = s["step"]
     last = jax.lax.dynamic_slice_in_dim(s["tokens"], step - 1, 1, axis=1)  # [B, 1]
     positions = (s["prompt_lens"] + step - 1)[:, None]
@@ -344,7 +361,28 @@ def _decode(plan: _Plan, params, state, stop_mask, knobs):
         "step": step + 1,
     }
 
-  return jax.lax.while_loop(not_finished, decode_one, state)
+  axes = models.layer_cache_logical_axes()
+
+  def grow(layer_cache, length):
+    out = {}
+    for name, x in layer_cache.items():
+      dim = axes[name].index("cache_length")
+      pad = [(0, 0)] * x.ndim
+      pad[dim] = (0, length - x.shape[dim])
+      out[name] = jnp.pad(x, pad)
+    return plan.constrain_layer_cache(out)
+
+  # Sample j of prompt i is row i * n + j. One cache buffer per layer (keys transposed, see
+  # `models.forward_per_layer`), holding the prompt in slots [0, bucket) before phase 1.
+  carry = dict(state, cache=[{name: jnp.repeat(x, plan.n, axis=0) for name, x in c.items()}
+                             for c in models.split_cache(prompt_cache)])
+  for end, length in plan.phases():
+    carry["cache"] = [grow(c, length) for c in carry["cache"]]
+    carry = jax.lax.while_loop(
+        lambda s, end=end: (s["step"] < end) & ~jnp.all(s["done"]),
+        functools.partial(decode_one, kv_mask=kv_mask[:, :length]), carry)
+  del carry["cache"]
+  return carry
 
 
 # ----------------------------------------------------------------------------- host API
@@ -418,16 +456,9 @@ def _place(plan: _Plan, params, row_arrays, replicated_arrays):
   return params, rows, repl
 
 
-def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
-             max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
-             top_k: int = 0, n: int = 1, seed: int = 0, stop_token_ids: Sequence[int] = (),
-             mesh=None, rules=sharding.DEFAULT_RULES) -> SampleOutput:
-  """Samples `n` completions per prompt. Row i * n + j of the output is sample j of prompt i.
-
-  Completions are cut after (and including) the first stop token; finish reason "stop" if one
-  was emitted, else "length". Under a mesh, rows are split over the batch axes and heads over
-  tensor, following `rules`.
-  """
+def _setup(cfg: ModelConfig, params, prompts, max_new_tokens, temperature, top_p, top_k, n,
+           seed, stop_token_ids, mesh, rules):
+  """Checks the arguments; returns the plan and `_prefill`'s placed arguments after it."""
   stop_token_ids = tuple(int(t) for t in stop_token_ids)
   _check_args(cfg, prompts, max_new_tokens, temperature, top_p, top_k, n, stop_token_ids)
   rules = tuple(rules)
@@ -444,9 +475,25 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
            "top_k": np.int32(top_k), "seed": np.uint32(seed % (1 << 32))}
   params, (tokens, prompt_lens, live), (stop_mask, knobs) = _place(
       plan, params, (tokens, prompt_lens, live), (stop_mask, knobs))
+  return plan, (params, tokens, prompt_lens, live, stop_mask, knobs)
 
-  state = _prefill(plan, params, tokens, prompt_lens, live, stop_mask, knobs)
-  state = _decode(plan, params, state, stop_mask, knobs)
+
+def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
+             max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
+             top_k: int = 0, n: int = 1, seed: int = 0, stop_token_ids: Sequence[int] = (),
+             mesh=None, rules=sharding.DEFAULT_RULES) -> SampleOutput:
+  """Samples `n` completions per prompt. Row i * n + j of the output is sample j of prompt i.
+
+  Completions are cut after (and including) the first stop token; finish reason "stop" if one
+  was emitted, else "length". Under a mesh, rows are split over the batch axes and heads over
+  tensor, following `rules`.
+  """
+  plan, args = _setup(cfg, params, prompts, max_new_tokens, temperature, top_p, top_k, n, seed,
+                      stop_token_ids, mesh, rules)
+  params, _, _, _, stop_mask, knobs = args
+  state, prompt_cache = _prefill(plan, *args)
+  state = _decode(plan, params, state, prompt_cache, stop_mask, knobs)
+  del prompt_cache
   out_tokens, out_logprobs, lengths, done = jax.device_get(
       (state["tokens"], state["logprobs"], state["lengths"], state["done"]))
   del state
@@ -457,6 +504,30 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
       logprobs=[out_logprobs[r, :lengths[r]].tolist() for r in range(real)],
       # `done` is only ever set by a stop token; running out of budget leaves it False.
       finish_reasons=["stop" if done[r] else "length" for r in range(real)])
+
+
+def peak_memory_bytes(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
+                      max_new_tokens: int = 64, n: int = 1, mesh=None,
+                      rules=sharding.DEFAULT_RULES) -> int:
+  """Device bytes `generate` holds at its peak for these shapes, weights included, as the
+  compiler plans it (per device under a mesh): the larger of prefill's and decode's.
+
+  Decode's peak is above the final KV cache (`kv_cache_bytes` of `prompt_bucket +
+  max_new_tokens` slots) by the prompts' cache and the copy of one layer's buffer while a
+  phase's cache grows into the next's.
+  """
+  plan, args = _setup(cfg, params, prompts, max_new_tokens, 1.0, 1.0, 0, n, 0, (), mesh, rules)
+  params, _, _, _, stop_mask, knobs = args
+
+  def peak(compiled):
+    stats = compiled.memory_analysis()
+    return (stats.argument_size_in_bytes + stats.output_size_in_bytes
+            - stats.alias_size_in_bytes + stats.temp_size_in_bytes)
+
+  prefill = _prefill.lower(plan, *args).compile()
+  state, prompt_cache = prefill.out_info  # shapes with the shardings prefill gives them
+  decode = _decode.lower(plan, params, state, prompt_cache, stop_mask, knobs).compile()
+  return max(peak(prefill), peak(decode))
 
 
 # ----------------------------------------------------------------------------- text level

@@ -155,8 +155,9 @@ def _hf_greedy(model, prompts, max_new_tokens, pad_id=0):
 def test_greedy_matches_transformers(model_type):
   cfg, model = _hf_tiny(model_type)
   params = _params_from_torch(cfg, model)
-  expected = _hf_greedy(model, PROMPTS, 32)
-  out = sampling.generate(cfg, params, PROMPTS, max_new_tokens=32, temperature=0.0)
+  # 80 new tokens cross two decode phases (steps 32 and 64), so the growing cache is covered.
+  expected = _hf_greedy(model, PROMPTS, 80)
+  out = sampling.generate(cfg, params, PROMPTS, max_new_tokens=80, temperature=0.0)
   assert out.tokens == expected
   assert out.finish_reasons == ["length"] * len(PROMPTS)
 
@@ -304,6 +305,48 @@ def test_logprobs_match_recomputed_distribution(tiny, temperature):
     expected = np.asarray(jax.nn.log_softmax(jnp.asarray(logits) / t, axis=-1))
     expected = expected[np.arange(len(completion)), completion]
     np.testing.assert_allclose(logprobs, expected, atol=2e-4, rtol=0)
+
+
+def test_logprobs_match_recomputed_distribution_across_decode_phases(tiny):
+  """Sampled rows run through every phase (32, 64, 72): each grown cache must hold exactly
+  the keys and values that a forward over the whole sequence computes."""
+  cfg, params = tiny
+  assert sampling.decode_phases(72) == [32, 64, 72]
+  out = sampling.generate(cfg, params, PROMPTS, max_new_tokens=72, temperature=0.8, n=2,
+                          seed=4)
+  assert {len(t) for t in out.tokens} == {72}
+  all_logits = recomputed_logits(cfg, params, PROMPTS, out.tokens, 2)
+  for completion, logprobs, logits in zip(out.tokens, out.logprobs, all_logits):
+    expected = np.asarray(jax.nn.log_softmax(jnp.asarray(logits) / 0.8, axis=-1))
+    np.testing.assert_allclose(logprobs, expected[np.arange(72), completion], atol=2e-4,
+                               rtol=0)
+
+
+def test_decode_phases_double_up_to_the_budget():
+  assert sampling.decode_phases(1) == [1]
+  assert sampling.decode_phases(32) == [32]
+  assert sampling.decode_phases(33) == [32, 33]
+  assert sampling.decode_phases(128) == [32, 64, 128]
+  assert sampling.decode_phases(300) == [38, 76, 152, 300]
+  assert sampling.decode_phases(4096) == [512, 1024, 2048, 4096]  # at most 4 phases
+
+
+def test_peak_memory_is_the_final_cache_plus_one_layers_growth(tiny):
+  """The decode cache grows phase by phase, so the peak is not just the final cache: it adds
+  the prompts' cache (held through decode) and one layer's buffer while it is copied into the
+  next phase's. The bound fails if decode held every phase's cache at once."""
+  cfg, params = tiny
+  new, n = 200, 8  # phases end at 32, 64, 128, 200; 4 prompt rows x 8 samples
+  peak = sampling.peak_memory_bytes(cfg, params, PROMPTS, max_new_tokens=new, n=n)
+  rows, bucket = sampling.batch_bucket(len(PROMPTS)) * n, 32
+  final = sampling.kv_cache_bytes(cfg, rows, bucket + new)
+  prompt_cache = sampling.kv_cache_bytes(cfg, rows // n, bucket)
+  one_layer_growing = sampling.kv_cache_bytes(cfg, rows, bucket + 128) // cfg.num_layers // 2
+  weights = sum(x.nbytes for x in jax.tree.leaves(params))
+  outputs = rows * new * 8  # tokens and logprobs
+  assert final <= peak
+  # Small change: token ids, masks, logits and the like.
+  assert peak <= final + prompt_cache + one_layer_growing + weights + 2 * outputs + 2**20
 
 
 def test_seed_determines_samples(tiny):
