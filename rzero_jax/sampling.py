@@ -7,11 +7,12 @@ budget, samples per prompt, mesh); everything that varies per call (temperature,
 seed, stop tokens) is an array, and greedy / top-k / top-p are runtime branches (`lax.cond`),
 so changing any of them never recompiles.
 
-Prefill runs every prompt once over a cache of the prompt bucket's length, samples the first
-token and then repeats each prompt's cache `n` times into the decode cache. Decode feeds one
-token per step, writing it in place into the cache, and stops when every row has emitted a
-stop token or the budget is spent. It runs in phases (`decode_phases`) whose caches grow to
-`prompt_bucket + max_new_tokens` slots: attention reads only slots that can hold tokens.
+Prefill runs every prompt once over a cache of the prompt bucket's length and samples the
+first token of each row; decode repeats each prompt's cache `n` times into the rows' cache,
+feeds one token per step, writing it in place into that cache, and stops when every row has
+emitted a stop token or the budget is spent. It runs in phases (`decode_phases`) whose
+caches grow to `prompt_bucket + max_new_tokens` slots: attention reads only slots that can
+hold tokens.
 
 Sampling rules (the usual ones): temperature 0 is greedy; otherwise logits are divided by the
 temperature, top-k keeps the k largest, and top-p then keeps the smallest set of the largest

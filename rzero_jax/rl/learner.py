@@ -34,6 +34,7 @@ from rzero_jax import models, sharding
 from rzero_jax.rl import grpo
 from rzero_jax.rl.logprobs import token_logprobs
 
+
 @dataclasses.dataclass(frozen=True)
 class LearnerConfig:
   """Hyper-parameters of one GRPO role (reference §6)."""
@@ -101,7 +102,6 @@ def batch_sharding(mesh, rules=sharding.DEFAULT_RULES) -> NamedSharding:
   """Every batch array split by rows over the batch axes (the trailing axes whole): one
   sharding serves the whole batch dict, whichever keys it holds."""
   return NamedSharding(mesh, PartitionSpec(*sharding.logical_to_spec(("batch",), rules, mesh)))
-
 
 
 def _loss_terms(cfg, lc: LearnerConfig, params, mb, mesh, rules):
