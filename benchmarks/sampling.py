@@ -53,9 +53,6 @@ class Row:
   batch: int
   ours_tok_s: float
   hf_tok_s: float
-  compile_s: float
-  kv_bytes: int
-  peak_bytes: int
 
   @property
   def ratio(self) -> float:
@@ -165,7 +162,7 @@ def cpu_report(args) -> list[Row]:
       rows_padded = sampling.batch_bucket(batch)
       kv = sampling.kv_cache_bytes(cfg, rows_padded, sampling.prompt_bucket(PROMPT_LEN) + args.new)
       held = sampling.peak_memory_bytes(cfg, params, prompts, max_new_tokens=args.new)
-      row = Row(label, batch, ours, theirs, compile_s, kv, held)
+      row = Row(label, batch, ours, theirs)
       rows.append(row)
       print(f"{label:45s} batch {batch:4d}: ours {ours:9.1f} tok/s (compile {compile_s:5.1f} s, "
             f"KV cache {kv / 2**20:7.1f} MiB, peak {held / 2**20:7.1f} MiB)  "
