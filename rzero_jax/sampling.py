@@ -388,43 +388,44 @@ def _decode(plan: _Plan, params, state, prompt_cache, stop_mask, knobs):
 
 # ----------------------------------------------------------------------------- host API
 
-def _check_args(cfg: ModelConfig, prompts, max_new_tokens, temperature, top_p, top_k, n,
-                stop_token_ids):
+def _check_args(caller: str, cfg: ModelConfig, prompts, max_new_tokens, temperature, top_p,
+                top_k, n, stop_token_ids):
   if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not prompts:
-    raise ValueError("generate: prompts must be a non-empty list of token-id lists, got "
+    raise ValueError(f"{caller}: prompts must be a non-empty list of token-id lists, got "
                      f"{type(prompts).__name__}")
   for i, p in enumerate(prompts):
     if isinstance(p, (str, bytes)) or len(p) == 0:
-      raise ValueError(f"generate: prompts[{i}] must be a non-empty list of token ids, got "
+      raise ValueError(f"{caller}: prompts[{i}] must be a non-empty list of token ids, got "
                        f"{p!r:.60}")
   if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
-    raise ValueError(f"generate: max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    raise ValueError(f"{caller}: max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
   if not (temperature >= 0 and math.isfinite(temperature)):
-    raise ValueError(f"generate: temperature must be finite and >= 0, got {temperature!r}")
+    raise ValueError(f"{caller}: temperature must be finite and >= 0, got {temperature!r}")
   if not 0 < top_p <= 1:
-    raise ValueError(f"generate: top_p must be in (0, 1], got {top_p!r}")
+    raise ValueError(f"{caller}: top_p must be in (0, 1], got {top_p!r}")
   if not isinstance(top_k, (int, np.integer)) or top_k < 0:
-    raise ValueError(f"generate: top_k must be an int >= 0 (0 = off), got {top_k!r}")
+    raise ValueError(f"{caller}: top_k must be an int >= 0 (0 = off), got {top_k!r}")
   if not isinstance(n, (int, np.integer)) or n < 1:
-    raise ValueError(f"generate: n must be an int >= 1, got {n!r}")
+    raise ValueError(f"{caller}: n must be an int >= 1, got {n!r}")
   for t in stop_token_ids:
     if not 0 <= int(t) < cfg.vocab_size:
-      raise ValueError(f"generate: stop token id {t} is outside the vocabulary "
+      raise ValueError(f"{caller}: stop token id {t} is outside the vocabulary "
                        f"[0, {cfg.vocab_size})")
 
 
-def _pack_prompts(prompts, num_rows: int, bucket: int, vocab_size: int, pad_id: int):
+def _pack_prompts(caller: str, prompts, num_rows: int, bucket: int, vocab_size: int,
+                  pad_id: int):
   """Left-pads prompts into [num_rows, bucket]; rows past len(prompts) are dead padding."""
   tokens = np.full((num_rows, bucket), pad_id, np.int32)
   lens = np.ones((num_rows,), np.int32)
   for i, p in enumerate(prompts):
     ids = np.asarray(p)
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-      raise ValueError(f"generate: prompts[{i}] must be a flat list of int token ids, got "
+      raise ValueError(f"{caller}: prompts[{i}] must be a flat list of int token ids, got "
                        f"{p!r:.60}")
     bad = ids[(ids < 0) | (ids >= vocab_size)]
     if bad.size:
-      raise ValueError(f"generate: prompts[{i}] holds token id {int(bad[0])} outside the "
+      raise ValueError(f"{caller}: prompts[{i}] holds token id {int(bad[0])} outside the "
                        f"vocabulary [0, {vocab_size})")
     tokens[i, bucket - len(ids):] = ids
     lens[i] = len(ids)
@@ -457,18 +458,19 @@ def _place(plan: _Plan, params, row_arrays, replicated_arrays):
   return params, rows, repl
 
 
-def _setup(cfg: ModelConfig, params, prompts, max_new_tokens, temperature, top_p, top_k, n,
-           seed, stop_token_ids, mesh, rules):
+def _setup(caller: str, cfg: ModelConfig, params, prompts, max_new_tokens, temperature, top_p,
+           top_k, n, seed, stop_token_ids, mesh, rules):
   """Checks the arguments; returns the plan and `_prefill`'s placed arguments after it."""
   stop_token_ids = tuple(int(t) for t in stop_token_ids)
-  _check_args(cfg, prompts, max_new_tokens, temperature, top_p, top_k, n, stop_token_ids)
+  _check_args(caller, cfg, prompts, max_new_tokens, temperature, top_p, top_k, n,
+              stop_token_ids)
   rules = tuple(rules)
   pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
   plan = _Plan(
       cfg=cfg, prompt_bucket=prompt_bucket(max(len(p) for p in prompts)),
       max_new_tokens=int(max_new_tokens), n=int(n), pad_id=int(pad_id), mesh=mesh, rules=rules)
   num_rows = batch_bucket(len(prompts), _batch_shards(mesh, rules))
-  tokens, prompt_lens, live = _pack_prompts(prompts, num_rows, plan.prompt_bucket,
+  tokens, prompt_lens, live = _pack_prompts(caller, prompts, num_rows, plan.prompt_bucket,
                                             cfg.vocab_size, plan.pad_id)
   stop_mask = np.zeros((cfg.vocab_size,), bool)
   stop_mask[list(stop_token_ids)] = True
@@ -489,8 +491,8 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
   was emitted, else "length". Under a mesh, rows are split over the batch axes and heads over
   tensor, following `rules`.
   """
-  plan, args = _setup(cfg, params, prompts, max_new_tokens, temperature, top_p, top_k, n, seed,
-                      stop_token_ids, mesh, rules)
+  plan, args = _setup("generate", cfg, params, prompts, max_new_tokens, temperature, top_p,
+                      top_k, n, seed, stop_token_ids, mesh, rules)
   params, _, _, _, stop_mask, knobs = args
   state, prompt_cache = _prefill(plan, *args)
   state = _decode(plan, params, state, prompt_cache, stop_mask, knobs)
@@ -517,7 +519,8 @@ def peak_memory_bytes(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]]
   max_new_tokens` slots) by the prompts' cache and the copy of one layer's buffer while a
   phase's cache grows into the next's.
   """
-  plan, args = _setup(cfg, params, prompts, max_new_tokens, 1.0, 1.0, 0, n, 0, (), mesh, rules)
+  plan, args = _setup("peak_memory_bytes", cfg, params, prompts, max_new_tokens, 1.0, 1.0, 0,
+                      n, 0, (), mesh, rules)
   params, _, _, _, stop_mask, knobs = args
 
   def peak(compiled):

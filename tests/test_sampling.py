@@ -449,6 +449,18 @@ def test_bad_arguments_are_clear_errors(tiny, kwargs, match):
     sampling.generate(cfg, params, **args)
 
 
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(prompts=[[1, 999]]), r"^peak_memory_bytes: prompts\[0\].*999"),
+    (dict(max_new_tokens=0), r"^peak_memory_bytes: max_new_tokens"),
+])
+def test_peak_memory_bytes_errors_name_it(tiny, kwargs, match):
+  cfg, params = tiny
+  args = dict(prompts=[[1, 2]], max_new_tokens=2)
+  args.update(kwargs)
+  with pytest.raises(ValueError, match=match):
+    sampling.peak_memory_bytes(cfg, params, **args)
+
+
 # ----------------------------------------------------------------------------- text level
 
 @dataclasses.dataclass
