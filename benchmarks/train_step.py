@@ -132,6 +132,9 @@ def parse_args(argv):
   p.add_argument("--peak_tflops", type=float, default=None,
                  help="--device: dense bf16 peak, if the device is not in the table")
   p.add_argument("--layers", type=int, default=None, help="override the layer count (smoke runs)")
+  p.add_argument("--compile_only", action="store_true",
+                 help="compile the step and stop: fills a persistent compilation cache "
+                      "(JAX_COMPILATION_CACHE_DIR) for a timed run in another process")
   return p.parse_args(argv)
 
 
@@ -160,6 +163,8 @@ def main(argv=None) -> None:
   start = time.perf_counter()
   step = learner.make_train_step(cfg, lc, state).lower(state, batch).compile()
   print(f"compile: {time.perf_counter() - start:.1f} s")
+  if args.compile_only:
+    return
   mem = step.memory_analysis()
   flops = model_flops(cfg, rows, seq)
   tokens = rows * seq
