@@ -217,9 +217,10 @@ def device_report(args) -> None:
   short = max(2, args.new // 8)
   repeats = max(3, args.repeats)  # the step time is a difference of two timings: denoise
   copy_bw = float("nan") if args.compile_only else measured_copy_bandwidth()
+  measured = ("not measured (--compile-only)" if args.compile_only else
+              f"{copy_bw / 1e12:.2f} TB/s measured (jitted copy, read + write)")
   print(f"device: {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}; peak "
-        f"HBM {peak / 1e12 if peak else float('nan'):.2f} TB/s (data sheet), "
-        f"{copy_bw / 1e12:.2f} TB/s measured (jitted copy, read + write); "
+        f"HBM {peak / 1e12 if peak else float('nan'):.2f} TB/s (data sheet), {measured}; "
         f"Qwen3-0.6B-shaped bf16, {weight_bytes / 2**30:.2f} GiB of weights, prompt "
         f"{PROMPT_LEN}, {args.new} new tokens, best of {repeats}", flush=True)
   results = []
