@@ -25,6 +25,9 @@ fi
 T_COMPILE=${T_COMPILE:-200}
 T_SAMPLING=${T_SAMPLING:-120}
 T_TRAIN=${T_TRAIN:-150}
+# PARTS picks a subset (a rerun that needs only part 1: PARTS=sampling).
+PARTS=${PARTS:-sampling tests train}
+has() { [[ " $PARTS " == *" $1 "* ]]; }
 # Extra flags, for a smoke run of this script on a CPU (e.g. --device-batches 1 --new 16).
 SAMPLING_ARGS=${SAMPLING_ARGS:-}
 TEST_ARGS=${TEST_ARGS:-}
@@ -47,32 +50,35 @@ export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 BATCHES=${BATCHES:-1,16,64,256}
 echo "== compiling the sampling plans, and the sampling tests on the GPU (limit ${T_COMPILE} s)"
 pids=()
-for b in ${BATCHES//,/ }; do
+has sampling && for b in ${BATCHES//,/ }; do
   XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "$T_COMPILE" python3 benchmarks/sampling.py \
     --device-report --compile-only --device-batches "$b" $SAMPLING_ARGS \
     >"/tmp/compile_$b.txt" 2>&1 &
   pids+=($!)
 done
-XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "$T_COMPILE" python3 benchmarks/train_step.py \
-  --device --compile_only $TRAIN_ARGS >/tmp/compile_train.txt 2>&1 &
-pids+=($!)
+if has train; then
+  XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "$T_COMPILE" python3 benchmarks/train_step.py \
+    --device --compile_only $TRAIN_ARGS >/tmp/compile_train.txt 2>&1 &
+  pids+=($!)
+fi
 # The tests count compilations: they run without the persistent cache.
-env -u JAX_COMPILATION_CACHE_DIR XLA_PYTHON_CLIENT_PREALLOCATE=false \
+has tests && env -u JAX_COMPILATION_CACHE_DIR XLA_PYTHON_CLIENT_PREALLOCATE=false \
   JAX_DEFAULT_MATMUL_PRECISION=highest timeout "$T_COMPILE" \
   python3 -m pytest -q -p no:cacheprovider tests/test_sampling.py $TEST_ARGS 2>&1 \
   | tee "$OUT/tests.txt" | tail -25
 wait "${pids[@]}"
-for b in ${BATCHES//,/ } train; do echo "-- $b"; cat "/tmp/compile_$b.txt"; done >"$OUT/compile.txt"
+for f in /tmp/compile_*.txt; do echo "-- $f"; cat "$f"; done >"$OUT/compile.txt"
 grep -h "^-- \|compile\|rror" "$OUT/compile.txt"
 
 echo "== sampling (limit ${T_SAMPLING} s)"
-timeout "$T_SAMPLING" python3 benchmarks/sampling.py --device-report --repeats 3 \
+has sampling && timeout "$T_SAMPLING" python3 benchmarks/sampling.py --device-report --repeats 3 \
   --device-batches "$BATCHES" --json "$OUT/sampling.json" $SAMPLING_ARGS 2>&1 | tee "$OUT/sampling.txt"
 
 echo "== train step (limit ${T_TRAIN} s)"
-timeout "$T_TRAIN" python3 benchmarks/train_step.py --device $TRAIN_ARGS 2>&1 | tee "$OUT/train_step.txt"
+has train && timeout "$T_TRAIN" python3 benchmarks/train_step.py --device $TRAIN_ARGS 2>&1 | tee "$OUT/train_step.txt"
 
 echo "== summary"
-grep -h "^device:\|^batch\|^roofline" "$OUT/sampling.txt"
-grep -h "passed\|failed" "$OUT/tests.txt" | tail -1
-grep -h "^device:\|^train step\|^ratio" "$OUT/train_step.txt"
+grep -sh "^device:\|^batch\|^measured\|^roofline" "$OUT/sampling.txt"
+grep -sh "passed\|failed" "$OUT/tests.txt" | tail -1
+grep -sh "^device:\|^train step\|^ratio" "$OUT/train_step.txt"
+exit 0
