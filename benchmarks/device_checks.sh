@@ -71,11 +71,13 @@ for f in /tmp/compile_*.txt; do echo "-- $f"; cat "$f"; done >"$OUT/compile.txt"
 grep -h "^-- \|compile\|rror" "$OUT/compile.txt"
 
 echo "== sampling (limit ${T_SAMPLING} s)"
-has sampling && timeout "$T_SAMPLING" python3 benchmarks/sampling.py --device-report --repeats 3 \
-  --device-batches "$BATCHES" --json "$OUT/sampling.json" $SAMPLING_ARGS 2>&1 | tee "$OUT/sampling.txt"
+has sampling && timeout "$T_SAMPLING" python3 benchmarks/sampling.py --device-report \
+  --repeats 3 --device-batches "$BATCHES" --json "$OUT/sampling.json" $SAMPLING_ARGS 2>&1 \
+  | tee "$OUT/sampling.txt"
 
 echo "== train step (limit ${T_TRAIN} s)"
-has train && timeout "$T_TRAIN" python3 benchmarks/train_step.py --device $TRAIN_ARGS 2>&1 | tee "$OUT/train_step.txt"
+has train && timeout "$T_TRAIN" python3 benchmarks/train_step.py --device $TRAIN_ARGS 2>&1 \
+  | tee "$OUT/train_step.txt"
 
 echo "== summary"
 grep -sh "^device:\|^batch\|^measured\|^roofline" "$OUT/sampling.txt"
