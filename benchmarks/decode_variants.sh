@@ -3,15 +3,7 @@
 # bounds a decode step on a GPU. Compiles every (variant, batch) in parallel into a persistent
 # cache, then times them one after another on the idle card.
 set -u
-OUT=${OUT:-device_logs}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD"
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH="/tmp/site:$PWD"
-fi
-export JAX_COMPILATION_CACHE_DIR=/tmp/rzero_jax_compile_cache
-export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
+source benchmarks/device_env.sh
 BATCHES=${BATCHES:-16,64}
 declare -A FLAGS=(
   [default]=""

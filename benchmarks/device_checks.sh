@@ -9,17 +9,8 @@
 #   3. the GRPO train step's MFU, Qwen3-0.6B shapes
 # Logs: env.txt, compile.txt, tests.txt, sampling.txt/.json, train_step.txt (8 files
 # at most: what the device tool brings back).
-# If .whl/ holds wheels (flax, optax: the versions CI tests with), they go first on the path.
 set -u
-OUT=${OUT:-device_logs}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-export PYTHONPATH="$PWD"
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH="/tmp/site:$PWD"
-fi
+source benchmarks/device_env.sh
 # Limits sized so that the whole script ends within about 8 minutes, leaving a 15-minute lease
 # time for a second call.
 T_COMPILE=${T_COMPILE:-200}
@@ -45,8 +36,6 @@ TRAIN_ARGS=${TRAIN_ARGS:-}
 # processes (on-demand GPU memory, so that they fit side by side) into a persistent
 # compilation cache, beside part 2, whose figures are not timings. The timed run then loads
 # them; where a plan misses the cache it compiles it itself, slower but the same figures.
-export JAX_COMPILATION_CACHE_DIR=/tmp/rzero_jax_compile_cache
-export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 BATCHES=${BATCHES:-1,16,64,256}
 echo "== compiling the sampling plans, and the sampling tests on the GPU (limit ${T_COMPILE} s)"
 pids=()
