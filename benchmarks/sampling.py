@@ -156,7 +156,7 @@ def cpu_report(args) -> list[Row]:
   rows = []
   for name in args.models.split(","):
     label, cfg, params, hf = load_model(name)
-    for batch in (int(b) for b in args.batches.split(",")):
+    for batch in args.batches:
       prompts = _prompts(batch, cfg.vocab_size)
       ours, compile_s = time_ours(cfg, params, prompts, args.new, args.sample, args.repeats)
       theirs, threads = time_hf(hf, prompts, args.new, args.sample, args.repeats)
@@ -221,7 +221,7 @@ def device_report(args) -> None:
         f"Qwen3-0.6B-shaped bf16, {weight_bytes / 2**30:.2f} GiB of weights, prompt "
         f"{PROMPT_LEN}, {args.new} new tokens, best of {repeats}", flush=True)
   results = []
-  for batch in sorted(int(b) for b in args.device_batches.split(",")):
+  for batch in sorted(args.device_batches):
     prompts = _prompts(batch, cfg.vocab_size)
     if args.compile_only:
       _, compile_s = time_ours(cfg, params, prompts, args.new, args.sample, repeats=0)
@@ -267,15 +267,26 @@ def device_report(args) -> None:
           f"({r['measured_copy_fraction']:.1%} of the measured copy)")
 
 
+def _batch_list(text: str) -> list[int]:
+  """argparse type for --batches / --device-batches: comma-separated positive ints."""
+  try:
+    batches = [int(b) for b in text.split(",")]
+  except ValueError:
+    batches = []
+  if not batches or min(batches) < 1:
+    raise argparse.ArgumentTypeError(f"expected comma-separated positive ints, got {text!r}")
+  return batches
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", default="tiny,smollm2")
-  parser.add_argument("--batches", default="16,64")
+  parser.add_argument("--batches", type=_batch_list, default="16,64")
   parser.add_argument("--new", type=int, default=128)
   parser.add_argument("--repeats", type=int, default=1, help="timed calls per side (best)")
   parser.add_argument("--sample", action="store_true", help="T=1 sampling instead of greedy")
   parser.add_argument("--device-report", action="store_true")
-  parser.add_argument("--device-batches", default="1,16,64,256")
+  parser.add_argument("--device-batches", type=_batch_list, default="1,16,64,256")
   parser.add_argument("--json", default=None, help="--device-report: also write the rows here")
   parser.add_argument("--compile-only", action="store_true",
                       help="--device-report: compile (and run once) each batch's plans, time "
