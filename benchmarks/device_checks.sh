@@ -14,7 +14,7 @@ source benchmarks/device_env.sh
 # Limits sized so that the whole script ends within about 8 minutes, leaving a 15-minute lease
 # time for a second call.
 T_COMPILE=${T_COMPILE:-200}
-T_SAMPLING=${T_SAMPLING:-120}
+T_SAMPLING=${T_SAMPLING:-200}
 T_TRAIN=${T_TRAIN:-150}
 # PARTS picks a subset (a rerun that needs only part 1: PARTS=sampling).
 PARTS=${PARTS:-sampling tests train}
@@ -37,11 +37,14 @@ TRAIN_ARGS=${TRAIN_ARGS:-}
 # compilation cache, beside part 2, whose figures are not timings. The timed run then loads
 # them; where a plan misses the cache it compiles it itself, slower but the same figures.
 BATCHES=${BATCHES:-1,16,64,256}
+# Decode attention: XLA ops beside the fused Pallas kernel, timed in one run.
+DECODE_KERNELS=${DECODE_KERNELS:-xla,pallas}
 echo "== compiling the sampling plans, and the sampling tests on the GPU (limit ${T_COMPILE} s)"
 pids=()
 has sampling && for b in ${BATCHES//,/ }; do
   XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "$T_COMPILE" python3 benchmarks/sampling.py \
-    --device-report --compile-only --device-batches "$b" $SAMPLING_ARGS \
+    --device-report --compile-only --device-batches "$b" --decode-kernels "$DECODE_KERNELS" \
+    $SAMPLING_ARGS \
     >"/tmp/compile_$b.txt" 2>&1 &
   pids+=($!)
 done
@@ -53,7 +56,8 @@ fi
 # The tests count compilations: they run without the persistent cache.
 has tests && env -u JAX_COMPILATION_CACHE_DIR XLA_PYTHON_CLIENT_PREALLOCATE=false \
   JAX_DEFAULT_MATMUL_PRECISION=highest timeout "$T_COMPILE" \
-  python3 -m pytest -q -p no:cacheprovider tests/test_sampling.py $TEST_ARGS 2>&1 \
+  python3 -m pytest -q -p no:cacheprovider tests/test_sampling.py \
+  tests/test_decode_attention.py $TEST_ARGS 2>&1 \
   | tee "$OUT/tests.txt" | tail -25
 wait "${pids[@]}"
 for f in /tmp/compile_*.txt; do echo "-- $f"; cat "$f"; done >"$OUT/compile.txt"
@@ -61,7 +65,8 @@ grep -h "^-- \|compile\|rror" "$OUT/compile.txt"
 
 echo "== sampling (limit ${T_SAMPLING} s)"
 has sampling && timeout "$T_SAMPLING" python3 benchmarks/sampling.py --device-report \
-  --repeats 3 --device-batches "$BATCHES" --json "$OUT/sampling.json" $SAMPLING_ARGS 2>&1 \
+  --repeats 3 --device-batches "$BATCHES" --decode-kernels "$DECODE_KERNELS" \
+  --json "$OUT/sampling.json" $SAMPLING_ARGS 2>&1 \
   | tee "$OUT/sampling.txt"
 
 echo "== train step (limit ${T_TRAIN} s)"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -103,10 +104,11 @@ def _on_event(event: str, duration: float, **_) -> None:
 jax.monitoring.register_event_duration_secs_listener(_on_event)
 
 
-def time_ours(cfg, params, prompts, new: int, sample: bool, repeats: int):
+def time_ours(cfg, params, prompts, new: int, sample: bool, repeats: int,
+              decode_kernel: str = "auto"):
   """(generated tokens/s of the best warm call, seconds spent tracing + compiling)."""
   kw = dict(max_new_tokens=new, temperature=1.0 if sample else 0.0, top_p=1.0, top_k=0,
-            stop_token_ids=())
+            stop_token_ids=(), decode_kernel=decode_kernel)
   before = _compile_seconds[0]
   out = sampling.generate(cfg, params, prompts, **kw)  # warm-up: compiles
   compile_s = _compile_seconds[0] - before
@@ -223,34 +225,39 @@ def device_report(args) -> None:
   results = []
   for batch in sorted(args.device_batches):
     prompts = _prompts(batch, cfg.vocab_size)
-    if args.compile_only:
-      _, compile_s = time_ours(cfg, params, prompts, args.new, args.sample, repeats=0)
-      _, short_compile_s = time_ours(cfg, params, prompts, short, args.sample, repeats=0)
-      print(f"batch {batch:4d}: compiled in {compile_s + short_compile_s:.1f} s", flush=True)
-      continue
-    tok_s, compile_s = time_ours(cfg, params, prompts, args.new, args.sample, repeats)
-    short_tok_s, short_compile_s = time_ours(cfg, params, prompts, short, args.sample, repeats)
-    step_s = (batch * args.new / tok_s - batch * short / short_tok_s) / (args.new - short)
-    mean_length = PROMPT_LEN + (short + args.new) / 2
-    step_bytes = weight_bytes + sampling.kv_cache_bytes(cfg, batch, 1) * mean_length
-    frac = step_bytes / step_s / peak if peak else float("nan")
-    cache_bytes = sampling.kv_cache_bytes(cfg, sampling.batch_bucket(batch),
-                                          sampling.prompt_bucket(PROMPT_LEN) + args.new)
-    held = _device_peak_bytes(device)
-    held_what = "allocator peak"
-    if held is None:
-      held = sampling.peak_memory_bytes(cfg, params, prompts, max_new_tokens=args.new)
-      held_what = "compiler's plan"
-    result = dict(device=device.device_kind, batch=batch, new_tokens=args.new,
-                  end_to_end_tok_s=tok_s, decode_tok_s=batch / step_s, ms_per_step=step_s * 1e3,
-                  roofline_fraction=frac, step_bytes_per_s=step_bytes / step_s,
-                  compile_s=compile_s + short_compile_s, kv_cache_bytes=cache_bytes,
-                  peak_bytes=held)
-    results.append(result)
-    print(f"batch {batch:4d}: {tok_s:10.1f} tok/s end to end, {batch / step_s:10.1f} tok/s "
-          f"decode, {step_s * 1e3:7.2f} ms/step, {frac:6.1%} of the HBM roofline "
-          f"(compile {compile_s + short_compile_s:.1f} s, KV cache {cache_bytes / 2**30:.2f} GiB, "
-          f"{held_what} {held / 2**30:.2f} GiB with the weights)", flush=True)
+    for kernel in args.decode_kernels:
+      timed = functools.partial(time_ours, cfg, params, prompts, sample=args.sample,
+                               decode_kernel=kernel)
+      if args.compile_only:
+        _, compile_s = timed(args.new, repeats=0)
+        _, short_compile_s = timed(short, repeats=0)
+        print(f"batch {batch:4d} {kernel}: compiled in {compile_s + short_compile_s:.1f} s",
+              flush=True)
+        continue
+      tok_s, compile_s = timed(args.new, repeats=repeats)
+      short_tok_s, short_compile_s = timed(short, repeats=repeats)
+      step_s = (batch * args.new / tok_s - batch * short / short_tok_s) / (args.new - short)
+      mean_length = PROMPT_LEN + (short + args.new) / 2
+      step_bytes = weight_bytes + sampling.kv_cache_bytes(cfg, batch, 1) * mean_length
+      frac = step_bytes / step_s / peak if peak else float("nan")
+      cache_bytes = sampling.kv_cache_bytes(cfg, sampling.batch_bucket(batch),
+                                            sampling.prompt_bucket(PROMPT_LEN) + args.new)
+      held = _device_peak_bytes(device)
+      held_what = "allocator peak"
+      if held is None:
+        held = sampling.peak_memory_bytes(cfg, params, prompts, max_new_tokens=args.new,
+                                          decode_kernel=kernel)
+        held_what = "compiler's plan"
+      results.append(dict(
+          device=device.device_kind, batch=batch, decode_kernel=kernel, new_tokens=args.new,
+          end_to_end_tok_s=tok_s, decode_tok_s=batch / step_s, ms_per_step=step_s * 1e3,
+          roofline_fraction=frac, step_bytes_per_s=step_bytes / step_s,
+          compile_s=compile_s + short_compile_s, kv_cache_bytes=cache_bytes, peak_bytes=held))
+      print(f"batch {batch:4d} {kernel:>6}: {tok_s:10.1f} tok/s end to end, "
+            f"{batch / step_s:10.1f} tok/s decode, {step_s * 1e3:7.2f} ms/step, {frac:6.1%} of "
+            f"the HBM roofline (compile {compile_s + short_compile_s:.1f} s, KV cache "
+            f"{cache_bytes / 2**30:.2f} GiB, {held_what} {held / 2**30:.2f} GiB with the "
+            f"weights)", flush=True)
   if args.compile_only:
     return
   # After the batches: its buffers would otherwise be the allocator's peak for the small ones.
@@ -263,7 +270,7 @@ def device_report(args) -> None:
       json.dump(results, f, indent=1)
   # Last, the figure the issue's target (>= 50% at batch 16 or more) is stated in.
   for r in results:
-    print(f"roofline batch {r['batch']}: {r['roofline_fraction']:.1%} "
+    print(f"roofline batch {r['batch']} {r['decode_kernel']}: {r['roofline_fraction']:.1%} "
           f"({r['measured_copy_fraction']:.1%} of the measured copy)")
 
 
@@ -278,6 +285,17 @@ def _batch_list(text: str) -> list[int]:
   return batches
 
 
+def _kernel_list(text: str) -> list[str]:
+  """argparse type for --decode-kernels."""
+  choices = ("auto",) + models.DECODE_KERNELS
+  kernels = [k.strip() for k in text.split(",")]
+  bad = [k for k in kernels if k not in choices]
+  if bad or not kernels:
+    raise argparse.ArgumentTypeError(f"expected comma-separated names from {choices}, "
+                                     f"got {text!r}")
+  return kernels
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", default="tiny,smollm2")
@@ -287,6 +305,9 @@ def main(argv=None):
   parser.add_argument("--sample", action="store_true", help="T=1 sampling instead of greedy")
   parser.add_argument("--device-report", action="store_true")
   parser.add_argument("--device-batches", type=_batch_list, default="1,16,64,256")
+  parser.add_argument("--decode-kernels", type=_kernel_list, default="auto",
+                      help="--device-report: comma-separated attention kernels to time side by "
+                           "side (auto, xla, pallas; see sampling.resolve_decode_kernel)")
   parser.add_argument("--json", default=None, help="--device-report: also write the rows here")
   parser.add_argument("--compile-only", action="store_true",
                       help="--device-report: compile (and run once) each batch's plans, time "

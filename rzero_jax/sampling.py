@@ -326,9 +326,12 @@ def decode_phases(max_new_tokens: int) -> list[int]:
   return ends + [max_new_tokens]
 
 
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
-def _decode(plan: _Plan, params, state, prompt_cache, stop_mask, knobs):
+@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=3)
+def _decode(plan: _Plan, decode_kernel: str, params, state, prompt_cache, stop_mask, knobs):
   """Feeds the last sampled token until every row is done or the budget is spent.
+
+  `decode_kernel` (`resolve_decode_kernel`) is static here and not in the plan, so that
+  prefill compiles once whichever attention decode uses.
 
   `prompt_cache` is the prefill's, one row per prompt. Each row's cache is built here, so the
   call holds no argument of the decode cache's size: every phase copies the cache into a longer
@@ -346,7 +349,7 @@ def _decode(plan: _Plan, params, state, prompt_cache, stop_mask, knobs):
     positions = (s["prompt_lens"] + step - 1)[:, None]
     logits, cache = models.forward_per_layer(
         cfg, params, layer_params, last, positions, kv_mask, s["cache"], bucket + step - 1,
-        mesh=plan.mesh, rules=plan.rules)
+        mesh=plan.mesh, rules=plan.rules, decode_kernel=decode_kernel)
     token, logprob = sample_tokens(logits[:, 0], jax.random.fold_in(base_key, step), knobs)
     done = s["done"]
     token = jnp.where(done, plan.pad_id, token)
@@ -458,6 +461,27 @@ def _place(plan: _Plan, params, row_arrays, replicated_arrays):
   return params, rows, repl
 
 
+def resolve_decode_kernel(decode_kernel: str, mesh=None, caller: str = "generate") -> str:
+  """"auto" -> the fused Pallas attention kernel on a single GPU, XLA ops elsewhere.
+
+  The kernel is a plain `pallas_call`, which XLA cannot partition, so a mesh of more than one
+  device keeps the XLA ops.
+  """
+  choices = ("auto",) + models.DECODE_KERNELS
+  if decode_kernel not in choices:
+    raise ValueError(f"{caller}: decode_kernel={decode_kernel!r}; expected one of {choices}")
+  multi_device = mesh is not None and mesh.size > 1
+  if decode_kernel == "auto":
+    return "pallas" if jax.default_backend() == "gpu" and not multi_device else "xla"
+  if decode_kernel != "xla" and multi_device:
+    raise ValueError(f"{caller}: decode_kernel={decode_kernel!r} needs a single device; this "
+                     f"mesh has {mesh.size} (use 'xla' or 'auto')")
+  if decode_kernel == "pallas" and jax.default_backend() != "gpu":
+    raise ValueError(f"{caller}: decode_kernel='pallas' needs a GPU (the backend is "
+                     f"{jax.default_backend()!r}); 'pallas_interpret' runs it anywhere")
+  return decode_kernel
+
+
 def _setup(caller: str, cfg: ModelConfig, params, prompts, max_new_tokens, temperature, top_p,
            top_k, n, seed, stop_token_ids, mesh, rules):
   """Checks the arguments; returns the plan and `_prefill`'s placed arguments after it."""
@@ -484,18 +508,21 @@ def _setup(caller: str, cfg: ModelConfig, params, prompts, max_new_tokens, tempe
 def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
              max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
              top_k: int = 0, n: int = 1, seed: int = 0, stop_token_ids: Sequence[int] = (),
-             mesh=None, rules=sharding.DEFAULT_RULES) -> SampleOutput:
+             mesh=None, rules=sharding.DEFAULT_RULES,
+             decode_kernel: str = "auto") -> SampleOutput:
   """Samples `n` completions per prompt. Row i * n + j of the output is sample j of prompt i.
 
   Completions are cut after (and including) the first stop token; finish reason "stop" if one
   was emitted, else "length". Under a mesh, rows are split over the batch axes and heads over
-  tensor, following `rules`.
+  tensor, following `rules`. `decode_kernel` picks the decode step's attention
+  (`resolve_decode_kernel`: by default the fused Pallas kernel on one GPU, else XLA ops).
   """
+  decode_kernel = resolve_decode_kernel(decode_kernel, mesh, "generate")
   plan, args = _setup("generate", cfg, params, prompts, max_new_tokens, temperature, top_p,
                       top_k, n, seed, stop_token_ids, mesh, rules)
   params, _, _, _, stop_mask, knobs = args
   state, prompt_cache = _prefill(plan, *args)
-  state = _decode(plan, params, state, prompt_cache, stop_mask, knobs)
+  state = _decode(plan, decode_kernel, params, state, prompt_cache, stop_mask, knobs)
   del prompt_cache
   out_tokens, out_logprobs, lengths, done = jax.device_get(
       (state["tokens"], state["logprobs"], state["lengths"], state["done"]))
@@ -511,7 +538,7 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
 
 def peak_memory_bytes(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
                       max_new_tokens: int = 64, n: int = 1, mesh=None,
-                      rules=sharding.DEFAULT_RULES) -> int:
+                      rules=sharding.DEFAULT_RULES, decode_kernel: str = "auto") -> int:
   """Device bytes `generate` holds at its peak for these shapes, weights included, as the
   compiler plans it (per device under a mesh): the larger of prefill's and decode's.
 
@@ -519,6 +546,7 @@ def peak_memory_bytes(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]]
   max_new_tokens` slots) by the prompts' cache and the copy of one layer's buffer while a
   phase's cache grows into the next's.
   """
+  decode_kernel = resolve_decode_kernel(decode_kernel, mesh, "peak_memory_bytes")
   plan, args = _setup("peak_memory_bytes", cfg, params, prompts, max_new_tokens, 1.0, 1.0, 0,
                       n, 0, (), mesh, rules)
   params, _, _, _, stop_mask, knobs = args
@@ -530,7 +558,8 @@ def peak_memory_bytes(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]]
 
   prefill = _prefill.lower(plan, *args).compile()
   state, prompt_cache = prefill.out_info  # shapes with the shardings prefill gives them
-  decode = _decode.lower(plan, params, state, prompt_cache, stop_mask, knobs).compile()
+  decode = _decode.lower(plan, decode_kernel, params, state, prompt_cache, stop_mask,
+                         knobs).compile()
   return max(peak(prefill), peak(decode))
 
 
@@ -578,7 +607,7 @@ def generate_text(cfg: ModelConfig, params, tokenizer, messages_list, *,
                   stop_strings: Sequence[str] = (), max_new_tokens: int = 64,
                   temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, n: int = 1,
                   seed: int = 0, stop_token_ids: Sequence[int] | None = None, mesh=None,
-                  rules=sharding.DEFAULT_RULES) -> TextOutput:
+                  rules=sharding.DEFAULT_RULES, decode_kernel: str = "auto") -> TextOutput:
   """Chat messages -> decoded completions (row i * n + j = sample j of conversation i).
 
   `tokenizer` needs `encode_chat(messages)` (or `apply_chat_template` + `encode`), `decode`
@@ -594,7 +623,7 @@ def generate_text(cfg: ModelConfig, params, tokenizer, messages_list, *,
     stop_token_ids = tuple(getattr(tokenizer, "eos_token_ids", ()))
   out = generate(cfg, params, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
                  top_p=top_p, top_k=top_k, n=n, seed=seed, stop_token_ids=stop_token_ids,
-                 mesh=mesh, rules=rules)
+                 mesh=mesh, rules=rules, decode_kernel=decode_kernel)
   stop_ids = set(int(t) for t in stop_token_ids)
   texts, tokens, logprobs, reasons = [], [], [], []
   for ids, lps, reason in zip(out.tokens, out.logprobs, out.finish_reasons):

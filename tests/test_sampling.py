@@ -13,6 +13,8 @@ from scipy import special, stats
 
 from rzero_jax import models, sampling
 
+# The fused decode-attention kernel: compiled on a GPU, interpreted elsewhere.
+FUSED_KERNEL = "pallas" if jax.default_backend() == "gpu" else "pallas_interpret"
 PROMPTS = [[5, 17, 42, 9, 77], [3] * 3 + list(range(20, 31)), list(range(100, 120))]
 
 
@@ -443,6 +445,7 @@ def test_kv_cache_bytes_is_the_cache_size():
     (dict(top_k=-2), "top_k"),
     (dict(n=0), "n must"),
     (dict(stop_token_ids=(256,)), "stop token id 256"),
+    (dict(decode_kernel="triton"), r"decode_kernel='triton'.*expected one of"),
 ])
 def test_bad_arguments_are_clear_errors(tiny, kwargs, match):
   cfg, params = tiny
@@ -499,9 +502,11 @@ def test_generate_text_cuts_at_stop_strings(tiny):
   assert len(out.logprobs[0]) == len(kept)
 
 
+@pytest.mark.parametrize("decode_kernel", ["xla", FUSED_KERNEL])
 @pytest.mark.parametrize("family", ["qwen3", "qwen2", "llama"])
-def test_per_layer_decode_step_equals_the_scanned_one(family):
-  """The decode loop's unrolled per-layer form gives the scanned form's logits and caches."""
+def test_per_layer_decode_step_equals_the_scanned_one(family, decode_kernel):
+  """The decode loop's unrolled per-layer form gives the scanned form's logits and caches,
+  with either attention."""
   cfg = models.tiny_config(family)
   params = models.init_params(cfg, jax.random.key(3))
   batch, length, index = 3, 24, 9
@@ -516,13 +521,36 @@ def test_per_layer_decode_step_equals_the_scanned_one(family):
                                                       cache, index)
   got_logits, got_caches = models.forward_per_layer(
       cfg, params, models.split_layers(params), tokens, positions, kv_mask,
-      models.split_cache(cache), index)
+      models.split_cache(cache), index, decode_kernel=decode_kernel)
   np.testing.assert_allclose(got_logits, want_logits, rtol=1e-5, atol=1e-5)
   assert len(got_caches) == cfg.num_layers
   for layer, got in enumerate(got_caches):
     np.testing.assert_allclose(got["kt"], np.swapaxes(want_cache["k"][layer], -1, -2),
                                rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(got["v"], want_cache["v"][layer], rtol=1e-6, atol=1e-6)
+
+
+def test_fused_decode_kernel_samples_as_the_xla_ops_do(tiny):
+  """Same seed, same tokens and logprobs through every decode phase, either attention."""
+  cfg, params = tiny
+  kwargs = dict(max_new_tokens=72, temperature=0.8, top_k=20, n=2, seed=5)
+  want = sampling.generate(cfg, params, PROMPTS, decode_kernel="xla", **kwargs)
+  got = sampling.generate(cfg, params, PROMPTS, decode_kernel=FUSED_KERNEL, **kwargs)
+  assert got.tokens == want.tokens
+  for a, b in zip(got.logprobs, want.logprobs):
+    np.testing.assert_allclose(a, b, atol=2e-4, rtol=0)
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="checks the error off a GPU")
+def test_compiled_pallas_kernel_off_a_gpu_is_a_clear_error(tiny):
+  cfg, params = tiny
+  with pytest.raises(ValueError, match=r"decode_kernel='pallas' needs a GPU"):
+    sampling.generate(cfg, params, [[1, 2]], max_new_tokens=2, decode_kernel="pallas")
+
+
+def test_auto_decode_kernel_keeps_xla_ops_off_a_single_gpu():
+  expected = "pallas" if jax.default_backend() == "gpu" else "xla"
+  assert sampling.resolve_decode_kernel("auto") == expected
 
 
 def test_prompts_per_call_keeps_padded_rows_within_the_limit():

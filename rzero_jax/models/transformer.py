@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rzero_jax import sharding
+from rzero_jax.models import decode_attention
 from rzero_jax.models.config import ModelConfig
 
 Params = Any
@@ -47,6 +48,7 @@ CACHE_AXES = ("layers", "batch", "kv_heads", "cache_length", "head_dim")
 # A masked attention score: exp of it, less any real score, is exactly 0 in float32, and a
 # fully masked row (a padding query) stays finite.
 _MASKED_SCORE = -1e30
+DECODE_KERNELS = ("xla", "pallas", "pallas_interpret")
 # The decode loop's per-layer caches (`split_cache`) hold the keys transposed, as
 # 'kt' [B, KV, Dh, S]: the score product q [G, Dh] x kt [Dh, S] is then a plain one, which
 # XLA:CPU runs 14-15% faster per decode step than q x k^T at batch 64 and 512 (tiny model).
@@ -144,6 +146,7 @@ class Attention(nn.Module):
   cfg: ModelConfig
   mesh: Any = None
   rules: Any = sharding.DEFAULT_RULES
+  decode_kernel: str = "xla"  # one of DECODE_KERNELS; used by the decode loop's layers only
 
   @nn.compact
   def __call__(self, x, positions, kv_mask, cache, layer_idx, cache_index):
@@ -166,7 +169,7 @@ class Attention(nn.Module):
     b, t = x.shape[:2]
     groups = h // kv
     qg = q.reshape(b, t, kv, groups, hd)
-    keys_t = None
+    keys = keys_t = None
     if cache is None:
       keys = k.transpose(0, 2, 1, 3)  # [B, KV, T, Dh]
       values = v.transpose(0, 2, 1, 3)
@@ -191,27 +194,42 @@ class Attention(nn.Module):
       k_slot = jnp.arange(values.shape[2])
     mask = kv_mask[:, None, :] & (k_slot[None, None, :] <= q_slot[None, :, None])  # [B, T, S]
 
-    # Plain batched matmuls over (batch, kv head) with the group's queries as rows: XLA:CPU
-    # runs the equivalent 5-d einsum through transposes, 3x slower at decode shapes (t = 1,
-    # where the reshapes below are free).
-    q_rows = qg.transpose(0, 2, 3, 1, 4).reshape(b, kv, groups * t, hd)  # [B, KV, G*T, Dh]
-    batch_dims = ((0, 1), (0, 1))
-    if keys_t is None:
-      scores = jax.lax.dot_general(q_rows, keys.astype(dt), (((3,), (3,)), batch_dims),
-                                   preferred_element_type=jnp.float32)
+    if keys_t is not None and t == 1 and self.decode_kernel != "xla":
+      # One fused kernel per layer (`decode_attention`); GPU only, or interpreted in tests.
+      out = decode_attention.decode_attention(
+          qg.reshape(b, kv, groups, hd), keys_t.astype(dt), values.astype(dt), mask[:, 0],
+          jnp.full((b,), cache_index + 1, jnp.int32), scale=hd ** -0.5,
+          interpret=self.decode_kernel == "pallas_interpret")  # [B, KV, G, Dh]
+      out = out.reshape(b, t, h, hd)
     else:
-      scores = jax.lax.dot_general(q_rows, keys_t.astype(dt), (((3,), (2,)), batch_dims),
-                                   preferred_element_type=jnp.float32)
-    scores = scores * (hd ** -0.5)
-    scores = scores.reshape(b, kv, groups, t, -1)  # [B, KV, G, T, S]
-    mix = _mix_values_decode if keys_t is not None else _mix_values
-    out = mix(scores, mask[:, None, None], values.astype(dt), dt)  # [B, KV, G*T, Dh]
-    out = out.reshape(b, kv, groups, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
+      out = _attend(qg, keys, keys_t, values, mask, dt)
     out = sharding.constrain(out, ("batch", "length", "heads", "head_dim"), self.mesh,
                              self.rules)
     y = Projection(in_shape=(h, hd), out_shape=(d,), in_axes=("heads", "head_dim"),
                    out_axes=("embed",), dtype=dt, param_dtype=pdt, name="o_proj")(out)
     return y, cache
+
+
+def _attend(qg, keys, keys_t, values, mask, dt):
+  """Attention in XLA ops: qg [B, T, KV, G, Dh]; keys [B, KV, S, Dh] or, in the decode loop,
+  keys_t [B, KV, Dh, S]; values [B, KV, S, Dh]; mask [B, T, S] -> [B, T, KV * G, Dh]."""
+  b, t, kv, groups, hd = qg.shape
+  # Plain batched matmuls over (batch, kv head) with the group's queries as rows: XLA:CPU
+  # runs the equivalent 5-d einsum through transposes, 3x slower at decode shapes (t = 1,
+  # where the reshapes below are free).
+  q_rows = qg.transpose(0, 2, 3, 1, 4).reshape(b, kv, groups * t, hd)  # [B, KV, G*T, Dh]
+  batch_dims = ((0, 1), (0, 1))
+  if keys_t is None:
+    scores = jax.lax.dot_general(q_rows, keys.astype(dt), (((3,), (3,)), batch_dims),
+                                 preferred_element_type=jnp.float32)
+  else:
+    scores = jax.lax.dot_general(q_rows, keys_t.astype(dt), (((3,), (2,)), batch_dims),
+                                 preferred_element_type=jnp.float32)
+  scores = scores * (hd ** -0.5)
+  scores = scores.reshape(b, kv, groups, t, -1)  # [B, KV, G, T, S]
+  mix = _mix_values_decode if keys_t is not None else _mix_values
+  out = mix(scores, mask[:, None, None], values.astype(dt), dt)  # [B, KV, G*T, Dh]
+  return out.reshape(b, kv, groups, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, kv * groups, hd)
 
 
 def _mix_values(scores, mask, values, dt):
@@ -268,6 +286,7 @@ class DecoderLayer(nn.Module):
   cfg: ModelConfig
   mesh: Any = None
   rules: Any = sharding.DEFAULT_RULES
+  decode_kernel: str = "xla"
 
   @nn.compact
   def __call__(self, carry, layer_idx, positions, kv_mask, cache_index):
@@ -277,7 +296,7 @@ class DecoderLayer(nn.Module):
     h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="input_norm")(x)
     # The whole cache rides in the scan carry and is updated in place at this layer's slots,
     # so a decode step writes one token per layer instead of copying the cache.
-    attn_out, cache = Attention(cfg, self.mesh, self.rules, name="attn")(
+    attn_out, cache = Attention(cfg, self.mesh, self.rules, self.decode_kernel, name="attn")(
         h, positions, kv_mask, cache, layer_idx, cache_index)
     x = x + attn_out
     h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="post_attn_norm")(x)
@@ -452,8 +471,12 @@ def split_cache(cache: KVCache) -> list:
 
 def forward_per_layer(cfg: ModelConfig, params: Params, layer_params: list, tokens, positions,
                       kv_mask, caches: list, cache_index, *, mesh=None,
-                      rules=sharding.DEFAULT_RULES):
+                      rules=sharding.DEFAULT_RULES, decode_kernel: str = "xla"):
   """`forward_with_cache` over per-layer weights (`split_layers`) and caches (`split_cache`).
+
+  `decode_kernel` (one of `DECODE_KERNELS`) picks how a one-token step attends: "xla" ops,
+  the fused Pallas kernel of `decode_attention` ("pallas", GPU only), or that kernel
+  interpreted ("pallas_interpret", any backend, slow: for tests).
 
   Returns (float32 logits [B, T, V], the list of updated per-layer caches). The layers are
   unrolled, so each layer's cache is a buffer of its own that attention reads in place. The
@@ -466,7 +489,9 @@ def forward_per_layer(cfg: ModelConfig, params: Params, layer_params: list, toke
   x = dec.apply(variables, jnp.asarray(tokens, jnp.int32), method=Decoder.embed_tokens)
   positions, kv_mask = jnp.asarray(positions, jnp.int32), jnp.asarray(kv_mask, bool)
   cache_index = jnp.asarray(cache_index, jnp.int32)
-  layer = DecoderLayer(cfg, mesh, tuple(rules))
+  if decode_kernel not in DECODE_KERNELS:
+    raise ValueError(f"decode_kernel={decode_kernel!r}: expected one of {DECODE_KERNELS}")
+  layer = DecoderLayer(cfg, mesh, tuple(rules), decode_kernel)
   new_caches = []
   for lp, cache in zip(layer_params, caches):
     (x, cache), _ = layer.apply({"params": lp}, (x, cache), 0, positions, kv_mask, cache_index)
