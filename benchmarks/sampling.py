@@ -105,7 +105,7 @@ jax.monitoring.register_event_duration_secs_listener(_on_event)
 
 
 def time_ours(cfg, params, prompts, new: int, sample: bool, repeats: int,
-              decode_kernel: str = "auto"):
+              decode_kernel: str = "xla"):
   """(generated tokens/s of the best warm call, seconds spent tracing + compiling)."""
   kw = dict(max_new_tokens=new, temperature=1.0 if sample else 0.0, top_p=1.0, top_k=0,
             stop_token_ids=(), decode_kernel=decode_kernel)
@@ -287,7 +287,7 @@ def _batch_list(text: str) -> list[int]:
 
 def _kernel_list(text: str) -> list[str]:
   """argparse type for --decode-kernels."""
-  choices = ("auto",) + models.DECODE_KERNELS
+  choices = models.DECODE_KERNELS
   kernels = [k.strip() for k in text.split(",")]
   bad = [k for k in kernels if k not in choices]
   if bad or not kernels:
@@ -305,9 +305,9 @@ def main(argv=None):
   parser.add_argument("--sample", action="store_true", help="T=1 sampling instead of greedy")
   parser.add_argument("--device-report", action="store_true")
   parser.add_argument("--device-batches", type=_batch_list, default="1,16,64,256")
-  parser.add_argument("--decode-kernels", type=_kernel_list, default="auto",
+  parser.add_argument("--decode-kernels", type=_kernel_list, default="xla",
                       help="--device-report: comma-separated attention kernels to time side by "
-                           "side (auto, xla, pallas; see sampling.resolve_decode_kernel)")
+                           "side (xla, pallas; see sampling.resolve_decode_kernel)")
   parser.add_argument("--json", default=None, help="--device-report: also write the rows here")
   parser.add_argument("--compile-only", action="store_true",
                       help="--device-report: compile (and run once) each batch's plans, time "

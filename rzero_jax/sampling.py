@@ -34,6 +34,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from rzero_jax import models, sharding
+from rzero_jax.models import decode_attention
 from rzero_jax.models.config import ModelConfig
 
 MIN_PROMPT_BUCKET = 16
@@ -461,24 +462,29 @@ def _place(plan: _Plan, params, row_arrays, replicated_arrays):
   return params, rows, repl
 
 
-def resolve_decode_kernel(decode_kernel: str, mesh=None, caller: str = "generate") -> str:
-  """"auto" -> the fused Pallas attention kernel on a single GPU, XLA ops elsewhere.
+def resolve_decode_kernel(decode_kernel: str, cfg: ModelConfig, mesh=None,
+                          caller: str = "generate") -> str:
+  """Checks `decode_kernel`: "xla" ops (the default), the fused Pallas attention kernel
+  (`models.decode_attention`, "pallas": one GPU, power-of-two heads), or that kernel
+  interpreted ("pallas_interpret": any backend, slow, for tests).
 
-  The kernel is a plain `pallas_call`, which XLA cannot partition, so a mesh of more than one
-  device keeps the XLA ops.
+  The kernel is a plain `pallas_call`, which XLA cannot partition, so it needs a single device.
   """
-  choices = ("auto",) + models.DECODE_KERNELS
-  if decode_kernel not in choices:
-    raise ValueError(f"{caller}: decode_kernel={decode_kernel!r}; expected one of {choices}")
-  multi_device = mesh is not None and mesh.size > 1
-  if decode_kernel == "auto":
-    return "pallas" if jax.default_backend() == "gpu" and not multi_device else "xla"
-  if decode_kernel != "xla" and multi_device:
+  if decode_kernel not in models.DECODE_KERNELS:
+    raise ValueError(f"{caller}: decode_kernel={decode_kernel!r}; expected one of "
+                     f"{models.DECODE_KERNELS}")
+  if decode_kernel == "xla":
+    return decode_kernel
+  if mesh is not None and mesh.size > 1:
     raise ValueError(f"{caller}: decode_kernel={decode_kernel!r} needs a single device; this "
-                     f"mesh has {mesh.size} (use 'xla' or 'auto')")
+                     f"mesh has {mesh.size} (use 'xla')")
   if decode_kernel == "pallas" and jax.default_backend() != "gpu":
     raise ValueError(f"{caller}: decode_kernel='pallas' needs a GPU (the backend is "
                      f"{jax.default_backend()!r}); 'pallas_interpret' runs it anywhere")
+  unsupported = decode_attention.unsupported_reason(cfg.head_dim)
+  if decode_kernel == "pallas" and unsupported:
+    raise ValueError(f"{caller}: decode_kernel='pallas' cannot run this model: {unsupported} "
+                     f"(use 'xla')")
   return decode_kernel
 
 
@@ -509,15 +515,15 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
              max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
              top_k: int = 0, n: int = 1, seed: int = 0, stop_token_ids: Sequence[int] = (),
              mesh=None, rules=sharding.DEFAULT_RULES,
-             decode_kernel: str = "auto") -> SampleOutput:
+             decode_kernel: str = "xla") -> SampleOutput:
   """Samples `n` completions per prompt. Row i * n + j of the output is sample j of prompt i.
 
   Completions are cut after (and including) the first stop token; finish reason "stop" if one
   was emitted, else "length". Under a mesh, rows are split over the batch axes and heads over
   tensor, following `rules`. `decode_kernel` picks the decode step's attention
-  (`resolve_decode_kernel`: by default the fused Pallas kernel on one GPU, else XLA ops).
+  (`resolve_decode_kernel`).
   """
-  decode_kernel = resolve_decode_kernel(decode_kernel, mesh, "generate")
+  decode_kernel = resolve_decode_kernel(decode_kernel, cfg, mesh, "generate")
   plan, args = _setup("generate", cfg, params, prompts, max_new_tokens, temperature, top_p,
                       top_k, n, seed, stop_token_ids, mesh, rules)
   params, _, _, _, stop_mask, knobs = args
@@ -538,7 +544,7 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
 
 def peak_memory_bytes(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
                       max_new_tokens: int = 64, n: int = 1, mesh=None,
-                      rules=sharding.DEFAULT_RULES, decode_kernel: str = "auto") -> int:
+                      rules=sharding.DEFAULT_RULES, decode_kernel: str = "xla") -> int:
   """Device bytes `generate` holds at its peak for these shapes, weights included, as the
   compiler plans it (per device under a mesh): the larger of prefill's and decode's.
 
@@ -546,7 +552,7 @@ def peak_memory_bytes(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]]
   max_new_tokens` slots) by the prompts' cache and the copy of one layer's buffer while a
   phase's cache grows into the next's.
   """
-  decode_kernel = resolve_decode_kernel(decode_kernel, mesh, "peak_memory_bytes")
+  decode_kernel = resolve_decode_kernel(decode_kernel, cfg, mesh, "peak_memory_bytes")
   plan, args = _setup("peak_memory_bytes", cfg, params, prompts, max_new_tokens, 1.0, 1.0, 0,
                       n, 0, (), mesh, rules)
   params, _, _, _, stop_mask, knobs = args
@@ -607,7 +613,7 @@ def generate_text(cfg: ModelConfig, params, tokenizer, messages_list, *,
                   stop_strings: Sequence[str] = (), max_new_tokens: int = 64,
                   temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, n: int = 1,
                   seed: int = 0, stop_token_ids: Sequence[int] | None = None, mesh=None,
-                  rules=sharding.DEFAULT_RULES, decode_kernel: str = "auto") -> TextOutput:
+                  rules=sharding.DEFAULT_RULES, decode_kernel: str = "xla") -> TextOutput:
   """Chat messages -> decoded completions (row i * n + j = sample j of conversation i).
 
   `tokenizer` needs `encode_chat(messages)` (or `apply_chat_template` + `encode`), `decode`

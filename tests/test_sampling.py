@@ -164,6 +164,17 @@ def test_greedy_matches_transformers(model_type):
   assert out.finish_reasons == ["length"] * len(PROMPTS)
 
 
+# The tiny Qwen3 has head_dim 24, which the compiled kernel's tiles cannot take.
+@pytest.mark.parametrize("model_type", ["qwen2", "llama"])
+def test_greedy_with_the_fused_decode_kernel_matches_transformers(model_type):
+  cfg, model = _hf_tiny(model_type)
+  params = _params_from_torch(cfg, model)
+  expected = _hf_greedy(model, PROMPTS, 80)
+  out = sampling.generate(cfg, params, PROMPTS, max_new_tokens=80, temperature=0.0,
+                          decode_kernel=FUSED_KERNEL)
+  assert out.tokens == expected
+
+
 @pytest.mark.slow
 def test_greedy_matches_transformers_smollm2():
   from rzero_jax.models import gguf
@@ -548,9 +559,16 @@ def test_compiled_pallas_kernel_off_a_gpu_is_a_clear_error(tiny):
     sampling.generate(cfg, params, [[1, 2]], max_new_tokens=2, decode_kernel="pallas")
 
 
-def test_auto_decode_kernel_keeps_xla_ops_off_a_single_gpu():
-  expected = "pallas" if jax.default_backend() == "gpu" else "xla"
-  assert sampling.resolve_decode_kernel("auto") == expected
+def test_fused_kernel_needs_power_of_two_heads():
+  cfg = models.tiny_config("qwen3")
+  assert cfg.head_dim == 16
+  odd_heads = dataclasses.replace(cfg, head_dim=24)
+  # Triton tiles need power-of-two sizes; the interpreter has no such limit.
+  assert sampling.resolve_decode_kernel("pallas_interpret", odd_heads) == "pallas_interpret"
+  if jax.default_backend() == "gpu":
+    assert sampling.resolve_decode_kernel("pallas", cfg) == "pallas"
+    with pytest.raises(ValueError, match="head_dim 24 is not a power of two"):
+      sampling.resolve_decode_kernel("pallas", odd_heads)
 
 
 def test_prompts_per_call_keeps_padded_rows_within_the_limit():

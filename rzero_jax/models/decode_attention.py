@@ -1,11 +1,18 @@
-"""One decode step's attention as a single fused GPU kernel (Pallas, Triton backend).
+"""One decode step's attention as a single fused GPU kernel (Pallas, Triton backend); opt-in.
 
-XLA runs a decode step's attention as a score product, three or four softmax fusions and a
-value product, each a kernel of its own that reads or writes the scores in HBM. The batched
-score and value products have as many rows as the GQA group (2 for Qwen3-0.6B), which XLA's
-GEMM tiling pads and runs far below the bandwidth of reading the cache. This kernel reads each
-(row, kv head)'s keys and values once, in blocks, with an online softmax (flash-decoding
-without the split over slots), and writes the normalised mix: one kernel per layer.
+XLA runs a decode step's attention as a score product, softmax fusions and a value product,
+each a kernel of its own. This kernel reads each (row, kv head)'s keys and values once, in
+blocks, with an online softmax (flash-decoding without the split over slots), and writes the
+normalised mix: one kernel per layer, reading only the slots written so far.
+
+It is not the default, because on an H100 it does not beat XLA (`benchmarks/RESULTS.md`,
+session 10): Qwen3-0.6B heads, bf16, one layer in a loop (`decode_attention_sweep.py`), best
+tile settings, 0.73x XLA's time at batch 16, 1.22x at 64, 0.95x at 256; whole decode steps
+within 3% either way. XLA's two batched GEMMs already read the cache at about 2.2 TB/s at
+batch 256, and this kernel reaches 1.7 TB/s. What it does give: the decode plans compile in
+half the time (26-30 s against 51-57 s per batch size), as XLA no longer autotunes attention's
+GEMMs. A split over slots (for small batches) and folding the cache write in are the next
+steps; `decode_kernel="pallas"` in `sampling.generate` runs it.
 
 The cache layout is the decode loop's own (`transformer.LAYER_CACHE_AXES`): keys transposed
 [B, KV, Dh, S] and values [B, KV, S, Dh], so the kernel needs no copy of either. It reads
@@ -22,7 +29,11 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as plgpu
+
+try:
+  from jax.experimental.pallas import triton as plgpu
+except ImportError:  # a jax without the (deprecated) Triton backend: the XLA ops remain
+  plgpu = None
 
 # Triton's dot needs 16 or more rows: the group's queries (2 for Qwen3-0.6B) are read into a
 # 16-row tile, the extra rows masked on load and store.
@@ -67,15 +78,27 @@ def _kernel(q_ref, kt_ref, v_ref, mask_ref, slots_ref, out_ref, *, groups: int, 
               mask=row_ok)
 
 
+def unsupported_reason(head_dim: int) -> str | None:
+  """Why the compiled kernel cannot run a model with these heads, or None if it can: Triton
+  tiles must have power-of-two sizes, and its dot 16 or more columns."""
+  if plgpu is None:
+    return f"jax {jax.__version__} has no Pallas Triton backend"
+  if head_dim < _MIN_DOT_ROWS or head_dim & (head_dim - 1):
+    return f"head_dim {head_dim} is not a power of two of 16 or more"
+  return None
+
+
 def block_slots(length: int) -> int:
   """Slots per block: 64, or fewer for a short cache (Triton's dot needs 16 or more)."""
   return max(16, min(64, pl.next_power_of_2(length)))
 
 
-@functools.partial(jax.jit, static_argnames=("scale", "interpret", "num_warps"))
+@functools.partial(jax.jit, static_argnames=("scale", "interpret", "block_k", "num_warps",
+                                             "num_stages"))
 def decode_attention(q: jax.Array, keys_t: jax.Array, values: jax.Array, mask: jax.Array,
                      num_slots: jax.Array, *, scale: float, interpret: bool = False,
-                     num_warps: int = 4) -> jax.Array:
+                     block_k: int | None = None, num_warps: int = 4,
+                     num_stages: int = 2) -> jax.Array:
   """softmax(q k^T * scale, masked) v for one query per row.
 
   q [B, KV, G, Dh]; keys_t [B, KV, Dh, S]; values [B, KV, S, Dh]; mask [B, S] (nonzero where
@@ -90,8 +113,8 @@ def decode_attention(q: jax.Array, keys_t: jax.Array, values: jax.Array, mask: j
     raise ValueError(f"decode_attention: keys_t {keys_t.shape} and values {values.shape} do not "
                      f"match q {q.shape} ([B, KV, Dh, S] and [B, KV, S, Dh] expected)")
   rows = max(_MIN_DOT_ROWS, pl.next_power_of_2(groups))
-  kernel = functools.partial(_kernel, groups=groups, rows=rows, block_k=block_slots(length),
-                             scale=scale)
+  kernel = functools.partial(_kernel, groups=groups, rows=rows,
+                             block_k=block_k or block_slots(length), scale=scale)
   return pl.pallas_call(
       kernel,
       grid=(batch, kv_heads),
@@ -104,7 +127,7 @@ def decode_attention(q: jax.Array, keys_t: jax.Array, values: jax.Array, mask: j
       ],
       out_specs=pl.BlockSpec((None, None, rows, head_dim), lambda b, h: (b, h, 0, 0)),
       out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-      compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=2),
+      compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
       interpret=interpret,
       name="decode_attention",
   )(q, keys_t, values, mask.astype(jnp.int32), num_slots.astype(jnp.int32))
