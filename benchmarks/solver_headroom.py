@@ -92,10 +92,21 @@ def self_consistency(env, params, problems, m, max_new_tokens, temperature):
   return float(np.mean(mean)), float(np.mean(majority))
 
 
-def training_problems(seed: int, train_levels, n: int) -> list:
+def _sample_kept(rng, draw, n: int, one_digit_steps: bool) -> list:
+  """n problems from draw(rng); with one_digit_steps, only those without a multi-digit step."""
+  out = []
+  while len(out) < n:
+    p = draw(rng)
+    if not (one_digit_steps and has_multi_digit_step(p.question)):
+      out.append(p)
+  return out
+
+
+def training_problems(seed: int, train_levels, n: int, one_digit_steps: bool = False) -> list:
   """The probes' fresh training problems: the same stream for the GRPO probe and the bound."""
   rng = random.Random(f"solver-headroom/{seed}")
-  return [arith.sample_problem(rng, rng.choice(train_levels)) for _ in range(n)]
+  return _sample_kept(rng, lambda r: arith.sample_problem(r, r.choice(train_levels)), n,
+                      one_digit_steps)
 
 
 def _report_change(env, params, heldout, before, levels, frontier, budget, what):
@@ -116,7 +127,7 @@ def grpo_probe(env, params, heldout, before, levels, frontier, args, config, tra
   """The Solver's GRPO step with the world's true answers as labels, on fresh problems."""
   n = args.steps * config.solver.prompts_per_step  # every problem is seen once
   records = [{"question": p.question, "label": str(p.answer)}
-             for p in training_problems(args.seed, train_levels, n)]
+             for p in training_problems(args.seed, train_levels, n, args.one_digit_steps)]
   state = learner.init_train_state(params, loop.learner_config(config.solver))
   role = loop.make_role(config.solver, env, state)
   rewards = []
@@ -142,7 +153,8 @@ def supervised_bound(env, params, heldout, before, levels, frontier, args, confi
   import jax
 
   batch = config.solver.prompts_per_step
-  problems = training_problems(args.seed, train_levels, args.sft_steps * batch)
+  problems = training_problems(args.seed, train_levels, args.sft_steps * batch,
+                               args.one_digit_steps)
   docs = [(env.prompt_set.solver_messages(p.question), arith.worked_solution(p.question))
           for p in problems]
   corpus = base_model.tokenize_corpus(env.tokenizer, docs)
@@ -180,7 +192,14 @@ def main():
                   "base model, built if needed)")
   ap.add_argument("--sft_steps", type=int, default=0, help="steps of the supervised bound "
                   "(0 = skip); each step takes prompts_per_step fresh worked solutions")
+  ap.add_argument("--one_digit_steps", action="store_true",
+                  help="with --eval_set=train: train and measure only on problems whose every "
+                  "step is one-digit (has_multi_digit_step false): does GRPO teach reliability "
+                  "where the base model has the skill?")
   args = ap.parse_args()
+  if args.one_digit_steps and args.eval_set != "train":
+    ap.error("--one_digit_steps needs --eval_set=train (designs are never chosen on held-out "
+             "problems)")
   levels = [int(x) for x in args.levels.split(",")]
   frontier = [int(x) for x in args.frontier.split(",")]
 
@@ -195,7 +214,8 @@ def main():
       heldout = arith.heldout_sets(per_level=args.per_level)
     else:  # fresh training-distribution problems: for choosing a design without the held-out sets
       eval_rng = random.Random(f"solver-headroom/eval/{args.seed}")
-      heldout = {level: [arith.sample_problem(eval_rng, level) for _ in range(args.per_level)]
+      heldout = {level: _sample_kept(eval_rng, lambda r, l=level: arith.sample_problem(r, l),
+                                     args.per_level, args.one_digit_steps)
                  for level in levels}
 
     print(f"base model: {base}")
