@@ -39,6 +39,9 @@ TRAIN_ARGS=${TRAIN_ARGS:-}
 BATCHES=${BATCHES:-1,16,64,256}
 # Decode attention: XLA ops beside the fused Pallas kernel, timed in one run.
 DECODE_KERNELS=${DECODE_KERNELS:-xla,pallas}
+# Sampling rules timed on each plan (runtime knobs: one compiled program serves them all).
+# "nucleus" (T = 1, top-p 0.99) is how R-Zero's rollouts sample.
+DEVICE_RULES=${DEVICE_RULES:-greedy,nucleus}
 echo "== compiling the sampling plans, and the sampling tests on the GPU (limit ${T_COMPILE} s)"
 pids=()
 has sampling && for b in ${BATCHES//,/ }; do
@@ -66,7 +69,7 @@ grep -h "^-- \|compile\|rror" "$OUT/compile.txt"
 echo "== sampling (limit ${T_SAMPLING} s)"
 has sampling && timeout "$T_SAMPLING" python3 benchmarks/sampling.py --device-report \
   --repeats 3 --device-batches "$BATCHES" --decode-kernels "$DECODE_KERNELS" \
-  --json "$OUT/sampling.json" $SAMPLING_ARGS 2>&1 \
+  --device-rules "$DEVICE_RULES" --json "$OUT/sampling.json" $SAMPLING_ARGS 2>&1 \
   | tee "$OUT/sampling.txt"
 
 echo "== train step (limit ${T_TRAIN} s)"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import sys
@@ -104,11 +105,23 @@ def _on_event(event: str, duration: float, **_) -> None:
 jax.monitoring.register_event_duration_secs_listener(_on_event)
 
 
+# Sampling rules the benchmarks time. One compiled program serves them all (the rules are
+# runtime knobs); "nucleus" is R-Zero's rollout setting (rzero/config.py).
+SAMPLING_RULES = {
+    "greedy": dict(temperature=0.0, top_p=1.0, top_k=0),
+    "t1": dict(temperature=1.0, top_p=1.0, top_k=0),
+    "nucleus": dict(temperature=1.0, top_p=0.99, top_k=0),
+    "top_k40": dict(temperature=1.0, top_p=1.0, top_k=40),
+}
+
+
 def time_ours(cfg, params, prompts, new: int, sample: bool, repeats: int,
-              decode_kernel: str = "xla"):
-  """(generated tokens/s of the best warm call, seconds spent tracing + compiling)."""
-  kw = dict(max_new_tokens=new, temperature=1.0 if sample else 0.0, top_p=1.0, top_k=0,
-            stop_token_ids=(), decode_kernel=decode_kernel)
+              decode_kernel: str = "xla", rule: str | None = None):
+  """(generated tokens/s of the best warm call, seconds spent tracing + compiling).
+  `rule` (a SAMPLING_RULES name) overrides `sample` (T = 1 if set, else greedy)."""
+  rule = rule or ("t1" if sample else "greedy")
+  kw = dict(max_new_tokens=new, stop_token_ids=(), decode_kernel=decode_kernel,
+            **SAMPLING_RULES[rule])
   before = _compile_seconds[0]
   out = sampling.generate(cfg, params, prompts, **kw)  # warm-up: compiles
   compile_s = _compile_seconds[0] - before
@@ -225,14 +238,14 @@ def device_report(args) -> None:
   results = []
   for batch in sorted(args.device_batches):
     prompts = _prompts(batch, cfg.vocab_size)
-    for kernel in args.decode_kernels:
+    for kernel, rule in itertools.product(args.decode_kernels, args.device_rules):
       timed = functools.partial(time_ours, cfg, params, prompts, sample=args.sample,
-                               decode_kernel=kernel)
+                               decode_kernel=kernel, rule=rule)
       if args.compile_only:
         _, compile_s = timed(args.new, repeats=0)
         _, short_compile_s = timed(short, repeats=0)
-        print(f"batch {batch:4d} {kernel}: compiled in {compile_s + short_compile_s:.1f} s",
-              flush=True)
+        print(f"batch {batch:4d} {kernel} {rule}: compiled in "
+              f"{compile_s + short_compile_s:.1f} s", flush=True)
         continue
       tok_s, compile_s = timed(args.new, repeats=repeats)
       short_tok_s, short_compile_s = timed(short, repeats=repeats)
@@ -249,11 +262,12 @@ def device_report(args) -> None:
                                           decode_kernel=kernel)
         held_what = "compiler's plan"
       results.append(dict(
-          device=device.device_kind, batch=batch, decode_kernel=kernel, new_tokens=args.new,
+          device=device.device_kind, batch=batch, decode_kernel=kernel, rule=rule,
+          new_tokens=args.new,
           end_to_end_tok_s=tok_s, decode_tok_s=batch / step_s, ms_per_step=step_s * 1e3,
           roofline_fraction=frac, step_bytes_per_s=step_bytes / step_s,
           compile_s=compile_s + short_compile_s, kv_cache_bytes=cache_bytes, peak_bytes=held))
-      print(f"batch {batch:4d} {kernel:>6}: {tok_s:10.1f} tok/s end to end, "
+      print(f"batch {batch:4d} {kernel:>6} {rule:>7}: {tok_s:10.1f} tok/s end to end, "
             f"{batch / step_s:10.1f} tok/s decode, {step_s * 1e3:7.2f} ms/step, {frac:6.1%} of "
             f"the HBM roofline (compile {compile_s + short_compile_s:.1f} s, KV cache "
             f"{cache_bytes / 2**30:.2f} GiB, {held_what} {held / 2**30:.2f} GiB with the "
@@ -270,7 +284,8 @@ def device_report(args) -> None:
       json.dump(results, f, indent=1)
   # Last, the figure the issue's target (>= 50% at batch 16 or more) is stated in.
   for r in results:
-    print(f"roofline batch {r['batch']} {r['decode_kernel']}: {r['roofline_fraction']:.1%} "
+    print(f"roofline batch {r['batch']} {r['decode_kernel']} {r['rule']}: "
+          f"{r['roofline_fraction']:.1%} "
           f"({r['measured_copy_fraction']:.1%} of the measured copy)")
 
 
@@ -296,6 +311,16 @@ def _kernel_list(text: str) -> list[str]:
   return kernels
 
 
+def _rule_list(text: str) -> list[str]:
+  """argparse type for --device-rules."""
+  rules = [r.strip() for r in text.split(",")]
+  bad = [r for r in rules if r not in SAMPLING_RULES]
+  if bad or not rules:
+    raise argparse.ArgumentTypeError(f"expected comma-separated names from "
+                                     f"{tuple(SAMPLING_RULES)}, got {text!r}")
+  return rules
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", default="tiny,smollm2")
@@ -308,6 +333,9 @@ def main(argv=None):
   parser.add_argument("--decode-kernels", type=_kernel_list, default="xla",
                       help="--device-report: comma-separated attention kernels to time side by "
                            "side (xla, pallas; see sampling.resolve_decode_kernel)")
+  parser.add_argument("--device-rules", type=_rule_list, default="greedy",
+                      help="--device-report: comma-separated sampling rules to time side by side "
+                           f"({', '.join(SAMPLING_RULES)}); they share one compiled program")
   parser.add_argument("--json", default=None, help="--device-report: also write the rows here")
   parser.add_argument("--compile-only", action="store_true",
                       help="--device-report: compile (and run once) each batch's plans, time "

@@ -221,6 +221,7 @@ def test_truncation_matches_sorted_definition(top_k, top_p):
   rng = np.random.RandomState(top_k)
   logits = rng.normal(0, 3, (64, 300)).astype(np.float32)
   logits[0, :] = 0.0  # all tied: every token survives top-p, top-k keeps all ties
+  logits[1, :150] = -logits[1, 150:]  # negative and positive keys of equal size
   masked = np.asarray(_truncate(
       jnp.asarray(logits), jnp.int32(top_k), jnp.float32(top_p)))
   for row in range(1, 64):
