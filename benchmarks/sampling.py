@@ -220,8 +220,9 @@ def device_report(args) -> None:
 
   Memory is the allocator's peak in use so far (batches run smallest first and the copy
   bandwidth is measured after them, so each line's figure is that batch's): measured, and it
-  costs no second compilation, which on a lent accelerator is the scarce resource. Where the backend keeps no such count (CPU) the
-  compiler's plan (`sampling.peak_memory_bytes`) is printed instead.
+  costs no second compilation, which on a lent accelerator is the scarce resource. Where the
+  backend keeps no such count (CPU) the compiler's plan (`sampling.peak_memory_bytes`) is
+  printed instead.
   """
   device = jax.devices()[0]
   peak = next((v for k, v in HBM_BYTES_PER_S.items() if k.lower() in device.device_kind.lower()),

@@ -1,7 +1,8 @@
 """Decoder models: config, the Flax decoder, and weight import/export."""
 from rzero_jax.models.config import (ModelConfig, RopeScaling, from_hf_dict, load_config,
                                      tiny_config)
-from rzero_jax.models.transformer import (DECODE_KERNELS, KVCache, abstract_params, cache_logical_axes,
+from rzero_jax.models.transformer import (DECODE_KERNELS, KVCache, abstract_params,
+                                          cache_logical_axes,
                                           layer_cache_logical_axes,
                                           default_positions, forward, forward_per_layer,
                                           forward_with_cache, split_cache, split_layers,

@@ -8,8 +8,8 @@ normalised mix: one kernel per layer, reading only the slots written so far.
 It is not the default, because on an H100 it does not beat XLA (`benchmarks/RESULTS.md`,
 session 10): Qwen3-0.6B heads, bf16, one layer in a loop (`decode_attention_sweep.py`), at
 the best tile settings it runs at 0.73x XLA's speed at batch 16, 1.22x at 64 and 0.95x at 256;
-whole decode steps are within 3% either way. XLA's two batched GEMMs already read the cache at about 2.2 TB/s at
-batch 256, and this kernel reaches 1.7 TB/s. What it does give: the decode plans compile in
+whole decode steps are within 3% either way. XLA's two batched GEMMs already read the cache
+at about 2.2 TB/s at batch 256, and this kernel reaches 1.7 TB/s. What it does give: the decode plans compile in
 half the time (26-30 s against 51-57 s per batch size), as XLA no longer autotunes attention's
 GEMMs. A split over slots (for small batches) and folding the cache write in are the next
 steps; `decode_kernel="pallas"` in `sampling.generate` runs it.

@@ -229,7 +229,8 @@ def _attend(qg, keys, keys_t, values, mask, dt):
   scores = scores.reshape(b, kv, groups, t, -1)  # [B, KV, G, T, S]
   mix = _mix_values_decode if keys_t is not None else _mix_values
   out = mix(scores, mask[:, None, None], values.astype(dt), dt)  # [B, KV, G*T, Dh]
-  return out.reshape(b, kv, groups, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, kv * groups, hd)
+  out = out.reshape(b, kv, groups, t, hd).transpose(0, 3, 1, 2, 4)
+  return out.reshape(b, t, kv * groups, hd)
 
 
 def _mix_values(scores, mask, values, dt):
