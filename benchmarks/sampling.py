@@ -301,25 +301,17 @@ def _batch_list(text: str) -> list[int]:
   return batches
 
 
-def _kernel_list(text: str) -> list[str]:
-  """argparse type for --decode-kernels."""
-  choices = models.DECODE_KERNELS
-  kernels = [k.strip() for k in text.split(",")]
-  bad = [k for k in kernels if k not in choices]
-  if bad or not kernels:
-    raise argparse.ArgumentTypeError(f"expected comma-separated names from {choices}, "
-                                     f"got {text!r}")
-  return kernels
+def _names_from(choices):
+  """argparse type: comma-separated names, each one of `choices`."""
+  choices = tuple(choices)
 
-
-def _rule_list(text: str) -> list[str]:
-  """argparse type for --device-rules."""
-  rules = [r.strip() for r in text.split(",")]
-  bad = [r for r in rules if r not in SAMPLING_RULES]
-  if bad or not rules:
-    raise argparse.ArgumentTypeError(f"expected comma-separated names from "
-                                     f"{tuple(SAMPLING_RULES)}, got {text!r}")
-  return rules
+  def parse(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",")]
+    if not all(n in choices for n in names):
+      raise argparse.ArgumentTypeError(f"expected comma-separated names from {choices}, "
+                                       f"got {text!r}")
+    return names
+  return parse
 
 
 def main(argv=None):
@@ -331,10 +323,10 @@ def main(argv=None):
   parser.add_argument("--sample", action="store_true", help="T=1 sampling instead of greedy")
   parser.add_argument("--device-report", action="store_true")
   parser.add_argument("--device-batches", type=_batch_list, default="1,16,64,256")
-  parser.add_argument("--decode-kernels", type=_kernel_list, default="xla",
+  parser.add_argument("--decode-kernels", type=_names_from(models.DECODE_KERNELS), default="xla",
                       help="--device-report: comma-separated attention kernels to time side by "
                            "side (xla, pallas; see sampling.resolve_decode_kernel)")
-  parser.add_argument("--device-rules", type=_rule_list, default="greedy",
+  parser.add_argument("--device-rules", type=_names_from(SAMPLING_RULES), default="greedy",
                       help="--device-report: comma-separated sampling rules to time side by side "
                            f"({', '.join(SAMPLING_RULES)}); they share one compiled program")
   parser.add_argument("--json", default=None, help="--device-report: also write the rows here")
