@@ -55,7 +55,8 @@ def main(argv=None) -> None:
   p.add_argument("--trace_dir", default="/tmp/decode_trace")
   p.add_argument("--compile_only", action="store_true")
   p.add_argument("--top", type=int, default=25)
-  p.add_argument("--decode_kernel", default="xla", help="sampling.resolve_decode_kernel")
+  p.add_argument("--decode_kernel", default="xla", choices=models.DECODE_KERNELS,
+                 help="the decode step's attention (sampling.resolve_decode_kernel)")
   args = p.parse_args(argv)
 
   cfg = dataclasses.replace(sampling_bench.QWEN3_06B_SHAPE, dtype="bfloat16",
@@ -78,7 +79,8 @@ def main(argv=None) -> None:
   events = kernel_events(trace_path)
   busy_us = sum(e["dur"] for e in events)
   print(f"trace: {trace_path} ({os.path.getsize(trace_path) / 2**20:.1f} MiB)")
-  print(f"batch {args.batch}, {args.new} new tokens, decode_kernel {args.decode_kernel}: wall {wall * 1e3:.1f} ms under the profiler, "
+  print(f"batch {args.batch}, {args.new} new tokens, decode_kernel {args.decode_kernel}: "
+        f"wall {wall * 1e3:.1f} ms under the profiler, "
         f"device busy {busy_us / 1e3:.1f} ms; {len(events)} device events = "
         f"{len(events) / args.new:.0f} per step, {busy_us / args.new / 1e3:.3f} ms busy per step")
   by_name = collections.defaultdict(lambda: [0, 0.0])

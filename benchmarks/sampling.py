@@ -115,11 +115,10 @@ SAMPLING_RULES = {
 }
 
 
-def time_ours(cfg, params, prompts, new: int, sample: bool, repeats: int,
-              decode_kernel: str = "xla", rule: str | None = None):
-  """(generated tokens/s of the best warm call, seconds spent tracing + compiling).
-  `rule` (a SAMPLING_RULES name) overrides `sample` (T = 1 if set, else greedy)."""
-  rule = rule or ("t1" if sample else "greedy")
+def time_ours(cfg, params, prompts, new: int, rule: str, repeats: int,
+              decode_kernel: str = "xla"):
+  """(generated tokens/s of the best warm call, seconds spent tracing + compiling); `rule` is
+  a SAMPLING_RULES name."""
   kw = dict(max_new_tokens=new, stop_token_ids=(), decode_kernel=decode_kernel,
             **SAMPLING_RULES[rule])
   before = _compile_seconds[0]
@@ -173,7 +172,8 @@ def cpu_report(args) -> list[Row]:
     label, cfg, params, hf = load_model(name)
     for batch in args.batches:
       prompts = _prompts(batch, cfg.vocab_size)
-      ours, compile_s = time_ours(cfg, params, prompts, args.new, args.sample, args.repeats)
+      rule = "t1" if args.sample else "greedy"
+      ours, compile_s = time_ours(cfg, params, prompts, args.new, rule, args.repeats)
       theirs, threads = time_hf(hf, prompts, args.new, args.sample, args.repeats)
       rows_padded = sampling.batch_bucket(batch)
       kv = sampling.kv_cache_bytes(cfg, rows_padded, sampling.prompt_bucket(PROMPT_LEN) + args.new)
@@ -240,8 +240,8 @@ def device_report(args) -> None:
   for batch in sorted(args.device_batches):
     prompts = _prompts(batch, cfg.vocab_size)
     for kernel, rule in itertools.product(args.decode_kernels, args.device_rules):
-      timed = functools.partial(time_ours, cfg, params, prompts, sample=args.sample,
-                               decode_kernel=kernel, rule=rule)
+      timed = functools.partial(time_ours, cfg, params, prompts, rule=rule,
+                                decode_kernel=kernel)
       if args.compile_only:
         _, compile_s = timed(args.new, repeats=0)
         _, short_compile_s = timed(short, repeats=0)
@@ -320,7 +320,8 @@ def main(argv=None):
   parser.add_argument("--batches", type=_batch_list, default="16,64")
   parser.add_argument("--new", type=int, default=128)
   parser.add_argument("--repeats", type=int, default=1, help="timed calls per side (best)")
-  parser.add_argument("--sample", action="store_true", help="T=1 sampling instead of greedy")
+  parser.add_argument("--sample", action="store_true", help="T=1 sampling instead of greedy (the "
+                      "CPU report; the device report takes --device-rules)")
   parser.add_argument("--device-report", action="store_true")
   parser.add_argument("--device-batches", type=_batch_list, default="1,16,64,256")
   parser.add_argument("--decode-kernels", type=_names_from(models.DECODE_KERNELS), default="xla",
