@@ -61,3 +61,11 @@ def test_mismatched_cache_shapes_are_a_clear_error():
   with pytest.raises(ValueError, match=r"keys_t .*\[B, KV, Dh, S\]"):
     da.decode_attention(q, jnp.swapaxes(keys_t, -1, -2), values, mask, num_slots, scale=1.0,
                         interpret=True)
+
+
+def test_heads_the_compiled_kernel_cannot_tile_are_named():
+  if da.plgpu is None:
+    pytest.skip("this jax has no Pallas Triton backend")
+  assert da.unsupported_reason(16) is None and da.unsupported_reason(128) is None
+  assert "head_dim 24 is not a power of two" in da.unsupported_reason(24)
+  assert "head_dim 8" in da.unsupported_reason(8)  # Triton's dot needs 16 or more
