@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import math
 import os
 import sys
 import tempfile
@@ -166,6 +167,87 @@ def time_hf(model, prompts, new: int, sample: bool, repeats: int) -> tuple[float
   return len(prompts) * new / best, threads
 
 
+# The issue's targets (ours / transformers), by --models name.
+TARGET_RATIOS = {"tiny": 10.0, "smollm2": 2.0}
+
+# How many of a projection kernel's dims (after the stacked layer axis) are its input.
+_PROJECTION_INPUT_DIMS = {"q_proj": 1, "k_proj": 1, "v_proj": 1, "o_proj": 2,
+                          "gate_proj": 1, "up_proj": 1, "down_proj": 1}
+
+
+def step_matrices(cfg, params) -> tuple[list[dict], np.ndarray]:
+  """The weight matrices one decode step multiplies by, as 2-D float32 arrays: per layer
+  {projection name: [in, out]}, and the unembedding [hidden, vocab]."""
+  layers = [{} for _ in range(cfg.num_layers)]
+  for block in params["layers"].values():
+    for name, leaf in block.items():
+      if name in _PROJECTION_INPUT_DIMS:
+        kernel = np.array(leaf["kernel"], np.float32)  # a writable copy: torch shares it
+        fan_in = math.prod(kernel.shape[1:1 + _PROJECTION_INPUT_DIMS[name]])
+        for l in range(cfg.num_layers):
+          layers[l][name] = kernel[l].reshape(fan_in, -1)
+  if cfg.tie_word_embeddings:
+    head = np.array(params["embed"]["embedding"], np.float32).T
+  else:
+    head = np.array(params["lm_head"]["kernel"], np.float32).reshape(cfg.hidden_size, -1)
+  return layers, np.ascontiguousarray(head)
+
+
+def _gemm_step(x, layers, head, silu):
+  """One decode step's weight GEMMs, in order, with just enough elementwise work to chain
+  them (no norms, rope or attention), for jnp or torch arrays: the next step's input."""
+  for w in layers:
+    q, k, v = x @ w["q_proj"], x @ w["k_proj"], x @ w["v_proj"]
+    hidden = silu(x @ w["gate_proj"]) * (x @ w["up_proj"])
+    x = x + q @ w["o_proj"] + hidden @ w["down_proj"] + 1e-9 * (k.sum() + v.sum())
+  return x + 1e-9 * (x @ head).sum()
+
+
+def gemm_floor(cfg, params, batch: int, steps: int = 16, repeats: int = 3) -> dict:
+  """Seconds per decode step spent in its weight GEMMs alone (M = batch rows; per-layer
+  matrices, as the sampler's decode loop holds them), in XLA and in torch (its faster thread
+  count): best of `repeats` runs of `steps` dependent steps. XLA's steps run in one
+  `fori_loop`, as our decode's do, so no dispatch is counted; torch's are called from Python,
+  as transformers calls them. No decode step built on these GEMMs can be faster."""
+  import torch
+  layers, head = step_matrices(cfg, params)
+  x = np.random.RandomState(0).standard_normal((batch, cfg.hidden_size)).astype(np.float32)
+  flops = 2 * batch * (sum(m.size for w in layers for m in w.values()) + head.size)
+
+  def best(run):
+    run()
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      run()
+      times.append(time.perf_counter() - start)
+    return min(times) / steps
+
+  step = functools.partial(_gemm_step, silu=jax.nn.silu)
+  loop = jax.jit(lambda x, layers, head: jax.lax.fori_loop(
+      0, steps, lambda _, x: step(x, layers, head), x))
+  jx, jlayers, jhead = jax.device_put((x, layers, head))
+  xla = best(lambda: loop(jx, jlayers, jhead).block_until_ready())
+
+  tx, thead = torch.from_numpy(x), torch.from_numpy(head)
+  tlayers = [{k: torch.from_numpy(m) for k, m in w.items()} for w in layers]
+
+  def torch_steps():
+    y = tx
+    for _ in range(steps):
+      y = _gemm_step(y, tlayers, thead, torch.nn.functional.silu)
+
+  default_threads = torch.get_num_threads()
+  theirs = {}
+  with torch.inference_mode():
+    for threads in sorted({1, default_threads}):
+      torch.set_num_threads(threads)
+      theirs[threads] = best(torch_steps)
+  torch.set_num_threads(default_threads)
+  return {"flops": flops, "xla_s": xla, "torch_s": min(theirs.values()),
+          "torch_threads": min(theirs, key=theirs.get)}
+
+
 def cpu_report(args) -> list[Row]:
   rows = []
   for name in args.models.split(","):
@@ -185,7 +267,25 @@ def cpu_report(args) -> list[Row]:
             f"transformers {theirs:9.1f} tok/s "
             f"({threads} thread{'s' if threads > 1 else ''})  "
             f"ratio {row.ratio:5.2f}x", flush=True)
+      if args.floor:
+        _print_floor(name, cfg, params, batch, args.new, theirs, row)
   return rows
+
+
+def _print_floor(name, cfg, params, batch, new, hf_tok_s, row) -> None:
+  """What the target ratio asks of a decode step, beside the step's weight GEMMs alone."""
+  floor = gemm_floor(cfg, params, batch)
+  target = TARGET_RATIOS.get(name)
+  ours_ms, hf_ms = 1e3 * batch / row.ours_tok_s, 1e3 * batch / hf_tok_s
+  line = (f"{'':45s}   floor: ours {ours_ms:7.2f} ms/token step, transformers {hf_ms:7.2f}; "
+          f"the step's weight GEMMs alone ({floor['flops'] / 1e9:.2f} GFLOP) take "
+          f"{1e3 * floor['xla_s']:7.2f} ms in XLA ({floor['flops'] / floor['xla_s'] / 1e9:.0f} "
+          f"GFLOP/s), {1e3 * floor['torch_s']:7.2f} ms in torch ({floor['torch_threads']} "
+          f"thread{'s' if floor['torch_threads'] > 1 else ''})")
+  if target:
+    line += (f"; {target:g}x needs <= {hf_ms / target:7.2f} ms/token step "
+             f"({hf_ms / target / (1e3 * floor['xla_s']):.2f}x the XLA GEMMs alone)")
+  print(line, flush=True)
 
 
 def measured_copy_bandwidth(nbytes: int = 2**30, repeats: int = 10) -> float:
@@ -322,6 +422,9 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=1, help="timed calls per side (best)")
   parser.add_argument("--sample", action="store_true", help="T=1 sampling instead of greedy (the "
                       "CPU report; the device report takes --device-rules)")
+  parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                      help="CPU report: also time each step's weight GEMMs alone (XLA and torch) "
+                           "beside what the target ratio needs per step")
   parser.add_argument("--device-report", action="store_true")
   parser.add_argument("--device-batches", type=_batch_list, default="1,16,64,256")
   parser.add_argument("--decode-kernels", type=_names_from(models.DECODE_KERNELS), default="xla",
