@@ -15,6 +15,12 @@ different summation order moved:
   top_k      the row's top `--candidates` logits (lax.top_k) and their cumsum, exact when
              they hold top_p of the mass; otherwise (any row) the bisection
 
+Then whole draws, the sampler's two routes on the same logits: truncating by the bisection's
+threshold and drawing (`sampling.categorical` of `sampling.truncate_logits`), beside drawing by
+rejection (`sampling.nucleus_by_rejection`, which the sampler takes for top-p alone at
+top_p >= `sampling.REJECTION_MIN_TOP_P`), with the share of rows whose candidates all missed
+the nucleus (they take the exact route).
+
   python benchmarks/nucleus_threshold.py --batches 64,256 --vocab 151936
 """
 from __future__ import annotations
@@ -156,6 +162,22 @@ def main(argv=None):
         print(f"batch {batch:4d} {'peaked' if peaked else 'flat':6s} {name:9s}: "
               f"{sec * 1e3:8.3f} ms ({base / sec:5.2f}x the bisection), "
               f"{_agreement(keys, probs, got, want)}", flush=True)
+  print("whole draws: truncate then draw (the exact route) beside rejection")
+  key = jax.random.key(0)
+  exact = jax.jit(lambda key, scaled, top_p: sampling.categorical(
+      key, sampling.truncate_logits(scaled, 0, top_p)))
+  rejection = jax.jit(sampling.nucleus_by_rejection)
+  for batch in [int(b) for b in args.batches.split(",")]:
+    for peaked in (False, True):
+      scaled = _logits(batch, args.vocab, peaked)
+      exact_s = _time(exact, key, scaled, top_p, repeats=args.repeats)
+      rejection_s = _time(rejection, key, scaled, top_p, repeats=args.repeats)
+      _, accepted = jax.jit(sampling.nucleus_candidates)(key, scaled, top_p)
+      missed = 1.0 - float(np.mean(np.any(np.asarray(accepted), axis=-1)))
+      print(f"batch {batch:4d} {'peaked' if peaked else 'flat':6s}: exact {exact_s * 1e3:8.3f} ms, "
+            f"rejection {rejection_s * 1e3:8.3f} ms ({exact_s / rejection_s:5.2f}x), "
+            f"rows whose {sampling.NUCLEUS_CANDIDATES} candidates all missed: {missed:.2%}",
+            flush=True)
 
 
 if __name__ == "__main__":

@@ -268,7 +268,46 @@ def test_categorical_never_draws_excluded_tokens():
   assert stats.chisquare(counts, expected).pvalue > 1e-3
 
 
-@pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 0, 1.0), (1.3, 6, 0.9)])
+@pytest.mark.parametrize("candidates", [1, 4])
+def test_nucleus_by_rejection_draws_the_nucleus_distribution(candidates):
+  """Rejection draws, their fallback included, follow the renormalised nucleus exactly."""
+  rng = np.random.RandomState(3)
+  logits = rng.normal(0, 2, 40).astype(np.float32)
+  top_p, draws = 0.8, 20000
+  scaled = jnp.broadcast_to(jnp.asarray(logits), (draws, 40))
+  key = jax.random.key(11)
+  tokens = np.asarray(jax.jit(sampling.nucleus_by_rejection, static_argnums=3)(
+      key, scaled, jnp.float32(top_p), candidates))
+  allowed = sorted(_allowed(logits, 1.0, 0, top_p))
+  assert set(tokens.tolist()) <= set(allowed)
+  assert 3 < len(allowed) < 30  # the nucleus truncates, and has room for a frequency test
+  # Candidates do miss: with one per row about a fifth of the rows take the fallback.
+  _, accepted = sampling.nucleus_candidates(jax.random.fold_in(key, 1), scaled,
+                                            jnp.float32(top_p), candidates)
+  missed = 1.0 - float(np.mean(np.any(np.asarray(accepted), axis=-1)))
+  assert (0.1 < missed < 0.3) if candidates == 1 else missed < 0.01
+  expected = special.softmax(logits.astype(np.float64)[allowed]) * draws
+  counts = np.asarray([(tokens == t).sum() for t in allowed])
+  assert (expected >= 5).all()  # the chi-square rule: no bin to pool
+  assert stats.chisquare(counts, expected).pvalue > 1e-3
+
+
+def test_rejection_route_is_taken_only_for_top_p_alone():
+  """`sample_truncated` draws by rejection exactly when top-p acts alone at top_p >= the
+  route's minimum; every other setting draws from the truncated logits with the step's key."""
+  rng = np.random.RandomState(0)
+  scaled = jnp.asarray(rng.normal(0, 2, (64, 300)).astype(np.float32))
+  key = jax.random.key(5)
+  draw = jax.jit(sampling.sample_truncated)
+  for top_k, top_p in [(0, 1.0), (7, 1.0), (0, 0.5), (7, 0.95), (300, 0.7)]:
+    want = sampling.categorical(key, sampling.truncate_logits(scaled, top_k, top_p))
+    np.testing.assert_array_equal(draw(key, scaled, top_k, top_p), want)
+  for top_k, top_p in [(0, 0.95), (300, 0.99), (0, sampling.REJECTION_MIN_TOP_P)]:
+    np.testing.assert_array_equal(draw(key, scaled, top_k, top_p),
+                                  sampling.nucleus_by_rejection(key, scaled, jnp.float32(top_p)))
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 0, 1.0), (1.3, 6, 0.9), (1.2, 0, 0.9)])
 def test_first_token_frequencies_match_distribution(small_vocab, temperature, top_k, top_p):
   cfg, params = small_vocab
   prompt = [3, 1, 4, 1, 5]
@@ -297,7 +336,7 @@ def test_first_token_frequencies_match_distribution(small_vocab, temperature, to
   assert chi_square_pvalue(logits.astype(np.float64)) < 1e-6
 
 
-@pytest.mark.parametrize("top_k,top_p", [(5, 1.0), (0, 0.7), (20, 0.5)])
+@pytest.mark.parametrize("top_k,top_p", [(5, 1.0), (0, 0.7), (20, 0.5), (0, 0.9)])
 def test_truncated_sampling_stays_in_allowed_set(tiny, top_k, top_p):
   cfg, params = tiny
   out = sampling.generate(cfg, params, PROMPTS, max_new_tokens=NEW, temperature=1.0,
@@ -306,8 +345,13 @@ def test_truncated_sampling_stays_in_allowed_set(tiny, top_k, top_p):
   for row, (completion, logits) in enumerate(zip(out.tokens, all_logits)):
     for step, tok in enumerate(completion):
       assert tok in _allowed(logits[step], 1.0, top_k, top_p), (row, step)
-  # Truncation is not vacuous: the allowed sets are much smaller than the vocabulary.
-  assert np.mean([len(_allowed(lg[0], 1.0, top_k, top_p)) for lg in all_logits]) < 100
+  # Truncation is not vacuous: a sampler that ignored it would have left the allowed sets
+  # many times (the mass outside them, summed over the draws).
+  outside = sum(1.0 - special.softmax(lg[step].astype(np.float64))[
+      sorted(_allowed(lg[step], 1.0, top_k, top_p))].sum()
+                for lg, completion in zip(all_logits, out.tokens)
+                for step in range(len(completion)))
+  assert outside > 10
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.8])
