@@ -17,6 +17,8 @@ hold tokens.
 Sampling rules (the usual ones): temperature 0 is greedy; otherwise logits are divided by the
 temperature, top-k keeps the k largest, and top-p then keeps the smallest set of the largest
 tokens whose probability (renormalised after top-k) sums to at least top_p, always the top-1.
+Top-p acting alone (top_p >= 0.8, vocabularies of 8,192 tokens or more) draws by rejection
+instead of searching for the threshold: just as exact, and 3-4x cheaper (`sample_truncated`).
 The recorded logprob is log_softmax(logits / T) of the untruncated distribution (T = 1 when
 greedy), so it is comparable with the trainer's. The key of step s is fold_in(key(seed), s).
 """
@@ -194,11 +196,15 @@ def _first_above(cdf: jax.Array, target: jax.Array, positive: jax.Array) -> jax.
   return jnp.clip(index, first, last)
 
 
-# Nucleus draws by rejection (`nucleus_by_rejection`): candidates per row, and the smallest
-# top_p that takes that route. A candidate falls outside the nucleus with probability at most
+# Nucleus draws by rejection (`sample_truncated`): candidates per row, and the smallest top_p
+# that takes that route. A candidate falls outside the nucleus with probability at most
 # 1 - top_p, so all four miss with at most 0.2^4 = 0.16% at top_p 0.8 (1e-8 at R-Zero's 0.99).
 NUCLEUS_CANDIDATES = 4
 REJECTION_MIN_TOP_P = 0.8
+# Below this vocabulary the threshold search is cheap, and compiling the rejection route as
+# well costs more than it saves: about 1 s more per sampling plan on a CPU, which took the
+# default run (vocabulary 256) from 141 to 184 s.
+REJECTION_MIN_VOCAB = 8192
 
 
 def nucleus_candidates(key: jax.Array, scaled: jax.Array, top_p: jax.Array,
@@ -220,43 +226,60 @@ def nucleus_candidates(key: jax.Array, scaled: jax.Array, top_p: jax.Array,
   return drawn, above < top_p
 
 
-def nucleus_by_rejection(key: jax.Array, scaled: jax.Array, top_p: jax.Array,
-                         candidates: int = NUCLEUS_CANDIDATES) -> jax.Array:
-  """One token per row from softmax(scaled) truncated to its top-p nucleus, exactly.
-
-  Each row takes its first candidate (`nucleus_candidates`) that lies in the nucleus:
-  rejection sampling, whose accepted draw follows the renormalised nucleus distribution. A row
-  whose candidates all miss takes an independent draw from the exact truncation instead
-  (`truncate_logits`), so the result is exact whatever the miss rate; that pass runs only on
-  steps where some row needs it. FlashInfer's sampling kernels avoid sorting the same way.
-  """
-  drawn, accepted = nucleus_candidates(jax.random.fold_in(key, 1), scaled, top_p, candidates)
+def _first_accepted(drawn: jax.Array, accepted: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Each row's first accepted candidate (any token where none is) and whether there is one."""
+  candidates = drawn.shape[-1]
   first = jnp.min(jnp.where(accepted, jnp.arange(candidates), candidates), axis=-1)
-  token = jnp.take_along_axis(drawn, jnp.minimum(first, candidates - 1)[:, None], axis=-1)[:, 0]
-  found = first < candidates
-
-  def fall_back(token):
-    exact = categorical(jax.random.fold_in(key, 2), truncate_logits(scaled, 0, top_p))
-    return jnp.where(found, token, exact)
-
-  return jax.lax.cond(jnp.all(found), lambda t: t, fall_back, token)
+  token = jnp.take_along_axis(drawn, jnp.minimum(first, candidates - 1)[:, None], axis=-1)
+  return token[:, 0], first < candidates
 
 
-def sample_truncated(key: jax.Array, scaled: jax.Array, top_k, top_p) -> jax.Array:
-  """One token per row from softmax(scaled) after top-k and top-p (`truncate_logits`).
+def sample_truncated(key: jax.Array, scaled: jax.Array, top_k, top_p,
+                     candidates: int = NUCLEUS_CANDIDATES,
+                     rejection_min_top_p: float = REJECTION_MIN_TOP_P,
+                     rejection_min_vocab: int = REJECTION_MIN_VOCAB) -> jax.Array:
+  """One token per row from softmax(scaled) after top-k and top-p (`truncate_logits`), exactly.
 
-  Top-p alone at top_p >= REJECTION_MIN_TOP_P (R-Zero's rollouts: 0.95, 0.99) draws by
-  rejection (`nucleus_by_rejection`: a few passes over the vocabulary instead of the threshold
-  search's 32, which doubled a decode step on an H100); every other setting truncates, then
-  draws.
+  Top-p alone at top_p >= `rejection_min_top_p` (R-Zero's rollouts: 0.95, 0.99), over a
+  vocabulary of `rejection_min_vocab` or more (a static choice), draws by rejection: each row takes its first candidate (`nucleus_candidates`) that lies in the
+  nucleus, and an accepted draw follows the renormalised nucleus distribution. That is a few
+  passes over the vocabulary where the threshold search takes 32 (it doubled a decode step on
+  an H100). Rows whose candidates all miss, and every other setting, truncate and then draw;
+  that pass runs only on steps where some row needs it. Misses draw with their own key, so the
+  rejection route stays exact whatever the miss rate; other settings draw with `key` itself.
+  FlashInfer's sampling kernels avoid sorting the same way.
   """
-  vocab = scaled.shape[-1]
+  rows, vocab = scaled.shape
   top_k = jnp.asarray(top_k, jnp.int32)
   top_p = jnp.asarray(top_p, jnp.float32)
+  if vocab < rejection_min_vocab:
+    return categorical(key, truncate_logits(scaled, top_k, top_p))
   by_rejection = (((top_k <= 0) | (top_k >= vocab)) & (top_p < 1.0)
-                  & (top_p >= REJECTION_MIN_TOP_P))
-  return jax.lax.cond(by_rejection, lambda s: nucleus_by_rejection(key, s, top_p),
-                      lambda s: categorical(key, truncate_logits(s, top_k, top_p)), scaled)
+                  & (top_p >= rejection_min_top_p))
+
+  def candidates_route(_):
+    return _first_accepted(*nucleus_candidates(jax.random.fold_in(key, 1), scaled, top_p,
+                                               candidates))
+
+  def no_candidates(_):
+    return jnp.zeros((rows,), jnp.int32), jnp.zeros((rows,), bool)
+
+  token, found = jax.lax.cond(by_rejection, candidates_route, no_candidates, None)
+
+  def truncate_and_draw(_):
+    exact_key = jax.lax.cond(by_rejection, lambda: jax.random.fold_in(key, 2), lambda: key)
+    return categorical(exact_key, truncate_logits(scaled, top_k, top_p))
+
+  exact = jax.lax.cond(jnp.all(found), lambda _: token, truncate_and_draw, None)
+  return jnp.where(found, token, exact)
+
+
+def nucleus_by_rejection(key: jax.Array, scaled: jax.Array, top_p: jax.Array,
+                         candidates: int = NUCLEUS_CANDIDATES) -> jax.Array:
+  """Top-p alone through `sample_truncated`'s rejection route, whatever top_p (tests and
+  benchmarks: below REJECTION_MIN_TOP_P most steps would pay for the exact route as well)."""
+  return sample_truncated(key, scaled, 0, top_p, candidates, rejection_min_top_p=0.0,
+                          rejection_min_vocab=0)
 
 
 def sample_tokens(logits: jax.Array, key: jax.Array, knobs: dict) -> tuple[jax.Array, jax.Array]:

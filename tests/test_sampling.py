@@ -33,6 +33,13 @@ def tiny():
 
 
 @pytest.fixture(scope="module")
+def big_vocab():
+  """A vocabulary large enough for the sampler's rejection route to top-p."""
+  cfg = models.tiny_config("qwen3", vocab_size=sampling.REJECTION_MIN_VOCAB)
+  return cfg, peaked(models.init_params(cfg, jax.random.key(3)), 5.0)
+
+
+@pytest.fixture(scope="module")
 def small_vocab():
   cfg = models.tiny_config("qwen3", vocab_size=16)
   return cfg, peaked(models.init_params(cfg, jax.random.key(2)), 3.0)
@@ -294,20 +301,30 @@ def test_nucleus_by_rejection_draws_the_nucleus_distribution(candidates):
 
 def test_rejection_route_is_taken_only_for_top_p_alone():
   """`sample_truncated` draws by rejection exactly when top-p acts alone at top_p >= the
-  route's minimum; every other setting draws from the truncated logits with the step's key."""
+  route's minimum over a large enough vocabulary; every other setting draws from the
+  truncated logits with the step's key."""
   rng = np.random.RandomState(0)
   scaled = jnp.asarray(rng.normal(0, 2, (64, 300)).astype(np.float32))
   key = jax.random.key(5)
-  draw = jax.jit(sampling.sample_truncated)
+
+  def draw(top_k, top_p, min_vocab=0):
+    return np.asarray(jax.jit(functools.partial(sampling.sample_truncated,
+                                                rejection_min_vocab=min_vocab))(
+        key, scaled, top_k, top_p))
+
   for top_k, top_p in [(0, 1.0), (7, 1.0), (0, 0.5), (7, 0.95), (300, 0.7)]:
     want = sampling.categorical(key, sampling.truncate_logits(scaled, top_k, top_p))
-    np.testing.assert_array_equal(draw(key, scaled, top_k, top_p), want)
+    np.testing.assert_array_equal(draw(top_k, top_p), want)
   for top_k, top_p in [(0, 0.95), (300, 0.99), (0, sampling.REJECTION_MIN_TOP_P)]:
-    np.testing.assert_array_equal(draw(key, scaled, top_k, top_p),
-                                  sampling.nucleus_by_rejection(key, scaled, jnp.float32(top_p)))
+    by_rejection = sampling.nucleus_by_rejection(key, scaled, jnp.float32(top_p))
+    np.testing.assert_array_equal(draw(top_k, top_p), by_rejection)
+    # Under the minimum vocabulary, the same setting truncates instead.
+    want = sampling.categorical(key, sampling.truncate_logits(scaled, top_k, top_p))
+    np.testing.assert_array_equal(draw(top_k, top_p, min_vocab=301), want)
+    assert not np.array_equal(want, by_rejection)
 
 
-@pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 0, 1.0), (1.3, 6, 0.9), (1.2, 0, 0.9)])
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 0, 1.0), (1.3, 6, 0.9)])
 def test_first_token_frequencies_match_distribution(small_vocab, temperature, top_k, top_p):
   cfg, params = small_vocab
   prompt = [3, 1, 4, 1, 5]
@@ -336,22 +353,24 @@ def test_first_token_frequencies_match_distribution(small_vocab, temperature, to
   assert chi_square_pvalue(logits.astype(np.float64)) < 1e-6
 
 
-@pytest.mark.parametrize("top_k,top_p", [(5, 1.0), (0, 0.7), (20, 0.5), (0, 0.9)])
-def test_truncated_sampling_stays_in_allowed_set(tiny, top_k, top_p):
-  cfg, params = tiny
+@pytest.mark.parametrize("top_k,top_p,model", [(5, 1.0, "tiny"), (0, 0.7, "tiny"),
+                                                (20, 0.5, "tiny"), (0, 0.95, "big_vocab")])
+def test_truncated_sampling_stays_in_allowed_set(request, top_k, top_p, model):
+  """big_vocab's vocabulary takes top-p 0.95 through the rejection route."""
+  cfg, params = request.getfixturevalue(model)
   out = sampling.generate(cfg, params, PROMPTS, max_new_tokens=NEW, temperature=1.0,
                           top_k=top_k, top_p=top_p, n=ROWS, seed=7)
   all_logits = recomputed_logits(cfg, params, PROMPTS, out.tokens, ROWS)
   for row, (completion, logits) in enumerate(zip(out.tokens, all_logits)):
     for step, tok in enumerate(completion):
       assert tok in _allowed(logits[step], 1.0, top_k, top_p), (row, step)
-  # Truncation is not vacuous: a sampler that ignored it would have left the allowed sets
-  # many times (the mass outside them, summed over the draws).
-  outside = sum(1.0 - special.softmax(lg[step].astype(np.float64))[
-      sorted(_allowed(lg[step], 1.0, top_k, top_p))].sum()
-                for lg, completion in zip(all_logits, out.tokens)
-                for step in range(len(completion)))
-  assert outside > 10
+  # Truncation is not vacuous: a sampler that ignored it would have stayed inside every
+  # allowed set with probability under 1e-3 (the product of the sets' masses).
+  log_inside = sum(np.log(special.softmax(lg[step].astype(np.float64))[
+      sorted(_allowed(lg[step], 1.0, top_k, top_p))].sum())
+                   for lg, completion in zip(all_logits, out.tokens)
+                   for step in range(len(completion)))
+  assert log_inside < np.log(1e-3)
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.8])
