@@ -202,7 +202,7 @@ def _first_above(cdf: jax.Array, target: jax.Array, positive: jax.Array) -> jax.
 NUCLEUS_CANDIDATES = 4
 REJECTION_MIN_TOP_P = 0.8
 # Below this vocabulary the threshold search is cheap, and compiling the rejection route as
-# well costs more than it saves: about 1 s more per sampling plan on a CPU, which took the
+# well costs more than it saves: 0.6-1.7 s more per sampling plan on a CPU, which took the
 # default run (vocabulary 256) from 141 to 184 s.
 REJECTION_MIN_VOCAB = 8192
 
