@@ -17,9 +17,9 @@ different summation order moved:
 
 Then whole draws, the sampler's two routes on the same logits: truncating by the bisection's
 threshold and drawing (`sampling.categorical` of `sampling.truncate_logits`), beside drawing by
-rejection (`sampling.nucleus_by_rejection`, which the sampler takes for top-p alone at
-top_p >= `sampling.REJECTION_MIN_TOP_P`), with the share of rows whose candidates all missed
-the nucleus (they take the exact route).
+rejection (`sampling.draw_by_rejection`, which the sampler takes for top-k alone and for top-p
+alone at top_p >= `sampling.REJECTION_MIN_TOP_P`), with the share of rows whose candidates all
+missed (they take the exact route too: on flat logits top-k 40 always misses).
 
   python benchmarks/nucleus_threshold.py --batches 64,256 --vocab 151936
 """
@@ -140,6 +140,8 @@ def main(argv=None):
   p.add_argument("--vocab", type=int, default=151936)
   p.add_argument("--top_p", type=float, default=0.99)
   p.add_argument("--candidates", type=int, default=1024, help="top_k's candidate count")
+  p.add_argument("--top_k", type=int, default=40, help="the whole draws' top-k rule (R-Zero's "
+                 "answers sample with top-k 40)")
   p.add_argument("--repeats", type=int, default=5)
   args = p.parse_args(argv)
   methods = {"bisection": bisection, "radix": radix, "sort": sort,
@@ -162,23 +164,26 @@ def main(argv=None):
         print(f"batch {batch:4d} {'peaked' if peaked else 'flat':6s} {name:9s}: "
               f"{sec * 1e3:8.3f} ms ({base / sec:5.2f}x the bisection), "
               f"{_agreement(keys, probs, got, want)}", flush=True)
-  print("whole draws: truncate then draw (the exact route) beside rejection")
+  print(f"whole draws: truncate then draw (the exact route) beside rejection; top-p "
+        f"{args.top_p} alone, then top-k {args.top_k} alone")
   key = jax.random.key(0)
-  exact = jax.jit(lambda key, scaled, top_p: sampling.categorical(
-      key, sampling.truncate_logits(scaled, 0, top_p)))
-  rejection = jax.jit(sampling.nucleus_by_rejection)
+  exact = jax.jit(lambda key, scaled, top_k, top_p: sampling.categorical(
+      key, sampling.truncate_logits(scaled, top_k, top_p)))
+  rejection = jax.jit(sampling.draw_by_rejection)
+  candidates = jax.jit(sampling.truncation_candidates)
   for batch in [int(b) for b in args.batches.split(",")]:
     for peaked in (False, True):
       scaled = _logits(batch, args.vocab, peaked)
-      exact_s = _time(exact, key, scaled, top_p, repeats=args.repeats)
-      rejection_s = _time(rejection, key, scaled, top_p, repeats=args.repeats)
-      _, accepted = jax.jit(sampling.nucleus_candidates)(key, scaled, top_p)
-      missed = 1.0 - float(np.mean(np.any(np.asarray(accepted), axis=-1)))
-      print(f"batch {batch:4d} {'peaked' if peaked else 'flat':6s}: exact {exact_s * 1e3:8.3f} ms, "
-            f"rejection {rejection_s * 1e3:8.3f} ms ({exact_s / rejection_s:5.2f}x), "
-            f"rows whose {sampling.NUCLEUS_CANDIDATES} candidates all missed: {missed:.2%}",
-            flush=True)
-
+      for rule, (k, p) in (("top-p", (0, args.top_p)), ("top-k", (args.top_k, 1.0))):
+        k, p = jnp.int32(k), jnp.float32(p)
+        exact_s = _time(exact, key, scaled, k, p, repeats=args.repeats)
+        rejection_s = _time(rejection, key, scaled, k, p, repeats=args.repeats)
+        _, accepted = candidates(key, scaled, k, p)
+        missed = 1.0 - float(np.mean(np.any(np.asarray(accepted), axis=-1)))
+        print(f"batch {batch:4d} {'peaked' if peaked else 'flat':6s} {rule}: exact "
+              f"{exact_s * 1e3:8.3f} ms, rejection {rejection_s * 1e3:8.3f} ms "
+              f"({exact_s / rejection_s:5.2f}x), rows whose {sampling.NUCLEUS_CANDIDATES} "
+              f"candidates all missed: {missed:.2%}", flush=True)
 
 if __name__ == "__main__":
   main()

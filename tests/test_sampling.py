@@ -276,33 +276,37 @@ def test_categorical_never_draws_excluded_tokens():
 
 
 @pytest.mark.parametrize("candidates", [1, 4])
-def test_nucleus_by_rejection_draws_the_nucleus_distribution(candidates):
-  """Rejection draws, their fallback included, follow the renormalised nucleus exactly."""
+@pytest.mark.parametrize("top_k,top_p", [(0, 0.8), (6, 1.0)])
+def test_rejection_draws_the_truncated_distribution(candidates, top_k, top_p):
+  """Rejection draws, their fallback included, follow the renormalised top-k or top-p
+  distribution exactly, and candidates are accepted as often as the kept mass says."""
   rng = np.random.RandomState(3)
   logits = rng.normal(0, 2, 40).astype(np.float32)
-  top_p, draws = 0.8, 20000
+  draws = 20000
   scaled = jnp.broadcast_to(jnp.asarray(logits), (draws, 40))
   key = jax.random.key(11)
-  tokens = np.asarray(jax.jit(sampling.nucleus_by_rejection, static_argnums=3)(
-      key, scaled, jnp.float32(top_p), candidates))
-  allowed = sorted(_allowed(logits, 1.0, 0, top_p))
+  tokens = np.asarray(jax.jit(sampling.draw_by_rejection, static_argnums=4)(
+      key, scaled, top_k, top_p, candidates))
+  allowed = sorted(_allowed(logits, 1.0, top_k, top_p))
   assert set(tokens.tolist()) <= set(allowed)
-  assert 3 < len(allowed) < 30  # the nucleus truncates, and has room for a frequency test
-  # Candidates do miss: with one per row about a fifth of the rows take the fallback.
-  _, accepted = sampling.nucleus_candidates(jax.random.fold_in(key, 1), scaled,
-                                            jnp.float32(top_p), candidates)
+  assert 3 < len(allowed) < 30  # the rule truncates, and leaves room for a frequency test
+  _, accepted = sampling.truncation_candidates(jax.random.fold_in(key, 1), scaled, top_k,
+                                               top_p, candidates)
   missed = 1.0 - float(np.mean(np.any(np.asarray(accepted), axis=-1)))
-  assert (0.1 < missed < 0.3) if candidates == 1 else missed < 0.01
+  kept_mass = special.softmax(logits.astype(np.float64))[allowed].sum()
+  assert abs(missed - (1.0 - kept_mass) ** candidates) < 0.02
+  if candidates == 1:
+    assert missed > 0.1  # the fallback is exercised
   expected = special.softmax(logits.astype(np.float64)[allowed]) * draws
   counts = np.asarray([(tokens == t).sum() for t in allowed])
   assert (expected >= 5).all()  # the chi-square rule: no bin to pool
   assert stats.chisquare(counts, expected).pvalue > 1e-3
 
 
-def test_rejection_route_is_taken_only_for_top_p_alone():
-  """`sample_truncated` draws by rejection exactly when top-p acts alone at top_p >= the
-  route's minimum over a large enough vocabulary; every other setting draws from the
-  truncated logits with the step's key."""
+def test_rejection_route_is_taken_for_one_rule_alone():
+  """`sample_truncated` draws by rejection exactly when top-k acts alone, or top-p alone at
+  top_p >= the route's minimum, over a large enough vocabulary; every other setting draws
+  from the truncated logits with the step's key."""
   rng = np.random.RandomState(0)
   scaled = jnp.asarray(rng.normal(0, 2, (64, 300)).astype(np.float32))
   key = jax.random.key(5)
@@ -312,11 +316,11 @@ def test_rejection_route_is_taken_only_for_top_p_alone():
                                                 rejection_min_vocab=min_vocab))(
         key, scaled, top_k, top_p))
 
-  for top_k, top_p in [(0, 1.0), (7, 1.0), (0, 0.5), (7, 0.95), (300, 0.7)]:
+  for top_k, top_p in [(0, 1.0), (0, 0.5), (7, 0.95), (300, 0.7)]:
     want = sampling.categorical(key, sampling.truncate_logits(scaled, top_k, top_p))
     np.testing.assert_array_equal(draw(top_k, top_p), want)
-  for top_k, top_p in [(0, 0.95), (300, 0.99), (0, sampling.REJECTION_MIN_TOP_P)]:
-    by_rejection = sampling.nucleus_by_rejection(key, scaled, jnp.float32(top_p))
+  for top_k, top_p in [(7, 1.0), (0, 0.95), (300, 0.99), (0, sampling.REJECTION_MIN_TOP_P)]:
+    by_rejection = sampling.draw_by_rejection(key, scaled, top_k, top_p)
     np.testing.assert_array_equal(draw(top_k, top_p), by_rejection)
     # Under the minimum vocabulary, the same setting truncates instead.
     want = sampling.categorical(key, sampling.truncate_logits(scaled, top_k, top_p))
@@ -354,9 +358,10 @@ def test_first_token_frequencies_match_distribution(small_vocab, temperature, to
 
 
 @pytest.mark.parametrize("top_k,top_p,model", [(5, 1.0, "tiny"), (0, 0.7, "tiny"),
-                                                (20, 0.5, "tiny"), (0, 0.95, "big_vocab")])
+                                                (20, 0.5, "tiny"), (0, 0.95, "big_vocab"),
+                                                (5, 1.0, "big_vocab")])
 def test_truncated_sampling_stays_in_allowed_set(request, top_k, top_p, model):
-  """big_vocab's vocabulary takes top-p 0.95 through the rejection route."""
+  """big_vocab's vocabulary takes top-p 0.95 and top-k 5 through the rejection route."""
   cfg, params = request.getfixturevalue(model)
   out = sampling.generate(cfg, params, PROMPTS, max_new_tokens=NEW, temperature=1.0,
                           top_k=top_k, top_p=top_p, n=ROWS, seed=7)
