@@ -26,6 +26,17 @@ def tiny():
   return cfg, params
 
 
+@pytest.fixture(scope="module")
+def big_vocab():
+  """A vocabulary large enough for the sampler's rejection route to top-k and top-p."""
+  if jax.device_count() < 8:
+    pytest.skip(f"needs 8 devices (XLA_FLAGS set before jax import), have {jax.device_count()}")
+  cfg = models.tiny_config("qwen3", vocab_size=sampling.REJECTION_MIN_VOCAB)
+  params = models.init_params(cfg, jax.random.key(1))
+  params["final_norm"]["scale"] = params["final_norm"]["scale"] * 5.0
+  return cfg, params
+
+
 @pytest.mark.parametrize("shape", [
     {"data": 2, "fsdp": 2, "tensor": 2},
     {"data": 1, "fsdp": 2, "tensor": 4},  # 2 kv heads on tensor=4: kv stays replicated
@@ -43,12 +54,15 @@ def test_sharded_greedy_equals_unsharded(tiny, shape):
                              atol=1e-4)
 
 
-def test_sharded_sampling_equals_unsharded(tiny):
+@pytest.mark.parametrize("model,rule", [("tiny", dict(top_p=0.9)),
+                                        ("big_vocab", dict(top_p=0.9)),
+                                        ("big_vocab", dict(top_k=40))])
+def test_sharded_sampling_equals_unsharded(request, model, rule):
   """Random bits do not depend on the sharding (threefry is partitionable), so sampled
-  tokens agree too, top-p and stop tokens included."""
-  cfg, params = tiny
+  tokens agree too, top-p and stop tokens included; big_vocab draws by rejection."""
+  cfg, params = request.getfixturevalue(model)
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-  kw = dict(max_new_tokens=12, temperature=1.0, top_p=0.9, n=2, seed=4, stop_token_ids=(7,))
+  kw = dict(max_new_tokens=12, temperature=1.0, n=2, seed=4, stop_token_ids=(7,), **rule)
   expected = sampling.generate(cfg, params, PROMPTS, **kw)
   out = sampling.generate(cfg, params, PROMPTS, mesh=mesh, **kw)
   assert out.tokens == expected.tokens
