@@ -182,7 +182,7 @@ def main(argv=None):
         missed = 1.0 - float(np.mean(np.any(np.asarray(accepted), axis=-1)))
         print(f"batch {batch:4d} {'peaked' if peaked else 'flat':6s} {rule}: exact "
               f"{exact_s * 1e3:8.3f} ms, rejection {rejection_s * 1e3:8.3f} ms "
-              f"({exact_s / rejection_s:5.2f}x), rows whose {sampling.NUCLEUS_CANDIDATES} "
+              f"({exact_s / rejection_s:5.2f}x), rows whose {sampling.REJECTION_CANDIDATES} "
               f"candidates all missed: {missed:.2%}", flush=True)
 
 if __name__ == "__main__":

@@ -202,7 +202,7 @@ def _first_above(cdf: jax.Array, target: jax.Array, positive: jax.Array) -> jax.
 # so all four miss with at most 0.2^4 = 0.16% at top_p 0.8 (1e-8 at R-Zero's 0.99). Top-k
 # has no such bound: a trained model's top 40 tokens hold most of the mass (SmolLM2-135M on
 # worked math: 0.994-0.998 on average, 0.94 at least), a random model's almost none.
-NUCLEUS_CANDIDATES = 4
+REJECTION_CANDIDATES = 4
 REJECTION_MIN_TOP_P = 0.8
 # Below this vocabulary the threshold search is cheap, and compiling the rejection route as
 # well costs more than it saves: 0.6-1.7 s more per sampling plan on a CPU, which took the
@@ -211,7 +211,7 @@ REJECTION_MIN_VOCAB = 8192
 
 
 def truncation_candidates(key: jax.Array, scaled: jax.Array, top_k, top_p,
-                          candidates: int = NUCLEUS_CANDIDATES) -> tuple[jax.Array, jax.Array]:
+                          candidates: int = REJECTION_CANDIDATES) -> tuple[jax.Array, jax.Array]:
   """`candidates` independent draws per row from the untruncated softmax(scaled) [B, V], and
   whether each survives top-k (top_k in (0, V)) or top-p (top_p < 1), one rule at a time:
   ([B, C] tokens, [B, C] bool).
@@ -250,7 +250,7 @@ def _first_accepted(drawn: jax.Array, accepted: jax.Array) -> tuple[jax.Array, j
 
 
 def sample_truncated(key: jax.Array, scaled: jax.Array, top_k, top_p,
-                     candidates: int = NUCLEUS_CANDIDATES,
+                     candidates: int = REJECTION_CANDIDATES,
                      rejection_min_top_p: float = REJECTION_MIN_TOP_P,
                      rejection_min_vocab: int = REJECTION_MIN_VOCAB) -> jax.Array:
   """One token per row from softmax(scaled) after top-k and top-p (`truncate_logits`), exactly.
@@ -293,7 +293,7 @@ def sample_truncated(key: jax.Array, scaled: jax.Array, top_k, top_p,
 
 
 def draw_by_rejection(key: jax.Array, scaled: jax.Array, top_k, top_p,
-                 candidates: int = NUCLEUS_CANDIDATES) -> jax.Array:
+                      candidates: int = REJECTION_CANDIDATES) -> jax.Array:
   """`sample_truncated`'s rejection route for one rule (top-k or top-p) whatever the
   vocabulary and top_p: for tests and benchmarks (below REJECTION_MIN_TOP_P most steps would
   pay for the exact route as well)."""
