@@ -182,7 +182,7 @@ def time_hf(model, prompts, new: int, sample: bool, repeats: int,
 # The issue's targets (ours / transformers), by --models name.
 TARGET_RATIOS = {"tiny": 10.0, "smollm2": 2.0}
 
-# How many of a projection kernel's dims (after the stacked layer axis) are its input.
+# How many of a projection kernel's leading dims are its input.
 _PROJECTION_INPUT_DIMS = {"q_proj": 1, "k_proj": 1, "v_proj": 1, "o_proj": 2,
                           "gate_proj": 1, "up_proj": 1, "down_proj": 1}
 
@@ -190,14 +190,15 @@ _PROJECTION_INPUT_DIMS = {"q_proj": 1, "k_proj": 1, "v_proj": 1, "o_proj": 2,
 def step_matrices(cfg, params) -> tuple[list[dict], np.ndarray]:
   """The weight matrices one decode step multiplies by, as 2-D float32 arrays: per layer
   {projection name: [in, out]}, and the unembedding [hidden, vocab]."""
-  layers = [{} for _ in range(cfg.num_layers)]
-  for block in params["layers"].values():
-    for name, leaf in block.items():
-      if name in _PROJECTION_INPUT_DIMS:
-        kernel = np.array(leaf["kernel"], np.float32)  # a writable copy: torch shares it
-        fan_in = math.prod(kernel.shape[1:1 + _PROJECTION_INPUT_DIMS[name]])
-        for l in range(cfg.num_layers):
-          layers[l][name] = kernel[l].reshape(fan_in, -1)
+  layers = []
+  for layer in models.split_layers(params):
+    layers.append({})
+    for block in layer.values():
+      for name, leaf in block.items():
+        if name in _PROJECTION_INPUT_DIMS:
+          kernel = np.array(leaf["kernel"], np.float32)  # a writable copy: torch shares it
+          fan_in = math.prod(kernel.shape[:_PROJECTION_INPUT_DIMS[name]])
+          layers[-1][name] = kernel.reshape(fan_in, -1)
   if cfg.tie_word_embeddings:
     head = np.array(params["embed"]["embedding"], np.float32).T
   else:
@@ -227,13 +228,14 @@ def gemm_floor(cfg, params, batch: int, steps: int = 16, repeats: int = 3) -> di
   flops = 2 * batch * (sum(m.size for w in layers for m in w.values()) + head.size)
 
   def best(run):
-    run()
-    times = []
-    for _ in range(repeats):
+    run()  # warm-up: compiles
+
+    def timed():
       start = time.perf_counter()
       run()
-      times.append(time.perf_counter() - start)
-    return min(times) / steps
+      return time.perf_counter() - start
+
+    return best_seconds(timed, repeats) / steps
 
   step = functools.partial(_gemm_step, silu=jax.nn.silu)
   loop = jax.jit(lambda x, layers, head: jax.lax.fori_loop(
