@@ -437,6 +437,15 @@ def decode_phases(max_new_tokens: int) -> list[int]:
   return ends + [max_new_tokens]
 
 
+def _values_carry_totals(decode_kernel: str, mesh) -> bool:
+  """Whether the decode loop's value caches carry a column of ones ('v1', see
+  `models.split_cache`): with XLA ops on CPU, where it makes attention one library call
+  instead of three. The Pallas kernel takes plain values, and on a GPU the plain layout is
+  the one measured."""
+  platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+  return decode_kernel == "xla" and platform == "cpu"
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=3)
 def _decode(plan: _Plan, decode_kernel: str, params, state, prompt_cache, stop_mask, knobs):
   """Feeds the last sampled token until every row is done or the budget is spent.
@@ -484,13 +493,15 @@ def _decode(plan: _Plan, decode_kernel: str, params, state, prompt_cache, stop_m
       dim = axes[name].index("cache_length")
       pad = [(0, 0)] * x.ndim
       pad[dim] = (0, length - x.shape[dim])
-      out[name] = jnp.pad(x, pad)
+      # 'v1' keeps its column of ones in the new slots; what else they hold is masked out.
+      out[name] = jnp.pad(x, pad, constant_values=1 if name == "v1" else 0)
     return plan.constrain_layer_cache(out)
 
   # Sample j of prompt i is row i * n + j. One cache buffer per layer (keys transposed, see
   # `models.forward_per_layer`), holding the prompt in slots [0, bucket) before phase 1.
+  with_totals = _values_carry_totals(decode_kernel, plan.mesh)
   carry = dict(state, cache=[{name: jnp.repeat(x, plan.n, axis=0) for name, x in c.items()}
-                             for c in models.split_cache(prompt_cache)])
+                             for c in models.split_cache(prompt_cache, with_totals)])
   for end, length in plan.phases():
     carry["cache"] = [grow(c, length) for c in carry["cache"]]
     carry = jax.lax.while_loop(
@@ -660,7 +671,8 @@ def peak_memory_bytes(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]]
 
   Decode's peak is above the final KV cache (`kv_cache_bytes` of `prompt_bucket +
   max_new_tokens` slots) by the prompts' cache and the copy of one layer's buffer while a
-  phase's cache grows into the next's.
+  phase's cache grows into the next's; on CPU also by the values' column of ones
+  (`models.split_cache`), 1 / (2 head_dim) of the cache.
   """
   decode_kernel = resolve_decode_kernel(decode_kernel, cfg, mesh, "peak_memory_bytes")
   plan, args = _setup("peak_memory_bytes", cfg, params, prompts, max_new_tokens, 1.0, 1.0, 0,

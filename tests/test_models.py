@@ -6,6 +6,7 @@ every mapping is exercised) and saved with save_pretrained; torch is only the re
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -425,11 +426,14 @@ def test_decode_attention_mix_equals_the_softmax_first_form():
   mask[1, ..., 0] = True
   mask = jnp.asarray(mask)
   want = transformer._mix_values(scores, mask, values, jnp.float32)
-  got = transformer._mix_values_decode(scores, mask, values, jnp.float32)
-  assert np.isfinite(np.asarray(got)).all()
-  np.testing.assert_allclose(np.asarray(got[1:]), np.asarray(want[1:]), rtol=1e-5, atol=1e-6)
-  # Masked slots carry no weight: changing their values changes nothing.
-  poisoned = jnp.where(mask[:, 0, 0, 0][:, None, :, None], values, 1e6)
-  np.testing.assert_allclose(
-      np.asarray(transformer._mix_values_decode(scores, mask, poisoned, jnp.float32)[1:]),
-      np.asarray(got[1:]), rtol=1e-5, atol=1e-6)
+  with_ones = jnp.concatenate([values, jnp.ones((b, kv, s, 1))], axis=-1)  # the 'v1' layout
+  for got_values, with_totals in [(values, False), (with_ones, True)]:
+    mix = functools.partial(transformer._mix_values_decode, with_totals=with_totals)
+    got = mix(scores, mask, got_values, jnp.float32)
+    assert got.shape == want.shape
+    assert np.isfinite(np.asarray(got)).all()
+    np.testing.assert_allclose(np.asarray(got[1:]), np.asarray(want[1:]), rtol=1e-5, atol=1e-6)
+    # Masked slots carry no weight: changing their values changes nothing.
+    poisoned = jnp.where(mask[:, 0, 0, 0][:, None, :, None], got_values, 1e6)
+    np.testing.assert_allclose(np.asarray(mix(scores, mask, poisoned, jnp.float32)[1:]),
+                               np.asarray(got[1:]), rtol=1e-5, atol=1e-6)

@@ -419,19 +419,22 @@ def test_decode_phases_double_up_to_the_budget():
 def test_peak_memory_is_the_final_cache_plus_one_layers_growth(tiny):
   """The decode cache grows phase by phase, so the peak is not just the final cache: it adds
   the prompts' cache (held through decode) and one layer's buffer while it is copied into the
-  next phase's. The bound fails if decode held every phase's cache at once."""
+  next phase's, and on CPU the values' column of ones. The bound fails if decode held every
+  phase's cache at once."""
   cfg, params = tiny
   new, n = 200, 8  # phases end at 32, 64, 128, 200; 4 prompt rows x 8 samples
   peak = sampling.peak_memory_bytes(cfg, params, PROMPTS, max_new_tokens=new, n=n)
   rows, bucket = sampling.batch_bucket(len(PROMPTS)) * n, 32
   final = sampling.kv_cache_bytes(cfg, rows, bucket + new)
+  ones_column = final // 2 // cfg.head_dim
   prompt_cache = sampling.kv_cache_bytes(cfg, rows // n, bucket)
   one_layer_growing = sampling.kv_cache_bytes(cfg, rows, bucket + 128) // cfg.num_layers // 2
   weights = sum(x.nbytes for x in jax.tree.leaves(params))
   outputs = rows * new * 8  # tokens and logprobs
   assert final <= peak
   # Small change: token ids, masks, logits and the like.
-  assert peak <= final + prompt_cache + one_layer_growing + weights + 2 * outputs + 2**20
+  assert peak <= (final + ones_column + prompt_cache + one_layer_growing + weights + 2 * outputs
+                  + 2**20)
 
 
 def test_seed_determines_samples(tiny):
@@ -582,11 +585,12 @@ def test_generate_text_cuts_at_stop_strings(tiny):
   assert len(out.logprobs[0]) == len(kept)
 
 
-@pytest.mark.parametrize("decode_kernel", ["xla", FUSED_KERNEL])
+@pytest.mark.parametrize("decode_kernel,with_totals",
+                         [("xla", False), ("xla", True), (FUSED_KERNEL, False)])
 @pytest.mark.parametrize("family", ["qwen3", "qwen2", "llama"])
-def test_per_layer_decode_step_equals_the_scanned_one(family, decode_kernel):
+def test_per_layer_decode_step_equals_the_scanned_one(family, decode_kernel, with_totals):
   """The decode loop's unrolled per-layer form gives the scanned form's logits and caches,
-  with either attention."""
+  with either attention, and with the values' column of ones ('v1') that XLA ops on CPU use."""
   cfg = models.tiny_config(family)
   params = models.init_params(cfg, jax.random.key(3))
   batch, length, index = 3, 24, 9
@@ -601,13 +605,31 @@ def test_per_layer_decode_step_equals_the_scanned_one(family, decode_kernel):
                                                       cache, index)
   got_logits, got_caches = models.forward_per_layer(
       cfg, params, models.split_layers(params), tokens, positions, kv_mask,
-      models.split_cache(cache), index, decode_kernel=decode_kernel)
+      models.split_cache(cache, with_totals), index, decode_kernel=decode_kernel)
   np.testing.assert_allclose(got_logits, want_logits, rtol=1e-5, atol=1e-5)
   assert len(got_caches) == cfg.num_layers
   for layer, got in enumerate(got_caches):
     np.testing.assert_allclose(got["kt"], np.swapaxes(want_cache["k"][layer], -1, -2),
                                rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(got["v"], want_cache["v"][layer], rtol=1e-6, atol=1e-6)
+    if with_totals:
+      assert set(got) == {"kt", "v1"}
+      values, ones = got["v1"][..., :-1], got["v1"][..., -1]
+      np.testing.assert_array_equal(ones, 1.0)  # the step's write leaves the column alone
+    else:
+      assert set(got) == {"kt", "v"}
+      values = got["v"]
+    np.testing.assert_allclose(values, want_cache["v"][layer], rtol=1e-6, atol=1e-6)
+
+
+def test_fused_decode_kernel_refuses_values_with_totals():
+  cfg = models.tiny_config("qwen3")
+  params = models.init_params(cfg, jax.random.key(3))
+  cache = models.init_cache(cfg, 2, 8)
+  with pytest.raises(ValueError, match="'v' cache layout"):
+    models.forward_per_layer(cfg, params, models.split_layers(params), np.ones((2, 1)),
+                             np.zeros((2, 1)), np.ones((2, 8), bool),
+                             models.split_cache(cache, with_totals=True), 0,
+                             decode_kernel=FUSED_KERNEL)
 
 
 def test_fused_decode_kernel_samples_as_the_xla_ops_do(tiny):

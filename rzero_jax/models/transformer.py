@@ -52,8 +52,14 @@ DECODE_KERNELS = ("xla", "pallas", "pallas_interpret")
 # The decode loop's per-layer caches (`split_cache`) hold the keys transposed, as
 # 'kt' [B, KV, Dh, S]: the score product q [G, Dh] x kt [Dh, S] is then a plain one, which
 # XLA:CPU runs 14-15% faster per decode step than q x k^T at batch 64 and 512 (tiny model).
+# 'v1' [B, KV, S, Dh + 1] is 'v' with a trailing column of ones (`split_cache(...,
+# with_totals=True)`): the value product then yields the softmax's row sums as its last column,
+# attention's exp has that product as its only consumer, and XLA:CPU runs score product,
+# softmax and value product as one YNNPACK fusion instead of three (tiny model, one layer's
+# attention at 16 rows x 160 slots: 29 -> 20 us a step; at 64 rows 111 -> 76 us).
 LAYER_CACHE_AXES = {"kt": ("batch", "kv_heads", "head_dim", "cache_length"),
-                    "v": ("batch", "kv_heads", "cache_length", "head_dim")}
+                    "v": ("batch", "kv_heads", "cache_length", "head_dim"),
+                    "v1": ("batch", "kv_heads", "cache_length", "head_dim")}
 
 
 def dtype_of(name: str):
@@ -182,9 +188,10 @@ class Attention(nn.Module):
       def write(full, new, index):
         return jax.lax.dynamic_update_slice(full, new.astype(full.dtype), index)
       if "kt" in cache:  # one layer's own cache (`forward_per_layer`), keys transposed
+        name = "v1" if "v1" in cache else "v"  # 'v1': a column of ones after Dh, left as is
         cache = {"kt": write(cache["kt"], k.transpose(0, 2, 3, 1), (0, 0, 0, cache_index)),
-                 "v": write(cache["v"], v.transpose(0, 2, 1, 3), (0, 0, cache_index, 0))}
-        keys_t, values = cache["kt"], cache["v"]  # [B, KV, Dh, S], [B, KV, S, Dh]
+                 name: write(cache[name], v.transpose(0, 2, 1, 3), (0, 0, cache_index, 0))}
+        keys_t, values = cache["kt"], cache[name]  # [B, KV, Dh, S], [B, KV, S, Dh (+ 1)]
       else:
         index = (layer_idx, 0, 0, cache_index, 0)
         cache = {"k": write(cache["k"], k.transpose(0, 2, 1, 3)[None], index),
@@ -195,6 +202,9 @@ class Attention(nn.Module):
     mask = kv_mask[:, None, :] & (k_slot[None, None, :] <= q_slot[None, :, None])  # [B, T, S]
 
     if keys_t is not None and t == 1 and self.decode_kernel != "xla":
+      if values.shape[-1] != hd:
+        raise ValueError(f"decode_kernel={self.decode_kernel!r} takes the 'v' cache layout; "
+                         f"this one carries totals ('v1', `split_cache(with_totals=True)`)")
       # One fused kernel per layer (`decode_attention`); GPU only, or interpreted in tests.
       out = decode_attention.decode_attention(
           qg.reshape(b, kv, groups, hd), keys_t.astype(dt), values.astype(dt), mask[:, 0],
@@ -212,7 +222,8 @@ class Attention(nn.Module):
 
 def _attend(qg, keys, keys_t, values, mask, dt):
   """Attention in XLA ops: qg [B, T, KV, G, Dh]; keys [B, KV, S, Dh] or, in the decode loop,
-  keys_t [B, KV, Dh, S]; values [B, KV, S, Dh]; mask [B, T, S] -> [B, T, KV * G, Dh]."""
+  keys_t [B, KV, Dh, S]; values [B, KV, S, Dh], or [B, KV, S, Dh + 1] with a column of ones
+  in the decode loop ('v1'); mask [B, T, S] -> [B, T, KV * G, Dh]."""
   b, t, kv, groups, hd = qg.shape
   # Plain batched matmuls over (batch, kv head) with the group's queries as rows: XLA:CPU
   # runs the equivalent 5-d einsum through transposes, 3x slower at decode shapes (t = 1,
@@ -227,7 +238,10 @@ def _attend(qg, keys, keys_t, values, mask, dt):
                                  preferred_element_type=jnp.float32)
   scores = scores * (hd ** -0.5)
   scores = scores.reshape(b, kv, groups, t, -1)  # [B, KV, G, T, S]
-  mix = _mix_values_decode if keys_t is not None else _mix_values
+  if keys_t is not None:
+    mix = functools.partial(_mix_values_decode, with_totals=values.shape[-1] == hd + 1)
+  else:
+    mix = _mix_values
   out = mix(scores, mask[:, None, None], values.astype(dt), dt)  # [B, KV, G*T, Dh]
   out = out.reshape(b, kv, groups, t, hd).transpose(0, 3, 1, 2, 4)
   return out.reshape(b, t, kv * groups, hd)
@@ -243,24 +257,31 @@ def _mix_values(scores, mask, values, dt):
   return jax.lax.dot_general(probs, values, (((3,), (2,)), ((0, 1), (0, 1))))
 
 
-def _mix_values_decode(scores, mask, values, dt):
+def _mix_values_decode(scores, mask, values, dt, with_totals: bool = False):
   """`_mix_values` for the decode loop, with the softmax normalised after the value product.
 
-  The division then touches [.., Dh] instead of [.., S], and XLA:CPU runs the whole of
-  attention (score product, softmax, value product, output projection) as one YNNPACK
-  fusion per layer. Normalised first, the value product ran on its own, 6x slower once one
-  layer's cache outgrew the L3 (tiny model, 2,048 rows x 128 slots: 59 -> 16 ms per decode
-  step). The masked slots get a large negative bias, added rather than selected, so that the
-  mask joins that fusion too. The training forward keeps `_mix_values`: this form made the
-  SmolLM2-shaped train step 8% slower (MFU 0.415 -> 0.381).
+  The division then touches [.., Dh] instead of [.., S]. Normalised first, the value product
+  ran on its own, 6x slower once one layer's cache outgrew the L3 (tiny model, 2,048 rows x
+  128 slots: 59 -> 16 ms per decode step). The masked slots get a large negative bias, added
+  rather than selected, so that the mask joins the score product's fusion. The training
+  forward keeps `_mix_values`: this form made the SmolLM2-shaped train step 8% slower
+  (MFU 0.415 -> 0.381).
+
+  `with_totals`: the values' last column is all ones ('v1', see `LAYER_CACHE_AXES`), so the
+  product's last column is the row sums. The softmax's weights then feed the value product
+  alone, and XLA:CPU fuses score product, softmax and value product into one YNNPACK call;
+  with a separate row sum they were three.
   """
   b, kv, groups, t, _ = scores.shape
   scores = scores + jnp.where(mask, 0.0, _MASKED_SCORE)
   weights = jnp.exp(scores - jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True)))
-  total = jnp.sum(weights, axis=-1).reshape(b, kv, groups * t, 1)
+  if not with_totals:
+    total = jnp.sum(weights, axis=-1).reshape(b, kv, groups * t, 1)
   weights = weights.astype(dt).reshape(b, kv, groups * t, -1)
   out = jax.lax.dot_general(weights, values, (((3,), (2,)), ((0, 1), (0, 1))),
                             preferred_element_type=jnp.float32)
+  if with_totals:
+    out, total = out[..., :-1], out[..., -1:]
   return (out / total).astype(dt)
 
 
@@ -462,12 +483,22 @@ def split_layers(params: Params) -> list:
   return [jax.tree.map(lambda a, l=l: a[l], stacked) for l in range(num_layers)]
 
 
-def split_cache(cache: KVCache) -> list:
+def split_cache(cache: KVCache, with_totals: bool = False) -> list:
   """The stacked cache as L per-layer caches in the decode layout (`LAYER_CACHE_AXES`):
-  {'kt': [B, KV, Dh, S] (keys transposed), 'v': [B, KV, S, Dh]}."""
+  {'kt': [B, KV, Dh, S] (keys transposed), 'v': [B, KV, S, Dh]}, or with `with_totals`
+  {'kt', 'v1': [B, KV, S, Dh + 1]}, the values followed by a column of ones (the layout that
+  XLA:CPU's decode attention runs fastest; the Pallas kernel takes 'v')."""
   num_layers = cache["k"].shape[0]
-  return [{"kt": cache["k"][l].transpose(0, 1, 3, 2), "v": cache["v"][l]}
-          for l in range(num_layers)]
+  out = []
+  for l in range(num_layers):
+    values = cache["v"][l]
+    if with_totals:
+      ones = jnp.ones(values.shape[:-1] + (1,), values.dtype)
+      out.append({"kt": cache["k"][l].transpose(0, 1, 3, 2),
+                  "v1": jnp.concatenate([values, ones], axis=-1)})
+    else:
+      out.append({"kt": cache["k"][l].transpose(0, 1, 3, 2), "v": values})
+  return out
 
 
 def forward_per_layer(cfg: ModelConfig, params: Params, layer_params: list, tokens, positions,
