@@ -462,6 +462,7 @@ def _decode(plan: _Plan, decode_kernel: str, params, state, prompt_cache, stop_m
   base_key = jax.random.key(knobs["seed"])
   kv_mask = plan.kv_mask(state["prompt_lens"], plan.cache_length)
   layer_params = models.split_layers(params)
+  rope = models.rope_table(cfg, plan.cache_length)  # every position a step can reach
 
   def decode_one(s, kv_mask):
     step = s["step"]
@@ -469,7 +470,7 @@ def _decode(plan: _Plan, decode_kernel: str, params, state, prompt_cache, stop_m
     positions = (s["prompt_lens"] + step - 1)[:, None]
     logits, cache = models.forward_per_layer(
         cfg, params, layer_params, last, positions, kv_mask, s["cache"], bucket + step - 1,
-        mesh=plan.mesh, rules=plan.rules, decode_kernel=decode_kernel)
+        mesh=plan.mesh, rules=plan.rules, decode_kernel=decode_kernel, rope_table=rope)
     token, logprob = sample_tokens(logits[:, 0], jax.random.fold_in(base_key, step), knobs)
     done = s["done"]
     token = jnp.where(done, plan.pad_id, token)

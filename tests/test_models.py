@@ -437,3 +437,22 @@ def test_decode_attention_mix_equals_the_softmax_first_form():
     poisoned = jnp.where(mask[:, 0, 0, 0][:, None, :, None], got_values, 1e6)
     np.testing.assert_allclose(np.asarray(mix(scores, mask, poisoned, jnp.float32)[1:]),
                                np.asarray(got[1:]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rope_scaling", [None, models.RopeScaling(8.0, 1.0, 4.0, 64)])
+def test_rope_from_the_table_equals_rope_from_positions(rope_scaling):
+  """The decode loop gathers RoPE's cos and sin from `rope_table` instead of computing them:
+  the rotation must be the same, llama3 frequency scaling included."""
+  from rzero_jax.models import transformer
+  cfg = models.tiny_config("llama", rope_scaling=rope_scaling, rope_theta=500000.0)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(3, 5, 2, cfg.head_dim)), jnp.float32)
+  positions = jnp.asarray(rng.integers(0, 300, (3, 5)), jnp.int32)
+  inv_freq = transformer.rope_inv_freq(cfg)
+  table = models.rope_table(cfg, 300)
+  assert table.cos.shape == table.sin.shape == (300, cfg.head_dim // 2)
+  want = transformer.apply_rope(x, positions, inv_freq)
+  got = transformer.apply_rope(
+      x, transformer.Rotary(table.cos[positions], table.sin[positions]), inv_freq)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
+  assert not np.allclose(np.asarray(want), np.asarray(x), atol=1e-3)  # it does rotate

@@ -7,6 +7,7 @@ from rzero_jax.models.transformer import (DECODE_KERNELS, KVCache, abstract_para
                                           default_positions, forward, forward_per_layer,
                                           forward_with_cache, split_cache, split_layers,
                                           hidden_states, init_cache, init_params,
-                                          param_logical_axes, param_shardings, unembed)
+                                          param_logical_axes, param_shardings, rope_table,
+                                          unembed)
 from rzero_jax.models.gguf import load_gguf
 from rzero_jax.models.hf import load_hf, save_hf

@@ -27,7 +27,7 @@ row yields the same logits as the unpadded row.
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -88,11 +88,30 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
   return np.where(is_medium, smoothed, scaled).astype(np.float32)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
-  """x [B, T, N, Dh], positions [B, T]. Half-split rotation (transformers' rotate_half)."""
-  freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, Dh/2]
-  cos = jnp.cos(freqs)[:, :, None, :]
-  sin = jnp.sin(freqs)[:, :, None, :]
+class Rotary(NamedTuple):
+  """RoPE's cos and sin at each token, [B, T, Dh/2] float32: what a layer takes in place of
+  integer positions when the caller has them already (`forward_per_layer`'s `rope_table`)."""
+  cos: jax.Array
+  sin: jax.Array
+
+
+def rope_table(cfg: ModelConfig, length: int) -> Rotary:
+  """RoPE's cos and sin at positions [0, length), [length, Dh/2] each: computed once, outside a
+  decode loop, so that a step gathers its rows instead of evaluating cos and sin inside
+  every layer's query and key fusions (7% of the tiny model's decode step on CPU)."""
+  freqs = jnp.arange(length, dtype=jnp.float32)[:, None] * jnp.asarray(rope_inv_freq(cfg))
+  return Rotary(jnp.cos(freqs), jnp.sin(freqs))
+
+
+def apply_rope(x: jax.Array, positions, inv_freq: np.ndarray) -> jax.Array:
+  """x [B, T, N, Dh], positions [B, T] (or their `Rotary`). Half-split rotation
+  (transformers' rotate_half)."""
+  if isinstance(positions, Rotary):
+    cos, sin = positions.cos[:, :, None, :], positions.sin[:, :, None, :]
+  else:
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, Dh/2]
+    cos = jnp.cos(freqs)[:, :, None, :]
+    sin = jnp.sin(freqs)[:, :, None, :]
   x32 = x.astype(jnp.float32)
   x1, x2 = jnp.split(x32, 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
@@ -503,8 +522,12 @@ def split_cache(cache: KVCache, with_totals: bool = False) -> list:
 
 def forward_per_layer(cfg: ModelConfig, params: Params, layer_params: list, tokens, positions,
                       kv_mask, caches: list, cache_index, *, mesh=None,
-                      rules=sharding.DEFAULT_RULES, decode_kernel: str = "xla"):
+                      rules=sharding.DEFAULT_RULES, decode_kernel: str = "xla",
+                      rope_table: Rotary | None = None):
   """`forward_with_cache` over per-layer weights (`split_layers`) and caches (`split_cache`).
+
+  `rope_table` (`rope_table`, covering every position in `positions`): RoPE's cos and sin
+  are gathered from it rather than computed.
 
   `decode_kernel` (one of `DECODE_KERNELS`) picks how a one-token step attends: "xla" ops,
   the fused Pallas kernel of `decode_attention` ("pallas", GPU only), or that kernel
@@ -520,6 +543,8 @@ def forward_per_layer(cfg: ModelConfig, params: Params, layer_params: list, toke
   variables = {"params": params}
   x = dec.apply(variables, jnp.asarray(tokens, jnp.int32), method=Decoder.embed_tokens)
   positions, kv_mask = jnp.asarray(positions, jnp.int32), jnp.asarray(kv_mask, bool)
+  if rope_table is not None:
+    positions = Rotary(rope_table.cos[positions], rope_table.sin[positions])
   cache_index = jnp.asarray(cache_index, jnp.int32)
   if decode_kernel not in DECODE_KERNELS:
     raise ValueError(f"decode_kernel={decode_kernel!r}: expected one of {DECODE_KERNELS}")
