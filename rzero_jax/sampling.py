@@ -437,13 +437,14 @@ def decode_phases(max_new_tokens: int) -> list[int]:
   return ends + [max_new_tokens]
 
 
-def _values_carry_totals(decode_kernel: str, mesh) -> bool:
-  """Whether the decode loop's value caches carry a column of ones ('v1', see
-  `models.split_cache`): with XLA ops on CPU, where it makes attention one library call
-  instead of three. The Pallas kernel takes plain values, and on a GPU the plain layout is
-  the one measured."""
+def _decodes_on_cpu(mesh) -> bool:
+  """Whether decode runs on XLA:CPU, where fewer library calls per step pay: the value caches
+  then carry a column of ones ('v1', see `models.split_cache`; with XLA ops only, the Pallas
+  kernel takes plain values), making attention one call instead of three, and the
+  projections that share an input are one product (`models.forward_per_layer`'s
+  `fuse_projections`). On a GPU the plain forms are the ones measured."""
   platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
-  return decode_kernel == "xla" and platform == "cpu"
+  return platform == "cpu"
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=3)
@@ -470,7 +471,8 @@ def _decode(plan: _Plan, decode_kernel: str, params, state, prompt_cache, stop_m
     positions = (s["prompt_lens"] + step - 1)[:, None]
     logits, cache = models.forward_per_layer(
         cfg, params, layer_params, last, positions, kv_mask, s["cache"], bucket + step - 1,
-        mesh=plan.mesh, rules=plan.rules, decode_kernel=decode_kernel, rope_table=rope)
+        mesh=plan.mesh, rules=plan.rules, decode_kernel=decode_kernel, rope_table=rope,
+        fuse_projections=on_cpu)
     token, logprob = sample_tokens(logits[:, 0], jax.random.fold_in(base_key, step), knobs)
     done = s["done"]
     token = jnp.where(done, plan.pad_id, token)
@@ -500,7 +502,8 @@ def _decode(plan: _Plan, decode_kernel: str, params, state, prompt_cache, stop_m
 
   # Sample j of prompt i is row i * n + j. One cache buffer per layer (keys transposed, see
   # `models.forward_per_layer`), holding the prompt in slots [0, bucket) before phase 1.
-  with_totals = _values_carry_totals(decode_kernel, plan.mesh)
+  on_cpu = _decodes_on_cpu(plan.mesh)
+  with_totals = on_cpu and decode_kernel == "xla"
   carry = dict(state, cache=[{name: jnp.repeat(x, plan.n, axis=0) for name, x in c.items()}
                              for c in models.split_cache(prompt_cache, with_totals)])
   for end, length in plan.phases():

@@ -585,14 +585,15 @@ def test_generate_text_cuts_at_stop_strings(tiny):
   assert len(out.logprobs[0]) == len(kept)
 
 
-@pytest.mark.parametrize("decode_kernel,with_totals,rope_table",
-                         [("xla", False, False), ("xla", True, True), (FUSED_KERNEL, False, True)])
+@pytest.mark.parametrize("decode_kernel,with_totals,rope_table,fuse_projections",
+                         [("xla", False, False, False), ("xla", True, True, True),
+                          (FUSED_KERNEL, False, True, True)])
 @pytest.mark.parametrize("family", ["qwen3", "qwen2", "llama"])
 def test_per_layer_decode_step_equals_the_scanned_one(family, decode_kernel, with_totals,
-                                                      rope_table):
+                                                      rope_table, fuse_projections):
   """The decode loop's unrolled per-layer form gives the scanned form's logits and caches,
-  with either attention, with the values' column of ones ('v1') that XLA ops on CPU use, and
-  with RoPE gathered from a table as the sampler does."""
+  with either attention, and in the CPU sampler's form: the values' column of ones ('v1'),
+  RoPE gathered from a table, and fused projections (qwen2's biases included)."""
   cfg = models.tiny_config(family)
   params = models.init_params(cfg, jax.random.key(3))
   batch, length, index = 3, 24, 9
@@ -608,7 +609,8 @@ def test_per_layer_decode_step_equals_the_scanned_one(family, decode_kernel, wit
   got_logits, got_caches = models.forward_per_layer(
       cfg, params, models.split_layers(params), tokens, positions, kv_mask,
       models.split_cache(cache, with_totals), index, decode_kernel=decode_kernel,
-      rope_table=models.rope_table(cfg, length) if rope_table else None)
+      rope_table=models.rope_table(cfg, length) if rope_table else None,
+      fuse_projections=fuse_projections)
   np.testing.assert_allclose(got_logits, want_logits, rtol=1e-5, atol=1e-5)
   assert len(got_caches) == cfg.num_layers
   for layer, got in enumerate(got_caches):
