@@ -95,23 +95,24 @@ class Rotary(NamedTuple):
   sin: jax.Array
 
 
+def _rotary(positions: jax.Array, inv_freq: np.ndarray) -> Rotary:
+  """RoPE's cos and sin at integer positions [...] -> [..., Dh/2] each."""
+  freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
+  return Rotary(jnp.cos(freqs), jnp.sin(freqs))
+
+
 def rope_table(cfg: ModelConfig, length: int) -> Rotary:
   """RoPE's cos and sin at positions [0, length), [length, Dh/2] each: computed once, outside a
   decode loop, so that a step gathers its rows instead of evaluating cos and sin inside
   every layer's query and key fusions (7% of the tiny model's decode step on CPU)."""
-  freqs = jnp.arange(length, dtype=jnp.float32)[:, None] * jnp.asarray(rope_inv_freq(cfg))
-  return Rotary(jnp.cos(freqs), jnp.sin(freqs))
+  return _rotary(jnp.arange(length), rope_inv_freq(cfg))
 
 
 def apply_rope(x: jax.Array, positions, inv_freq: np.ndarray) -> jax.Array:
   """x [B, T, N, Dh], positions [B, T] (or their `Rotary`). Half-split rotation
   (transformers' rotate_half)."""
-  if isinstance(positions, Rotary):
-    cos, sin = positions.cos[:, :, None, :], positions.sin[:, :, None, :]
-  else:
-    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, Dh/2]
-    cos = jnp.cos(freqs)[:, :, None, :]
-    sin = jnp.sin(freqs)[:, :, None, :]
+  rotary = positions if isinstance(positions, Rotary) else _rotary(positions, inv_freq)
+  cos, sin = rotary.cos[:, :, None, :], rotary.sin[:, :, None, :]
   x32 = x.astype(jnp.float32)
   x1, x2 = jnp.split(x32, 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
@@ -551,17 +552,12 @@ def split_cache(cache: KVCache, with_totals: bool = False) -> list:
   {'kt': [B, KV, Dh, S] (keys transposed), 'v': [B, KV, S, Dh]}, or with `with_totals`
   {'kt', 'v1': [B, KV, S, Dh + 1]}, the values followed by a column of ones (the layout that
   XLA:CPU's decode attention runs fastest; the Pallas kernel takes 'v')."""
-  num_layers = cache["k"].shape[0]
-  out = []
-  for l in range(num_layers):
-    values = cache["v"][l]
-    if with_totals:
-      ones = jnp.ones(values.shape[:-1] + (1,), values.dtype)
-      out.append({"kt": cache["k"][l].transpose(0, 1, 3, 2),
-                  "v1": jnp.concatenate([values, ones], axis=-1)})
-    else:
-      out.append({"kt": cache["k"][l].transpose(0, 1, 3, 2), "v": values})
-  return out
+  values = cache["v"]
+  if with_totals:
+    values = jnp.concatenate([values, jnp.ones(values.shape[:-1] + (1,), values.dtype)], -1)
+  name = "v1" if with_totals else "v"
+  return [{"kt": cache["k"][l].transpose(0, 1, 3, 2), name: values[l]}
+          for l in range(cache["k"].shape[0])]
 
 
 def forward_per_layer(cfg: ModelConfig, params: Params, layer_params: list, tokens, positions,
