@@ -464,6 +464,7 @@ def _decode(plan: _Plan, decode_kernel: str, params, state, prompt_cache, stop_m
   kv_mask = plan.kv_mask(state["prompt_lens"], plan.cache_length)
   layer_params = models.split_layers(params)
   rope = models.rope_table(cfg, plan.cache_length)  # every position a step can reach
+  on_cpu = _decodes_on_cpu(plan.mesh)
 
   def decode_one(s, kv_mask):
     step = s["step"]
@@ -502,7 +503,6 @@ def _decode(plan: _Plan, decode_kernel: str, params, state, prompt_cache, stop_m
 
   # Sample j of prompt i is row i * n + j. One cache buffer per layer (keys transposed, see
   # `models.forward_per_layer`), holding the prompt in slots [0, bucket) before phase 1.
-  on_cpu = _decodes_on_cpu(plan.mesh)
   with_totals = on_cpu and decode_kernel == "xla"
   carry = dict(state, cache=[{name: jnp.repeat(x, plan.n, axis=0) for name, x in c.items()}
                              for c in models.split_cache(prompt_cache, with_totals)])
