@@ -21,7 +21,8 @@ def get_config():
   c.world.base = dict(seed=0, hidden_size=64, intermediate_size=256, num_layers=2,
                       num_heads=4, num_kv_heads=2, head_dim=16, vocab_size=256,
                       num_docs=72_000, steps=9000, batch_size=8, learning_rate=3e-3,
-                      challenger_fraction=0.2)
+                      challenger_fraction=0.2, careless_fraction=0.0,
+                      results_first_fraction=0.0)
 
   c.challenger.steps = 10
   c.challenger.prompts_per_step = 32

@@ -194,6 +194,59 @@ def test_worked_solution_example_and_bad_question():
     arith.worked_solution("What is love?")
 
 
+@pytest.mark.parametrize("level", range(1, arith.NUM_LEVELS + 1))
+def test_results_first_solutions_are_right_and_differ_only_in_order(level):
+  differ = 0
+  for p in samples(level, 60):
+    text = arith.worked_solution(p.question, results_first=True)
+    chain, box = text.rsplit("\n", 1)
+    assert box == f"\\boxed{{{p.answer}}}"
+    steps = chain.split(" = ")
+    assert steps[0] == expression_of(p.question) and steps[-1] == str(p.answer)
+    assert all(reference_eval(s) == p.answer for s in steps)
+    plain = arith.worked_solution(p.question).rsplit("\n", 1)[0].split(" = ")
+    assert len(steps) == len(plain)  # the same work, one operation per step
+    differ += steps != plain
+  # Only a result landing right of a + or * moves: never in one-step levels (1, 2, 6), nor
+  # in level 3 (+ and - worked from the left).
+  assert (differ > 0) == (level in (4, 5, 7, 8))
+
+
+def _left_fold(expression: str) -> int:
+  """An independent left-to-right reading: drop the parentheses, fold the rest."""
+  tokens = expression.replace("(", " ").replace(")", " ").split()
+  value = int(tokens[0])
+  for op, lit in zip(tokens[1::2], tokens[2::2]):
+    value = _AST_OPS[{"+": ast.Add, "-": ast.Sub, "*": ast.Mult}[op]](value, int(lit))
+  return value
+
+
+@pytest.mark.parametrize("level", range(1, arith.NUM_LEVELS + 1))
+def test_left_to_right_solutions_read_the_question_from_the_left(level):
+  wrong = 0
+  for p in samples(level, 60):
+    expected = _left_fold(expression_of(p.question))
+    chain, box = arith.left_to_right_solution(p.question).rsplit("\n", 1)
+    assert box == f"\\boxed{{{expected}}}"
+    steps = chain.split(" = ")
+    assert steps[0] == expression_of(p.question) and steps[-1] == str(expected)
+    assert all(reference_eval(s) == expected for s in steps[1:])
+    wrong += expected != p.answer
+  # Precedence and parentheses only matter from level 4 on (and not at level 6: two operands).
+  assert (wrong > 0) == (level in (4, 5, 7, 8))
+
+
+def test_left_to_right_examples():
+  assert (arith.left_to_right_solution("What is 3 + 4 * 5?")
+          == "3 + 4 * 5 = 7 * 5 = 35\n\\boxed{35}")
+  assert (arith.left_to_right_solution("What is 3 * (4 + 5)?")
+          == "3 * (4 + 5) = 12 + 5 = 17\n\\boxed{17}")
+  assert (arith.worked_solution("What is 3 * (4 + 5)?", results_first=True)
+          == "3 * (4 + 5) = 9 * 3 = 27\n\\boxed{27}")
+  with pytest.raises(ValueError, match="not an arithmetic question"):
+    arith.left_to_right_solution("What is love?")
+
+
 def test_challenger_completion_has_the_r_zero_format():
   p = arith.Problem("What is (3 + 4) * 5?", 35, 5)
   text = arith.challenger_completion(p)
@@ -272,6 +325,35 @@ def test_length_buckets_cover_every_document_once():
     base_model.length_buckets(lengths, min_docs=10)
 
 
+def test_corpus_mixes_authors_in_the_shares_asked():
+  spec = base_model.BaseModelSpec(**{**TINY, "num_docs": 3000, "careless_fraction": 0.3,
+                                      "results_first_fraction": 0.5})
+  authors = {"careless": 0, "results_first": 0, "plain": 0}
+  for messages, completion in base_model.corpus_documents(spec):
+    if completion.startswith("<question>"):
+      continue
+    question = messages[1]["content"]
+    forms = {"careless": arith.left_to_right_solution(question),
+             "results_first": arith.worked_solution(question, results_first=True),
+             "plain": arith.worked_solution(question)}
+    assert completion in forms.values()
+    if len(set(forms.values())) == 3:  # only here can the author be told
+      authors[next(k for k, v in forms.items() if v == completion)] += 1
+  total = sum(authors.values())
+  assert total > 200
+  assert abs(authors["careless"] / total - 0.3) < 0.06
+  assert abs(authors["results_first"] / total - 0.35) < 0.06
+
+
+def test_mixed_authors_change_the_cache_key_and_zero_shares_do_not():
+  default = base_model.BaseModelSpec(**TINY)
+  zeros = base_model.BaseModelSpec(**TINY, careless_fraction=0.0, results_first_fraction=0.0)
+  mixed = base_model.BaseModelSpec(**TINY, careless_fraction=0.3)
+  assert default.cache_key() == zeros.cache_key() != mixed.cache_key()
+  assert (base_model.corpus_documents(default)
+          == base_model.corpus_documents(zeros))
+
+
 def test_bad_arguments_are_refused(tmp_path):
   with pytest.raises(ValueError, match="unknown argument"):
     base_model.build_base_model(str(tmp_path), hidden=3)
@@ -279,6 +361,10 @@ def test_bad_arguments_are_refused(tmp_path):
     base_model.build_base_model(str(tmp_path), steps=0)
   with pytest.raises(ValueError, match="solver_level_weights"):
     base_model.build_base_model(str(tmp_path), solver_level_weights=(1, 2))
+  with pytest.raises(ValueError, match="careless_fraction"):
+    base_model.build_base_model(str(tmp_path), careless_fraction=1.0)
+  with pytest.raises(ValueError, match="results_first_fraction"):
+    base_model.build_base_model(str(tmp_path), results_first_fraction=-0.1)
   assert os.listdir(tmp_path) == []
 
 

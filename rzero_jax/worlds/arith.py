@@ -437,22 +437,27 @@ def design_sets(seed: int = 20251126, per_level: int = 256) -> dict[int, list[Pr
 
 # ----------------------------------------------------------------------------- text formats
 
-def _reduce_once(expr: Expr) -> Expr:
-  """Evaluates the leftmost operation whose operands are both literals."""
+def _reduce_once(expr: Expr, results_first: bool = False) -> Expr:
+  """Evaluates the leftmost operation whose operands are both literals. With `results_first`,
+  a result that lands on the right of a + or a * is written in front instead
+  (``3 + 4 * 5 = 20 + 3``): the same value, another way of writing it."""
   if isinstance(expr, Lit):
     raise ValueError("a literal has nothing left to reduce")
   if isinstance(expr.left, Lit) and isinstance(expr.right, Lit):
     return Lit(evaluate(expr))
   if not isinstance(expr.left, Lit):
-    return BinOp(expr.op, _reduce_once(expr.left), expr.right)
-  return BinOp(expr.op, expr.left, _reduce_once(expr.right))
+    return BinOp(expr.op, _reduce_once(expr.left, results_first), expr.right)
+  right = _reduce_once(expr.right, results_first)
+  if results_first and expr.op in "+*" and isinstance(right, Lit):
+    return BinOp(expr.op, right, expr.left)
+  return BinOp(expr.op, expr.left, right)
 
 
-def reduction_steps(expr: Expr) -> list[str]:
+def reduction_steps(expr: Expr, results_first: bool = False) -> list[str]:
   """The expression, then each one-operation reduction of it down to the answer."""
   steps = [format_expr(expr)]
   while not isinstance(expr, Lit):
-    expr = _reduce_once(expr)
+    expr = _reduce_once(expr, results_first)
     steps.append(str(expr.value) if isinstance(expr, Lit) else format_expr(expr))
   return steps
 
@@ -461,12 +466,46 @@ def boxed(answer: int) -> str:
   return "\\boxed{" + str(answer) + "}"
 
 
-def worked_solution(question: str) -> str:
-  """A short step-by-step solution, e.g. ``(3 + 4) * 5 = 7 * 5 = 35`` then ``\\boxed{35}``."""
+def worked_solution(question: str, results_first: bool = False) -> str:
+  """A short step-by-step solution, e.g. ``(3 + 4) * 5 = 7 * 5 = 35`` then ``\\boxed{35}``;
+  `results_first` as in `_reduce_once`."""
   expr = parse_question(question)
   if expr is None:
     raise ValueError(f"question {question!r} is not an arithmetic question of this world")
-  return " = ".join(reduction_steps(expr)) + "\n" + boxed(evaluate(expr))
+  return " = ".join(reduction_steps(expr, results_first)) + "\n" + boxed(evaluate(expr))
+
+
+def _in_order(expr: Expr, lits: list[int], ops: list[str]) -> None:
+  if isinstance(expr, Lit):
+    lits.append(expr.value)
+    return
+  _in_order(expr.left, lits, ops)
+  ops.append(expr.op)
+  _in_order(expr.right, lits, ops)
+
+
+def left_to_right(expr: Expr) -> Expr:
+  """The tree a reader gets who ignores precedence and parentheses and works strictly from
+  left to right: ``3 + 4 * 5`` as ``(3 + 4) * 5``, ``3 * (4 + 5)`` as ``3 * 4 + 5``."""
+  lits, ops = [], []
+  _in_order(expr, lits, ops)
+  out: Expr = Lit(lits[0])
+  for op, value in zip(ops, lits[1:]):
+    out = BinOp(op, out, Lit(value))
+  return out
+
+
+def left_to_right_solution(question: str) -> str:
+  """A careless author's solution, in the same format as `worked_solution`: every step is
+  done right, but in left-to-right order (`left_to_right`), so the answer is wrong wherever
+  the order matters. Written into the pretraining corpus as the wrong solutions that web text
+  holds beside right ones; never used as a label."""
+  expr = parse_question(question)
+  if expr is None:
+    raise ValueError(f"question {question!r} is not an arithmetic question of this world")
+  careless = left_to_right(expr)
+  steps = [format_expr(expr)] + reduction_steps(careless)[1:]
+  return " = ".join(steps) + "\n" + boxed(evaluate(careless))
 
 
 def challenger_completion(problem: Problem) -> str:

@@ -70,6 +70,14 @@ class BaseModelSpec:
   # hard, because the easy levels are learned anyway as steps of the harder ones.
   challenger_level_weights: tuple[float, ...] = (4, 4, 3, 3, 2, 1, 1, 1)
   solver_level_weights: tuple[float, ...] = (1, 1, 2, 2, 2, 2, 2, 2)
+  # Share of Solver documents written by a careless author who works left to right
+  # (`arith.left_to_right_solution`): the wrong worked solutions web text holds beside right
+  # ones, which a base model imitates along with the right ones.
+  careless_fraction: float = 0.0
+  # Share of the other (right) Solver documents whose author writes each step's result in front
+  # of a + or a * (`arith.worked_solution(results_first=True)`): a second right way to write
+  # the same work.
+  results_first_fraction: float = 0.0
   # pretraining
   steps: int = 9000
   batch_size: int = 8
@@ -87,6 +95,12 @@ class BaseModelSpec:
         raise ValueError(f"build_base_model: {name}={value!r}; expected a positive integer")
     if self.vocab_size < 64:
       raise ValueError(f"build_base_model: vocab_size={self.vocab_size}; expected >= 64")
+    if not 0.0 <= self.careless_fraction < 1.0:
+      raise ValueError(f"build_base_model: careless_fraction={self.careless_fraction}; "
+                       "expected a value in [0, 1)")
+    if not 0.0 <= self.results_first_fraction <= 1.0:
+      raise ValueError(f"build_base_model: results_first_fraction="
+                       f"{self.results_first_fraction}; expected a value in [0, 1]")
     if not 0.0 <= self.challenger_fraction <= 1.0:
       raise ValueError(f"build_base_model: challenger_fraction={self.challenger_fraction}; "
                        "expected a value in [0, 1]")
@@ -100,8 +114,12 @@ class BaseModelSpec:
                        "weight_decay >= 0")
 
   def cache_key(self) -> str:
-    payload = json.dumps({"build": BUILD_VERSION, "world": arith.WORLD_VERSION,
-                          **dataclasses.asdict(self)}, sort_keys=True)
+    fields = dataclasses.asdict(self)
+    for name in ("careless_fraction", "results_first_fraction"):
+      if not fields[name]:  # keeps the keys of models built before these fields
+        del fields[name]
+    payload = json.dumps({"build": BUILD_VERSION, "world": arith.WORLD_VERSION, **fields},
+                         sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -132,8 +150,18 @@ def corpus_documents(spec: BaseModelSpec, prompts=None) -> list[tuple[list[dict]
       level = rng.choices(levels, weights=spec.solver_level_weights)[0]
       problem = arith.sample_problem(rng, level)
       docs.append((prompts.solver_messages(problem.question),
-                   arith.worked_solution(problem.question)))
+                   _solver_completion(spec, rng, problem.question)))
   return docs
+
+
+def _solver_completion(spec: BaseModelSpec, rng: random.Random, question: str) -> str:
+  """One author's worked solution; draws from `rng` only where the spec mixes authors, so
+  that the default corpus stays what it was."""
+  if not (spec.careless_fraction or spec.results_first_fraction):
+    return arith.worked_solution(question)
+  if rng.random() < spec.careless_fraction:
+    return arith.left_to_right_solution(question)
+  return arith.worked_solution(question, results_first=rng.random() < spec.results_first_fraction)
 
 
 def document_texts(docs) -> list[str]:
