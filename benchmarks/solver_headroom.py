@@ -51,10 +51,27 @@ def _answers(env, params, problems, *, n, temperature, seed, max_new_tokens):
   return [answers[i * n:(i + 1) * n] for i in range(len(problems))]
 
 
-def greedy_correct(env, params, problems, max_new_tokens) -> list[bool]:
+def greedy_answers(env, params, problems, max_new_tokens) -> list[str | None]:
   got = _answers(env, params, problems, n=1, temperature=0.0, seed=0,
                  max_new_tokens=max_new_tokens)
-  return [a[0] == str(p.answer) for a, p in zip(got, problems)]
+  return [a[0] for a in got]
+
+
+def left_to_right_answer(question: str) -> int:
+  """The careless author's answer (`arith.left_to_right`)."""
+  return arith.evaluate(arith.left_to_right(arith.parse_question(question)))
+
+
+def order_report(problems, answers) -> str:
+  """On the problems whose left-to-right answer is wrong: how many there are, and the share
+  of `answers` that are right and that are the left-to-right one."""
+  rows = [(a, p) for a, p in zip(answers, problems)
+          if left_to_right_answer(p.question) != p.answer]
+  if not rows:
+    return "– | –"
+  right = np.mean([a == str(p.answer) for a, p in rows])
+  careless = np.mean([a == str(left_to_right_answer(p.question)) for a, p in rows])
+  return f"{100 * right:.1f} ({len(rows)}) | {100 * careless:.1f}"
 
 
 def has_multi_digit_step(question: str) -> bool:
@@ -110,15 +127,17 @@ def training_problems(seed: int, train_levels, n: int, one_digit_steps: bool = F
 
 
 def _report_change(env, params, heldout, before, levels, frontier, budget, what):
-  print("| level | greedy before | greedy after | change |")
-  print("|---|---|---|---|")
+  print("| level | greedy before | greedy after | change | after, where left to right is "
+        "wrong: right (n) | left-to-right answers |")
+  print("|---|---|---|---|---|---|")
   changes = []
   for level in levels:
-    after = float(np.mean(greedy_correct(env, params, heldout[level], budget)))
+    answers = greedy_answers(env, params, heldout[level], budget)
+    after = float(np.mean([a == str(p.answer) for a, p in zip(answers, heldout[level])]))
     if level in frontier:
       changes.append(after - before[level])
     print(f"| {level} | {100 * before[level]:.1f} | {100 * after:.1f} | "
-          f"{100 * (after - before[level]):+.1f} |")
+          f"{100 * (after - before[level]):+.1f} | {order_report(heldout[level], answers)} |")
   print(f"frontier change {what}: {100 * np.mean(changes):+.1f} points")
 
 
@@ -222,12 +241,14 @@ def main():
     print(f"\n1. self-consistency on {args.eval_set} problems ({args.per_level} per level, "
           f"m = {args.m}, T = {args.temperature:g}; %)")
     print("| level | greedy | mean sample | maj@m | maj@m - greedy | greedy: one-digit steps only "
-          "(n) | greedy: a multi-digit step (n) |")
-    print("|---|---|---|---|---|---|---|")
+          "(n) | greedy: a multi-digit step (n) | greedy, where left to right is wrong: right "
+          "(n) | left-to-right answers |")
+    print("|---|---|---|---|---|---|---|---|---|")
     gaps = []
     before = {}
     for level in levels:
-      correct = greedy_correct(env, s.base_params, heldout[level], budget)
+      answers = greedy_answers(env, s.base_params, heldout[level], budget)
+      correct = [a == str(p.answer) for a, p in zip(answers, heldout[level])]
       g = float(np.mean(correct))
       hard = [has_multi_digit_step(p.question) for p in heldout[level]]
       split = [_percent([c for c, h in zip(correct, hard) if h == want]) for want in (False, True)]
@@ -237,7 +258,8 @@ def main():
       if level in frontier:
         gaps.append(majority - g)
       print(f"| {level} | {100 * g:.1f} | {100 * mean:.1f} | {100 * majority:.1f} | "
-            f"{100 * (majority - g):+.1f} | {split[0]} | {split[1]} |")
+            f"{100 * (majority - g):+.1f} | {split[0]} | {split[1]} | "
+            f"{order_report(heldout[level], answers)} |")
     print(f"maj@m - greedy over the frontier levels: {100 * np.mean(gaps):+.1f} points")
     train_levels = [int(x) for x in args.train_levels.split(",")]
     if args.steps > 0:
