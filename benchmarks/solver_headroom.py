@@ -4,8 +4,10 @@ Measurements on held-out problems (or, with --eval_set=train, fresh training pro
 R-Zero run and no Challenger:
 
   1. greedy vs mean-sample vs maj@m accuracy per level: what self-consistency could teach
-     (majority labels are only worth learning where the majority beats the greedy answer), and
-     greedy accuracy split by whether the problem takes a multi-digit step;
+     (majority labels are only worth learning where the majority beats the greedy answer),
+     greedy accuracy split by whether the problem takes a multi-digit step, and, on the
+     problems where working left to right gives a wrong answer, how often greedy is right and
+     how often it gives that careless answer (`BaseModelSpec.careless_fraction`);
   2. a GRPO probe with the world's TRUE answers as rewards: the Solver trains on freshly drawn
      training problems of the chosen levels, with the default config's Solver settings, and the
      held-out accuracy is measured before and after. Perfect labels are the best case of the
