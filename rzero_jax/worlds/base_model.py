@@ -161,7 +161,8 @@ def _solver_completion(spec: BaseModelSpec, rng: random.Random, question: str) -
     return arith.worked_solution(question)
   if rng.random() < spec.careless_fraction:
     return arith.left_to_right_solution(question)
-  return arith.worked_solution(question, results_first=rng.random() < spec.results_first_fraction)
+  results_first = rng.random() < spec.results_first_fraction
+  return arith.worked_solution(question, results_first=results_first)
 
 
 def document_texts(docs) -> list[str]:
