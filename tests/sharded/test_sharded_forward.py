@@ -1,25 +1,16 @@
 """Sharded forward and sharded checkpoint loading on 8 virtual CPU devices (2 data, 2 fsdp,
 2 tensor)."""
-import os
 
-_FLAG = "--xla_force_host_platform_device_count=8"
-if _FLAG not in os.environ.get("XLA_FLAGS", ""):  # before jax is imported (see conftest.py)
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+import contextlib
+import functools
 
-import contextlib  # noqa: E402
-import functools  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from rzero_jax import models, sharding  # noqa: E402
-from rzero_jax.models import hf  # noqa: E402
-
-pytestmark = pytest.mark.skipif(jax.device_count() < 8,
-                                reason="needs 8 devices: run tests/sharded in its own process "
-                                       "with XLA_FLAGS=--xla_force_host_platform_device_count=8")
+from rzero_jax import models, sharding
+from rzero_jax.models import hf
 
 FAMILIES = ("qwen3", "qwen2", "llama")
 

@@ -5,24 +5,15 @@ kv heads that divide `tensor`, and a single kv head, whose k/v projections
 `fit_spec_to_shape` leaves unsplit over `tensor`.
 """
 import functools
-import os
 
-_FLAG = "--xla_force_host_platform_device_count=8"
-if _FLAG not in os.environ.get("XLA_FLAGS", ""):  # before jax is imported (see conftest.py)
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-import pytest  # noqa: E402
-
-from rzero_jax import models, sharding  # noqa: E402
-from rzero_jax.rl import grpo, learner, rollouts  # noqa: E402
-
-pytestmark = pytest.mark.skipif(jax.device_count() < 8,
-                                reason="needs 8 devices: run tests/sharded in its own process "
-                                       "with XLA_FLAGS=--xla_force_host_platform_device_count=8")
+from rzero_jax import models, sharding
+from rzero_jax.rl import grpo, learner, rollouts
 
 MESHES = {"fsdp4_tensor2": {"data": 1, "fsdp": 4, "tensor": 2},
           "data2_fsdp2_tensor2": {"data": 2, "fsdp": 2, "tensor": 2}}
