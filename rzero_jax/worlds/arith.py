@@ -221,18 +221,19 @@ class Features:
   parens: bool
 
 
-def _scan(expr: Expr, lits: list[int], ops: set[str]) -> None:
+def _scan(expr: Expr, lits: list[int], ops: list[str]) -> None:
+  """The literals and operators as they stand in the text, left to right."""
   if isinstance(expr, Lit):
     lits.append(expr.value)
   else:
-    ops.add(expr.op)
     _scan(expr.left, lits, ops)
+    ops.append(expr.op)
     _scan(expr.right, lits, ops)
 
 
 def _features(expr: Expr, text: str) -> Features:
   lits: list[int] = []
-  ops: set[str] = set()
+  ops: list[str] = []
   _scan(expr, lits, ops)
   return Features(operands=len(lits), digits=max(len(str(abs(v))) for v in lits),
                   ops=frozenset(ops), parens="(" in text)
@@ -466,29 +467,25 @@ def boxed(answer: int) -> str:
   return "\\boxed{" + str(answer) + "}"
 
 
-def worked_solution(question: str, results_first: bool = False) -> str:
-  """A short step-by-step solution, e.g. ``(3 + 4) * 5 = 7 * 5 = 35`` then ``\\boxed{35}``;
-  `results_first` as in `_reduce_once`."""
+def _parse_or_raise(question: str) -> Expr:
   expr = parse_question(question)
   if expr is None:
     raise ValueError(f"question {question!r} is not an arithmetic question of this world")
+  return expr
+
+
+def worked_solution(question: str, results_first: bool = False) -> str:
+  """A short step-by-step solution, e.g. ``(3 + 4) * 5 = 7 * 5 = 35`` then ``\\boxed{35}``;
+  `results_first` as in `_reduce_once`."""
+  expr = _parse_or_raise(question)
   return " = ".join(reduction_steps(expr, results_first)) + "\n" + boxed(evaluate(expr))
-
-
-def _in_order(expr: Expr, lits: list[int], ops: list[str]) -> None:
-  if isinstance(expr, Lit):
-    lits.append(expr.value)
-    return
-  _in_order(expr.left, lits, ops)
-  ops.append(expr.op)
-  _in_order(expr.right, lits, ops)
 
 
 def left_to_right(expr: Expr) -> Expr:
   """The tree a reader gets who ignores precedence and parentheses and works strictly from
   left to right: ``3 + 4 * 5`` as ``(3 + 4) * 5``, ``3 * (4 + 5)`` as ``3 * 4 + 5``."""
   lits, ops = [], []
-  _in_order(expr, lits, ops)
+  _scan(expr, lits, ops)
   out: Expr = Lit(lits[0])
   for op, value in zip(ops, lits[1:]):
     out = BinOp(op, out, Lit(value))
@@ -500,9 +497,7 @@ def left_to_right_solution(question: str) -> str:
   done right, but in left-to-right order (`left_to_right`), so the answer is wrong wherever
   the order matters. Written into the pretraining corpus as the wrong solutions that web text
   holds beside right ones; never used as a label."""
-  expr = parse_question(question)
-  if expr is None:
-    raise ValueError(f"question {question!r} is not an arithmetic question of this world")
+  expr = _parse_or_raise(question)
   careless = left_to_right(expr)
   steps = [format_expr(expr)] + reduction_steps(careless)[1:]
   return " = ".join(steps) + "\n" + boxed(evaluate(careless))
