@@ -365,6 +365,8 @@ def test_bad_arguments_are_refused(tmp_path):
     base_model.build_base_model(str(tmp_path), careless_fraction=1.0)
   with pytest.raises(ValueError, match="results_first_fraction"):
     base_model.build_base_model(str(tmp_path), results_first_fraction=-0.1)
+  with pytest.raises(ValueError, match=r"challenger_fraction='0.2'; expected a number"):
+    base_model.build_base_model(str(tmp_path), challenger_fraction="0.2")
   assert os.listdir(tmp_path) == []
 
 

@@ -95,15 +95,14 @@ class BaseModelSpec:
         raise ValueError(f"build_base_model: {name}={value!r}; expected a positive integer")
     if self.vocab_size < 64:
       raise ValueError(f"build_base_model: vocab_size={self.vocab_size}; expected >= 64")
-    if not 0.0 <= self.careless_fraction < 1.0:
-      raise ValueError(f"build_base_model: careless_fraction={self.careless_fraction}; "
-                       "expected a value in [0, 1)")
-    if not 0.0 <= self.results_first_fraction <= 1.0:
-      raise ValueError(f"build_base_model: results_first_fraction="
-                       f"{self.results_first_fraction}; expected a value in [0, 1]")
-    if not 0.0 <= self.challenger_fraction <= 1.0:
-      raise ValueError(f"build_base_model: challenger_fraction={self.challenger_fraction}; "
-                       "expected a value in [0, 1]")
+    # A careless share of 1 would leave the corpus without one right solution.
+    for name, below_one in (("challenger_fraction", False), ("careless_fraction", True),
+                            ("results_first_fraction", False)):
+      value = getattr(self, name)
+      numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+      if not (numeric and 0.0 <= value and (value < 1.0 if below_one else value <= 1.0)):
+        raise ValueError(f"build_base_model: {name}={value!r}; expected a number in "
+                         f"[0, 1{')' if below_one else ']'}")
     for name in ("challenger_level_weights", "solver_level_weights"):
       weights = getattr(self, name)
       if len(weights) != arith.NUM_LEVELS or min(weights) < 0 or sum(weights) <= 0:
