@@ -44,19 +44,24 @@ from rzero_jax.rzero import experiment, loop, phases  # noqa: E402
 from rzero_jax.worlds import arith, base_model  # noqa: E402
 
 
-def _answers(env, params, problems, *, n, temperature, seed, max_new_tokens):
+def _completions(env, params, problems, *, n, temperature, seed, max_new_tokens):
   prompts = phases.solver_prompt_ids(env, [p.question for p in problems])
   rows, _, _ = phases.generate_rows(env, params, prompts, n=n, seed=seed,
                                     max_new_tokens=max_new_tokens, temperature=temperature,
                                     top_p=1.0, top_k=0 if temperature == 0 else 40)
-  answers = [grading.extract_boxed(t) for t in phases.decode(env, rows)]
-  return [answers[i * n:(i + 1) * n] for i in range(len(problems))]
+  texts = phases.decode(env, rows)
+  return [texts[i * n:(i + 1) * n] for i in range(len(problems))]
 
 
-def greedy_answers(env, params, problems, max_new_tokens) -> list[str | None]:
-  got = _answers(env, params, problems, n=1, temperature=0.0, seed=0,
-                 max_new_tokens=max_new_tokens)
-  return [a[0] for a in got]
+def is_bare(completion: str) -> bool:
+  """A bare answer (`BaseModelSpec.guess_fractions`): the box comes before any working."""
+  return completion.lstrip().startswith("\\boxed{")
+
+
+def greedy_completions(env, params, problems, max_new_tokens) -> list[str]:
+  got = _completions(env, params, problems, n=1, temperature=0.0, seed=0,
+                     max_new_tokens=max_new_tokens)
+  return [t[0] for t in got]
 
 
 def left_to_right_answer(question: str) -> int:
@@ -101,14 +106,19 @@ def _percent(flags) -> str:
 def self_consistency(env, params, problems, m, max_new_tokens, temperature):
   """(mean sample accuracy, maj@m accuracy) at the given temperature, top-k 40 (the answer
   sampling default)."""
-  got = _answers(env, params, problems, n=m, temperature=temperature, seed=1,
-                 max_new_tokens=max_new_tokens)
-  mean, majority = [], []
-  for answers, p in zip(got, problems):
+  got = _completions(env, params, problems, n=m, temperature=temperature, seed=1,
+                     max_new_tokens=max_new_tokens)
+  mean, majority, bare, worked_right = [], [], [], []
+  for texts, p in zip(got, problems):
+    answers = [grading.extract_boxed(t) for t in texts]
     mean.append(np.mean([a == str(p.answer) for a in answers]))
     votes = collections.Counter(a for a in answers if a is not None)
     majority.append(bool(votes) and votes.most_common(1)[0][0] == str(p.answer))
-  return float(np.mean(mean)), float(np.mean(majority))
+    for t, a in zip(texts, answers):
+      bare.append(is_bare(t))
+      if not bare[-1]:
+        worked_right.append(a == str(p.answer))
+  return float(np.mean(mean)), float(np.mean(majority)), bare, worked_right
 
 
 def _sample_kept(rng, draw, n: int, one_digit_steps: bool) -> list:
@@ -130,16 +140,18 @@ def training_problems(seed: int, train_levels, n: int, one_digit_steps: bool = F
 
 def _report_change(env, params, heldout, before, levels, frontier, budget, what):
   print("| level | greedy before | greedy after | change | after, where left to right is "
-        "wrong: right (n) | left-to-right answers |")
-  print("|---|---|---|---|---|---|")
+        "wrong: right (n) | left-to-right answers | greedy: bare (n) |")
+  print("|---|---|---|---|---|---|---|")
   changes = []
   for level in levels:
-    answers = greedy_answers(env, params, heldout[level], budget)
+    texts = greedy_completions(env, params, heldout[level], budget)
+    answers = [grading.extract_boxed(t) for t in texts]
     after = float(np.mean([a == str(p.answer) for a, p in zip(answers, heldout[level])]))
     if level in frontier:
       changes.append(after - before[level])
     print(f"| {level} | {100 * before[level]:.1f} | {100 * after:.1f} | "
-          f"{100 * (after - before[level]):+.1f} | {order_report(heldout[level], answers)} |")
+          f"{100 * (after - before[level]):+.1f} | {order_report(heldout[level], answers)} | "
+          f"{_percent([is_bare(t) for t in texts])} |")
   print(f"frontier change {what}: {100 * np.mean(changes):+.1f} points")
 
 
@@ -244,24 +256,27 @@ def main():
           f"m = {args.m}, T = {args.temperature:g}; %)")
     print("| level | greedy | mean sample | maj@m | maj@m - greedy | greedy: one-digit steps only "
           "(n) | greedy: a multi-digit step (n) | greedy, where left to right is wrong: right "
-          "(n) | left-to-right answers |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "(n) | left-to-right answers | greedy: bare (n) | samples: bare (n) | worked samples: "
+          "right (n) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     gaps = []
     before = {}
     for level in levels:
-      answers = greedy_answers(env, s.base_params, heldout[level], budget)
+      texts = greedy_completions(env, s.base_params, heldout[level], budget)
+      answers = [grading.extract_boxed(t) for t in texts]
       correct = [a == str(p.answer) for a, p in zip(answers, heldout[level])]
       g = float(np.mean(correct))
       hard = [has_multi_digit_step(p.question) for p in heldout[level]]
       split = [_percent([c for c, h in zip(correct, hard) if h == want]) for want in (False, True)]
-      mean, majority = self_consistency(env, s.base_params, heldout[level], args.m, budget,
-                                        args.temperature)
+      mean, majority, bare, worked_right = self_consistency(
+          env, s.base_params, heldout[level], args.m, budget, args.temperature)
       before[level] = g
       if level in frontier:
         gaps.append(majority - g)
       print(f"| {level} | {100 * g:.1f} | {100 * mean:.1f} | {100 * majority:.1f} | "
             f"{100 * (majority - g):+.1f} | {split[0]} | {split[1]} | "
-            f"{order_report(heldout[level], answers)} |")
+            f"{order_report(heldout[level], answers)} | {_percent([is_bare(t) for t in texts])} "
+            f"| {_percent(bare)} | {_percent(worked_right)} |")
     print(f"maj@m - greedy over the frontier levels: {100 * np.mean(gaps):+.1f} points")
     train_levels = [int(x) for x in args.train_levels.split(",")]
     if args.steps > 0:

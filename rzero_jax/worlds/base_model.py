@@ -78,6 +78,12 @@ class BaseModelSpec:
   # of a + or a * (`arith.worked_solution(results_first=True)`): a second right way to write
   # the same work.
   results_first_fraction: float = 0.0
+  # Per level (1..NUM_LEVELS), the share of Solver documents whose author gives up and writes a
+  # guess: a bare boxed number with no working, drawn as the answer of another problem of the
+  # same level (`guessed_answer`), so it has the right size and no information. Authors who
+  # guess more on harder problems make a base model that guesses where it is weak, while it
+  # can still work those problems out when it samples a worked solution.
+  guess_fractions: tuple[float, ...] = (0.0,) * arith.NUM_LEVELS
   # pretraining
   steps: int = 9000
   batch_size: int = 8
@@ -103,6 +109,11 @@ class BaseModelSpec:
       if not (numeric and 0.0 <= value and (value < 1.0 if below_one else value <= 1.0)):
         raise ValueError(f"build_base_model: {name}={value!r}; expected a number in "
                          f"[0, 1{')' if below_one else ']'}")
+    if (len(self.guess_fractions) != arith.NUM_LEVELS
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v < 1.0
+                   for v in self.guess_fractions)):
+      raise ValueError(f"build_base_model: guess_fractions={self.guess_fractions!r}; expected "
+                       f"{arith.NUM_LEVELS} numbers in [0, 1), one per level")
     for name in ("challenger_level_weights", "solver_level_weights"):
       weights = getattr(self, name)
       if len(weights) != arith.NUM_LEVELS or min(weights) < 0 or sum(weights) <= 0:
@@ -117,6 +128,10 @@ class BaseModelSpec:
     for name in ("careless_fraction", "results_first_fraction"):
       if not fields[name]:  # keeps the keys of models built before these fields
         del fields[name]
+    if not any(fields["guess_fractions"]):
+      del fields["guess_fractions"]
+    else:
+      fields["guess_fractions"] = [float(v) for v in fields["guess_fractions"]]
     payload = json.dumps({"build": BUILD_VERSION, "world": arith.WORLD_VERSION, **fields},
                          sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -149,13 +164,23 @@ def corpus_documents(spec: BaseModelSpec, prompts=None) -> list[tuple[list[dict]
       level = rng.choices(levels, weights=spec.solver_level_weights)[0]
       problem = arith.sample_problem(rng, level)
       docs.append((prompts.solver_messages(problem.question),
-                   _solver_completion(spec, rng, problem.question)))
+                   _solver_completion(spec, rng, problem.question, level)))
   return docs
 
 
-def _solver_completion(spec: BaseModelSpec, rng: random.Random, question: str) -> str:
-  """One author's worked solution; draws from `rng` only where the spec mixes authors, so
-  that the default corpus stays what it was."""
+def guessed_answer(rng: random.Random, level: int) -> str:
+  """A guesser's bare answer: the boxed answer of another problem of `level`, a number of the
+  right size that carries nothing about the question asked."""
+  return arith.boxed(arith.sample_problem(rng, level).answer)
+
+
+def _solver_completion(spec: BaseModelSpec, rng: random.Random, question: str,
+                       level: int) -> str:
+  """One author's solution; draws from `rng` only where the spec mixes authors, so that the
+  default corpus stays what it was."""
+  guess = spec.guess_fractions[level - 1]
+  if guess and rng.random() < guess:
+    return guessed_answer(rng, level)
   if not (spec.careless_fraction or spec.results_first_fraction):
     return arith.worked_solution(question)
   if rng.random() < spec.careless_fraction:
