@@ -7,7 +7,9 @@ R-Zero run and no Challenger:
      (majority labels are only worth learning where the majority beats the greedy answer),
      greedy accuracy split by whether the problem takes a multi-digit step, and, on the
      problems where working left to right gives a wrong answer, how often greedy is right and
-     how often it gives that careless answer (`BaseModelSpec.careless_fraction`);
+     how often it gives that careless answer (`BaseModelSpec.careless_fraction`), and how
+     often greedy and sampled answers are unworked (a guess or a give-up,
+     `BaseModelSpec.guess_fractions`) and how often the worked samples are right;
   2. a GRPO probe with the world's TRUE answers as rewards: the Solver trains on freshly drawn
      training problems of the chosen levels, with the default config's Solver settings, and the
      held-out accuracy is measured before and after. Perfect labels are the best case of the
@@ -53,9 +55,9 @@ def _completions(env, params, problems, *, n, temperature, seed, max_new_tokens)
   return [texts[i * n:(i + 1) * n] for i in range(len(problems))]
 
 
-def is_bare(completion: str) -> bool:
-  """A bare answer (`BaseModelSpec.guess_fractions`): the box comes before any working."""
-  return completion.lstrip().startswith("\\boxed{")
+def is_unworked(completion: str) -> bool:
+  """A guess or a give-up (`BaseModelSpec.guess_fractions`): no step before the box, if any."""
+  return " = " not in completion.split("\\boxed{")[0]
 
 
 def greedy_completions(env, params, problems, max_new_tokens) -> list[str]:
@@ -108,17 +110,17 @@ def self_consistency(env, params, problems, m, max_new_tokens, temperature):
   sampling default)."""
   got = _completions(env, params, problems, n=m, temperature=temperature, seed=1,
                      max_new_tokens=max_new_tokens)
-  mean, majority, bare, worked_right = [], [], [], []
+  mean, majority, unworked, worked_right = [], [], [], []
   for texts, p in zip(got, problems):
     answers = [grading.extract_boxed(t) for t in texts]
     mean.append(np.mean([a == str(p.answer) for a in answers]))
     votes = collections.Counter(a for a in answers if a is not None)
     majority.append(bool(votes) and votes.most_common(1)[0][0] == str(p.answer))
     for t, a in zip(texts, answers):
-      bare.append(is_bare(t))
-      if not bare[-1]:
+      unworked.append(is_unworked(t))
+      if not unworked[-1]:
         worked_right.append(a == str(p.answer))
-  return float(np.mean(mean)), float(np.mean(majority)), bare, worked_right
+  return float(np.mean(mean)), float(np.mean(majority)), unworked, worked_right
 
 
 def _sample_kept(rng, draw, n: int, one_digit_steps: bool) -> list:
@@ -140,7 +142,7 @@ def training_problems(seed: int, train_levels, n: int, one_digit_steps: bool = F
 
 def _report_change(env, params, heldout, before, levels, frontier, budget, what):
   print("| level | greedy before | greedy after | change | after, where left to right is "
-        "wrong: right (n) | left-to-right answers | greedy: bare (n) |")
+        "wrong: right (n) | left-to-right answers | greedy: unworked (n) |")
   print("|---|---|---|---|---|---|---|")
   changes = []
   for level in levels:
@@ -151,7 +153,7 @@ def _report_change(env, params, heldout, before, levels, frontier, budget, what)
       changes.append(after - before[level])
     print(f"| {level} | {100 * before[level]:.1f} | {100 * after:.1f} | "
           f"{100 * (after - before[level]):+.1f} | {order_report(heldout[level], answers)} | "
-          f"{_percent([is_bare(t) for t in texts])} |")
+          f"{_percent([is_unworked(t) for t in texts])} |")
   print(f"frontier change {what}: {100 * np.mean(changes):+.1f} points")
 
 
@@ -256,8 +258,8 @@ def main():
           f"m = {args.m}, T = {args.temperature:g}; %)")
     print("| level | greedy | mean sample | maj@m | maj@m - greedy | greedy: one-digit steps only "
           "(n) | greedy: a multi-digit step (n) | greedy, where left to right is wrong: right "
-          "(n) | left-to-right answers | greedy: bare (n) | samples: bare (n) | worked samples: "
-          "right (n) |")
+          "(n) | left-to-right answers | greedy: unworked (n) | samples: unworked (n) | "
+          "worked samples: right (n) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     gaps = []
     before = {}
@@ -268,15 +270,16 @@ def main():
       g = float(np.mean(correct))
       hard = [has_multi_digit_step(p.question) for p in heldout[level]]
       split = [_percent([c for c, h in zip(correct, hard) if h == want]) for want in (False, True)]
-      mean, majority, bare, worked_right = self_consistency(
+      mean, majority, unworked, worked_right = self_consistency(
           env, s.base_params, heldout[level], args.m, budget, args.temperature)
       before[level] = g
       if level in frontier:
         gaps.append(majority - g)
       print(f"| {level} | {100 * g:.1f} | {100 * mean:.1f} | {100 * majority:.1f} | "
             f"{100 * (majority - g):+.1f} | {split[0]} | {split[1]} | "
-            f"{order_report(heldout[level], answers)} | {_percent([is_bare(t) for t in texts])} "
-            f"| {_percent(bare)} | {_percent(worked_right)} |")
+            f"{order_report(heldout[level], answers)} | "
+            f"{_percent([is_unworked(t) for t in texts])} | {_percent(unworked)} | "
+            f"{_percent(worked_right)} |")
     print(f"maj@m - greedy over the frontier levels: {100 * np.mean(gaps):+.1f} points")
     train_levels = [int(x) for x in args.train_levels.split(",")]
     if args.steps > 0:

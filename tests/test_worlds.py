@@ -1,5 +1,6 @@
 """The arithmetic world (generator, levels, held-out split, formats) and the base-model builder."""
 import ast
+import collections
 import json
 import operator
 import os
@@ -354,6 +355,41 @@ def test_mixed_authors_change_the_cache_key_and_zero_shares_do_not():
           == base_model.corpus_documents(zeros))
 
 
+@pytest.mark.parametrize("style", base_model.GUESS_STYLES)
+def test_guessing_authors_write_per_level_shares_in_their_style(style):
+  shares = (0.0, 0.0, 0.0, 0.0, 0.5, 0.0, 0.0, 0.9)
+  spec = base_model.BaseModelSpec(**{**TINY, "num_docs": 4000, "guess_fractions": shares,
+                                      "guess_style": style})
+  guessed = collections.Counter()
+  seen = collections.Counter()
+  for messages, completion in base_model.corpus_documents(spec):
+    if completion.startswith("<question>"):
+      continue
+    question = messages[1]["content"]
+    level = arith.difficulty_of(question)
+    seen[level] += 1
+    if completion == arith.worked_solution(question):
+      continue
+    guessed[level] += 1
+    if style == "give_up":
+      assert completion == base_model.GIVE_UP
+    else:  # a bare box, no working
+      assert re.fullmatch(r"\\boxed\{-?\d+\}", completion), completion
+  assert set(guessed) == {5, 8}
+  assert abs(guessed[5] / seen[5] - 0.5) < 0.08 and abs(guessed[8] / seen[8] - 0.9) < 0.06
+
+
+def test_guessing_authors_change_the_cache_key_and_zero_shares_do_not():
+  default = base_model.BaseModelSpec(**TINY)
+  zeros = base_model.BaseModelSpec(**TINY, guess_fractions=(0,) * arith.NUM_LEVELS,
+                                   guess_style="give_up")
+  keys = {base_model.BaseModelSpec(**TINY, guess_fractions=(0.5,) * arith.NUM_LEVELS,
+                                   guess_style=style).cache_key()
+          for style in base_model.GUESS_STYLES}
+  assert default.cache_key() == zeros.cache_key() and len(keys | {default.cache_key()}) == 3
+  assert base_model.corpus_documents(default) == base_model.corpus_documents(zeros)
+
+
 def test_bad_arguments_are_refused(tmp_path):
   with pytest.raises(ValueError, match="unknown argument"):
     base_model.build_base_model(str(tmp_path), hidden=3)
@@ -367,6 +403,12 @@ def test_bad_arguments_are_refused(tmp_path):
     base_model.build_base_model(str(tmp_path), results_first_fraction=-0.1)
   with pytest.raises(ValueError, match=r"challenger_fraction='0.2'; expected a number"):
     base_model.build_base_model(str(tmp_path), challenger_fraction="0.2")
+  with pytest.raises(ValueError, match="guess_fractions=.*one per level"):
+    base_model.build_base_model(str(tmp_path), guess_fractions=(0.5, 0.5))
+  with pytest.raises(ValueError, match="guess_fractions"):
+    base_model.build_base_model(str(tmp_path), guess_fractions=(1.0,) * arith.NUM_LEVELS)
+  with pytest.raises(ValueError, match="guess_style='shrug'"):
+    base_model.build_base_model(str(tmp_path), guess_style="shrug")
   assert os.listdir(tmp_path) == []
 
 

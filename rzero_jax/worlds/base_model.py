@@ -40,6 +40,8 @@ BUILD_INFO_FILE = "build_info.json"
 # every expression tokenizes the same way wherever it appears (digits are split one by one).
 _USER_SYMBOLS = ("\n", "\\boxed{", "<question>", "</question>", "▁+▁", "▁-▁", "▁*▁", "▁=▁")
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+GUESS_STYLES = ("number", "give_up")
+GIVE_UP = "I do not know."
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +80,16 @@ class BaseModelSpec:
   # of a + or a * (`arith.worked_solution(results_first=True)`): a second right way to write
   # the same work.
   results_first_fraction: float = 0.0
-  # Per level (1..NUM_LEVELS), the share of Solver documents whose author gives up and writes a
-  # guess: a bare boxed number with no working, drawn as the answer of another problem of the
-  # same level (`guessed_answer`), so it has the right size and no information. Authors who
-  # guess more on harder problems make a base model that guesses where it is weak, while it
-  # can still work those problems out when it samples a worked solution.
+  # Per level (1..NUM_LEVELS), the share of Solver documents whose author does not work the
+  # problem. With `guess_style="give_up"` the author replies `GIVE_UP` and no answer; with
+  # "number" the author writes a bare boxed guess, the answer of another problem of the same
+  # level (`guessed_answer`). Authors who give up more often on harder problems make a base
+  # model that gives up (greedily) where it is weak, while its sampled attempts still work
+  # such problems out and agree with each other: the latent skill R-Zero's votes can find.
+  # Guessed numbers made the model's worked steps at those levels much less reliable
+  # (benchmarks/RESULTS.md, session 14); a give-up teaches it nothing about numbers.
   guess_fractions: tuple[float, ...] = (0.0,) * arith.NUM_LEVELS
+  guess_style: str = "number"
   # pretraining
   steps: int = 9000
   batch_size: int = 8
@@ -114,6 +120,9 @@ class BaseModelSpec:
                    for v in self.guess_fractions)):
       raise ValueError(f"build_base_model: guess_fractions={self.guess_fractions!r}; expected "
                        f"{arith.NUM_LEVELS} numbers in [0, 1), one per level")
+    if self.guess_style not in GUESS_STYLES:
+      raise ValueError(f"build_base_model: guess_style={self.guess_style!r}; expected one of "
+                       f"{GUESS_STYLES}")
     for name in ("challenger_level_weights", "solver_level_weights"):
       weights = getattr(self, name)
       if len(weights) != arith.NUM_LEVELS or min(weights) < 0 or sum(weights) <= 0:
@@ -130,6 +139,7 @@ class BaseModelSpec:
         del fields[name]
     if not any(fields["guess_fractions"]):
       del fields["guess_fractions"]
+      del fields["guess_style"]
     else:
       fields["guess_fractions"] = [float(v) for v in fields["guess_fractions"]]
     payload = json.dumps({"build": BUILD_VERSION, "world": arith.WORLD_VERSION, **fields},
@@ -180,7 +190,7 @@ def _solver_completion(spec: BaseModelSpec, rng: random.Random, question: str,
   default corpus stays what it was."""
   guess = spec.guess_fractions[level - 1]
   if guess and rng.random() < guess:
-    return guessed_answer(rng, level)
+    return GIVE_UP if spec.guess_style == "give_up" else guessed_answer(rng, level)
   if not (spec.careless_fraction or spec.results_first_fraction):
     return arith.worked_solution(question)
   if rng.random() < spec.careless_fraction:
