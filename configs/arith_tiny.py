@@ -2,7 +2,7 @@
 
 The base model is a small Qwen3-architecture model that the project pretrains itself on the
 world's documents (built once, then cached under ~/.cache/rzero-jax); then 3 R-Zero iterations.
-The whole run, base-model build included, took 194 s on a 2-core CPU (benchmarks/RESULTS.md).
+The whole run, base-model build included, took 260 s on a 2-core CPU (benchmarks/RESULTS.md).
 
   python -m launch.train --workdir=runs/default
 """
