@@ -36,11 +36,15 @@ TINY = [
 
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory):
+  from configs import arith_tiny
   from rzero_jax.worlds import base_model
+  # The default's corpus (its authors' shares included) at a tiny size and budget.
+  corpus = {k: v for k, v in arith_tiny.get_config().world.base.items()
+            if k.endswith(("_fraction", "_fractions", "_style"))}
   return base_model.build_base_model(
       str(tmp_path_factory.mktemp("base")), num_docs=4000, steps=300, batch_size=16,
       hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1,
-      head_dim=16, vocab_size=128)
+      head_dim=16, vocab_size=128, **corpus)
 
 
 @pytest.fixture(scope="session")
