@@ -405,6 +405,8 @@ def test_bad_arguments_are_refused(tmp_path):
     base_model.build_base_model(str(tmp_path), challenger_fraction="0.2")
   with pytest.raises(ValueError, match="guess_fractions=.*one per level"):
     base_model.build_base_model(str(tmp_path), guess_fractions=(0.5, 0.5))
+  with pytest.raises(ValueError, match="guess_fractions=0.5; expected 8 numbers"):
+    base_model.build_base_model(str(tmp_path), guess_fractions=0.5)
   with pytest.raises(ValueError, match="guess_fractions"):
     base_model.build_base_model(str(tmp_path), guess_fractions=(1.0,) * arith.NUM_LEVELS)
   with pytest.raises(ValueError, match="guess_style='shrug'"):

@@ -115,7 +115,8 @@ class BaseModelSpec:
       if not (numeric and 0.0 <= value and (value < 1.0 if below_one else value <= 1.0)):
         raise ValueError(f"build_base_model: {name}={value!r}; expected a number in "
                          f"[0, 1{')' if below_one else ']'}")
-    if (len(self.guess_fractions) != arith.NUM_LEVELS
+    if (not isinstance(self.guess_fractions, (tuple, list))
+        or len(self.guess_fractions) != arith.NUM_LEVELS
         or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v < 1.0
                    for v in self.guess_fractions)):
       raise ValueError(f"build_base_model: guess_fractions={self.guess_fractions!r}; expected "
