@@ -70,3 +70,9 @@ def test_nonpositive_max_rows_per_call_is_refused_before_writing(tmp_path):
   _assert_one_line_error(proc, "error: config.sampling.max_rows_per_call=0",
                          "positive integer")
   assert not (tmp_path / "run").exists()
+
+
+def test_bad_base_model_spec_is_refused_before_writing(tmp_path):
+  proc = _train(f"--workdir={tmp_path / 'run'}", "--config.world.base.guess_style=shrug")
+  _assert_one_line_error(proc, "error: build_base_model: guess_style='shrug'", "give_up")
+  assert not (tmp_path / "run").exists()

@@ -84,6 +84,9 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> str:
   """Runs or resumes the experiment; returns the one-screen summary printed at the end."""
   # Refuse a bad or changed config before writing or spending minutes on a base model.
   config_lib.validate(config)
+  if not config.base_model and _world(config) is not None:
+    from rzero_jax.worlds import base_model
+    base_model.spec_from_fields(**config.world.base.to_dict())
   wd.check_or_store_config(workdir, config.to_dict(), allow_config_change,
                            is_writer=jax.process_index() == 0)
   base = resolve_base_model(config)

@@ -388,12 +388,8 @@ def is_built(path: str) -> bool:
   return os.path.isfile(os.path.join(path, BUILD_INFO_FILE))
 
 
-def build_base_model(out_dir: str, **spec_fields) -> str:
-  """Builds (or finds in the cache) the base model; returns its HF directory.
-
-  `spec_fields` are `BaseModelSpec` fields (seed, model sizes, num_docs, steps, batch_size,
-  learning_rate, ...). The directory is `out_dir/arith-base-<hash of the spec>`.
-  """
+def spec_from_fields(**spec_fields) -> BaseModelSpec:
+  """The validated spec that `build_base_model` would build; a clear error names a bad field."""
   unknown = sorted(set(spec_fields) - {f.name for f in dataclasses.fields(BaseModelSpec)})
   if unknown:
     raise ValueError(f"build_base_model: unknown argument(s) {', '.join(unknown)}; expected "
@@ -401,6 +397,16 @@ def build_base_model(out_dir: str, **spec_fields) -> str:
   spec_fields = {k: tuple(v) if isinstance(v, list) else v for k, v in spec_fields.items()}
   spec = BaseModelSpec(**spec_fields)
   spec.validate()
+  return spec
+
+
+def build_base_model(out_dir: str, **spec_fields) -> str:
+  """Builds (or finds in the cache) the base model; returns its HF directory.
+
+  `spec_fields` are `BaseModelSpec` fields (seed, model sizes, num_docs, steps, batch_size,
+  learning_rate, ...). The directory is `out_dir/arith-base-<hash of the spec>`.
+  """
+  spec = spec_from_fields(**spec_fields)
   final = cached_path(out_dir, spec)
   if is_built(final):
     return final
