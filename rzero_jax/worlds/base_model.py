@@ -111,14 +111,12 @@ class BaseModelSpec:
     for name, below_one in (("challenger_fraction", False), ("careless_fraction", True),
                             ("results_first_fraction", False)):
       value = getattr(self, name)
-      numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-      if not (numeric and 0.0 <= value and (value < 1.0 if below_one else value <= 1.0)):
+      if not _is_share(value, below_one):
         raise ValueError(f"build_base_model: {name}={value!r}; expected a number in "
                          f"[0, 1{')' if below_one else ']'}")
     if (not isinstance(self.guess_fractions, (tuple, list))
         or len(self.guess_fractions) != arith.NUM_LEVELS
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v < 1.0
-                   for v in self.guess_fractions)):
+        or not all(_is_share(v, below_one=True) for v in self.guess_fractions)):
       raise ValueError(f"build_base_model: guess_fractions={self.guess_fractions!r}; expected "
                        f"{arith.NUM_LEVELS} numbers in [0, 1), one per level")
     if self.guess_style not in GUESS_STYLES:
@@ -146,6 +144,12 @@ class BaseModelSpec:
     payload = json.dumps({"build": BUILD_VERSION, "world": arith.WORLD_VERSION, **fields},
                          sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _is_share(value, below_one: bool) -> bool:
+  """A number in [0, 1], or in [0, 1) with `below_one` (a bool is not a number here)."""
+  numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+  return numeric and 0.0 <= value and (value < 1.0 if below_one else value <= 1.0)
 
 
 # ----------------------------------------------------------------------------- corpus
