@@ -60,10 +60,12 @@ def is_unworked(completion: str) -> bool:
   return " = " not in completion.split("\\boxed{")[0]
 
 
-def greedy_completions(env, params, problems, max_new_tokens) -> list[str]:
-  got = _completions(env, params, problems, n=1, temperature=0.0, seed=0,
-                     max_new_tokens=max_new_tokens)
-  return [t[0] for t in got]
+def greedy_answers(env, params, problems, max_new_tokens):
+  """(completion texts, boxed answers, right or not) of greedy decoding, per problem."""
+  texts = [t[0] for t in _completions(env, params, problems, n=1, temperature=0.0, seed=0,
+                                      max_new_tokens=max_new_tokens)]
+  answers = [grading.extract_boxed(t) for t in texts]
+  return texts, answers, [a == str(p.answer) for a, p in zip(answers, problems)]
 
 
 def left_to_right_answer(question: str) -> int:
@@ -146,9 +148,8 @@ def _report_change(env, params, heldout, before, levels, frontier, budget, what)
   print("|---|---|---|---|---|---|---|")
   changes = []
   for level in levels:
-    texts = greedy_completions(env, params, heldout[level], budget)
-    answers = [grading.extract_boxed(t) for t in texts]
-    after = float(np.mean([a == str(p.answer) for a, p in zip(answers, heldout[level])]))
+    texts, answers, correct = greedy_answers(env, params, heldout[level], budget)
+    after = float(np.mean(correct))
     if level in frontier:
       changes.append(after - before[level])
     print(f"| {level} | {100 * before[level]:.1f} | {100 * after:.1f} | "
@@ -264,9 +265,7 @@ def main():
     gaps = []
     before = {}
     for level in levels:
-      texts = greedy_completions(env, s.base_params, heldout[level], budget)
-      answers = [grading.extract_boxed(t) for t in texts]
-      correct = [a == str(p.answer) for a, p in zip(answers, heldout[level])]
+      texts, answers, correct = greedy_answers(env, s.base_params, heldout[level], budget)
       g = float(np.mean(correct))
       hard = [has_multi_digit_step(p.question) for p in heldout[level]]
       split = [_percent([c for c, h in zip(correct, hard) if h == want]) for want in (False, True)]
