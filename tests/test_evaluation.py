@@ -298,7 +298,9 @@ def test_box_extraction_first_and_last():
   assert answers.extract(text, "first") == "\\frac{1}{2}"
   assert answers.extract(text, "last") == "3"
   assert answers.extract("no box", "first") is None
-  assert answers.extract("\\boxed{ unclosed \\boxed{7}", "first") == "7"
+  # An unclosed first box holds the rest of the text: no answer, as an unclosed last box.
+  assert answers.extract("\\boxed{ unclosed \\boxed{7}", "first") is None
+  assert answers.extract("\\boxed{7} then \\boxed{ unclosed", "last") is None
   # With a single box, first and last agree, whatever grading's matcher accepts.
   from rzero_jax import grading
   for single in ("\\boxed{\\{1, 2\\}}", "so \\boxed 5 is it", "\\fbox{x^{2}}", "\\boxedfoo{1}",

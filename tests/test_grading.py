@@ -6,6 +6,7 @@ timeout plus 1 s, and the worker pool keeps working afterwards.
 
 import os
 import pathlib
+import random
 import re
 import signal
 import threading
@@ -156,7 +157,10 @@ BOXED_CASES = [
     ("$\\boxed 12$ done", "12"),
     ("\\boxed {x+1}", "x+1"),
     ("\\boxed{}", ""),
-    ("\\boxed{1} then a truncated \\boxed{2", "1"),
+    # The last box decides: truncated, it gives no answer (mathruler's rule), not the earlier one.
+    ("\\boxed{1} then a truncated \\boxed{2", None),
+    ("\\boxed{1} then a bare \\boxed", None),
+    ("\\boxed{\\boxed{5}}", "5"),
     ("\\boxedfoo{3}", None),
     ("no box here", None),
     ("\\boxed{unclosed", None),
@@ -171,6 +175,50 @@ def test_extract_boxed(text, expected):
 
 def test_missing_box_is_none_not_a_string():
     assert grading.extract_boxed("The answer is 5.") is None
+
+
+def _mathruler_extract(text):
+    """mathruler.grader.extract_boxed_content (the official grader's extraction), transcribed:
+    the last `\\boxed{`, its braces matched to the end; "None" when it never closes."""
+    depth, start, end = 0, text.rfind("\\boxed{"), -1
+    if start != -1:
+        content = text[start + len("\\boxed{"):]
+        for i, char in enumerate(content):
+            depth += {"{": 1, "}": -1}.get(char, 0)
+            if depth == -1:
+                end = i
+                break
+    return content[:end].strip() if end != -1 else "None"
+
+
+def test_extract_boxed_agrees_with_mathruler_on_truncated_boxes():
+    rng = random.Random(0)
+    pieces = ["\\boxed{", "{", "}", "x", " ", "1"]
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        ours = grading.extract_boxed(text)
+        theirs = _mathruler_extract(text)
+        assert (ours.strip() if ours is not None else "None") == theirs, text
+
+
+@pytest.mark.parametrize("unit", ["\\boxed{", "\\fbox{", "\\boxed{}\\boxed{{", "\\fbox {\\"])
+def test_extraction_of_a_megabyte_of_boxes_is_linear(unit):
+    # A degenerate rollout (RL produces them) must not stall rewards or evaluation: the old
+    # matcher took 38 s for 70 KB of `\boxed{` and minutes for a megabyte. 1 s is the issue's
+    # bound; a linear pass takes milliseconds, so the bound holds on a loaded 2-core machine.
+    from rzero_jax.evaluation import answers
+    text = unit * (1_000_000 // len(unit))
+    for fn in (grading.extract_boxed, answers.first_boxed):
+        start = time.perf_counter()
+        fn(text)
+        assert time.perf_counter() - start < 1.0, (fn.__name__, unit)
+
+
+def test_extract_boxed_reads_the_tail_of_a_long_response():
+    text = "x" * (5 * grading.MAX_SCAN_CHARS) + "so \\boxed{42}."
+    assert grading.extract_boxed(text) == "42"
+    from rzero_jax.evaluation import answers
+    assert answers.first_boxed("\\boxed{7}" + "y" * (5 * grading.MAX_SCAN_CHARS)) == "7"
 
 
 def test_extract_boxed_deep_nesting():

@@ -15,23 +15,17 @@ from rzero_jax import grading
 from rzero_jax.evaluation.loaders import CHOICE, FUZZY, MATH, Problem
 
 BOX_CHOICES = ("first", "last")
-_BOX_START = re.compile("|".join(re.escape(c) for c in grading._BOX_COMMANDS))
 
 
 def first_boxed(text: str) -> str | None:
-  """Content of the first complete box, or None: `grading.extract_boxed` read forwards.
+  """Content of the first box, or None: `grading.extract_boxed` read forwards.
 
-  The box commands and the brace matcher (escaped braces, unclosed boxes skipped, the
-  `\\boxed 5` space form) are grading's own, so first and last never disagree on what a box is.
+  The box commands and the brace matcher (escaped braces, the `\\boxed 5` space form) are
+  grading's own, so first and last never disagree on what a box is. An unclosed first box
+  gives None, as an unclosed last box does for `extract_boxed`: everything after it is inside
+  it, so no later box is an answer of its own. Linear time over a bounded head of the text.
   """
-  for match in _BOX_START.finditer(text):
-    end = match.end()
-    if end < len(text) and text[end].isalpha():
-      continue  # a longer command such as \boxedfoo
-    content = grading._box_argument(text, end)
-    if content is not None:
-      return content
-  return None
+  return grading.first_box_argument(text)
 
 
 def extract(response: str, which: str = "first") -> str | None:
