@@ -95,6 +95,10 @@ def main(argv):
     # Orbax logs every restore at INFO; the table and the progress bar are the output here.
     logging.set_verbosity(logging.WARNING)
   from rzero_jax.evaluation import runner
+  if os.path.exists(_OUTPUT.value) and not os.path.isdir(_OUTPUT.value):
+    # Checked before any compute: the results could not be written there afterwards.
+    sys.exit(f"error: --output={_OUTPUT.value} is an existing file; expected a folder "
+             "(it is created if missing)")
   try:
     config = runner.EvalConfig(
         benchmarks=_BENCHMARKS.value, data_dir=_DATA_DIR.value,

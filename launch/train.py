@@ -6,22 +6,62 @@
 
 Starting the same command again resumes where the run stopped.
 """
+import ast
 import logging as pylogging
 import os
+import re
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from rzero_jax.rzero import config as config_lib
+
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "configs",
                                "arith_tiny.py")
 
 
+def _error_text(e: Exception) -> str:
+  """The exception's message as a person reads it: ml_collections nests reprs of strings
+  (KeyError("'x'\\nDid you mean...")), which would print as escaped quotes and newlines."""
+  text = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+  for _ in range(3):
+    try:
+      inner = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      break
+    if not isinstance(inner, str):
+      break
+    text = inner
+  return " ".join(text.split())
+
+
+def _override_path(arg: str) -> str:
+  return arg[len("--config."):].split("=", 1)[0]
+
+
+def _is_field(path: str) -> bool:
+  node = config_lib.base_config()
+  for part in path.split("."):
+    try:
+      node = node[part]
+    except (KeyError, TypeError, AttributeError):
+      return False
+  return True
+
+
 def _bad_override(e: Exception, argv) -> str:
-  key = str(e).strip("'\"")
-  culprit = [a for a in argv[1:] if a.startswith("--config") and key and key in a]
+  text = _error_text(e)
+  quoted = re.match(r"^'([^']+)'", text)
+  key = quoted.group(1) if quoted else text
+  # The override whose dotted path has the key as one of its fields (not as a substring:
+  # an unknown "step" must not be blamed on --config.solver.steps).
+  candidates = [a for a in argv[1:] if a.startswith("--config.")
+                and key in _override_path(a).split(".")]
+  # Of those, the one that names no field of the base config every config file starts from.
+  culprit = [a for a in candidates if not _is_field(_override_path(a))] or candidates
   where = f" in {culprit[0]}" if culprit else ""
-  return (f"error: invalid config override{where}: {type(e).__name__}: {key} "
+  return (f"error: invalid config override{where}: {type(e).__name__}: {text} "
           "(no such config field, or a value of the wrong type)")
 
 

@@ -15,18 +15,24 @@ a tmp directory, which is ignored (and cleaned up). Beyond that, this module als
     `_CHECKPOINT_METADATA`), as a non-atomic copy or an object store can leave behind, and
   * a step whose files turn out unreadable (truncated by a crash before the data reached the
     disk): `restore(step=None)` then logs a warning and falls back to the previous step.
+  * a step whose arrays read back but differ from what was saved (flipped bytes): each item's
+    checksum is stored in the step's metadata at save time and verified on restore.
 Broken steps are renamed to `<step>.corrupt-<time>` rather than deleted, so nothing is lost if
-the diagnosis was wrong, and so that the step number can be saved again.
+the diagnosis was wrong, and so that the step number can be saved again; such a folder is
+removed once a newer step has been saved and committed.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 import time
 from typing import Any, Mapping, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
@@ -37,6 +43,9 @@ METADATA_ITEM = "metadata"
 _TMP_MARKER = ".orbax-checkpoint-tmp"
 _COMMIT_FILE = "commit_success.txt"
 _STEP_METADATA_FILE = "_CHECKPOINT_METADATA"
+# Per-item checksums, stored inside the JSON metadata and removed from what restore returns.
+CHECKSUMS_KEY = "_rzero_checksums"
+_SET_ASIDE = re.compile(r"^(\d+)\.corrupt-\d+$")
 # Orbax's StandardSave wants a container; a bare array (e.g. an rng key) is saved inside this.
 _BARE_ARRAY_KEY = "__array__"
 
@@ -107,6 +116,57 @@ def _to_abstract_leaf(x):
                      f"{type(x).__name__}")
 
 
+def _leaf_words(x):
+    """A leaf's bits as uint32 values of the same shape (PRNG keys as their key data)."""
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.uint32)
+    size = np.dtype(x.dtype).itemsize
+    if size == 8:  # two words per element, in a trailing axis of 2
+        return jax.lax.bitcast_convert_type(x, jnp.uint32)
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[size]
+    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+
+
+def _mix(h):
+    # murmur3's 32-bit finaliser: every input bit affects every output bit.
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+@jax.jit
+def _fingerprints(leaves):
+    """Two position-dependent uint32 sums per leaf, computed where the arrays live (sharded
+    arrays included), so a checksum never gathers a model onto one host."""
+    out = []
+    for x in leaves:
+        w = _leaf_words(x)
+        index = jnp.zeros(w.shape, jnp.uint32)
+        for d in range(w.ndim):  # the row-major position, wrapping mod 2**32
+            index = index * jnp.uint32(w.shape[d]) + jax.lax.broadcasted_iota(jnp.uint32, w.shape, d)
+        a = jnp.sum(_mix(w ^ (index * jnp.uint32(0x9E3779B1))), dtype=jnp.uint32)
+        b = jnp.sum(_mix(w + _mix(index + jnp.uint32(0x7F4A7C15))), dtype=jnp.uint32)
+        out.append(jnp.stack([a, b]))
+    return out
+
+
+def checksum(tree: Any) -> str:
+    """A digest of a pytree's array contents and leaf paths; container types do not matter, so a
+    namedtuple and the dict Orbax may restore it as give the same digest."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    if not flat:
+        return hashlib.sha256(b"").hexdigest()[:16]
+    arrays = [jnp.asarray(x) for _, x in flat]
+    prints = jax.device_get(_fingerprints(arrays))
+    lines = sorted(f"{_path_key(p)}:{_stored_spec(x)}:{int(f[0]):08x}{int(f[1]):08x}"
+                   for (p, _), x, f in zip(flat, arrays, prints))
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
 def _is_primary() -> bool:
     return jax.process_index() == 0
 
@@ -149,6 +209,7 @@ class CheckpointManager:
         if read_only and not self._directory.is_dir():
             raise FileNotFoundError(f"checkpoint directory {self._directory} does not exist")
         self._read_only = read_only
+        self._saved: int | None = None  # the newest step this manager saved
         if not read_only:
             self._set_aside_unfinished_steps()
         options = ocp.CheckpointManagerOptions(
@@ -228,15 +289,36 @@ class CheckpointManager:
         if latest is not None and step <= latest:
             raise ValueError(f"save: step {step} is not after the latest saved step {latest} in "
                              f"{self._directory}")
+        metadata[CHECKSUMS_KEY] = {name: checksum(tree) for name, tree in items.items()}
         args = {name: ocp.args.StandardSave(_wrap(tree)) for name, tree in items.items()}
         args[METADATA_ITEM] = ocp.args.JsonSave(metadata)
         saved = self._manager.save(step, args=ocp.args.Composite(**args))
         if not saved:  # Orbax declined (e.g. its save policy); silent skips hide lost work.
             raise RuntimeError(f"save: Orbax declined to save step {step} in {self._directory}")
+        self._saved = max(self._saved if self._saved is not None else -1, step)
 
     def wait(self) -> None:
-        """Blocks until the save in flight (if any) is on disk and committed."""
+        """Blocks until the save in flight (if any) is on disk and committed, then removes the
+        set-aside folders that this newer, good step makes obsolete."""
         self._manager.wait_until_finished()
+        if self._saved is not None and not self._read_only:
+            self._remove_set_asides(up_to=self._saved)
+
+    def _remove_set_asides(self, up_to: int) -> None:
+        if not _is_primary() or not self._directory.exists():
+            return
+        for path in self._directory.iterdir():
+            m = _SET_ASIDE.match(path.name)
+            if m and int(m.group(1)) <= up_to and _is_committed(self._directory / str(up_to)):
+                log.info("Removing %s: step %d was saved since it was set aside.", path, up_to)
+                path.rmtree()
+
+    def set_aside(self, step: int, reason: str) -> None:
+        """Moves a committed step out of the way (renamed, not deleted), e.g. once a caller has
+        found it unusable, so that its number can be saved again."""
+        self._quarantine(self._directory / str(int(step)), reason)
+        _sync(f"rzero_checkpoint_set_aside_{step}")
+        self._manager.reload()
 
     # -- restore --------------------------------------------------------------------------------
     def restore(self, step: int | None = None,
@@ -294,13 +376,24 @@ class CheckpointManager:
     def _restore_step(self, step: int, target: dict[str, Any]) -> Restored:
         step_dir = self._directory / str(step)
         saved_items = {p.name for p in step_dir.iterdir() if p.is_dir()} - {METADATA_ITEM}
+        metadata = None
+        if (step_dir / METADATA_ITEM).exists():  # absent in checkpoints written by other tools
+            try:
+                metadata = self._manager.restore(step, args=ocp.args.Composite(
+                    **{METADATA_ITEM: ocp.args.JsonRestore()}))[METADATA_ITEM]
+            except Exception as e:  # noqa: BLE001 - a truncated JSON file is corruption
+                raise CorruptCheckpointError(f"step {step}: unreadable metadata: {e}") from e
+        metadata = dict(metadata or {})
+        checksums = metadata.pop(CHECKSUMS_KEY, None) or {}
         missing = set(target) - saved_items
+        lost = sorted(m for m in missing if m in checksums)
+        if lost:  # saved (the checksums say so) and gone since: the step is damaged
+            raise CorruptCheckpointError(f"step {step}: item(s) {lost} were saved but are "
+                                         f"missing from {step_dir}")
         if missing:
             raise ValueError(f"restore: step {step} in {self._directory} has no item(s) "
                              f"{sorted(missing)}; it has {sorted(saved_items)}")
         args = {}
-        if (step_dir / METADATA_ITEM).exists():  # absent in checkpoints written by other tools
-            args[METADATA_ITEM] = ocp.args.JsonRestore()
         for name, tree in target.items():
             if tree is None:
                 args[name] = ocp.args.StandardRestore()
@@ -308,13 +401,19 @@ class CheckpointManager:
             abstract = _wrap(jax.tree.map(_to_abstract_leaf, tree))
             self._check_matches_saved(step, name, abstract)
             args[name] = ocp.args.StandardRestore(abstract)
+        if not args:  # metadata only, read above
+            return Restored(step, {}, metadata)
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(**args))
         except Exception as e:  # noqa: BLE001 - TensorStore raises plain Exception on bad data
             raise CorruptCheckpointError(f"step {step}: {type(e).__name__}: {e}") from e
         items = {name: _unwrap(restored[name]) for name in target}
-        metadata = restored[METADATA_ITEM] if METADATA_ITEM in args else None
-        return Restored(step, items, dict(metadata or {}))
+        for name, tree in items.items():
+            if name in checksums and checksum(tree) != checksums[name]:
+                raise CorruptCheckpointError(
+                    f"step {step}, item {name!r}: its contents differ from what was saved "
+                    f"(checksum mismatch: flipped or overwritten bytes)")
+        return Restored(step, items, metadata)
 
     def _check_matches_saved(self, step: int, name: str, abstract: Any) -> None:
         try:

@@ -2,6 +2,7 @@
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -333,3 +334,47 @@ def test_process_killed_mid_save_resumes_from_previous_step(tmp_path, caplog):
         assert ckpt.latest_step() == 0
         restored = ckpt.restore(target={"params": {"w": jax.ShapeDtypeStruct((64,), jnp.float32)}})
     assert restored.step == 0 and float(restored.items["params"]["w"][0]) == 1.0
+
+
+# ------------------------------------------------------------------ integrity (issue 29: 4, 5, 8)
+
+def test_an_item_whose_contents_changed_falls_back_to_the_previous_step(tmp_path, caplog):
+    # Contents that still decode but are not what was saved (here: another step's params
+    # copied in, as a botched copy or sync leaves; flipped bytes in raw chunks read the same
+    # way) loaded silently before, as NaN and 1e38 weights in the audit. The checksum in the
+    # metadata catches them.
+    save_steps(tmp_path, [0, 1, 2])
+    shutil.rmtree(tmp_path / "2" / "params")
+    shutil.copytree(tmp_path / "1" / "params", tmp_path / "2" / "params")
+    with caplog.at_level(logging.WARNING, logger="rzero_jax.checkpoint"):
+        step, steps = restore_latest(tmp_path)
+    assert step == 1 and steps == [0, 1]
+    assert "checksum mismatch" in caplog.text
+    with CheckpointManager(tmp_path) as ckpt:  # the checksum is not handed to the caller
+        assert ckpt.restore(1).metadata == {"step": 1, "note": "test"}
+
+
+def test_a_step_missing_a_saved_item_falls_back(tmp_path):
+    save_steps(tmp_path, [0, 1, 2])
+    epath.Path(tmp_path / "2" / "opt_state").rmtree()
+    step, steps = restore_latest(tmp_path)
+    assert step == 1 and steps == [0, 1]
+
+
+def test_set_aside_folders_are_removed_once_a_newer_step_is_saved(tmp_path):
+    save_steps(tmp_path, [0, 1, 2])
+    uncommit(tmp_path / "2")
+    with CheckpointManager(tmp_path, max_to_keep=5) as ckpt:  # sets step 2 aside
+        assert any(p.startswith("2.corrupt-") for p in os.listdir(tmp_path))
+        ckpt.save(2, make_state(2))
+        ckpt.wait()
+    assert not any(".corrupt-" in p for p in os.listdir(tmp_path))
+    assert restore_latest(tmp_path)[0] == 2
+
+
+def test_checksum_ignores_container_types_but_not_contents():
+    state = make_state(3)
+    as_dicts = jax.tree.map(lambda x: x, {"params": dict(state["params"])})
+    assert ckpt_lib.checksum(state["params"]) == ckpt_lib.checksum(as_dicts["params"])
+    other = dict(state["params"], scale=state["params"]["scale"].at[3].set(2))
+    assert ckpt_lib.checksum(other) != ckpt_lib.checksum(state["params"])

@@ -68,7 +68,7 @@ def test_changed_config_via_the_launcher(tmp_path):
 def test_nonpositive_max_rows_per_call_is_refused_before_writing(tmp_path):
   proc = _train(f"--workdir={tmp_path / 'run'}", "--config.sampling.max_rows_per_call=0")
   _assert_one_line_error(proc, "error: config.sampling.max_rows_per_call=0",
-                         "positive integer")
+                         "an integer >= 1")
   assert not (tmp_path / "run").exists()
 
 

@@ -323,7 +323,16 @@ def read_records(path: str) -> Iterator[tuple[str, Any]]:
                      f"{', '.join(DATA_EXTENSIONS)}")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path}: no such data file")
-  return _READERS[ext](path)
+  return _named_decode_errors(path, _READERS[ext](path))
+
+
+def _named_decode_errors(path: str, records: Iterator[tuple[str, Any]]):
+  # The text readers decode lazily; a stray byte must name the file, not just the codec.
+  try:
+    yield from records
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save it as "
+                     "UTF-8") from None
 
 
 def _adapt_all(spec: BenchmarkSpec, records: Iterator[tuple[str, Any]], source: str,

@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -104,9 +105,13 @@ def _decode(tokenizer, ids: Sequence[int], reason: str, stop_ids: frozenset) -> 
 
 
 def generate_responses(generate_fn: GenerateFn, tokenizer, prompt_ids: Sequence[Sequence[int]],
-                       config: EvalConfig, progress: bool = True, desc: str = ""
-                       ) -> tuple[list[list[str]], list[list[str]], int]:
-  """responses[i][j], finish_reasons[i][j] for sample j of prompt i, and the tokens generated."""
+                       config: EvalConfig, progress: bool = True, desc: str = "",
+                       chunks=None) -> tuple[list[list[str]], list[list[str]], int]:
+  """responses[i][j], finish_reasons[i][j] for sample j of prompt i, and the tokens generated.
+
+  chunks (optional; load(key) -> dict | None, save(key, dict)) keeps every finished batch, so
+  an evaluation stopped by a kill or SIGTERM continues from its last batch: each batch has its
+  own seed, so the result is the same."""
   k = config.num_samples
   stop_ids = tuple(int(t) for t in tokenizer.eos_token_ids)
   responses: list[list[str]] = [[""] * k for _ in prompt_ids]
@@ -117,18 +122,27 @@ def generate_responses(generate_fn: GenerateFn, tokenizer, prompt_ids: Sequence[
             file=sys.stderr, dynamic_ncols=True) as bar:
     for batch_index, start in enumerate(range(0, len(order), config.batch_size)):
       chunk = order[start:start + config.batch_size]
-      out = generate_fn([list(prompt_ids[i]) for i in chunk],
-                        max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                        top_p=config.top_p, top_k=config.top_k, n=k,
-                        seed=config.seed + batch_index, stop_token_ids=stop_ids)
-      if len(out.tokens) != len(chunk) * k:
-        raise RuntimeError(f"generate returned {len(out.tokens)} rows for {len(chunk)} prompts "
-                           f"x {k} samples")
-      for row, (ids, reason) in enumerate(zip(out.tokens, out.finish_reasons)):
+      key = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{desc}_{batch_index}")
+      done = chunks.load(key) if chunks is not None else None
+      if done is None:
+        out = generate_fn([list(prompt_ids[i]) for i in chunk],
+                          max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                          top_p=config.top_p, top_k=config.top_k, n=k,
+                          seed=config.seed + batch_index, stop_token_ids=stop_ids)
+        if len(out.tokens) != len(chunk) * k:
+          raise RuntimeError(f"generate returned {len(out.tokens)} rows for {len(chunk)} "
+                             f"prompts x {k} samples")
+        done = {"texts": [_decode(tokenizer, ids, reason, frozenset(stop_ids))
+                          for ids, reason in zip(out.tokens, out.finish_reasons)],
+                "reasons": list(out.finish_reasons),
+                "generated": sum(len(ids) for ids in out.tokens)}
+        if chunks is not None:
+          chunks.save(key, done)
+      for row, (text, reason) in enumerate(zip(done["texts"], done["reasons"])):
         i, j = chunk[row // k], row % k
-        responses[i][j] = _decode(tokenizer, ids, reason, frozenset(stop_ids))
+        responses[i][j] = text
         reasons[i][j] = reason
-        generated += len(ids)
+      generated += done["generated"]
       bar.update(len(chunk))
   return responses, reasons, generated
 
@@ -136,7 +150,7 @@ def generate_responses(generate_fn: GenerateFn, tokenizer, prompt_ids: Sequence[
 # --- one benchmark --------------------------------------------------------------------------
 
 def evaluate_benchmark(generate_fn: GenerateFn, tokenizer, benchmark: loaders.Benchmark,
-                       config: EvalConfig, progress: bool = True
+                       config: EvalConfig, progress: bool = True, chunks=None
                        ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
   """(the benchmark's entry of results.json, its rows of samples.jsonl)."""
   problems = benchmark.problems
@@ -144,7 +158,7 @@ def evaluate_benchmark(generate_fn: GenerateFn, tokenizer, benchmark: loaders.Be
   t0 = time.perf_counter()
   prompt_texts, prompt_ids = build_prompts(tokenizer, problems, config.prompts)
   responses, reasons, generated = generate_responses(
-      generate_fn, tokenizer, prompt_ids, config, progress, desc=benchmark.name)
+      generate_fn, tokenizer, prompt_ids, config, progress, desc=benchmark.name, chunks=chunks)
   t1 = time.perf_counter()
   flat_problems = [p for p in problems for _ in range(k)]
   extracted = [answers.extract(r, config.boxed) for rs in responses for r in rs]
@@ -244,8 +258,9 @@ def load_benchmarks(config: EvalConfig) -> list[loaders.Benchmark]:
 def evaluate(generate_fn: GenerateFn, tokenizer, config: EvalConfig,
              output_dir: str | None = None, checkpoint: Mapping[str, Any] | None = None,
              progress: bool = True, benchmarks: Sequence[loaders.Benchmark] | None = None,
-             load_seconds: float | None = None) -> dict[str, Any]:
-  """Evaluates one policy on `config.benchmarks`; returns (and writes) the results dict."""
+             load_seconds: float | None = None, chunks=None) -> dict[str, Any]:
+  """Evaluates one policy on `config.benchmarks`; returns (and writes) the results dict.
+  chunks: see `generate_responses`."""
   start = time.perf_counter()
   if benchmarks is None:
     benchmarks = load_benchmarks(config)
@@ -254,7 +269,8 @@ def evaluate(generate_fn: GenerateFn, tokenizer, config: EvalConfig,
       "benchmarks": {}, "aggregates": scoring.aggregates({}), "timing": {}, "complete": False}
   samples: list[dict[str, Any]] = []
   for benchmark in benchmarks:
-    entry, rows = evaluate_benchmark(generate_fn, tokenizer, benchmark, config, progress)
+    entry, rows = evaluate_benchmark(generate_fn, tokenizer, benchmark, config, progress,
+                                     chunks)
     results["benchmarks"][benchmark.name] = entry
     samples += rows
     results["aggregates"] = scoring.aggregates(

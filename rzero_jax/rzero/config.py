@@ -5,7 +5,13 @@ loop reads is declared here, so `lock_config` turns a typo in an override into a
 """
 from __future__ import annotations
 
+import math
+
 import ml_collections
+
+from rzero_jax.models import transformer
+from rzero_jax.rl import grpo
+from rzero_jax.rzero import prompts
 
 
 def _learner(**overrides) -> ml_collections.ConfigDict:
@@ -109,9 +115,131 @@ def paper_config(*, tensor: int, max_rows_per_call: int, micro_batches: int
   return c
 
 
+# ----------------------------------------------------------------------------- validation
+# Every value a run reads is checked here, before anything touches the disk: a bad value found
+# after a Challenger phase costs that phase, and one found in sampling.py costs a traceback.
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int_at_least(low):
+  return (lambda v: _is_int(v) and v >= low), (f"an integer >= {low}")
+
+
+def _number_in(low, high, *, low_open=False, high_open=False):
+  def ok(v):
+    if not _is_number(v):
+      return False
+    return ((v > low) if low_open else (v >= low)) and ((v < high) if high_open else (v <= high))
+  left, right = "(" if low_open else "[", ")" if high_open else "]"
+  hi = "inf" if high == math.inf else f"{high:g}"
+  return ok, f"a number in {left}{low:g}, {hi}{right}"
+
+
+def _one_of(*choices):
+  return (lambda v: v in choices), f"one of {', '.join(repr(c) for c in choices)}"
+
+
+_BOOL = ((lambda v: isinstance(v, bool)), "true or false")
+_POSITIVE = _int_at_least(1)
+_COUNT = _int_at_least(0)
+_TOP_P = _number_in(0.0, 1.0, low_open=True)
+_PROB = _number_in(0.0, 1.0)
+_NONNEG = _number_in(0.0, math.inf)
+_POSITIVE_NUMBER = _number_in(0.0, math.inf, low_open=True)
+
+
+def _learner_rules(prefix: str) -> dict:
+  return {
+      f"{prefix}.learning_rate": _POSITIVE_NUMBER,
+      f"{prefix}.b1": _number_in(0.0, 1.0, high_open=True),
+      f"{prefix}.b2": _number_in(0.0, 1.0, high_open=True),
+      f"{prefix}.weight_decay": _NONNEG,
+      f"{prefix}.grad_clip": _NONNEG,
+      f"{prefix}.clip_low": _NONNEG,
+      f"{prefix}.clip_high": _NONNEG,
+      f"{prefix}.dual_clip": _NONNEG,
+      f"{prefix}.kl_coef": _NONNEG,
+      f"{prefix}.kl_clamp": _POSITIVE_NUMBER,
+      f"{prefix}.aggregation": _one_of(*grpo.AGGREGATIONS),
+      f"{prefix}.advantage_estimator": _one_of(*grpo.ADVANTAGE_ESTIMATORS),
+      f"{prefix}.micro_batches": _POSITIVE,
+      f"{prefix}.logprob_chunk": _POSITIVE,
+  }
+
+
+def _rules() -> dict:
+  # Sampling temperatures of a trained role must be > 0 (its logprobs are divided by it);
+  # answers and dataset questions may be greedy (0).
+  rules = {
+      "seed": _COUNT, "iterations": _POSITIVE,
+      "prompts": _one_of(*prompts.PROMPT_SETS), "mode": _one_of("rzero", "base_challenger"),
+      "offload_idle": _BOOL,
+      "model.dtype": _one_of("float32", "bfloat16", "float16"),
+      "model.param_dtype": _one_of("float32", "bfloat16", "float16"),
+      "model.remat": _one_of("none", *transformer._REMAT_POLICIES),
+      "challenger.uncertainty_scale": _one_of("paper", "code"),
+      "challenger.reward_form": _one_of("paper", "code"),
+      "challenger.repetition_threshold": _PROB,
+      "challenger.solver_samples": _POSITIVE,
+      "dataset.num_questions": _POSITIVE, "dataset.solver_samples": _POSITIVE,
+      "dataset.temperature": _NONNEG, "dataset.top_p": _TOP_P, "dataset.top_k": _COUNT,
+      "dataset.band_delta": _number_in(0.0, 0.5),
+      "dataset.max_question_tokens": _POSITIVE,
+      "sampling.answer_temperature": _NONNEG, "sampling.answer_top_p": _TOP_P,
+      "sampling.answer_top_k": _COUNT, "sampling.answer_max_new_tokens": _POSITIVE,
+      "sampling.max_rows_per_call": _POSITIVE,
+      "checkpoint.max_to_keep": _POSITIVE, "checkpoint.async_save": _BOOL,
+      "eval.max_new_tokens": _POSITIVE, "eval.limit": _COUNT, "eval.batch_size": _POSITIVE,
+  }
+  for role in ("challenger", "solver"):
+    rules.update({
+        f"{role}.steps": _POSITIVE, f"{role}.prompts_per_step": _POSITIVE,
+        f"{role}.group_size": _int_at_least(2), f"{role}.prompts_per_update": _POSITIVE,
+        f"{role}.max_new_tokens": _POSITIVE, f"{role}.temperature": _POSITIVE_NUMBER,
+        f"{role}.top_p": _TOP_P, f"{role}.top_k": _COUNT,
+        **_learner_rules(f"{role}.learner")})
+  for axis in ("data", "fsdp", "tensor"):
+    rules[f"mesh.{axis}"] = ((lambda v: _is_int(v) and (v >= 1 or v == -1)),
+                             "a positive integer, or -1 (the remaining devices)")
+  return rules
+
+
+def _get(config, path: str):
+  node = config
+  for part in path.split("."):
+    node = node[part]
+  return node
+
+
 def validate(config) -> None:
-  """Refuses values that would otherwise fail deep inside a run, naming the field."""
-  rows = config.sampling.max_rows_per_call
-  if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
-    raise ValueError(f"config.sampling.max_rows_per_call={rows!r}; expected a positive "
-                     "integer (the most rows one generate call may decode)")
+  """Refuses a value that would otherwise fail deep inside a run (or train nothing), with one
+  line naming the field and the expected range. Touches nothing on disk."""
+  for path, (ok, expected) in _rules().items():
+    try:
+      value = _get(config, path)
+    except (KeyError, AttributeError):
+      continue  # a config built without that section (a caller's own, smaller config)
+    if not ok(value):
+      raise ValueError(f"config.{path}={value!r}; expected {expected}")
+  for role in ("challenger", "solver"):
+    section = config[role]
+    if section.prompts_per_step % section.prompts_per_update:
+      raise ValueError(
+          f"config.{role}.prompts_per_update={section.prompts_per_update!r}; expected a divisor "
+          f"of config.{role}.prompts_per_step={section.prompts_per_step} (whole mini-batches)")
+  d = config.dataset
+  lo, hi = d.band_low, d.band_high
+  if not (lo == -1.0 and hi == -1.0):  # -1, -1: the band comes from band_delta
+    if not (_is_number(lo) and _is_number(hi) and 0.0 <= lo <= hi <= 1.0):
+      raise ValueError(f"config.dataset.band_low={lo!r}, band_high={hi!r}; expected "
+                       "0 <= band_low <= band_high <= 1, or both -1 to use band_delta")
+  axes = [config.mesh[a] for a in ("data", "fsdp", "tensor")]
+  if axes.count(-1) > 1:
+    raise ValueError(f"config.mesh: data, fsdp, tensor = {axes}; expected at most one -1")

@@ -15,6 +15,7 @@ into the record and never looked at here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -127,11 +128,27 @@ def build_dataset(
     return records, stats
 
 
+HEADER_KEY = "rzero_dataset"  # the last line of a dataset file: {"rzero_dataset": {...}}
+
+
+class CorruptDatasetError(ValueError):
+    """A dataset file whose records do not match its integrity line."""
+
+
+def _digest(lines: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for line in lines:
+        h.update(line.encode("utf-8") + b"\n")
+    return h.hexdigest()
+
+
 def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> None:
     """Write records as JSON lines so that `path` is either untouched or complete, never partial.
 
-    The lines go to a temporary file in the same directory, which is flushed, fsynced and then
-    renamed over `path` (atomic on POSIX); a failure removes the temporary file.
+    The last line is an integrity trailer (the record count and a SHA-256 of the record lines),
+    so that `read_jsonl` notices a file emptied, cut or edited since. The lines go to a
+    temporary file in the same directory, which is flushed, fsynced and then renamed over
+    `path` (atomic on POSIX); a failure removes the temporary file.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -139,6 +156,7 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[Mapping[str, A
         raise FileNotFoundError(f"cannot write {path}: directory {directory} does not exist")
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
+        digest, count = hashlib.sha256(), 0
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             for k, record in enumerate(records):
                 try:
@@ -146,6 +164,10 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[Mapping[str, A
                 except (TypeError, ValueError) as e:
                     raise ValueError(f"record {k} for {path} is not JSON-serialisable: {e}") from e
                 f.write(line + "\n")
+                digest.update(line.encode("utf-8") + b"\n")
+                count += 1
+            f.write(json.dumps({HEADER_KEY: {"records": count, "sha256": digest.hexdigest()}})
+                    + "\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -165,24 +187,47 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[Mapping[str, A
         pass
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Records from a JSONL file written by `write_jsonl_atomic`; each must hold the core fields."""
+def read_jsonl(path: str | os.PathLike, *, require_header: bool = False) -> list[dict[str, Any]]:
+    """Records from a JSONL file written by `write_jsonl_atomic`; each must hold the core fields.
+
+    A file with an integrity line must match it (CorruptDatasetError otherwise). A file
+    without one (written by other tools) is read as it is, unless require_header is set, as
+    the loop does for its own datasets: an emptied file then fails instead of training on
+    nothing.
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"dataset file {path} does not exist")
-    records = []
+    records, lines, header = [], [], None
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
+            if header is not None:
+                raise CorruptDatasetError(f"{path}:{lineno}: records after the integrity line")
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
+                raise CorruptDatasetError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
+            if isinstance(record, dict) and set(record) == {HEADER_KEY}:
+                header = record[HEADER_KEY]
+                continue
             if not isinstance(record, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
             missing = [k for k in _CORE_FIELDS if k not in record]
             if missing:
                 raise ValueError(f"{path}:{lineno}: record lacks fields {missing}")
             records.append(record)
+            lines.append(line.rstrip("\n"))
+    if header is None:
+        if require_header:
+            raise CorruptDatasetError(f"{path}: no integrity line (the file was emptied, cut "
+                                      "or not written by rzero-jax)")
+        return records
+    if (not isinstance(header, dict) or header.get("records") != len(records)
+            or header.get("sha256") != _digest(lines)):
+        raise CorruptDatasetError(
+            f"{path}: its records do not match its integrity line ({len(records)} records "
+            f"read, {header.get('records') if isinstance(header, dict) else '?'} written); the "
+            "file was cut or edited")
     return records

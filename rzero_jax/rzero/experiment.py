@@ -10,8 +10,6 @@ import os
 
 from absl import logging
 
-import jax
-
 from rzero_jax.rzero import config as config_lib, loop, report
 from rzero_jax.rzero import workdir as wd
 
@@ -50,13 +48,13 @@ def make_evaluate(config):
     return None
   from rzero_jax.evaluation import runner
 
-  def evaluate(env, params):
+  def evaluate(env, params, chunks=None):
     ecfg = runner.EvalConfig(
         benchmarks=config.eval.benchmarks, data_dir=config.eval.data_dir or None,
         max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size,
         limit=config.eval.limit or None, seed=config.seed, prompts=config.prompts)
     results = runner.evaluate(runner.model_generate_fn(env.cfg, params, env.mesh),
-                              env.tokenizer, ecfg, progress=False)
+                              env.tokenizer, ecfg, progress=False, chunks=chunks)
     flat = {"accuracy": _overall_accuracy(results)}
     for name, entry in results["benchmarks"].items():
       flat[f"{name}/accuracy"] = entry["score"]["accuracy"]
@@ -87,8 +85,9 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> str:
   if not config.base_model and _world(config) is not None:
     from rzero_jax.worlds import base_model
     base_model.spec_from_fields(**config.world.base.to_dict())
-  wd.check_or_store_config(workdir, config.to_dict(), allow_config_change,
-                           is_writer=jax.process_index() == 0)
+  # Only checked here: config.json is frozen by loop.setup once the base model has loaded, so
+  # a failed start (a wrong --base_model) leaves nothing that refuses the corrected rerun.
+  wd.check_or_store_config(workdir, config.to_dict(), allow_config_change, is_writer=False)
   base = resolve_base_model(config)
   logging.info("base model: %s", base)
   loop.run(config, workdir, base_model=base, allow_config_change=allow_config_change,

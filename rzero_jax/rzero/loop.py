@@ -5,14 +5,22 @@ datasets) meet. State is explicit: each role's train state, its KL reference and
 other role are passed to the phase functions in `phases.py`.
 
 Resuming: the checkpoints' own metadata (iteration, phase, step) says how far a role got; a
-dataset or evaluation file exists only once complete (atomic rename). Seeds are derived from
-(seed, iteration, phase, step), so a step replayed after a kill gives bit-identical results.
+dataset or evaluation file exists only once complete (atomic rename), and both phases save
+their work in chunks on the way. Seeds are derived from (seed, iteration, phase, step), so a
+step or chunk replayed after a kill gives bit-identical results.
+
+Faults end in a recovery or in one line: a corrupt step checkpoint falls back to the newest
+intact one (or the phase reruns), a corrupt final falls back to the last step of its phase,
+and a dataset file that no longer matches its integrity line is rebuilt.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import shutil
 import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -29,15 +37,30 @@ ROLES = ("challenger", "solver")
 
 
 class Preempted(Exception):
-  """Raised after a SIGTERM once the current step's checkpoint is safely on disk."""
+  """Raised after a SIGTERM; everything finished before it is on disk."""
+
+
+class CheckpointsLost(ValueError):
+  """No intact checkpoint is left to rebuild a role's state: one line says what to delete."""
+
+
+# After a SIGTERM, the main thread may be inside native code (an XLA compile or a long device
+# call) where no Python exception can reach it; past this grace the process exits outright,
+# which is as safe as the kill -9 that every phase already survives (atomic files, replays).
+SIGTERM_GRACE_S = 5.0
 
 
 class _SigtermFlag:
-  """SIGTERM (a TPU preemption notice) asks the loop to stop at the next step boundary."""
+  """SIGTERM (a TPU preemption notice, about 30 s before the VM goes) stops the run within
+  seconds in any phase: outside a `critical()` section the handler raises Preempted at once
+  (the step or chunk in progress is replayed bit-identically on the rerun); inside one, at its
+  end. With several processes only the flag is set, for a decision all processes share."""
 
   def __init__(self):
     self.requested = False
     self._previous = None
+    self._critical = 0
+    self._single = jax.process_count() == 1
 
   def __enter__(self):
     try:
@@ -48,8 +71,36 @@ class _SigtermFlag:
 
   def _handle(self, signum, frame):
     del signum, frame
+    first = not self.requested
     self.requested = True
-    logging.warning("SIGTERM received: finishing the current step, saving, then exiting")
+    if not self._single:
+      logging.warning("SIGTERM received: finishing the current step, saving, then exiting")
+      return
+    if first:
+      threading.Thread(target=self._watchdog, daemon=True).start()
+    if self._critical == 0:
+      raise Preempted("stopped by SIGTERM; rerun the same command to resume")
+    logging.warning("SIGTERM received: finishing the write in progress, then exiting")
+
+  def _watchdog(self):
+    deadline = time.monotonic() + SIGTERM_GRACE_S
+    while time.monotonic() < deadline or self._critical:
+      time.sleep(0.1)
+    logging.warning("SIGTERM: the main thread is still inside native code (a compile or a "
+                    "device call); exiting now. Rerun the same command to resume.")
+    logging.flush()
+    os._exit(0)
+
+  @contextlib.contextmanager
+  def critical(self):
+    """A section a SIGTERM does not cut (a checkpoint save with its metrics line)."""
+    self._critical += 1
+    try:
+      yield
+    finally:
+      self._critical -= 1
+    if self._critical == 0 and self.requested and self._single:
+      raise Preempted("stopped by SIGTERM; rerun the same command to resume")
 
   def __exit__(self, *exc):
     if self._previous is not None:
@@ -100,16 +151,69 @@ class RoleCheckpoints:
     self.finals.close()
 
 
-def _metadata(cfg, tok_path: str, role: str, iteration: int, phase: str, step: int) -> dict:
+def _metadata(cfg, tok_path: str, role: str, iteration: int, phase: str, step: int,
+              config_hash: str) -> dict:
   return {"model_config": cfg.to_hf_dict(), "tokenizer": tok_path, "role": role,
-          "iteration": iteration, "phase": phase, "step": step}
+          "iteration": iteration, "phase": phase, "step": step, "config_hash": config_hash}
 
 
-def _final_params(ckpts: RoleCheckpoints, iteration: int, abstract, base_params):
-  """The role's params after `iteration` (0 = the base model)."""
-  if iteration == 0:
-    return base_params
-  return ckpts.finals.restore(iteration, {"params": abstract}).items["params"]
+class _Lazy:
+  """Params restored on first use: a finished phase's final is read only if a later phase
+  still needs it (so an old, unneeded final that went bad costs nothing)."""
+
+  def __init__(self, fn):
+    self._fn, self._value, self._done = fn, None, False
+
+  @classmethod
+  def of(cls, value):
+    lazy = cls(None)
+    lazy._value, lazy._done = value, True
+    return lazy
+
+  def get(self):
+    if not self._done:
+      self._value, self._done = self._fn(), True
+    return self._value
+
+
+def _restore_final(s: "Setup", role: str, iteration: int, steps: int, *, may_rerun: bool):
+  """The role's params after `iteration`; a corrupt final falls back to the last step of its
+  phase. Returns None when the final was set aside and the phase should rerun (may_rerun)."""
+  ckpts: RoleCheckpoints = s.ckpts[role]
+  target = {"params": s.abstract_params}
+  try:
+    return ckpts.finals.restore(iteration, target).items["params"]
+  except checkpoint.CorruptCheckpointError as e:
+    bad = e
+  final_dir = ckpts.finals.directory
+  logging.warning("%s/%d is unreadable (%s); falling back to the last step of that phase",
+                  final_dir, iteration, bad)
+  last = iteration * steps
+  params = None
+  if steps and last in ckpts.steps.all_steps():
+    try:
+      restored = ckpts.steps.restore(last, target)
+      if (restored.metadata.get("iteration"), restored.metadata.get("step")) == (iteration, steps):
+        params = restored.items["params"]
+    except checkpoint.CorruptCheckpointError as e:
+      logging.warning("its last step is unreadable too (%s)", e)
+  if may_rerun:
+    ckpts.finals.set_aside(iteration, f"unreadable: {bad}")
+    if params is not None:  # the same weights: write the final again
+      ckpts.finals.save(iteration, {"params": params}, metadata=_metadata(
+          s.env.cfg, s.tok_path, role, iteration, "final", steps, s.config_hash))
+      ckpts.finals.wait()
+      return params
+    logging.warning("no intact step of that phase is left: the %s phase of iteration %d reruns",
+                    role, iteration)
+    return None
+  if params is not None:
+    return params
+  raise CheckpointsLost(
+      f"{final_dir}/{iteration} is corrupt and no intact step checkpoint of that phase is left "
+      f"to rebuild it; delete {final_dir}/{iteration}, every later step in {final_dir}, and "
+      f"{ckpts.steps.directory}, then rerun: the {role}'s phases from iteration {iteration} "
+      "are redone (bit-identically)")
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -130,6 +234,7 @@ class Setup:
   evaluate: Callable | None
   annotate: Callable | None
   exclude: Callable | None = None
+  config_hash: str = ""
 
 
 def learner_config(section) -> learner.LearnerConfig:
@@ -149,99 +254,179 @@ def make_role(section, env: phases.Env, state) -> phases.Role:
 
 
 def _train_phase(s: Setup, role_name: str, iteration: int, steps: int,
-                 step_fn: Callable, sigterm: _SigtermFlag, other_params=None):
-  """Runs (or resumes) one GRPO phase of a role; returns its final params."""
+                 step_fn: Callable, sigterm: _SigtermFlag, start: _Lazy,
+                 other: _Lazy | None = None) -> _Lazy:
+  """Runs (or resumes) one GRPO phase of a role; returns its final params (lazily when the
+  phase finished in an earlier run). start/other: the role's params before the phase, and
+  the frozen other role's."""
   c = s.config
   ckpts: RoleCheckpoints = s.ckpts[role_name]
-  if ckpts.finals.latest_step() is not None and ckpts.finals.latest_step() >= iteration:
-    return _final_params(ckpts, iteration, s.abstract_params, s.base_params)
+  latest_final = ckpts.finals.latest_step()
+  if latest_final is not None and latest_final >= iteration:
+    if latest_final > iteration:
+      return _Lazy(lambda: _restore_final(s, role_name, iteration, steps, may_rerun=False))
+    newest_step = ckpts.steps.latest_step()
+    params = _restore_final(s, role_name, iteration, steps,
+                            may_rerun=newest_step is None or newest_step <= iteration * steps)
+    if params is not None:
+      return _Lazy.of(params)
   env = s.env
   section = c.challenger if role_name == "challenger" else c.solver
-  start_params = _final_params(ckpts, iteration - 1, s.abstract_params, s.base_params)
+  start_params = start.get()
   state = learner.init_train_state(start_params, learner_config(section))
-  start = 0
+  first = 0
   if ckpts.steps.latest_step() is not None:
     # The newest intact step checkpoint; one from an earlier iteration means a fresh phase.
-    restored = ckpts.steps.restore(target={"params": checkpoint.abstract_like(state.params),
-                                           "opt_state": checkpoint.abstract_like(
-                                               state.opt_state)})
-    if restored.metadata.get("iteration") == iteration:
-      start = int(restored.metadata["step"])
-      state = learner.TrainState(jax.device_put(np.int32(start)), restored.items["params"],
+    target = {"params": checkpoint.abstract_like(state.params),
+              "opt_state": checkpoint.abstract_like(state.opt_state)}
+    try:
+      restored = ckpts.steps.restore(target=target)
+    except checkpoint.CorruptCheckpointError as e:
+      # Every step is unreadable: set them aside and run the phase again from its start.
+      logging.warning("no step checkpoint in %s is readable (%s); the %s phase of iteration %d "
+                      "reruns from its start", ckpts.steps.directory, e, role_name, iteration)
+      for bad in ckpts.steps.all_steps():
+        ckpts.steps.set_aside(bad, f"unreadable: {e}")
+      restored = None
+    if restored is not None and restored.metadata.get("iteration", 0) > iteration:
+      raise CheckpointsLost(
+          f"{ckpts.steps.directory} holds iteration {restored.metadata['iteration']} while "
+          f"iteration {iteration} of the {role_name} must be redone; delete it and every step "
+          f"after {iteration - 1} in {ckpts.finals.directory}, then rerun")
+    if restored is not None and restored.metadata.get("iteration") == iteration:
+      first = int(restored.metadata["step"])
+      state = learner.TrainState(jax.device_put(np.int32(first)), restored.items["params"],
                                  restored.items["opt_state"])
       logging.info("resuming the %s phase of iteration %d after step %d", role_name,
-                   iteration, start)
+                   iteration, first)
   ref_params = learner.to_host(start_params) if c.offload_idle else start_params
   role = make_role(section, env, state)
   global_base = (iteration - 1) * steps
-  for step in range(start, steps):
+  other_params = other.get() if other is not None else None
+  for step in range(first, steps):
     seed = phases.derive_seed(c.seed, iteration, role_name, step)
     t0 = time.perf_counter()
     state, record = step_fn(role, state, ref_params, other_params, step, seed)
-    meta = _metadata(env.cfg, s.tok_path, role_name, iteration, role_name, step + 1)
-    ckpts.steps.save(global_base + step + 1,
-                     {"params": state.params, "opt_state": state.opt_state}, metadata=meta)
-    record = {"iteration": iteration, "phase": role_name, "step": step + 1,
-              "global_step": global_base + step + 1, "time_step": time.perf_counter() - t0,
-              **record}
-    questions = record.pop("questions", None)
-    s.writer.write(record)
-    if questions is not None and s.annotate is not None and s.is_writer:
-      _log_questions(s.workdir, iteration, step + 1, questions)
+    meta = _metadata(env.cfg, s.tok_path, role_name, iteration, role_name, step + 1,
+                     s.config_hash)
+    with sigterm.critical():
+      ckpts.steps.save(global_base + step + 1,
+                       {"params": state.params, "opt_state": state.opt_state}, metadata=meta)
+      record = {"iteration": iteration, "phase": role_name, "step": step + 1,
+                "global_step": global_base + step + 1, "time_step": time.perf_counter() - t0,
+                **record}
+      questions = record.pop("questions", None)
+      s.writer.write(record)
+      if questions is not None and s.annotate is not None and s.is_writer:
+        _log_questions(s.workdir, iteration, step + 1, questions)
     if sigterm.requested:
       ckpts.steps.wait()
       raise Preempted(f"stopped by SIGTERM after {role_name} step {step + 1} of iteration "
                       f"{iteration}; rerun the same command to resume")
   ckpts.steps.wait()
-  ckpts.finals.save(iteration, {"params": state.params},
-                    metadata=_metadata(env.cfg, s.tok_path, role_name, iteration, "final",
-                                       steps))
-  ckpts.finals.wait()
-  return state.params
+  with sigterm.critical():
+    ckpts.finals.save(iteration, {"params": state.params},
+                      metadata=_metadata(env.cfg, s.tok_path, role_name, iteration, "final",
+                                         steps, s.config_hash))
+    ckpts.finals.wait()
+  return _Lazy.of(state.params)
 
 
 def _log_questions(workdir: str, iteration: int, step: int, questions) -> None:
-  """The Challenger's valid questions per step, for the report's difficulty analysis."""
-  import json
-  path = os.path.join(workdir, "questions.jsonl")
-  with open(path, "a") as f:
-    f.write(json.dumps({"iteration": iteration, "step": step, "questions": questions}) + "\n")
+  """The Challenger's valid questions per step, for the report's difficulty analysis; a
+  replayed step replaces its line."""
+  metrics_lib.upsert_jsonl(os.path.join(workdir, "questions.jsonl"),
+                           {"iteration": iteration, "phase": "challenger", "step": step,
+                            "questions": questions})
 
 
-def _dataset_phase(s: Setup, iteration: int, challenger_params, solver_params, base_params):
+class _ChunkStore:
+  """Finished chunks of a dataset or evaluation phase, one atomic JSON file each, so that a
+  rerun after a kill or SIGTERM continues from the last chunk; removed once the phase's file
+  is written."""
+
+  def __init__(self, directory: str, is_writer: bool, sigterm: _SigtermFlag):
+    self.directory, self._is_writer, self._sigterm = directory, is_writer, sigterm
+
+  def _path(self, key) -> str:
+    return os.path.join(self.directory, f"chunk_{key}.json")
+
+  def load(self, key):
+    try:
+      return wd.read_json(self._path(key))
+    except ValueError as e:  # a chunk file damaged since: compute it again
+      logging.warning("%s; recomputing that chunk", e)
+      return None
+
+  def save(self, key, value) -> None:
+    if self._is_writer:
+      with self._sigterm.critical():
+        wd.atomic_write_json(self._path(key), value)
+
+  def remove(self) -> None:
+    if self._is_writer:
+      shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _read_dataset(path: str):
+  """The iteration's dataset, or None when it must be (re)built: a file that no longer matches
+  its integrity line (emptied, cut, edited) is set aside and rebuilt from the same seeds."""
+  if not os.path.exists(path):
+    return None
+  try:
+    return dataset.read_jsonl(path, require_header=True)
+  except dataset.CorruptDatasetError as e:
+    aside = f"{path}.corrupt-{time.time_ns()}"
+    logging.warning("%s; moving it to %s and building the dataset again", e, aside)
+    os.replace(path, aside)
+    return None
+
+
+def _dataset_phase(s: Setup, iteration: int, challenger: _Lazy, solver: _Lazy, base_params,
+                   sigterm: _SigtermFlag):
   path = wd.dataset_path(s.workdir, iteration)
-  if os.path.exists(path):
-    return dataset.read_jsonl(path)
+  records = _read_dataset(path)
+  if records is not None:
+    if not records:
+      logging.warning("iteration %d: the dataset %s is empty (no question kept); the Solver "
+                      "phase of this iteration is skipped", iteration, path)
+    return records
   c = s.config
   # The baseline writes its questions with the untrained base Challenger.
-  writer_params = base_params if c.mode == "base_challenger" else challenger_params
+  writer = (_Lazy.of(base_params) if c.mode == "base_challenger" else challenger)
+  chunks = _ChunkStore(path.replace(".jsonl", ".chunks"), s.is_writer, sigterm)
   records, stats = phases.build_dataset(
-      s.env, writer_params, solver_params, c.dataset, c.sampling,
+      s.env, writer.get, solver.get, c.dataset, c.sampling,
       seed=phases.derive_seed(c.seed, iteration, "dataset"), annotate=s.annotate,
-      exclude=s.exclude)
+      exclude=s.exclude, chunks=chunks)
   if s.is_writer:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    dataset.write_jsonl_atomic(path, records)
-    wd.atomic_write_json(path.replace(".jsonl", ".stats.json"), stats)
+    with sigterm.critical():
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      wd.atomic_write_json(path.replace(".jsonl", ".stats.json"), stats)
+      dataset.write_jsonl_atomic(path, records)
+      chunks.remove()
   s.writer.write({"iteration": iteration, "phase": "dataset", "step": 0,
                   "global_step": iteration, "kept": len(records),
                   **{k: v for k, v in stats.items() if k != "kept"}})
   if not records:
-    logging.warning("iteration %d: the dataset kept no question (%s); the Solver phase of this "
-                    "iteration is skipped. Widen the band or raise dataset.num_questions.",
-                    iteration, stats)
+    logging.warning("iteration %d: the dataset kept no question of %d candidates; the Solver "
+                    "phase of this iteration is skipped. Widen the band or raise "
+                    "dataset.num_questions.", iteration, stats.get("candidates", 0))
   return records
 
 
-def _evaluate(s: Setup, iteration: int, params):
+def _evaluate(s: Setup, iteration: int, params: _Lazy, sigterm: _SigtermFlag):
   path = wd.eval_path(s.workdir, iteration)
   if s.evaluate is None or os.path.exists(path):
     return wd.read_json(path)
   start = time.perf_counter()
-  result = s.evaluate(s.env, params)
+  chunks = _ChunkStore(path.replace(".json", ".chunks"), s.is_writer, sigterm)
+  result = s.evaluate(s.env, params.get(), chunks)
   result["time_eval"] = time.perf_counter() - start
   if s.is_writer:
-    wd.atomic_write_json(path, result)
+    with sigterm.critical():
+      wd.atomic_write_json(path, result)
+      chunks.remove()
   s.writer.write({"iteration": iteration, "phase": "eval", "step": 0, "global_step": iteration,
                   **{k: v for k, v in result.items() if isinstance(v, (int, float))}})
   return result
@@ -254,18 +439,48 @@ def _write_progress(s: Setup, iteration: int, phase: str) -> None:
                           "iterations": s.config.iterations, "time": time.time()})
 
 
+def _stored_config_hash(workdir: str) -> tuple[str, str] | None:
+  """(folder, config hash) from the newest checkpoint metadata of the workdir, if any."""
+  for role in ROLES:
+    for final in (False, True):
+      directory = wd.checkpoint_dir(workdir, role, final=final)
+      if not os.path.isdir(directory):
+        continue
+      with checkpoint.CheckpointManager(directory, read_only=True) as mgr:
+        for step in reversed(mgr.all_steps()):
+          try:
+            stored = mgr.restore(step).metadata.get("config_hash")
+          except checkpoint.CorruptCheckpointError:
+            continue
+          if stored:
+            return directory, stored
+  return None
+
+
 def setup(config, workdir: str, *, base_model: str, allow_config_change: bool = False,
           evaluate: Callable | None = None, annotate: Callable | None = None,
           exclude: Callable | None = None) -> Setup:
   is_writer = jax.process_index() == 0
   config_lib.validate(config)
-  os.makedirs(workdir, exist_ok=True)
-  wd.check_or_store_config(workdir, config.to_dict(), allow_config_change, is_writer)
   mesh_cfg = {a: config.mesh[a] for a in sharding.MESH_AXES}
   mesh = sharding.make_mesh(mesh_cfg) if jax.device_count() > 1 else None
   rules = sharding.rules_from_config(config.mesh.rules.to_dict())
+  # The base model and its tokenizer load before config.json is frozen: a failed start (a
+  # wrong --base_model) must not leave a config that refuses the corrected rerun.
   cfg, base_params = load_base_model(base_model, config.model, mesh, rules)
   tok = tokenizer_lib.load_tokenizer(base_model)
+  config_dict = config.to_dict()
+  config_hash = wd.config_hash(config_dict)
+  if not os.path.exists(os.path.join(workdir, "config.json")) and not allow_config_change:
+    # config.json deleted: the checkpoints still say which config wrote them.
+    stored = _stored_config_hash(workdir)
+    if stored is not None and stored[1] != config_hash:
+      raise wd.ConfigChangedError(
+          f"{workdir}/config.json is missing and the checkpoints in {stored[0]} were written "
+          f"with another config (hash {stored[1]}, now {config_hash}); use another --workdir, "
+          "or pass --allow_config_change")
+  os.makedirs(workdir, exist_ok=True)
+  wd.check_or_store_config(workdir, config_dict, allow_config_change, is_writer)
   env = phases.Env(cfg=cfg, tokenizer=tok, mesh=mesh, rules=rules,
                    prompt_set=prompts.prompt_set(config.prompts),
                    stop_token_ids=tuple(tok.eos_token_ids),
@@ -277,7 +492,7 @@ def setup(config, workdir: str, *, base_model: str, allow_config_change: bool = 
   return Setup(config=config, workdir=workdir, env=env, base_params=base_params,
                abstract_params=abstract, tok_path=os.path.abspath(base_model),
                ckpts=ckpts, writer=writer, is_writer=is_writer, evaluate=evaluate,
-               annotate=annotate, exclude=exclude)
+               annotate=annotate, exclude=exclude, config_hash=config_hash)
 
 
 def run(config, workdir: str, *, base_model: str | None = None,
@@ -294,10 +509,11 @@ def run(config, workdir: str, *, base_model: str | None = None,
   results = {}
   try:
     with _SigtermFlag() as sigterm:
-      results[0] = _evaluate(s, 0, s.base_params)
+      base = _Lazy.of(s.base_params)
+      results[0] = _evaluate(s, 0, base, sigterm)
+      solver_prev = base
+      challenger_prev = base
       for t in range(1, c.iterations + 1):
-        solver_prev = _final_params(s.ckpts["solver"], t - 1, s.abstract_params,
-                                    s.base_params)
 
         def challenger_step(role, state, ref, solver, step, seed):
           del step
@@ -305,21 +521,24 @@ def run(config, workdir: str, *, base_model: str | None = None,
                                         c.sampling, seed=seed)
 
         challenger_params = _train_phase(s, "challenger", t, c.challenger.steps,
-                                         challenger_step, sigterm, other_params=solver_prev)
+                                         challenger_step, sigterm, start=challenger_prev,
+                                         other=solver_prev)
         _write_progress(s, t, "challenger")
-        records = _dataset_phase(s, t, challenger_params, solver_prev, s.base_params)
+        records = _dataset_phase(s, t, challenger_params, solver_prev, s.base_params, sigterm)
         _write_progress(s, t, "dataset")
         data_seed = phases.derive_seed(c.seed, t, "solver", 10**6)
 
-        def solver_step(role, state, ref, _, step, seed):
+        def solver_step(role, state, ref, _, step, seed, records=records, data_seed=data_seed):
           return phases.solver_step(s.env, role, state, ref, records, c.solver, step=step,
                                     seed=seed, data_seed=data_seed)
 
         solver_steps = c.solver.steps if records else 0
-        solver_params = _train_phase(s, "solver", t, solver_steps, solver_step, sigterm)
+        solver_params = _train_phase(s, "solver", t, solver_steps, solver_step, sigterm,
+                                     start=solver_prev)
         _write_progress(s, t, "solver")
-        results[t] = _evaluate(s, t, solver_params)
+        results[t] = _evaluate(s, t, solver_params, sigterm)
         _write_progress(s, t, "eval")
+        solver_prev, challenger_prev = solver_params, challenger_params
   finally:
     for ck in s.ckpts.values():
       ck.close()

@@ -1,7 +1,7 @@
 """Per-step metrics: one JSONL line, TensorBoard scalars and one human-readable log line.
 
-Only process 0 writes. A step repeated after a resume is appended again; readers keep the last
-record of each (iteration, phase, step).
+Only process 0 writes. Lines are keyed by (iteration, phase, step): a step replayed after a
+resume replaces its line instead of adding one (readers also keep only the last of each key).
 """
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import os
 from typing import Any, Iterable, Mapping
 
 from absl import logging
+
+from rzero_jax.rzero import workdir as wd
 
 
 def _clean(value: Any):
@@ -36,11 +38,7 @@ class MetricsWriter:
     if not self.enabled:
       return
     record = {k: _clean(v) for k, v in record.items()}
-    line = json.dumps(record, sort_keys=True)
-    with open(self.path, "a") as f:
-      # One write of one line: a kill leaves at most a truncated last line, which readers skip.
-      f.write(line + "\n")
-      f.flush()
+    upsert_jsonl(self.path, record)
     if self._tb is not None:
       global_step = int(record.get("global_step", 0))
       prefix = f"{record.get('phase', 'run')}/"
@@ -76,6 +74,32 @@ def human_line(record: Mapping[str, Any]) -> str:
       except (TypeError, ValueError):
         parts.append(f"{key} {value}")
   return " ".join(parts)
+
+
+KEY_FIELDS = ("iteration", "phase", "step")
+
+
+def _key(record: Mapping[str, Any]) -> tuple:
+  return tuple(record.get(k) for k in KEY_FIELDS)
+
+
+def upsert_jsonl(path: str, record: Mapping[str, Any]) -> None:
+  """Adds `record` to a JSONL file, replacing any line with its (iteration, phase, step).
+
+  The file is rewritten to a temporary name and renamed into place, so a kill leaves either the
+  old file or the new one; cut lines left by older versions are dropped."""
+  kept = []
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          old = json.loads(line)
+        except json.JSONDecodeError:
+          continue  # a line cut by a kill
+        if isinstance(old, dict) and _key(old) != _key(record):
+          kept.append(line if line.endswith("\n") else line + "\n")
+  kept.append(json.dumps(record, sort_keys=True) + "\n")
+  wd.atomic_write_text(path, "".join(kept))
 
 
 def read_metrics(path: str) -> list[dict]:

@@ -235,18 +235,62 @@ def _train_fields(m: dict) -> dict:
 # ----------------------------------------------------------------------------- Dataset
 
 
+def dataset_chunk_questions(dcfg, max_rows_per_call: int) -> int:
+  """Questions per dataset chunk: their m answers fill one generate call, so a chunk (saved
+  on its own) takes about one call's time, and a SIGTERM loses at most that."""
+  return max(1, max_rows_per_call // dcfg.solver_samples)
+
+
 def build_dataset(env: Env, challenger_params, solver_params, dcfg, sampling_cfg, *, seed: int,
                   annotate: Callable[[str], dict] | None = None,
-                  exclude: Callable[[str], bool] | None = None):
+                  exclude: Callable[[str], bool] | None = None, chunks=None):
   """N Challenger questions, m Solver answers each, majority labels, band filter.
 
+  The N questions are made in chunks, each sampled and answered from its own seed: a chunk
+  found in `chunks` (an object with load(k) -> dict | None and save(k, dict)) is reused, so a
+  killed phase continues where it stopped and gives the same dataset. challenger_params and
+  solver_params may be callables returning the params, called only if a chunk is computed.
   `annotate(question)` may attach report-only fields (e.g. the true answer in a synthetic
   world); they are stored under `meta` and never used to filter or to train.
   Returns (records, stats).
   """
-  t0 = time.perf_counter()
+  get_challenger = challenger_params if callable(challenger_params) else lambda: challenger_params
+  get_solver = solver_params if callable(solver_params) else lambda: solver_params
+  sizes = _even_split(dcfg.num_questions,
+                      dataset_chunk_questions(dcfg, env.max_rows_per_call))
+  candidates: list[str] = []
+  answers: list[list[str | None]] = []
+  generated = 0
+  t_sampling = 0.0
+  for k, size in enumerate(sizes):
+    done = chunks.load(k) if chunks is not None else None
+    if done is None:
+      t0 = time.perf_counter()
+      done = _dataset_chunk(env, get_challenger(), get_solver(), dcfg, sampling_cfg, size,
+                            seed=seed + 7919 * k, exclude=exclude)
+      t_sampling += time.perf_counter() - t0
+      if chunks is not None:
+        chunks.save(k, done)
+    candidates += done["candidates"]
+    answers += done["answers"]
+    generated += done["generated"]
+  t2 = time.perf_counter()
+  band = ((dcfg.band_low, dcfg.band_high) if dcfg.band_low >= 0 and dcfg.band_high >= 0
+          else None)
+  meta = [annotate(q) for q in candidates] if annotate else None
+  records, stats = dataset.build_dataset(candidates, answers, delta=dcfg.band_delta,
+                                         band=band, meta=meta)
+  stats = dict(stats)
+  stats.update(generated=generated, well_formed=len(candidates), chunks=len(sizes),
+               time_sampling=t_sampling, time_grading=time.perf_counter() - t2)
+  return records, stats
+
+
+def _dataset_chunk(env: Env, challenger_params, solver_params, dcfg, sampling_cfg, n: int, *,
+                   seed: int, exclude) -> dict:
+  """One chunk: n Challenger questions, the well-formed ones with m Solver answers each."""
   prompt = challenger_prompt_ids(env)
-  rows, _, _ = generate_rows(env, challenger_params, [prompt], n=dcfg.num_questions,
+  rows, _, _ = generate_rows(env, challenger_params, [prompt], n=n,
                              seed=seed, desc="dataset questions",
                              max_new_tokens=_challenger_tokens(dcfg),
                              temperature=dcfg.temperature, top_p=dcfg.top_p, top_k=dcfg.top_k)
@@ -262,19 +306,9 @@ def build_dataset(env: Env, challenger_params, solver_params, dcfg, sampling_cfg
         continue
       if len(env.tokenizer.encode(q)) <= dcfg.max_question_tokens:
         candidates.append(q)
-  t1 = time.perf_counter()
   answers = answer_questions(env, solver_params, candidates, m=dcfg.solver_samples,
                              seed=seed + 1, sampling_cfg=sampling_cfg)
-  t2 = time.perf_counter()
-  band = ((dcfg.band_low, dcfg.band_high) if dcfg.band_low >= 0 and dcfg.band_high >= 0
-          else None)
-  meta = [annotate(q) for q in candidates] if annotate else None
-  records, stats = dataset.build_dataset(candidates, answers, delta=dcfg.band_delta,
-                                         band=band, meta=meta)
-  stats = dict(stats)
-  stats.update(generated=len(rows), well_formed=len(candidates),
-               time_sampling=(t1 - t0) + (t2 - t1), time_grading=time.perf_counter() - t2)
-  return records, stats
+  return {"candidates": candidates, "answers": answers, "generated": len(rows)}
 
 
 def _challenger_tokens(dcfg) -> int:

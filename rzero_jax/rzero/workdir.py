@@ -12,6 +12,7 @@ Every file is written to a temporary name in the same directory and renamed into
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -79,6 +80,13 @@ def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 
 class ConfigChangedError(ValueError):
   pass
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+  """A short digest of a config, stored in checkpoint metadata: the config guard still holds
+  when config.json is deleted."""
+  canonical = json.dumps(json.loads(json.dumps(config, default=_jsonable)), sort_keys=True)
+  return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def check_or_store_config(workdir: str, config: Mapping[str, Any],
