@@ -101,6 +101,11 @@ def _parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
+  config = _CONFIG.value
+  try:  # before anything slow (the model code imports flax): refused in seconds
+    config_lib.validate(config)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
   import jax
   from rzero_jax.rzero import experiment
   logging.get_absl_handler().addFilter(_quiet_orbax)
@@ -111,7 +116,6 @@ def main(argv):
     jax.distributed.initialize()
   logging.info("process %d of %d; devices: %s", jax.process_index(), jax.process_count(),
                jax.devices())
-  config = _CONFIG.value
   if _BASE_MODEL.value:
     with config.unlocked():
       config.base_model = _BASE_MODEL.value

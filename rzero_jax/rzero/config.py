@@ -9,7 +9,6 @@ import math
 
 import ml_collections
 
-from rzero_jax.models import transformer
 from rzero_jax.rl import grpo
 from rzero_jax.rzero import prompts
 
@@ -120,6 +119,11 @@ def paper_config(*, tensor: int, max_rows_per_call: int, micro_batches: int
 # after a Challenger phase costs that phase, and one found in sampling.py costs a traceback.
 
 
+# models.transformer's policies (a test keeps the two equal); named here so that a bad value is
+# refused without importing flax, which takes seconds.
+REMAT_CHOICES = ("none", "full", "dots")
+
+
 def _is_int(v) -> bool:
   return isinstance(v, int) and not isinstance(v, bool)
 
@@ -183,7 +187,7 @@ def _rules() -> dict:
       "offload_idle": _BOOL,
       "model.dtype": _one_of("float32", "bfloat16", "float16"),
       "model.param_dtype": _one_of("float32", "bfloat16", "float16"),
-      "model.remat": _one_of("none", *transformer._REMAT_POLICIES),
+      "model.remat": _one_of(*REMAT_CHOICES),
       "challenger.uncertainty_scale": _one_of("paper", "code"),
       "challenger.reward_form": _one_of("paper", "code"),
       "challenger.repetition_threshold": _PROB,
