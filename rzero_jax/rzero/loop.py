@@ -102,6 +102,12 @@ class _SigtermFlag:
     if self._critical == 0 and self.requested and self._single:
       raise Preempted("stopped by SIGTERM; rerun the same command to resume")
 
+  def check(self) -> None:
+    """Raises Preempted at a boundary (a saved chunk) once a SIGTERM was received."""
+    if self.requested:
+      raise Preempted("stopped by SIGTERM at a chunk boundary; rerun the same command to "
+                      "resume")
+
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
@@ -183,7 +189,7 @@ def _restore_final(s: "Setup", role: str, iteration: int, steps: int, *, may_rer
   target = {"params": s.abstract_params}
   try:
     return ckpts.finals.restore(iteration, target).items["params"]
-  except checkpoint.CorruptCheckpointError as e:
+  except (checkpoint.CorruptCheckpointError, FileNotFoundError) as e:  # unreadable, or set aside
     bad = e
   final_dir = ckpts.finals.directory
   logging.warning("%s/%d is unreadable (%s); falling back to the last step of that phase",
@@ -198,7 +204,8 @@ def _restore_final(s: "Setup", role: str, iteration: int, steps: int, *, may_rer
     except checkpoint.CorruptCheckpointError as e:
       logging.warning("its last step is unreadable too (%s)", e)
   if may_rerun:
-    ckpts.finals.set_aside(iteration, f"unreadable: {bad}")
+    if iteration in ckpts.finals.all_steps():
+      ckpts.finals.set_aside(iteration, f"unreadable: {bad}")
     if params is not None:  # the same weights: write the final again
       ckpts.finals.save(iteration, {"params": params}, metadata=_metadata(
           s.env.cfg, s.tok_path, role, iteration, "final", steps, s.config_hash))
@@ -362,6 +369,7 @@ class _ChunkStore:
     if self._is_writer:
       with self._sigterm.critical():
         wd.atomic_write_json(self._path(key), value)
+    self._sigterm.check()  # a chunk boundary: where several processes stop together
 
   def remove(self) -> None:
     if self._is_writer:
