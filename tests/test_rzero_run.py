@@ -30,8 +30,8 @@ TINY = [
     "--config.solver.steps=2", "--config.solver.prompts_per_step=4",
     "--config.solver.prompts_per_update=4", "--config.solver.group_size=2",
     "--config.solver.max_new_tokens=40", "--config.sampling.answer_max_new_tokens=40",
-    "--config.eval.limit=16", "--config.eval.max_new_tokens=40", "--config.eval.batch_size=2",
-    # Small generate calls, so that the dataset (4 chunks) and each evaluation (8 chunks) are
+    "--config.eval.limit=32", "--config.eval.max_new_tokens=40", "--config.eval.batch_size=2",
+    # Small generate calls, so that the dataset (4 chunks) and each evaluation (16 chunks) are
     # saved in several pieces, as at paper scale.
     "--config.sampling.max_rows_per_call=64",
     "--config.challenger.learner.learning_rate=1e-4", "--config.solver.learner.learning_rate=1e-3",
@@ -135,7 +135,7 @@ def test_report_matches_the_workdir(reference_run):
   assert sorted(data["eval"]) == [0, 1]
 
 
-def _wait_for(path_fn, proc, timeout=600):
+def _wait_for(path_fn, proc, timeout=600, poll=0.2):
   start = time.time()
   while time.time() - start < timeout:
     if path_fn():
@@ -143,7 +143,7 @@ def _wait_for(path_fn, proc, timeout=600):
     if proc.poll() is not None:
       raise AssertionError(f"run ended (rc {proc.returncode}) before the kill point: "
                            f"{proc.stderr.read()[-3000:]}")
-    time.sleep(0.2)
+    time.sleep(poll)
   raise AssertionError("kill point never reached")
 
 
@@ -215,7 +215,8 @@ def test_sigterm_in_every_phase_exits_within_seconds_and_resumes_bit_identically
     proc = subprocess.Popen(_command(workdir, tiny_base, xla_cache), cwd=REPO, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-      _wait_for(reached, proc)
+      # The tiny model evaluates 16 chunks in a few seconds: poll often enough to land inside.
+      _wait_for(reached, proc, poll=0.01)
       sent = time.perf_counter()
       proc.send_signal(signal.SIGTERM)
       _, err = proc.communicate(timeout=120)
@@ -226,6 +227,7 @@ def test_sigterm_in_every_phase_exits_within_seconds_and_resumes_bit_identically
         proc.wait()
     assert proc.returncode == 0, err[-3000:]
     assert "SIGTERM" in err, err[-3000:]
+    print(f"SIGTERM inside the {name} phase: exited after {exit_seconds[name]:.2f} s")
   print("SIGTERM-to-exit seconds per phase:",
         {k: round(v, 2) for k, v in exit_seconds.items()})
   assert not os.path.exists(os.path.join(workdir, "eval", "iter_1.json"))  # really cut
