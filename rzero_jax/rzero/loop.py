@@ -20,6 +20,7 @@ import dataclasses
 import os
 import shutil
 import signal
+import socket
 import threading
 import time
 from typing import Any, Callable
@@ -47,47 +48,64 @@ class CheckpointsLost(ValueError):
 # After a SIGTERM, the main thread may be inside native code (an XLA compile or a long device
 # call) where no Python exception can reach it; past this grace the process exits outright,
 # which is as safe as the kill -9 that every phase already survives (atomic files, replays).
-SIGTERM_GRACE_S = 5.0
+SIGTERM_GRACE_S = 3.0
 
 
 class _SigtermFlag:
   """SIGTERM (a TPU preemption notice, about 30 s before the VM goes) stops the run within
   seconds in any phase: outside a `critical()` section the handler raises Preempted at once
   (the step or chunk in progress is replayed bit-identically on the rerun); inside one, at its
-  end. With several processes only the flag is set, for a decision all processes share."""
+  end. Python runs signal handlers only between bytecodes, so a watchdog thread also learns of
+  the signal through a wakeup fd (written by the C-level handler, even while the main thread is
+  in native code) and ends the process after SIGTERM_GRACE_S outside a critical section. With
+  several processes only the flag is set, for a decision all processes share."""
 
   def __init__(self):
     self.requested = False
     self._previous = None
     self._critical = 0
     self._single = jax.process_count() == 1
+    self._wakeup = None
 
   def __enter__(self):
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread: leave signals alone
       self._previous = None
+      return self
+    if self._single:
+      reader, writer = socket.socketpair()
+      writer.setblocking(False)
+      old = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+      self._wakeup = (reader, writer, old)
+      threading.Thread(target=self._watchdog, args=(reader,), daemon=True).start()
     return self
 
   def _handle(self, signum, frame):
     del signum, frame
-    first = not self.requested
     self.requested = True
     if not self._single:
       logging.warning("SIGTERM received: finishing the current step, saving, then exiting")
       return
-    if first:
-      threading.Thread(target=self._watchdog, daemon=True).start()
     if self._critical == 0:
       raise Preempted("stopped by SIGTERM; rerun the same command to resume")
     logging.warning("SIGTERM received: finishing the write in progress, then exiting")
 
-  def _watchdog(self):
+  def _watchdog(self, reader):
+    while True:
+      try:
+        data = reader.recv(64)
+      except OSError:
+        return
+      if not data:
+        return  # closed: the run ended
+      if signal.SIGTERM in data:
+        break
     deadline = time.monotonic() + SIGTERM_GRACE_S
     while time.monotonic() < deadline or self._critical:
-      time.sleep(0.1)
-    logging.warning("SIGTERM: the main thread is still inside native code (a compile or a "
-                    "device call); exiting now. Rerun the same command to resume.")
+      time.sleep(0.05)
+    logging.warning("SIGTERM: the main thread is still busy (native code, or closing); "
+                    "exiting now. Rerun the same command to resume.")
     logging.flush()
     os._exit(0)
 
@@ -109,6 +127,11 @@ class _SigtermFlag:
                       "resume")
 
   def __exit__(self, *exc):
+    if self._wakeup is not None:
+      reader, writer, old = self._wakeup
+      signal.set_wakeup_fd(old)
+      writer.close()
+      reader.close()
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
 
