@@ -249,6 +249,18 @@ def test_challenger_rewards_code_form():
     np.testing.assert_allclose(mixed, [0.75, -1.5, 0.6, -0.3], atol=1e-12)
 
 
+def test_code_form_charges_a_malformed_rollout_its_own_singleton_cluster():
+    completions = ["<question>what is 1 + 1</question>", "no block", "<question>what is 1 + 1</question>",
+                   "also none"]
+    answers = [["2", "2"], None, ["2", "3"], None]
+    code = challenger.score_challenger_rollouts(completions, answers, form="code", equiv=exact_equiv)
+    # The two identical questions share a cluster (2 / 4); each malformed one is alone (1 / 4).
+    np.testing.assert_allclose(code.penalties, [0.5, 0.25, 0.5, 0.25])
+    np.testing.assert_allclose(code.rewards, [0.0 - 0.5, -1.25, 0.5 - 0.5, -1.25])
+    paper = challenger.score_challenger_rollouts(completions, answers, equiv=exact_equiv)
+    np.testing.assert_allclose(paper.rewards, [0.0, 0.0, 0.5, 0.0])
+
+
 def test_challenger_rewards_errors():
     with pytest.raises(ValueError, match="same length"):
         challenger.challenger_rewards(["q"], [0.5, 0.5], [0.0])
@@ -287,7 +299,8 @@ def test_score_challenger_rollouts_batch():
     np.testing.assert_allclose(scores.penalties, [2 / 4, 2 / 4, 0.0, 1 / 4])
     np.testing.assert_allclose(scores.rewards, [1 - 2 / 4, 1 - 2 / 4, 0.0, 0.0], atol=1e-12)
     code = challenger.score_challenger_rollouts(completions, answers, form="code", equiv=exact_equiv)
-    np.testing.assert_allclose(code.rewards, [0.5 - 2 / 4, 0.5 - 2 / 4, -1.0, 0.1 - 1 / 4], atol=1e-12)
+    # The official form charges the malformed rollout its own singleton cluster: -1 - 1/4.
+    np.testing.assert_allclose(code.rewards, [0.5 - 2 / 4, 0.5 - 2 / 4, -1.25, 0.1 - 1 / 4], atol=1e-12)
     with pytest.raises(ValueError, match="solver_answers"):
         challenger.score_challenger_rollouts(completions[:1], [None])
 

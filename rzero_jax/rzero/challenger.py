@@ -257,5 +257,10 @@ def score_challenger_rollouts(
         # be charged as if it were the whole batch.
         share = repetition.repetition_penalty([questions[i] for i in valid], bleu_threshold)
         penalties[valid] = share * (len(valid) / len(completions))
+    if form == "code":
+        # Officially a malformed rollout enters the clustering as an empty question, which BLEU
+        # keeps apart from everything: a cluster of its own, r_rep = 1 / B.
+        malformed = [i for i, q in enumerate(questions) if q is None]
+        penalties[malformed] = 1.0 / len(completions)
     rewards = challenger_rewards(questions, p_hats, penalties, form=form, scale=scale)
     return ChallengerScores(rewards, questions, labels, p_hats, penalties)
