@@ -127,7 +127,13 @@ def main(argv):
     sys.exit(f"error: {e}")
   except experiment.Preempted as e:
     logging.warning("%s", e)
-    sys.exit(0)
+    # Everything finished is on disk (the loop closed its checkpoints). A preemption notice
+    # gives about 30 s, and the interpreter's teardown (XLA, worker pools) can take seconds
+    # on a busy host: exit now.
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
   if summary:
     print(summary)
 

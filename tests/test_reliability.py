@@ -26,7 +26,7 @@ BAD_VALUES = [
     ("iterations", -1), ("challenger.steps", -1), ("solver.steps", 0),
     ("challenger.prompts_per_step", 0), ("solver.prompts_per_update", 3),
     ("challenger.max_new_tokens", 0), ("sampling.answer_max_new_tokens", -5),
-    ("dataset.max_question_tokens", 0), ("eval.batch_size", 0), ("eval.limit", -1),
+    ("dataset.max_new_tokens", 0), ("eval.batch_size", 0), ("eval.limit", -1),
     ("challenger.temperature", 0.0), ("dataset.top_p", 1.5), ("sampling.answer_top_k", -1),
     ("dataset.band_delta", 0.7), ("challenger.repetition_threshold", 2.0),
     ("solver.learner.learning_rate", -1e-6), ("challenger.learner.kl_coef", -0.1),
