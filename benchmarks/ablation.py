@@ -212,6 +212,36 @@ def band_table(by_mode: dict) -> str:
   return "\n".join(lines)
 
 
+# p̂ bins of a labelled question; the third is the default's band [0.5, 0.9].
+VOTE_BINS = (("p̂ < 0.3", lambda p: p < 0.3 - 1e-9), ("0.3 ≤ p̂ < 0.5", lambda p: 0.3 - 1e-9 <= p < 0.5 - 1e-9),
+             ("0.5 ≤ p̂ ≤ 0.9", lambda p: 0.5 - 1e-9 <= p <= 0.9 + 1e-9), ("p̂ > 0.9", lambda p: p > 0.9 + 1e-9))
+
+
+def vote_table(by_mode: dict) -> str:
+  """Per level: written questions (deduplicated), the share whose majority is "no answer" (a
+  give-up), and the share with a label in each p̂ bin, with how often that label is right."""
+  head = (["mode", "level", "questions", "no-answer majority"] + [name for name, _ in VOTE_BINS]
+          + ["if give-ups abstained: ≥ 3 attempts, half of them agree"])
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for mode, runs in by_mode.items():
+    rows = [row for r in runs.values() for row in r.get("votes", [])]
+    for lvl in sorted({row[0] for row in rows}):
+      here = [row for row in rows if row[0] == lvl]
+      cells = [MODE_NAMES.get(mode, mode), f"L{lvl}" if lvl else "other", str(len(here)),
+               f"{100 * sum(row[2] for row in here) / len(here):.0f}%"]
+      for _, inside_bin in VOTE_BINS:
+        inside = [row for row in here if not row[2] and inside_bin(row[1])]
+        cells.append(f"{100 * len(inside) / len(here):.0f}%"
+                     + (f" ({100 * sum(row[3] for row in inside) / len(inside):.0f}% right)"
+                        if inside else ""))
+      agree = [row for row in here if row[4] >= 3 and 2 * row[5] >= row[4]]
+      cells.append(f"{100 * len(agree) / len(here):.0f}%"
+                   + (f" ({100 * sum(row[6] for row in agree) / len(agree):.0f}% right)"
+                      if agree else ""))
+      lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def challenger_table(by_mode: dict) -> str:
   lines = ["| mode | iter | reward, first 3 steps | reward, last 3 steps | p̂, first 3 | p̂, last 3 |",
            "|---|---|---|---|---|---|"]
@@ -316,11 +346,49 @@ def written_questions(world: World, writer_params, config, iteration: int) -> li
   return out
 
 
+def vote_probe(world: World, workdir: str, config, iteration: int, questions: list[str]) -> dict:
+  """The frozen Solver's m answers to every question the dataset phase of `iteration` wrote,
+  drawn again with the phase's seed (phases.build_dataset's second half), and the questions
+  that the run's own filters and band keep from them (which must be its dataset)."""
+  dcfg = config.dataset
+  solver = world.final(workdir, "solver", iteration - 1, config)
+  answers = phases.answer_questions(
+      world.env, solver, questions, m=dcfg.solver_samples,
+      seed=phases.derive_seed(config.seed, iteration, "dataset") + 1,
+      sampling_cfg=config.sampling)
+  band = ((dcfg.band_low, dcfg.band_high) if dcfg.band_low >= 0 and dcfg.band_high >= 0
+          else None)
+  kept, _ = dataset_lib.build_dataset(questions, answers, delta=dcfg.band_delta, band=band)
+  return {"questions": questions, "answers": answers, "kept": [r["question"] for r in kept]}
+
+
+def vote_rows(votes: dict) -> list[list]:
+  """Per distinct question: [level, p̂, "no answer" won, label right, attempts (answers that
+  are not a give-up), largest cluster among the attempts, that cluster's label right]."""
+  questions, answers = votes["questions"], votes["answers"]
+  keep = {}
+  for q, a in zip(questions, answers):
+    keep.setdefault(q.strip(), a)
+  attempts = [[x for x in a if x is not None] for a in keep.values()]
+  tried = challenger.majority_votes([a for a in attempts if a])
+  tried_iter = iter(tried)
+  rows = []
+  for (q, a), att, (label, p_hat) in zip(keep.items(), attempts,
+                                         challenger.majority_votes(list(keep.values()))):
+    truth = arith.true_answer(q)
+    att_label, att_share = next(tried_iter) if att else (None, 0.0)
+    rows.append([arith.difficulty_of(q) or 0, p_hat, label is None,
+                 label is not None and report._same_answer(label, truth), len(att),
+                 round(att_share * len(att)),
+                 att_label is not None and report._same_answer(att_label, truth)])
+  return rows
+
+
 def level_counts(questions) -> dict[int, int]:
   return dict(collections.Counter(arith.difficulty_of(q) or 0 for q in questions))
 
 
-def analyse(workdir: str, world: World | None) -> dict:
+def analyse(workdir: str, world: World | None, probe: bool = False) -> dict:
   """The run's figures: evaluations, datasets, Challenger steps and question mixes."""
   data = report.collect(workdir)
   config = load_config(workdir)
@@ -347,6 +415,16 @@ def analyse(workdir: str, world: World | None) -> dict:
           q.strip() for q in questions)
       run["written_check"] = run.get("written_check", 0) + sum(missing.values())
       run["mix"]["written"][t] = level_counts(questions)
+      if probe:
+        cache = os.path.join(workdir, "ablation", f"votes_{t}.json")
+        votes = wd.read_json(cache)
+        if votes is None:
+          votes = vote_probe(world, workdir, config, t, questions)
+          wd.atomic_write_json(cache, votes)
+        run.setdefault("votes", []).extend(vote_rows(votes))
+        # The votes drawn again must give back the run's own dataset, question for question.
+        run["votes_check"] = run.get("votes_check", 0) + int(
+            sorted(votes["kept"]) != sorted(r["question"] for r in rows))
   for t in range(0, config.iterations + 1):
     held = wd.read_json(os.path.join(workdir, "heldout", f"iter_{t}.json"))
     if held is not None:
@@ -377,12 +455,11 @@ def evaluate_heldout(workdir: str, world: World, base_cache: dict) -> None:
 
 # ----------------------------------------------------------------------------- leak check
 
-# A shrunken default (2 iterations, so the second Challenger trains against a trained Solver):
-# small enough for four in-process runs in a few minutes.
-LEAK_CHECK_FIELDS = {"iterations": 2, "challenger.steps": 2, "challenger.prompts_per_step": 8,
-                     "challenger.prompts_per_update": 8, "dataset.num_questions": 128,
-                     "solver.steps": 3, "solver.prompts_per_step": 8,
-                     "solver.prompts_per_update": 8, "eval.benchmarks": ""}
+# The default with fewer steps and 2 iterations (so the second Challenger trains against a
+# trained Solver): every call keeps the default's shapes, so the compiled programs of the full
+# runs are reused from the persistent compilation cache.
+LEAK_CHECK_FIELDS = {"iterations": 2, "challenger.steps": 2, "solver.steps": 3,
+                     "eval.benchmarks": ""}
 _VOLATILE = ("time_", "tokens_per_s")
 
 
@@ -491,9 +568,12 @@ def main():
   ap.add_argument("--no_train", action="store_true", help="only report on the runs under --root")
   ap.add_argument("--train_unused_challenger", action="store_true",
                   help="train the Challenger in base_challenger runs too (it is never used there)")
+  ap.add_argument("--vote_probe_seeds", default="0",
+                  help="seeds whose dataset votes are drawn again for every written question "
+                  "(p̂ and label accuracy per level before the band; about 1 min per iteration)")
   ap.add_argument("--leak_check", action="store_true",
                   help="only check, on a shrunken default run per mode, that no R-Zero phase "
-                  "depends on the world's answers (about 5 minutes)")
+                  "depends on the world's answers (4 short runs)")
   args, overrides = ap.parse_known_args()
   bad = [o for o in overrides if not o.startswith("--config.")]
   if bad:
@@ -510,6 +590,8 @@ def main():
     sys.exit(f"error: --modes: unknown {unknown}; expected some of {','.join(MODES)}")
   cache = args.cache_dir or os.path.expanduser("~/.cache/rzero-jax")
   if args.leak_check:
+    # launch.train's default cache: the full runs' programs are compiled once.
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/rzero-jax/xla"))
     sys.exit(0 if leak_check(args.root, cache, modes) else 1)
   os.makedirs(os.path.join(args.root, "logs"), exist_ok=True)
   walls = {}
@@ -533,7 +615,9 @@ def main():
     base_cache = {}
     for workdir in workdirs.values():
       evaluate_heldout(workdir, world, base_cache)
-  by_mode = {mode: {seed: analyse(workdirs[(mode, seed)], world) for seed in seeds
+  probe_seeds = {int(s) for s in args.vote_probe_seeds.split(",") if s}
+  by_mode = {mode: {seed: analyse(workdirs[(mode, seed)], world, seed in probe_seeds)
+                    for seed in seeds
                     if (mode, seed) in workdirs} for mode in modes}
   by_mode = {m: r for m, r in by_mode.items() if r}
   print(f"\nruns: {len(workdirs)} under {args.root} (seeds {args.seeds}); extra overrides: "
@@ -563,6 +647,13 @@ def main():
         f"questions not among them: {sum(c or 0 for c in checked)})")
   print("\n## The band per level (pooled over seeds and iterations)\n")
   print(band_table(by_mode))
+  if any(r.get("votes") for runs in by_mode.values() for r in runs.values()):
+    probed = sorted({s for runs in by_mode.values() for s, r in runs.items() if r.get("votes")})
+    bad = sum(r.get("votes_check", 0) for runs in by_mode.values() for r in runs.values())
+    print(f"\n## Votes on every written question, before any filter (seeds {probed}, all "
+          f"iterations; the run's filters on these votes give back its datasets: "
+          f"{'yes' if not bad else f'NO, {bad} differ'})\n")
+    print(vote_table(by_mode))
   print("\n## Challenger: mean reward and mean p̂ of its questions (mean ±sd over seeds)\n")
   print(challenger_table(by_mode))
   if walls:
