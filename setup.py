@@ -30,10 +30,14 @@ setup(
         # torch is only the reference that parity tests compare against. The exact pin takes the
         # local CPU wheel; an unpinned torch would pull several GB of CUDA.
         # accelerate: transformers needs it to load a GGUF file as the parity reference.
-        "test": ["pytest", "torch==2.13.0", "nltk", "scipy", "gguf", "accelerate"],
+        # gcsfs and the GCS emulator: tests/multihost runs a gs:// workdir against a local one.
+        "test": ["pytest", "torch==2.13.0", "nltk", "scipy", "gguf", "accelerate", "gcsfs",
+                 "gcp-storage-emulator"],
         "gguf": ["gguf"],
         "eval": ["champ-dataset", "pyarrow"],
         "tfds": ["tensorflow-datasets"],
+        # gs:// workdirs, base models and datasets (etils.epath goes through fsspec's gcsfs).
+        "gcs": ["gcsfs"],
         "tpu": ["jax[tpu]"],
         "gpu": ["jax[cuda12]"],
     },

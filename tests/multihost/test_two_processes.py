@@ -1,0 +1,55 @@
+"""One R-Zero run across 2 processes (1 CPU device each, jax.distributed on 127.0.0.1) gives
+the same datasets, questions, evaluations, metrics and final params, bit for bit, as one
+process with 2 devices and the same mesh: uninterrupted, and after both processes are killed
+mid-Solver and restarted. One process killed alone ends the other, with a clear message, in
+bounded time.
+"""
+import os
+import time
+
+import pytest
+
+from tests.multihost.conftest import (assert_same_run, committed_step, two_processes)
+
+pytestmark = pytest.mark.slow
+
+
+def test_two_processes_match_one_process_bit_for_bit(reference_run, tiny_base, xla_cache, logs,
+                                                     tmp_path):
+  workdir = str(tmp_path / "run")
+  group = two_processes(workdir, tiny_base, xla_cache, logs, "two")
+  group.wait_ok()
+  assert "process 1 of 2" in group.output(1) and "process 0 of 2" in group.output(0)
+  # Process 0 alone writes the report and prints the summary.
+  assert "Report:" in group.output(0) and "Report:" not in group.output(1)
+  assert_same_run(workdir, reference_run)
+  leftovers = [f for _, _, files in os.walk(workdir) for f in files if ".tmp" in f]
+  assert not leftovers
+
+
+def test_both_killed_mid_solver_then_restarted_match_too(reference_run, tiny_base, xla_cache,
+                                                          logs, tmp_path):
+  workdir = str(tmp_path / "run")
+  group = two_processes(workdir, tiny_base, xla_cache, logs, "killed")
+  # Solver step 1 of iteration 1 is committed: the run is inside the Solver phase.
+  group.wait_for(committed_step(workdir, "solver", 1))
+  group.kill()
+  assert not os.path.exists(os.path.join(workdir, "eval", "iter_1.json"))
+  two_processes(workdir, tiny_base, xla_cache, logs, "restarted").wait_ok()
+  assert_same_run(workdir, reference_run)
+
+
+def test_one_process_killed_alone_stops_the_other(tiny_base, xla_cache, logs, tmp_path):
+  workdir = str(tmp_path / "run")
+  group = two_processes(workdir, tiny_base, xla_cache, logs, "lonely")
+  # Inside the Challenger phase, where collectives run all the time.
+  group.wait_for(lambda: os.path.exists(os.path.join(workdir, "metrics.jsonl")))
+  group.kill(which=[1])
+  start = time.time()
+  code = group.wait(timeout=150)[0]
+  elapsed = time.time() - start
+  out = group.output(0)
+  assert code != 0, out[-3000:]
+  # The bound the issue asks for: the survivor must not hang (2 minutes).
+  assert elapsed < 120, f"took {elapsed:.0f} s to stop:\n{out[-3000:]}"
+  assert "another process of the run died or stopped responding" in out, out[-3000:]
