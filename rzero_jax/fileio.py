@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import io
 import os
 import shutil
 import tempfile
@@ -85,18 +86,25 @@ def open_file(p, mode: str = "r"):
   return path(p).open(mode)
 
 
-def write_bytes(p, data: bytes) -> None:
-  """Writes `p` so that a reader sees the old content or the new, never a partial file."""
+@contextlib.contextmanager
+def atomic_writer(p, mode: str = "w") -> Iterator:
+  """A file object whose content replaces `p` only when the block ends without an error: a
+  reader (or a crash) sees the old file or the new one, never a partial one. Locally it writes
+  a temporary file beside `p`, fsyncs and renames it; on GCS one object upload (atomic)."""
   target = path(p)
   if is_remote(p):
-    target.write_bytes(data)
+    # Buffered and uploaded once at the end: an error midway uploads nothing.
+    buf = io.BytesIO() if "b" in mode else io.StringIO()
+    yield buf
+    data = buf.getvalue()
+    target.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
     return
   directory = os.path.dirname(os.fspath(target))
   os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=directory)
+  fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
   try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
+    with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+      yield f
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, os.fspath(target))
@@ -110,6 +118,12 @@ def write_bytes(p, data: bytes) -> None:
       os.fsync(dir_fd)
     finally:
       os.close(dir_fd)
+
+
+def write_bytes(p, data: bytes) -> None:
+  """Writes `p` so that a reader sees the old content or the new, never a partial file."""
+  with atomic_writer(p, "wb") as f:
+    f.write(data)
 
 
 def write_text(p, text: str) -> None:

@@ -138,13 +138,13 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[Mapping[str, A
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             raise FileNotFoundError(f"cannot write {path}: directory {directory} does not exist")
-    lines = []
-    for k, record in enumerate(records):
-        try:
-            lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"record {k} for {path} is not JSON-serialisable: {e}") from e
-    fileio.write_text(path, "".join(lines))
+    with fileio.atomic_writer(path) as f:
+        for k, record in enumerate(records):
+            try:
+                line = json.dumps(record, ensure_ascii=False)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"record {k} for {path} is not JSON-serialisable: {e}") from e
+            f.write(line + "\n")
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -180,7 +180,10 @@ def _train_phase(s: Setup, role_name: str, iteration: int, steps: int,
                 "opt_state": checkpoint.abstract_like(state.opt_state)})
     if restored.metadata.get("iteration") == iteration:
       start = int(restored.metadata["step"])
-      state = learner.TrainState(jax.device_put(np.int32(start)), restored.items["params"],
+      # The step counter keeps the fresh state's (replicated) sharding: the jitted step is
+      # bound to the fresh state's shardings, on every process.
+      step_count = multihost.to_global(np.int32(start), state.step.sharding)
+      state = learner.TrainState(step_count, restored.items["params"],
                                  restored.items["opt_state"])
       logging.info("resuming the %s phase of iteration %d after step %d", role_name,
                    iteration, start)

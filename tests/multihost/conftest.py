@@ -150,12 +150,20 @@ def run_files(workdir) -> dict:
 
 
 def final_params(workdir) -> dict:
+  """Both roles' params after iteration 1, read onto this process's one device (whatever
+  mesh wrote them)."""
+  import jax
+  import orbax.checkpoint as ocp
   from rzero_jax import checkpoint, fileio
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   out = {}
   for role in ("challenger", "solver"):
-    with checkpoint.CheckpointManager(fileio.join(workdir, "checkpoints", f"{role}_final"),
-                                      async_save=False, read_only=True) as mgr:
-      params = mgr.restore(1, {"params": None}).items["params"]
+    folder = fileio.join(workdir, "checkpoints", f"{role}_final")
+    saved = ocp.StandardCheckpointHandler().metadata(fileio.path(folder) / "1" / "params").tree
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          saved)
+    with checkpoint.CheckpointManager(folder, async_save=False, read_only=True) as mgr:
+      params = mgr.restore(1, {"params": target}).items["params"]
     out.update(_flatten(params, f"{role}/"))
   return out
 

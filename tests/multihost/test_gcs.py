@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -65,9 +66,18 @@ def emulator(tmp_path_factory):
       proc.kill()
 
 
-def _exists(url):
-  from etils import epath
-  return lambda: epath.Path(url).exists()
+def _object_exists(emulator_env, name):
+  """Asks the emulator itself (gcsfs in this process caches listings, which could go stale)."""
+  url = (f"{emulator_env['STORAGE_EMULATOR_HOST']}/storage/v1/b/{BUCKET}/o/"
+         f"{urllib.parse.quote(name, safe='')}")
+
+  def check():
+    try:
+      with urllib.request.urlopen(url, timeout=5) as r:
+        return r.status == 200
+    except OSError:
+      return False
+  return check
 
 
 def test_gcs_workdir_runs_resumes_and_matches_local_disk(emulator, reference_run, tiny_base,
@@ -76,7 +86,7 @@ def test_gcs_workdir_runs_resumes_and_matches_local_disk(emulator, reference_run
   env = child_env(devices=2, **emulator)
   group = one_process(workdir, tiny_base, xla_cache, logs, "gcs", env=env)
   # Killed once the first Solver step's checkpoint is committed in the bucket.
-  group.wait_for(_exists(f"{workdir}/checkpoints/solver/1/commit_success.txt"))
+  group.wait_for(_object_exists(emulator, "run/checkpoints/solver/1/commit_success.txt"))
   group.kill()
   resumed = one_process(workdir, tiny_base, xla_cache, logs, "gcs_resumed", env=env)
   resumed.wait_ok()
