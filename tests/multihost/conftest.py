@@ -117,7 +117,7 @@ def committed_step(workdir, role, step):
 # ----------------------------------------------------------------------------- comparison
 
 def _is_timing(key: str) -> bool:
-  return key.startswith("time") or key == "tokens_per_s"
+  return key.startswith("time") or key.endswith("_seconds") or key == "tokens_per_s"
 
 
 def _untimed(obj):
@@ -206,7 +206,9 @@ def tiny_base(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def xla_cache(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("xla"))
+  # Shared by every run of the session (the killed and restarted runs compile nothing new);
+  # RZERO_TEST_XLA_CACHE keeps it across sessions, e.g. while working on these tests.
+  return os.environ.get("RZERO_TEST_XLA_CACHE") or str(tmp_path_factory.mktemp("xla"))
 
 
 @pytest.fixture(scope="session")

@@ -31,9 +31,10 @@ def emulator(tmp_path_factory):
   port = free_port()
   data = tmp_path_factory.mktemp("gcs")
   proc = subprocess.Popen(
-      [sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
+      [sys.executable, "-m", "tests.multihost.gcs_emulator", "start", "--host=127.0.0.1",
        f"--port={port}", f"--default-bucket={BUCKET}"],
-      cwd=str(data), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+      cwd=str(data), env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL)
   url = f"http://127.0.0.1:{port}"
   deadline = time.time() + 60
   while True:
