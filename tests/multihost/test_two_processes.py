@@ -5,12 +5,15 @@ mid-Solver and restarted. One process killed alone ends the other, with a clear 
 bounded time.
 """
 import os
+import shutil
 import subprocess
 import time
 
 import pytest
 
-from tests.multihost.conftest import (assert_same_run, committed_step, two_processes)
+from rzero_jax import tokenizer as tokenizer_lib
+from rzero_jax.evaluation import checkpoints as eval_checkpoints
+from tests.multihost.conftest import assert_same_run, committed_step, two_processes
 
 pytestmark = pytest.mark.slow
 
@@ -26,6 +29,12 @@ def test_two_processes_match_one_process_bit_for_bit(reference_run, tiny_base, x
   assert_same_run(workdir, reference_run)
   leftovers = [f for _, _, files in os.walk(workdir) for f in files if ".tmp" in f]
   assert not leftovers
+  # Self-contained: moved elsewhere, its checkpoints find their tokenizer in the workdir.
+  moved = str(tmp_path / "moved")
+  shutil.move(workdir, moved)
+  resolved = eval_checkpoints.resolve_checkpoint(moved)
+  assert resolved.tokenizer == os.path.join(moved, "model")
+  assert tokenizer_lib.load_tokenizer(resolved.tokenizer).encode("1+1")
 
 
 def test_both_killed_mid_solver_then_restarted_match_too(reference_run, tiny_base, xla_cache,
