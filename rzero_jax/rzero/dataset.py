@@ -1,9 +1,10 @@
-"""The Solver's dataset of one R-Zero iteration (reference §5), and its atomic JSONL file.
+"""The Solver's dataset of one R-Zero iteration (docs/ALGORITHM.md, "Dataset"), and its atomic
+JSONL file.
 
 From N candidate questions and the frozen Solver's m answers to each:
   1. drop proof questions ("prove", "show that", "证明") and questions that mention "box";
   2. drop exact duplicate questions (the first copy stays);
-  3. majority vote: label = largest answer cluster, p_hat = its size / m;
+  3. majority vote: label = largest answer cluster, p_hat = its size / (m - empty boxes);
   4. drop a label that is missing ("no answer" won, or the literal "no answer"), empty, or holds
      `\\text{`;
   5. keep p_hat in the band |p_hat - 1/2| <= delta (paper, delta = 1/4), or in an explicit
@@ -18,11 +19,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from rzero_jax import fileio
 from rzero_jax.rzero import challenger
 
 _PROOF = re.compile(r"\bprove\b|\bshow\s+that\b|证明", re.IGNORECASE)
@@ -89,7 +90,9 @@ def build_dataset(
             seen.add(q)
             to_vote.append(i)
 
-    votes = challenger.majority_votes([answers[i] for i in to_vote], equiv) if to_vote else []
+    # The official dataset phase leaves empty boxes out of p_hat's denominator.
+    votes = (challenger.majority_votes([answers[i] for i in to_vote], equiv, count_empty=False)
+             if to_vote else [])
     histogram: Counter[float] = Counter()
     records: list[dict[str, Any]] = []
     for i, (label, p_hat) in zip(to_vote, votes):
@@ -130,59 +133,41 @@ def build_dataset(
 def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> None:
     """Write records as JSON lines so that `path` is either untouched or complete, never partial.
 
-    The lines go to a temporary file in the same directory, which is flushed, fsynced and then
-    renamed over `path` (atomic on POSIX); a failure removes the temporary file.
+    Locally the lines go to a temporary file that is fsynced and renamed over `path`; on GCS
+    the one object is written directly (already atomic). See `rzero_jax.fileio`.
     """
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"cannot write {path}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for k, record in enumerate(records):
-                try:
-                    line = json.dumps(record, ensure_ascii=False)
-                except (TypeError, ValueError) as e:
-                    raise ValueError(f"record {k} for {path} is not JSON-serialisable: {e}") from e
-                f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    if not fileio.is_remote(path):
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(f"cannot write {path}: directory {directory} does not exist")
+    with fileio.atomic_writer(path) as f:
+        for k, record in enumerate(records):
+            try:
+                line = json.dumps(record, ensure_ascii=False)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"record {k} for {path} is not JSON-serialisable: {e}") from e
+            f.write(line + "\n")
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Records from a JSONL file written by `write_jsonl_atomic`; each must hold the core fields."""
     path = os.fspath(path)
-    if not os.path.exists(path):
+    if not fileio.exists(path):
         raise FileNotFoundError(f"dataset file {path} does not exist")
     records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            missing = [k for k in _CORE_FIELDS if k not in record]
-            if missing:
-                raise ValueError(f"{path}:{lineno}: record lacks fields {missing}")
-            records.append(record)
+    # One read, split on "\n" only: a question may hold other Unicode line separators.
+    for lineno, line in enumerate(fileio.read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+        missing = [k for k in _CORE_FIELDS if k not in record]
+        if missing:
+            raise ValueError(f"{path}:{lineno}: record lacks fields {missing}")
+        records.append(record)
     return records
