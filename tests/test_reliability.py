@@ -150,8 +150,8 @@ def test_a_corrupt_final_without_its_steps_reruns_the_phase_or_says_what_to_dele
 
 def test_experiment_errors_are_user_errors():
   from rzero_jax.rzero import experiment
-  assert issubclass(loop.CheckpointsLost, experiment.UserError)
-  assert issubclass(dataset.CorruptDatasetError, experiment.UserError)
+  assert issubclass(loop.CheckpointsLost, experiment.DAMAGED_WORKDIR_ERRORS)
+  assert issubclass(dataset.CorruptDatasetError, experiment.DAMAGED_WORKDIR_ERRORS)
 
 
 # ------------------------------------------------------------------------ 5: dataset integrity

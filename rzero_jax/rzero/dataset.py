@@ -20,11 +20,11 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from rzero_jax import fileio
 from rzero_jax.rzero import challenger
 
 _PROOF = re.compile(r"\bprove\b|\bshow\s+that\b|证明", re.IGNORECASE)
@@ -149,45 +149,27 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[Mapping[str, A
     """Write records as JSON lines so that `path` is either untouched or complete, never partial.
 
     The last line is an integrity trailer (the record count and a SHA-256 of the record lines),
-    so that `read_jsonl` notices a file emptied, cut or edited since. The lines go to a
-    temporary file in the same directory, which is flushed, fsynced and then renamed over
-    `path` (atomic on POSIX); a failure removes the temporary file.
+    so that `read_jsonl` notices a file emptied, cut or edited since. Locally the lines go to a
+    temporary file that is fsynced and renamed over `path`; on GCS the one object is written
+    directly (already atomic). See `rzero_jax.fileio`.
     """
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"cannot write {path}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        digest, count = hashlib.sha256(), 0
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for k, record in enumerate(records):
-                try:
-                    line = json.dumps(record, ensure_ascii=False)
-                except (TypeError, ValueError) as e:
-                    raise ValueError(f"record {k} for {path} is not JSON-serialisable: {e}") from e
-                f.write(line + "\n")
-                digest.update(line.encode("utf-8") + b"\n")
-                count += 1
-            f.write(json.dumps({HEADER_KEY: {"records": count, "sha256": digest.hexdigest()}})
-                    + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    if not fileio.is_remote(path):
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(f"cannot write {path}: directory {directory} does not exist")
+    digest, count = hashlib.sha256(), 0
+    with fileio.atomic_writer(path) as f:
+        for k, record in enumerate(records):
+            try:
+                line = json.dumps(record, ensure_ascii=False)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"record {k} for {path} is not JSON-serialisable: {e}") from e
+            f.write(line + "\n")
+            digest.update(line.encode("utf-8") + b"\n")
+            count += 1
+        f.write(json.dumps({HEADER_KEY: {"records": count, "sha256": digest.hexdigest()}})
+                + "\n")
 
 
 def read_jsonl(path: str | os.PathLike, *, require_header: bool = False) -> list[dict[str, Any]]:
@@ -199,29 +181,29 @@ def read_jsonl(path: str | os.PathLike, *, require_header: bool = False) -> list
     nothing.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
+    if not fileio.exists(path):
         raise FileNotFoundError(f"dataset file {path} does not exist")
     records, lines, header = [], [], None
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            if header is not None:
-                raise CorruptDatasetError(f"{path}:{lineno}: records after the integrity line")
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CorruptDatasetError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
-            if isinstance(record, dict) and set(record) == {HEADER_KEY}:
-                header = record[HEADER_KEY]
-                continue
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            missing = [k for k in _CORE_FIELDS if k not in record]
-            if missing:
-                raise ValueError(f"{path}:{lineno}: record lacks fields {missing}")
-            records.append(record)
-            lines.append(line.rstrip("\n"))
+    # One read, split on "\n" only: a question may hold other Unicode line separators.
+    for lineno, line in enumerate(fileio.read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        if header is not None:
+            raise CorruptDatasetError(f"{path}:{lineno}: records after the integrity line")
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CorruptDatasetError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
+        if isinstance(record, dict) and set(record) == {HEADER_KEY}:
+            header = record[HEADER_KEY]
+            continue
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+        missing = [k for k in _CORE_FIELDS if k not in record]
+        if missing:
+            raise ValueError(f"{path}:{lineno}: record lacks fields {missing}")
+        records.append(record)
+        lines.append(line)
     if header is None:
         if require_header:
             raise CorruptDatasetError(f"{path}: no integrity line (the file was emptied, cut "

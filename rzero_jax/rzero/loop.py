@@ -12,13 +12,18 @@ step or chunk replayed after a kill gives bit-identical results.
 Faults end in a recovery or in one line: a corrupt step checkpoint falls back to the newest
 intact one (or the phase reruns), a corrupt final falls back to the last step of its phase,
 and a dataset file that no longer matches its integrity line is rebuilt.
+
+Several processes (a pod slice): every decision that changes which collective runs next (a
+phase already done, the step to resume from, SIGTERM) is taken once and shared through
+`multihost`; process 0 writes every file other than Orbax's, and reads back the workdir's
+datasets and evaluations for the others.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
-import shutil
 import signal
 import socket
 import threading
@@ -29,7 +34,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from rzero_jax import checkpoint, models, sharding, tokenizer as tokenizer_lib
+from rzero_jax import checkpoint, fileio, models, multihost, sharding
+from rzero_jax import tokenizer as tokenizer_lib
 from rzero_jax.rl import learner
 from rzero_jax.rzero import config as config_lib, dataset, metrics as metrics_lib, phases, prompts
 from rzero_jax.rzero import workdir as wd
@@ -121,8 +127,9 @@ class _SigtermFlag:
       raise Preempted("stopped by SIGTERM; rerun the same command to resume")
 
   def check(self) -> None:
-    """Raises Preempted at a boundary (a saved chunk) once a SIGTERM was received."""
-    if self.requested:
+    """Raises Preempted at a boundary (a saved chunk) once a SIGTERM was received, by any
+    process: all processes call it at the same boundaries and stop together."""
+    if multihost.any_process(self.requested):
       raise Preempted("stopped by SIGTERM at a chunk boundary; rerun the same command to "
                       "resume")
 
@@ -147,6 +154,7 @@ def load_base_model(path: str, model_cfg, mesh, rules):
   runtime = dict(dtype=model_cfg.dtype, param_dtype=model_cfg.param_dtype,
                  remat=model_cfg.remat)
   dtype = models.transformer.dtype_of(model_cfg.param_dtype)
+  path = fileio.local_copy(path)  # a base model on GCS is read from a local copy
   if path.endswith(".gguf"):
     cfg, params = models.load_gguf(path, dtype=dtype)
     cfg = dataclasses.replace(cfg, **runtime)
@@ -291,11 +299,11 @@ def _train_phase(s: Setup, role_name: str, iteration: int, steps: int,
   the frozen other role's."""
   c = s.config
   ckpts: RoleCheckpoints = s.ckpts[role_name]
-  latest_final = ckpts.finals.latest_step()
+  latest_final = multihost.agree(ckpts.finals.latest_step())
   if latest_final is not None and latest_final >= iteration:
     if latest_final > iteration:
       return _Lazy(lambda: _restore_final(s, role_name, iteration, steps, may_rerun=False))
-    newest_step = ckpts.steps.latest_step()
+    newest_step = multihost.agree(ckpts.steps.latest_step())
     params = _restore_final(s, role_name, iteration, steps,
                             may_rerun=newest_step is None or newest_step <= iteration * steps)
     if params is not None:
@@ -305,7 +313,7 @@ def _train_phase(s: Setup, role_name: str, iteration: int, steps: int,
   start_params = start.get()
   state = learner.init_train_state(start_params, learner_config(section))
   first = 0
-  if ckpts.steps.latest_step() is not None:
+  if multihost.agree(ckpts.steps.latest_step()) is not None:
     # The newest intact step checkpoint; one from an earlier iteration means a fresh phase.
     target = {"params": checkpoint.abstract_like(state.params),
               "opt_state": checkpoint.abstract_like(state.opt_state)}
@@ -318,18 +326,31 @@ def _train_phase(s: Setup, role_name: str, iteration: int, steps: int,
       for bad in ckpts.steps.all_steps():
         ckpts.steps.set_aside(bad, f"unreadable: {e}")
       restored = None
-    if restored is not None and restored.metadata.get("iteration", 0) > iteration:
+    # With several processes all must resume from the same step: process 0's choice.
+    restored_at = multihost.agree(
+        None if restored is None else (restored.metadata.get("iteration", 0),
+                                       int(restored.metadata.get("step", 0))))
+    if restored is not None and restored_at != (restored.metadata.get("iteration", 0),
+                                                int(restored.metadata.get("step", 0))):
+      raise multihost.PeerLost(f"{ckpts.steps.directory}: process {jax.process_index()} restored "
+                               f"another step than process 0 ({restored_at}); the hosts see "
+                               "different checkpoints")
+    if restored_at is not None and restored_at[0] > iteration:
       raise CheckpointsLost(
-          f"{ckpts.steps.directory} holds iteration {restored.metadata['iteration']} while "
+          f"{ckpts.steps.directory} holds iteration {restored_at[0]} while "
           f"iteration {iteration} of the {role_name} must be redone; delete it and every step "
           f"after {iteration - 1} in {ckpts.finals.directory}, then rerun")
-    if restored is not None and restored.metadata.get("iteration") == iteration:
-      first = int(restored.metadata["step"])
-      state = learner.TrainState(jax.device_put(np.int32(first)), restored.items["params"],
+    if restored is not None and restored_at[0] == iteration:
+      first = restored_at[1]
+      # The step counter keeps the fresh state's (replicated) sharding: the jitted step is
+      # bound to the fresh state's shardings, on every process.
+      step_count = multihost.to_global(np.int32(first), state.step.sharding)
+      state = learner.TrainState(step_count, restored.items["params"],
                                  restored.items["opt_state"])
       logging.info("resuming the %s phase of iteration %d after step %d", role_name,
                    iteration, first)
-  ref_params = learner.to_host(start_params) if c.offload_idle else start_params
+  # Offloaded, the reference waits in pinned host memory, sharded as on the devices.
+  ref_params = multihost.offload(start_params) if c.offload_idle else start_params
   role = make_role(section, env, state)
   global_base = (iteration - 1) * steps
   other_params = other.get() if other is not None else None
@@ -349,7 +370,8 @@ def _train_phase(s: Setup, role_name: str, iteration: int, steps: int,
       s.writer.write(record)
       if questions is not None and s.annotate is not None and s.is_writer:
         _log_questions(s.workdir, iteration, step + 1, questions)
-    if sigterm.requested:
+    # SIGTERM may reach one host and not another: all stop if any got it.
+    if multihost.any_process(sigterm.requested):
       ckpts.steps.wait()
       raise Preempted(f"stopped by SIGTERM after {role_name} step {step + 1} of iteration "
                       f"{iteration}; rerun the same command to resume")
@@ -365,7 +387,7 @@ def _train_phase(s: Setup, role_name: str, iteration: int, steps: int,
 def _log_questions(workdir: str, iteration: int, step: int, questions) -> None:
   """The Challenger's valid questions per step, for the report's difficulty analysis; a
   replayed step replaces its line."""
-  metrics_lib.upsert_jsonl(os.path.join(workdir, "questions.jsonl"),
+  metrics_lib.upsert_jsonl(fileio.join(workdir, "questions.jsonl"),
                            {"iteration": iteration, "phase": "challenger", "step": step,
                             "questions": questions})
 
@@ -379,14 +401,17 @@ class _ChunkStore:
     self.directory, self._is_writer, self._sigterm = directory, is_writer, sigterm
 
   def _path(self, key) -> str:
-    return os.path.join(self.directory, f"chunk_{key}.json")
+    return fileio.join(self.directory, f"chunk_{key}.json")
 
   def load(self, key):
-    try:
-      return wd.read_json(self._path(key))
-    except ValueError as e:  # a chunk file damaged since: compute it again
-      logging.warning("%s; recomputing that chunk", e)
-      return None
+    """The chunk as process 0 reads it (the others may not see its file), or None."""
+    value = None
+    if self._is_writer:
+      try:
+        value = wd.read_json(self._path(key))
+      except ValueError as e:  # a chunk file damaged since: compute it again
+        logging.warning("%s; recomputing that chunk", e)
+    return multihost.agree(value)
 
   def save(self, key, value) -> None:
     if self._is_writer:
@@ -396,27 +421,28 @@ class _ChunkStore:
 
   def remove(self) -> None:
     if self._is_writer:
-      shutil.rmtree(self.directory, ignore_errors=True)
+      fileio.remove(self.directory)
 
 
 def _read_dataset(path: str):
   """The iteration's dataset, or None when it must be (re)built: a file that no longer matches
   its integrity line (emptied, cut, edited) is set aside and rebuilt from the same seeds."""
-  if not os.path.exists(path):
+  if not fileio.exists(path):
     return None
   try:
     return dataset.read_jsonl(path, require_header=True)
   except dataset.CorruptDatasetError as e:
     aside = f"{path}.corrupt-{time.time_ns()}"
     logging.warning("%s; moving it to %s and building the dataset again", e, aside)
-    os.replace(path, aside)
+    fileio.path(path).rename(aside)
     return None
 
 
 def _dataset_phase(s: Setup, iteration: int, challenger: _Lazy, solver: _Lazy, base_params,
                    sigterm: _SigtermFlag):
   path = wd.dataset_path(s.workdir, iteration)
-  records = _read_dataset(path)
+  # Read (and checked) on process 0 and shared: another host may not see the file (or not yet).
+  records = multihost.agree(_read_dataset(path) if s.is_writer else None)
   if records is not None:
     if not records:
       logging.warning("iteration %d: the dataset %s is empty (no question kept); the Solver "
@@ -432,7 +458,7 @@ def _dataset_phase(s: Setup, iteration: int, challenger: _Lazy, solver: _Lazy, b
       exclude=s.exclude, chunks=chunks)
   if s.is_writer:
     with sigterm.critical():
-      os.makedirs(os.path.dirname(path), exist_ok=True)
+      fileio.makedirs(fileio.join(s.workdir, "datasets"))
       wd.atomic_write_json(path.replace(".jsonl", ".stats.json"), stats)
       dataset.write_jsonl_atomic(path, records)
       chunks.remove()
@@ -448,11 +474,12 @@ def _dataset_phase(s: Setup, iteration: int, challenger: _Lazy, solver: _Lazy, b
 
 def _evaluate(s: Setup, iteration: int, params: _Lazy, sigterm: _SigtermFlag):
   path = wd.eval_path(s.workdir, iteration)
-  if s.evaluate is None or os.path.exists(path):
-    return wd.read_json(path)
+  if s.evaluate is None or multihost.agree(s.is_writer and fileio.exists(path)):
+    return multihost.agree(wd.read_json(path) if s.is_writer else None)
   start = time.perf_counter()
   chunks = _ChunkStore(path.replace(".json", ".chunks"), s.is_writer, sigterm)
-  result = s.evaluate(s.env, params.get(), chunks)
+  # Grading runs under wall-clock timeouts: process 0's scores are the run's.
+  result = multihost.agree(s.evaluate(s.env, params.get(), chunks))
   result["time_eval"] = time.perf_counter() - start
   if s.is_writer:
     with sigterm.critical():
@@ -465,7 +492,7 @@ def _evaluate(s: Setup, iteration: int, params: _Lazy, sigterm: _SigtermFlag):
 
 def _write_progress(s: Setup, iteration: int, phase: str) -> None:
   if s.is_writer:
-    wd.atomic_write_json(os.path.join(s.workdir, "progress.json"),
+    wd.atomic_write_json(fileio.join(s.workdir, "progress.json"),
                          {"iteration": iteration, "phase_done": phase,
                           "iterations": s.config.iterations, "time": time.time()})
 
@@ -475,7 +502,7 @@ def _stored_config_hash(workdir: str) -> tuple[str, str] | None:
   for role in ROLES:
     for final in (False, True):
       directory = wd.checkpoint_dir(workdir, role, final=final)
-      if not os.path.isdir(directory):
+      if not fileio.isdir(directory):
         continue
       with checkpoint.CheckpointManager(directory, read_only=True) as mgr:
         for step in reversed(mgr.all_steps()):
@@ -488,10 +515,66 @@ def _stored_config_hash(workdir: str) -> tuple[str, str] | None:
   return None
 
 
+def check_config(workdir: str, config, allow_config_change: bool, store: bool = True) -> None:
+  """Process 0 checks (and with `store`, stores) the workdir's config; every process gets its
+  verdict.
+
+  A deleted config.json does not disable the guard: the checkpoints' metadata still says which
+  config wrote them."""
+  error = None
+  if multihost.is_primary():
+    try:
+      config_dict = config.to_dict()
+      if not fileio.exists(fileio.join(workdir, "config.json")) and not allow_config_change:
+        stored = _stored_config_hash(workdir)
+        now = wd.config_hash(config_dict)
+        if stored is not None and stored[1] != now:
+          raise wd.ConfigChangedError(
+              f"{workdir}/config.json is missing and the checkpoints in {stored[0]} were "
+              f"written with another config (hash {stored[1]}, now {now}); use another "
+              "--workdir, or pass --allow_config_change")
+      if store:
+        fileio.makedirs(workdir)
+      wd.check_or_store_config(workdir, config_dict, allow_config_change, store)
+    except ValueError as e:
+      error = e
+  error = multihost.agree(error)
+  if error is not None:
+    raise error
+
+
+# The base model's files that describe its tokenizer and shape (its weights are not copied).
+_MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json",
+                "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                "chat_template.jinja", "vocab.json", "merges.txt", "added_tokens.json")
+
+
+def store_model_files(workdir: str, base_model: str, cfg) -> str:
+  """Copies the base model's tokenizer and config into WORKDIR/model once (process 0), so the
+  workdir is self-contained; returns a local path of that copy, which every process reads."""
+  target = wd.model_dir(workdir)
+  if multihost.is_primary() and not fileio.exists(fileio.join(target, "config.json")):
+    with fileio.staging_dir(target, commit_file="config.json") as staging:
+      source = fileio.local_copy(base_model)
+      if os.path.isdir(source):
+        for name in _MODEL_FILES:
+          if os.path.isfile(os.path.join(source, name)):
+            with open(os.path.join(source, name), "rb") as f:
+              data = f.read()
+            with open(os.path.join(staging, name), "wb") as f:
+              f.write(data)
+      else:  # a GGUF file: its tokenizer is exported, its config written from the model's
+        tokenizer_lib.load_tokenizer(source).save(staging)
+        with open(os.path.join(staging, "config.json"), "w") as f:
+          json.dump(cfg.to_hf_dict(), f, indent=2, sort_keys=True)
+  multihost.barrier("rzero_model_files")
+  return fileio.local_copy(target)
+
+
 def setup(config, workdir: str, *, base_model: str, allow_config_change: bool = False,
           evaluate: Callable | None = None, annotate: Callable | None = None,
           exclude: Callable | None = None) -> Setup:
-  is_writer = jax.process_index() == 0
+  is_writer = multihost.is_primary()
   config_lib.validate(config)
   mesh_cfg = {a: config.mesh[a] for a in sharding.MESH_AXES}
   mesh = sharding.make_mesh(mesh_cfg) if jax.device_count() > 1 else None
@@ -499,19 +582,9 @@ def setup(config, workdir: str, *, base_model: str, allow_config_change: bool = 
   # The base model and its tokenizer load before config.json is frozen: a failed start (a
   # wrong --base_model) must not leave a config that refuses the corrected rerun.
   cfg, base_params = load_base_model(base_model, config.model, mesh, rules)
-  tok = tokenizer_lib.load_tokenizer(base_model)
-  config_dict = config.to_dict()
-  config_hash = wd.config_hash(config_dict)
-  if not os.path.exists(os.path.join(workdir, "config.json")) and not allow_config_change:
-    # config.json deleted: the checkpoints still say which config wrote them.
-    stored = _stored_config_hash(workdir)
-    if stored is not None and stored[1] != config_hash:
-      raise wd.ConfigChangedError(
-          f"{workdir}/config.json is missing and the checkpoints in {stored[0]} were written "
-          f"with another config (hash {stored[1]}, now {config_hash}); use another --workdir, "
-          "or pass --allow_config_change")
-  os.makedirs(workdir, exist_ok=True)
-  wd.check_or_store_config(workdir, config_dict, allow_config_change, is_writer)
+  tok = tokenizer_lib.load_tokenizer(store_model_files(workdir, base_model, cfg))
+  config_hash = wd.config_hash(config.to_dict())
+  check_config(workdir, config, allow_config_change)
   env = phases.Env(cfg=cfg, tokenizer=tok, mesh=mesh, rules=rules,
                    prompt_set=prompts.prompt_set(config.prompts),
                    stop_token_ids=tuple(tok.eos_token_ids),
@@ -521,21 +594,23 @@ def setup(config, workdir: str, *, base_model: str, allow_config_change: bool = 
   abstract = checkpoint.abstract_like(base_params)
   writer = metrics_lib.MetricsWriter(workdir, enabled=is_writer)
   return Setup(config=config, workdir=workdir, env=env, base_params=base_params,
-               abstract_params=abstract, tok_path=os.path.abspath(base_model),
+               abstract_params=abstract, tok_path=wd.MODEL_DIR,
                ckpts=ckpts, writer=writer, is_writer=is_writer, evaluate=evaluate,
                annotate=annotate, exclude=exclude, config_hash=config_hash)
 
 
 def run(config, workdir: str, *, base_model: str | None = None,
         allow_config_change: bool = False, evaluate: Callable | None = None,
-        annotate: Callable | None = None, exclude: Callable | None = None) -> dict:
+        annotate: Callable | None = None, exclude: Callable | None = None,
+        prepared: Setup | None = None) -> dict:
   """Runs (or resumes) all iterations. Returns {iteration: evaluation result}.
 
   base_model defaults to config.base_model; a world passes the path of its cached model.
+  `prepared` is a `setup` already made (the other arguments but config are then unused).
   """
-  s = setup(config, workdir, base_model=base_model or config.base_model,
-            allow_config_change=allow_config_change, evaluate=evaluate, annotate=annotate,
-            exclude=exclude)
+  s = prepared or setup(config, workdir, base_model=base_model or config.base_model,
+                        allow_config_change=allow_config_change, evaluate=evaluate,
+                        annotate=annotate, exclude=exclude)
   c = config
   results = {}
   try:

@@ -2,17 +2,20 @@
 
 Only process 0 writes. Lines are keyed by (iteration, phase, step): a step replayed after a
 resume replaces its line instead of adding one (readers also keep only the last of each key).
+The workdir may be on GCS: TensorBoard's event file is then written locally and copied up after
+each record.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
+import shutil
+import tempfile
 from typing import Any, Iterable, Mapping
 
 from absl import logging
 
-from rzero_jax.rzero import workdir as wd
+from rzero_jax import fileio
 
 
 def _clean(value: Any):
@@ -26,13 +29,18 @@ def _clean(value: Any):
 class MetricsWriter:
   def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
     self.enabled = enabled
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = fileio.join(workdir, "metrics.jsonl")
     self._tb = None
+    self._tb_remote = None  # (local folder, remote folder) when the workdir is remote
     if enabled:
-      os.makedirs(workdir, exist_ok=True)
+      fileio.makedirs(workdir)
       if tensorboard:
         from tensorboardX import SummaryWriter  # host-only dependency, imported lazily
-        self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+        tb_dir = fileio.join(workdir, "tb")
+        if fileio.is_remote(tb_dir):
+          self._tb_remote = (tempfile.mkdtemp(prefix="rzero-tb-"), tb_dir)
+          tb_dir = self._tb_remote[0]
+        self._tb = SummaryWriter(tb_dir)
 
   def write(self, record: Mapping[str, Any]) -> None:
     if not self.enabled:
@@ -46,11 +54,20 @@ class MetricsWriter:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
           self._tb.add_scalar(prefix + key, value, global_step)
       self._tb.flush()
+      self._upload_tb()
     logging.info("%s", human_line(record))
+
+  def _upload_tb(self) -> None:
+    if self._tb_remote is not None:
+      fileio.copy_tree(*self._tb_remote)
 
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+      self._upload_tb()
+      if self._tb_remote is not None:
+        shutil.rmtree(self._tb_remote[0], ignore_errors=True)
+      self._tb = None
 
 
 _SHOWN = (("reward_mean", "reward {:.3f}"), ("reward_std", "±{:.3f}"),
@@ -89,31 +106,29 @@ def upsert_jsonl(path: str, record: Mapping[str, Any]) -> None:
   The file is rewritten to a temporary name and renamed into place, so a kill leaves either the
   old file or the new one; cut lines left by older versions are dropped."""
   kept = []
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        try:
-          old = json.loads(line)
-        except json.JSONDecodeError:
-          continue  # a line cut by a kill
-        if isinstance(old, dict) and _key(old) != _key(record):
-          kept.append(line if line.endswith("\n") else line + "\n")
+  if fileio.exists(path):
+    for line in fileio.read_text(path).split("\n"):
+      try:
+        old = json.loads(line)
+      except json.JSONDecodeError:
+        continue  # a line cut by a kill, or the empty tail
+      if isinstance(old, dict) and _key(old) != _key(record):
+        kept.append(line + "\n")
   kept.append(json.dumps(record, sort_keys=True) + "\n")
-  wd.atomic_write_text(path, "".join(kept))
+  fileio.write_text(path, "".join(kept))
 
 
 def read_metrics(path: str) -> list[dict]:
   """Metrics records, the last one of each (iteration, phase, step) kept, in file order."""
-  if not os.path.exists(path):
+  if not fileio.exists(path):
     return []
   records: dict[tuple, dict] = {}
-  with open(path) as f:
-    for line in f:
-      try:
-        rec = json.loads(line)
-      except json.JSONDecodeError:
-        continue  # a line cut by a kill
-      records[(rec.get("iteration"), rec.get("phase"), rec.get("step"))] = rec
+  for line in fileio.read_text(path).split("\n"):
+    try:
+      rec = json.loads(line)
+    except json.JSONDecodeError:
+      continue  # a line cut by a kill
+    records[(rec.get("iteration"), rec.get("phase"), rec.get("step"))] = rec
   return list(records.values())
 
 
