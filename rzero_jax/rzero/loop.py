@@ -20,12 +20,14 @@ import jax
 import numpy as np
 from absl import logging
 
-from rzero_jax import checkpoint, models, sharding, tokenizer as tokenizer_lib
+from rzero_jax import checkpoint, compiles, models, sharding, tokenizer as tokenizer_lib
 from rzero_jax.rl import learner
 from rzero_jax.rzero import config as config_lib, dataset, metrics as metrics_lib, phases, prompts
 from rzero_jax.rzero import workdir as wd
 
 ROLES = ("challenger", "solver")
+# The jitted functions a phase runs, by the names the compile counter sees (`compiles`).
+STEP_FUNCTIONS = ("learner_train_step", "learner_logprobs", "_prefill", "_decode")
 
 
 class Preempted(Exception):
@@ -106,10 +108,44 @@ def _metadata(cfg, tok_path: str, role: str, iteration: int, phase: str, step: i
 
 
 def _final_params(ckpts: RoleCheckpoints, iteration: int, abstract, base_params):
-  """The role's params after `iteration` (0 = the base model)."""
+  """The role's params after `iteration` (0 = the base model), on the devices."""
   if iteration == 0:
-    return base_params
+    return _on_device(base_params, abstract)
   return ckpts.finals.restore(iteration, {"params": abstract}).items["params"]
+
+
+def _on_device(params, abstract):
+  """params placed as `abstract` says (a no-op for params already there)."""
+  leaves = jax.tree.leaves(params)
+  if all(isinstance(x, jax.Array) and not _in_host_memory(x) for x in leaves):
+    return params
+  shardings = jax.tree.map(lambda a: getattr(a, "sharding", None), abstract)
+  if any(x is None for x in jax.tree.leaves(shardings)):
+    return learner.to_device(params)
+  return learner.to_device(params, shardings)
+
+
+def _in_host_memory(x) -> bool:
+  return getattr(x.sharding, "memory_kind", None) in ("pinned_host", "unpinned_host")
+
+
+def frozen_copy(cfg, params, offload: bool = False):
+  """A model no phase trains (the KL reference, the frozen other role): in the compute dtype
+  (bf16 in the paper configs: half of float32 master weights, and the same matmuls, which
+  cast to it anyway), sharded like the params, on the devices; with `offload`, in host memory
+  between uses (benchmarks/memory_plan.py counts either)."""
+  params = learner.cast_params(params, models.transformer.dtype_of(cfg.dtype))
+  return learner.to_host(params) if offload else params
+
+
+def compile_fields() -> dict:
+  """The compile counter for a metrics record: programs compiled so far in this process, per
+  step function and in all, and how many of them repeated a signature already compiled (a
+  function rebuilt instead of reused; zero when every phase reuses the run's functions)."""
+  counts = compiles.counts(STEP_FUNCTIONS)
+  out = {f"compiles/{k.lstrip('_')}": v for k, v in counts.items()}
+  out["recompiles"] = sum(compiles.recompiled(STEP_FUNCTIONS).values())
+  return out
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -171,19 +207,22 @@ def _train_phase(s: Setup, role_name: str, iteration: int, steps: int,
                                  restored.items["opt_state"])
       logging.info("resuming the %s phase of iteration %d after step %d", role_name,
                    iteration, start)
-  ref_params = learner.to_host(start_params) if c.offload_idle else start_params
+  # The KL reference is read once per step: with offload_idle it waits in host memory and
+  # comes back, sharded, for the step's logprobs only.
+  ref_params = frozen_copy(env.cfg, start_params, offload=c.offload_idle)
   role = make_role(section, env, state)
   global_base = (iteration - 1) * steps
   for step in range(start, steps):
     seed = phases.derive_seed(c.seed, iteration, role_name, step)
     t0 = time.perf_counter()
-    state, record = step_fn(role, state, ref_params, other_params, step, seed)
+    state, record = step_fn(role, state, _on_device(ref_params, s.abstract_params),
+                            other_params, step, seed)
     meta = _metadata(env.cfg, s.tok_path, role_name, iteration, role_name, step + 1)
     ckpts.steps.save(global_base + step + 1,
                      {"params": state.params, "opt_state": state.opt_state}, metadata=meta)
     record = {"iteration": iteration, "phase": role_name, "step": step + 1,
               "global_step": global_base + step + 1, "time_step": time.perf_counter() - t0,
-              **record}
+              **record, **compile_fields()}
     questions = record.pop("questions", None)
     s.writer.write(record)
     if questions is not None and s.annotate is not None and s.is_writer:
@@ -214,7 +253,8 @@ def _dataset_phase(s: Setup, iteration: int, challenger_params, solver_params, b
     return dataset.read_jsonl(path)
   c = s.config
   # The baseline writes its questions with the untrained base Challenger.
-  writer_params = base_params if c.mode == "base_challenger" else challenger_params
+  writer_params = (_on_device(base_params, s.abstract_params) if c.mode == "base_challenger"
+                   else challenger_params)
   records, stats = phases.build_dataset(
       s.env, writer_params, solver_params, c.dataset, c.sampling,
       seed=phases.derive_seed(c.seed, iteration, "dataset"), annotate=s.annotate,
@@ -225,7 +265,7 @@ def _dataset_phase(s: Setup, iteration: int, challenger_params, solver_params, b
     wd.atomic_write_json(path.replace(".jsonl", ".stats.json"), stats)
   s.writer.write({"iteration": iteration, "phase": "dataset", "step": 0,
                   "global_step": iteration, "kept": len(records),
-                  **{k: v for k, v in stats.items() if k != "kept"}})
+                  **{k: v for k, v in stats.items() if k != "kept"}, **compile_fields()})
   if not records:
     logging.warning("iteration %d: the dataset kept no question (%s); the Solver phase of this "
                     "iteration is skipped. Widen the band or raise dataset.num_questions.",
@@ -258,6 +298,7 @@ def setup(config, workdir: str, *, base_model: str, allow_config_change: bool = 
           evaluate: Callable | None = None, annotate: Callable | None = None,
           exclude: Callable | None = None) -> Setup:
   is_writer = jax.process_index() == 0
+  compiles.install()
   config_lib.validate(config)
   os.makedirs(workdir, exist_ok=True)
   wd.check_or_store_config(workdir, config.to_dict(), allow_config_change, is_writer)
@@ -295,9 +336,14 @@ def run(config, workdir: str, *, base_model: str | None = None,
   try:
     with _SigtermFlag() as sigterm:
       results[0] = _evaluate(s, 0, s.base_params)
+      # From here the base model only seeds iteration 1's train states (and the baseline's
+      # question writer): it waits in host memory, not on the devices.
+      s.base_params = learner.to_host(s.base_params)
       for t in range(1, c.iterations + 1):
-        solver_prev = _final_params(s.ckpts["solver"], t - 1, s.abstract_params,
-                                    s.base_params)
+        # The frozen Solver answers questions in every Challenger step and in the dataset
+        # phase, so it stays on the devices, in the compute dtype.
+        solver_prev = frozen_copy(s.env.cfg, _final_params(
+            s.ckpts["solver"], t - 1, s.abstract_params, s.base_params))
 
         def challenger_step(role, state, ref, solver, step, seed):
           del step
