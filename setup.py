@@ -34,7 +34,9 @@ setup(
         "gguf": ["gguf"],
         "eval": ["champ-dataset", "pyarrow"],
         "tfds": ["tensorflow-datasets"],
-        "tpu": ["jax[tpu]"],
+        # Pinned to the jax the project runs: libtpu also compiles for TPU topologies on a
+        # machine without one (benchmarks/memory_plan.py, `make memory-plan`).
+        "tpu": ["jax[tpu]==0.10.2"],
         "gpu": ["jax[cuda12]"],
     },
 )

@@ -23,4 +23,5 @@ from rzero_jax.rzero.config import paper_config
 
 
 def get_config():
-  return paper_config(tensor=1, max_rows_per_call=128, micro_batches=8)
+  return paper_config(tensor=1, max_rows_per_call=64, micro_batches=2,
+                      solver_micro_batches=20)

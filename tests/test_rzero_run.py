@@ -210,8 +210,9 @@ def test_every_step_function_compiles_once_per_shape_across_iterations(tiny_base
   workdir = str(tmp_path / "run")
   args = [a for a in _command(workdir, tiny_base, xla_cache)
           if not a.startswith("--config.iterations=")]
+  # Two iterations: twice _run's budget.
   proc = subprocess.run(args + ["--config.iterations=2"], cwd=REPO, env=_env(),
-                        capture_output=True, text=True, timeout=900)
+                        capture_output=True, text=True, timeout=1800)
   assert proc.returncode == 0, proc.stderr[-4000:]
   recs = metrics.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   steps = [r for r in recs if r["phase"] in ("challenger", "solver")]
