@@ -246,7 +246,7 @@ def plan(config, topology: str, architecture: str, prompt_bucket: int, log=print
   import numpy as np
   import optax
   from jax.experimental import topologies
-  from jax.sharding import NamedSharding, PartitionSpec
+  from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
   from rzero_jax import models, sampling, sharding
   from rzero_jax.rl import learner
@@ -257,7 +257,13 @@ def plan(config, topology: str, architecture: str, prompt_bucket: int, log=print
   devices = list(topo.devices)
   hbm = CHIPS[kind]["hbm"] / CHIPS[kind]["devices_per_chip"]
   mesh_cfg = {a: config.mesh[a] for a in sharding.MESH_AXES}
-  mesh = sharding.make_mesh(mesh_cfg, devices)
+  # jax.make_mesh refuses a v4 topology's per-TensorCore devices (it wants one per chip), so
+  # the mesh is laid out here in the devices' order, with make_mesh's axis sizes.
+  sizes = [mesh_cfg[a] for a in sharding.MESH_AXES]
+  if -1 in sizes:
+    sizes[sizes.index(-1)] = len(devices) // -math.prod(sizes)
+  mesh = Mesh(np.array(devices).reshape(sizes), sharding.MESH_AXES,
+              axis_types=(AxisType.Auto,) * len(sizes))
   rules = sharding.rules_from_config(config.mesh.rules.to_dict())
   cfg = models.from_hf_dict(ARCHITECTURES[architecture], where=architecture,
                             dtype=config.model.dtype, param_dtype=config.model.param_dtype,

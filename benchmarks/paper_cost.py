@@ -75,14 +75,22 @@ class Cost:
 
 
 def decode_cost(m: Model, rows: int, prompt: int, new: int, rows_per_call: int,
-                weight_bytes: int) -> Cost:
-  """`rows` sequences of `new` tokens after `prompt`, `rows_per_call` at a time."""
+                weight_bytes: int, budget: int | None = None) -> Cost:
+  """`rows` sequences of `new` tokens after `prompt`, `rows_per_call` at a time.
+
+  With `budget` (the sampler as it is): a call runs until its longest row stops, which over
+  64 rows is about the whole budget, and every step attends over the whole cache of
+  prompt + budget slots, written or not. Without: each step reads only the slots written.
+  """
   calls = -(-rows // rows_per_call)
-  mean_context = prompt + new / 2
-  flops = rows * new * (2 * m.matmul_params + m.attention_flops(mean_context))
-  # Each step of a call reads the weights once and every row's cache so far.
-  weights = calls * new * m.params * weight_bytes
-  cache = rows * new * mean_context * m.kv_bytes_per_token
+  if budget is not None:
+    steps, context = budget, prompt + budget
+  else:
+    steps, context = new, prompt + new / 2
+  flops = rows * steps * (2 * m.matmul_params + m.attention_flops(context))
+  # Each step of a call reads the weights once and every row's cache.
+  weights = calls * steps * m.params * weight_bytes
+  cache = rows * steps * context * m.kv_bytes_per_token
   return Cost(flops, weights + cache, "decode")
 
 
@@ -92,10 +100,15 @@ def forward_cost(m: Model, rows: int, length: int, passes: float) -> Cost:
   return Cost(passes * rows * length * per_token, 0.0, "train")
 
 
-def workload(config, m: Model, fraction: float, prompt: int) -> dict:
-  """{phase: {part: Cost}} for one iteration."""
+def workload(config, m: Model, fraction: float, prompt: int, as_today: bool = True) -> dict:
+  """{phase: {part: Cost}} for one iteration. `as_today`: decode as the sampler runs now
+  (`decode_cost` with its budget); otherwise as one that stops rows and reads written slots."""
   c, d, s = config.challenger, config.dataset, config.solver
   rows_per_call = config.sampling.max_rows_per_call
+
+  def decode(rows, new, budget, weight_bytes):
+    return decode_cost(m, rows, prompt, new, rows_per_call, weight_bytes,
+                       budget if as_today else None)
   answers = max(1, int(config.sampling.answer_max_new_tokens * fraction))
   out = {}
   # Challenger: rollouts (its own f32 weights), m answers per question (frozen bf16 Solver),
@@ -105,23 +118,23 @@ def workload(config, m: Model, fraction: float, prompt: int) -> dict:
   new = max(1, int(c.max_new_tokens * fraction))
   several = rollouts > c.prompts_per_update * c.group_size
   out["challenger"] = {
-      "rollouts": _times(decode_cost(m, rollouts, prompt, new, rows_per_call, 4), c.steps),
-      "solver answers": _times(decode_cost(m, rollouts * c.solver_samples, prompt, answers,
-                                           rows_per_call, 2), c.steps),
+      "rollouts": _times(decode(rollouts, new, c.max_new_tokens, 4), c.steps),
+      "solver answers": _times(decode(rollouts * c.solver_samples, answers,
+                                      config.sampling.answer_max_new_tokens, 2), c.steps),
       "pi_old / pi_ref": _times(forward_cost(m, rollouts, prompt + new, 1 + several),
                                 c.steps),
       "update": _times(forward_cost(m, rollouts, prompt + new, 4), c.steps)}
-  questions = max(1, int((d.get("challenger_max_new_tokens", None) or d.max_question_tokens)
-                         * fraction))
+  question_budget = d.get("challenger_max_new_tokens", None) or d.max_question_tokens
+  questions = max(1, int(question_budget * fraction))
   out["dataset"] = {
-      "questions": decode_cost(m, d.num_questions, prompt, questions, rows_per_call, 4),
-      "answers": decode_cost(m, d.num_questions * d.solver_samples, prompt, answers,
-                             rows_per_call, 2)}
+      "questions": decode(d.num_questions, questions, question_budget, 4),
+      "answers": decode(d.num_questions * d.solver_samples, answers,
+                        config.sampling.answer_max_new_tokens, 2)}
   rollouts = s.prompts_per_step * s.group_size
   new = max(1, int(s.max_new_tokens * fraction))
   several = rollouts > s.prompts_per_update * s.group_size
   out["solver"] = {
-      "rollouts": _times(decode_cost(m, rollouts, prompt, new, rows_per_call, 4), s.steps),
+      "rollouts": _times(decode(rollouts, new, s.max_new_tokens, 4), s.steps),
       "pi_old / pi_ref": _times(forward_cost(m, rollouts, prompt + new, 1 + several), s.steps),
       "update": _times(forward_cost(m, rollouts, prompt + new, 4), s.steps)}
   return out
@@ -162,6 +175,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("chips", 4, "Chips in the slice (v5p-8: 4).")
   flags.DEFINE_integer("prompt", 512, "Mean prompt length in tokens.")
   flags.DEFINE_float("budget_fraction", 1.0, "Mean completion length / its token budget.")
+  flags.DEFINE_bool("as_today", True, "Decode as the sampler runs now (every call to the whole "
+                    "budget over the whole cache); false: rows stop and read written slots.")
 
 
 def main(argv):
@@ -170,10 +185,11 @@ def main(argv):
   arch = os.path.splitext(os.path.basename(FLAGS.config))[0]
   m = model_of(memory_plan.ARCHITECTURES[arch])
   chip = memory_plan.CHIPS[FLAGS.chip]
-  costs = workload(config, m, FLAGS.budget_fraction, FLAGS.prompt)
+  costs = workload(config, m, FLAGS.budget_fraction, FLAGS.prompt, FLAGS.as_today)
   text, hours = table(costs, FLAGS.chips, chip["peak_flops"], chip["hbm_bw"], config.iterations)
   print(f"{arch} on {FLAGS.chips} {FLAGS.chip} chips, completions at "
-        f"{FLAGS.budget_fraction:.0%} of their budgets, prompts of {FLAGS.prompt} tokens")
+        f"{FLAGS.budget_fraction:.0%} of their budgets, prompts of {FLAGS.prompt} tokens, "
+        f"decode {'as today' if FLAGS.as_today else 'reading written slots only'}")
   print(text)
   print(f"\nprojected {config.iterations} iterations: {hours:.1f} h on {FLAGS.chips} "
         f"{FLAGS.chip} chips; the reference: ~{REFERENCE_HOURS:.0f} h on 8x A100-40GB; "

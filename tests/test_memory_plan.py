@@ -68,3 +68,25 @@ def test_paper_configs_split_their_batches_evenly_on_their_slices(name):
   # The check can fail: 640 rows in 8 micro-batches do not split over 32 devices.
   config.solver.learner.micro_batches = 8
   assert mp.split_problems(config, 32)
+
+
+def test_paper_cost_counts_the_papers_workload():
+  from benchmarks import paper_cost as pc
+  m = pc.model_of(mp.ARCHITECTURES["qwen3_4b_base"])
+  assert m.kv_bytes_per_token == 36 * 8 * 128 * 2 * 2
+  config = mp.load_config("configs/qwen3_4b_base.py")
+  costs = pc.workload(config, m, 1.0, 512, as_today=False)
+  # The Challenger's Solver answers: 5 steps x 2,048 questions x m=10, 4,096 tokens each.
+  answers = costs["challenger"]["solver answers"]
+  per_token = 2 * m.matmul_params + m.attention_flops(512 + 4096 / 2)
+  assert answers.flops == pytest.approx(5 * 2048 * 10 * 4096 * per_token)
+  # Half the budget: fewer tokens and a shorter mean context, so less than half the bytes.
+  half = pc.workload(config, m, 0.5, 512, as_today=False)["challenger"]["solver answers"]
+  assert half.bytes < answers.bytes / 2
+  # As the sampler runs today, a call decodes to its budget over the whole cache.
+  today = pc.workload(config, m, 0.5, 512)["challenger"]["solver answers"]
+  assert today.bytes > answers.bytes
+  roof, real = pc.seconds(pc.Cost(flops=0.0, bytes=4 * 2.76e12), 4, 459e12, 2.76e12)
+  assert roof == pytest.approx(1.0) and real == pytest.approx(1.0 / pc.DECODE_EFFICIENCY)
+  roof, real = pc.seconds(pc.Cost(flops=4 * 459e12, kind="train"), 4, 459e12, 2.76e12)
+  assert roof == pytest.approx(1.0) and real == pytest.approx(1.0 / pc.TRAIN_MFU)
