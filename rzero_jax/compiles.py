@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import sys
 import threading
 
 _LOGGER = "jax._src.interpreters.pxla"
@@ -31,10 +32,25 @@ class _Counter(logging.Filter):
   def filter(self, record: logging.LogRecord) -> bool:
     if isinstance(record.msg, str) and record.msg.startswith(_PREFIX) and record.args:
       name = str(record.args[0])
-      signature = " ".join(str(a) for a in record.args[1:])
+      # The message gives the inputs only; the outputs tell apart two programs that a static
+      # argument makes different (sampling's plan: same prompts, another token budget).
+      signature = " ".join(str(a) for a in record.args[1:]) + " -> " + _out_avals()
       with self.lock:
         self.by_key[(name, signature)] += 1
     return record.levelno >= self.shown_level
+
+
+def _out_avals() -> str:
+  """The output shapes of the program being lowered, from the lowering's frame."""
+  frame = sys._getframe(1)
+  for _ in range(12):
+    if frame is None:
+      break
+    if frame.f_code.co_name == "_cached_lowering_to_hlo":
+      jaxpr = frame.f_locals.get("closed_jaxpr")
+      return str(getattr(jaxpr, "out_avals", ""))
+    frame = frame.f_back
+  return ""
 
 
 _counter: _Counter | None = None
