@@ -124,7 +124,7 @@ def workload(config, m: Model, fraction: float, prompt: int, as_today: bool = Tr
       "pi_old / pi_ref": _times(forward_cost(m, rollouts, prompt + new, 1 + several),
                                 c.steps),
       "update": _times(forward_cost(m, rollouts, prompt + new, 4), c.steps)}
-  question_budget = d.get("challenger_max_new_tokens", None) or d.max_question_tokens
+  question_budget = d.max_new_tokens
   questions = max(1, int(question_budget * fraction))
   out["dataset"] = {
       "questions": decode(d.num_questions, questions, question_budget, 4),

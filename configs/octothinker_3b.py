@@ -1,14 +1,15 @@
 """R-Zero on OctoThinker-3B-Hybrid-Base (Llama-3.2-3B family), the paper's settings.
 
-The paper's hyper-parameters: Challenger G=4, 5 steps; Solver G=5, 15 steps;
-AdamW lr 1e-6, wd 0.01, clip 1.0; bf16 compute, float32 master weights and optimizer state,
-rematerialised layers, fully sharded (FSDP) parameters over every chip.
+The paper's hyper-parameters (docs/ALGORITHM.md, "Settings"): Challenger G=4, 5 steps;
+Solver G=5, 15 steps; AdamW lr 1e-6, wd 0.01, clip 1.0; bf16 compute, float32 master weights
+and optimizer state, rematerialised layers, fully sharded (FSDP) parameters over every chip.
 
 Hardware: TPU v5p-8 (4 chips) or v4-16 (8 chips). Memory: the TPU compiler's per-chip figures
-for every phase (sampling, logprobs, train step, plus what stays resident: the KL reference and the frozen other role as bf16 copies
-on the devices) are in benchmarks/RESULTS.md, "Memory plan"; they set this file's rows per
-generate call and micro-batches (64 Challenger / 640 Solver rows per update, split so that a
-micro-batch divides over 32 devices). Recompute them after a change:
+for every phase (sampling, logprobs, train step, plus what stays resident: the KL reference
+and the frozen other role as bf16 copies on the devices) are in benchmarks/RESULTS.md,
+"Memory plan"; they set this file's rows per generate call and micro-batches (64 Challenger /
+640 Solver rows per update, split so that a micro-batch divides over 32 devices). Recompute
+them after a change:
   make memory-plan CONFIG=configs/octothinker_3b.py TOPOLOGY=v5p:2x2x1   (and TOPOLOGY=v4:2x2x2)
 
 Run:
