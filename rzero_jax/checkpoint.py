@@ -31,6 +31,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from rzero_jax import multihost
+
 log = logging.getLogger(__name__)
 
 METADATA_ITEM = "metadata"
@@ -108,13 +110,12 @@ def _to_abstract_leaf(x):
 
 
 def _is_primary() -> bool:
-    return jax.process_index() == 0
+    return multihost.is_primary()
 
 
 def _sync(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(name)
+    # Bounded: a peer that died is an error here, not a hang.
+    multihost.barrier(name)
 
 
 class CheckpointManager:
@@ -164,10 +165,13 @@ class CheckpointManager:
 
     # -- discovery ------------------------------------------------------------------------------
     def _set_aside_unfinished_steps(self) -> None:
-        """Warns about interrupted saves and moves uncommitted step dirs out of Orbax's view."""
-        if not self._directory.exists():
-            return
-        for path in sorted(self._directory.iterdir()):
+        """Warns about interrupted saves and moves uncommitted step dirs out of Orbax's view.
+
+        Every process reaches the barrier at the end, whatever it found: the processes must
+        pass the same barriers in the same order.
+        """
+        paths = sorted(self._directory.iterdir()) if self._directory.exists() else []
+        for path in paths:
             if _TMP_MARKER in path.name:
                 log.warning("Ignoring checkpoint %s: its save was interrupted before it was "
                             "committed; deleting it.", path)

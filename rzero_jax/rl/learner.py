@@ -28,7 +28,6 @@ from typing import Any, Callable
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -297,11 +296,3 @@ def cast_params(tree, dtype):
     return jax.jit(cast_params)
   return _cached(("cast", dtype), build)(tree)
 
-
-def to_host(tree):
-  """Moves a frozen pytree (e.g. the KL reference) to host memory between uses."""
-  return jax.tree.map(np.asarray, jax.device_get(tree))
-
-
-def to_device(tree, shardings=None):
-  return jax.device_put(tree, shardings) if shardings is not None else jax.device_put(tree)
