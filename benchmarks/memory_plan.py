@@ -33,7 +33,16 @@ for _k, _v in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_ACCELERATOR_TYPE", "v5p-8"),
                ("TPU_WORKER_HOSTNAMES", "localhost")):
   os.environ.setdefault(_k, _v)
 
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
+from jax.experimental import topologies  # noqa: E402
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec  # noqa: E402
+
+from rzero_jax import models, sampling, sharding  # noqa: E402
+from rzero_jax.rl import learner  # noqa: E402
+from rzero_jax.rzero import loop  # noqa: E402
 
 GB = 1e9
 HEADROOM = 0.10  # a phase FITS when it uses at most 90% of the device's HBM
@@ -231,7 +240,6 @@ def _program(compiled) -> Program:
 
 
 def _tree_bytes_per_device(abstract, shardings) -> float:
-  import jax
   total = 0
   for a, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings)):
     shard = s.shard_shape(a.shape)
@@ -241,17 +249,6 @@ def _tree_bytes_per_device(abstract, shardings) -> float:
 
 def plan(config, topology: str, architecture: str, prompt_bucket: int, log=print) -> dict:
   """Compiles the programs for the topology; returns {'rows', 'hbm', 'slice', ...}."""
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-  import optax
-  from jax.experimental import topologies
-  from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
-
-  from rzero_jax import models, sampling, sharding
-  from rzero_jax.rl import learner
-  from rzero_jax.rzero import loop
-
   kind = chip_of(topology)
   topo = topologies.get_topology_desc(platform="tpu", topology_name=topology)
   devices = list(topo.devices)
@@ -354,7 +351,6 @@ def plan(config, topology: str, architecture: str, prompt_bucket: int, log=print
   except Exception as e:
     log(f"  train_step: {str(e).splitlines()[0][:300]}")
     resident["_errors"]["train_step"] = oom_bytes(str(e))
-  del np, optax
   return dict(rows=phase_rows(programs, resident, hbm), hbm=hbm, resident=resident,
               slice=slice_name(topology, len(devices)), mesh=dict(mesh.shape),
               programs=programs)

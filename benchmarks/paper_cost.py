@@ -29,6 +29,7 @@ import os
 from absl import app, flags
 
 from benchmarks import memory_plan
+from rzero_jax import models
 
 FLAGS = flags.FLAGS
 REFERENCE_HOURS = 50.0          # 3 iterations of Qwen3-4B, 8x A100-40GB (the reference code)
@@ -55,7 +56,6 @@ class Model:
 
 
 def model_of(hf: dict) -> Model:
-  from rzero_jax import models
   cfg = models.from_hf_dict(hf, where="architecture")
   embed = cfg.vocab_size * cfg.hidden_size
   matmul = cfg.num_params - embed + (embed if cfg.tie_word_embeddings else 0)
