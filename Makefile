@@ -7,7 +7,13 @@ PY := $(VENV)/bin/python
 WORKDIR ?= runs/default
 PYTEST_ARGS ?=
 
-.PHONY: run test venv clean
+.PHONY: run test venv clean memory-plan
+
+# The memory plan compiles for TPU slices on this machine, with libtpu: in a venv of its own,
+# so that the test venv's jax never loads libtpu. CONFIG and TOPOLOGY pick one plan.
+TPU_VENV ?= .venv-tpu
+CONFIG ?= configs/qwen3_4b_base.py
+TOPOLOGY ?= v5p:2x2x1
 
 $(VENV)/.installed: setup.py Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -32,5 +38,14 @@ test: venv
 	# Own process group: runs that span 2 processes joined by jax.distributed on 127.0.0.1.
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q tests/multihost $(PYTEST_ARGS)
 
+$(TPU_VENV)/.installed: setup.py Makefile
+	$(PYTHON) -m venv $(TPU_VENV)
+	$(TPU_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TPU_VENV)/bin/python -m pip install -q -e '.[tpu]'
+	touch $@
+
+memory-plan: $(TPU_VENV)/.installed
+	$(TPU_VENV)/bin/python -m benchmarks.memory_plan --config=$(CONFIG) --topology=$(TOPOLOGY)
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(TPU_VENV) runs

@@ -45,7 +45,9 @@ setup(
         "tfds": ["tensorflow-datasets"],
         # gs:// workdirs, base models and datasets (etils.epath goes through fsspec's gcsfs).
         "gcs": ["gcsfs"],
-        "tpu": ["jax[tpu]"],
+        # Pinned to the jax the project runs: libtpu also compiles for TPU topologies on a
+        # machine without one (benchmarks/memory_plan.py, `make memory-plan`).
+        "tpu": ["jax[tpu]==0.10.2"],
         "gpu": ["jax[cuda12]"],
     },
 )

@@ -8,11 +8,10 @@ seed, stop tokens) is an array, and greedy / top-k / top-p are runtime branches 
 so changing any of them never recompiles.
 
 Prefill runs every prompt once over a cache of the prompt bucket's length and samples the
-first token of each row; decode repeats each prompt's cache `n` times into the rows' cache,
-feeds one token per step, writing it in place into that cache, and stops when every row has
-emitted a stop token or the budget is spent. It runs in phases (`decode_phases`) whose
-caches grow to `prompt_bucket + max_new_tokens` slots: attention reads only slots that can
-hold tokens.
+first token of each row; decode repeats each prompt's cache `n` times into the rows' cache of
+`prompt_bucket + max_new_tokens` slots, feeds one token per step through the same forward
+(`models.forward_with_cache`), writing it in place into that cache, and stops when every row
+has emitted a stop token or the budget is spent.
 
 Sampling rules (the usual ones): temperature 0 is greedy; otherwise logits are divided by the
 temperature, top-k keeps the k largest, and top-p then keeps the smallest set of the largest
@@ -37,13 +36,9 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from rzero_jax import models, multihost, sharding
-from rzero_jax.models import decode_attention
 from rzero_jax.models.config import ModelConfig
 
 MIN_PROMPT_BUCKET = 16
-# Decode runs in phases over a growing cache (`decode_phases`).
-MIN_DECODE_PHASE = 32
-MAX_DECODE_PHASES = 4
 # Up to this many prompts the batch bucket is a power of two; above it, a multiple of it. That
 # bounds the number of compiled shapes while wasting at most this many padding rows.
 BATCH_BUCKET_STEP = 64
@@ -359,20 +354,8 @@ class _Plan:
   def cache_length(self) -> int:
     return self.prompt_bucket + self.max_new_tokens
 
-  def phases(self) -> list[tuple[int, int]]:
-    """(end step, cache slots) of each decode phase: `decode_phases`, each phase's cache
-    holding exactly the slots its steps can write."""
-    return [(end, min(self.cache_length, self.prompt_bucket + end))
-            for end in decode_phases(self.max_new_tokens)]
-
   def constrain_cache(self, cache):
     axes = models.cache_logical_axes()
-    return {name: sharding.constrain(x, axes[name], self.mesh, self.rules)
-            for name, x in cache.items()}
-
-  def constrain_layer_cache(self, cache):
-    """One layer's decode cache (`models.split_cache`: keys transposed)."""
-    axes = models.layer_cache_logical_axes()
     return {name: sharding.constrain(x, axes[name], self.mesh, self.rules)
             for name, x in cache.items()}
 
@@ -420,99 +403,45 @@ def _prefill(plan: _Plan, params, tokens, prompt_lens, live, stop_mask, knobs):
   return state, cache
 
 
-def decode_phases(max_new_tokens: int) -> list[int]:
-  """The step at which each decode phase ends: doubling up to `max_new_tokens`, the first
-  after `MIN_DECODE_PHASE` steps or more, `MAX_DECODE_PHASES` at most.
-
-  Each phase runs its own `while_loop` over a cache that holds only the slots its steps can
-  write, so over a whole budget attention reads from a half to two thirds of what the full
-  cache would give it, and far less when rows stop early, as answers usually do. Every phase
-  is compiled apart (about 1 s more per phase for the tiny model on a CPU), hence the cap.
-  """
-  first = max(MIN_DECODE_PHASE, -(-max_new_tokens // 2 ** (MAX_DECODE_PHASES - 1)))
-  ends, end = [], first
-  while end < max_new_tokens:
-    ends.append(end)
-    end *= 2
-  return ends + [max_new_tokens]
-
-
-def _decodes_on_cpu(mesh) -> bool:
-  """Whether decode runs on XLA:CPU, where fewer library calls per step pay: the value caches
-  then carry a column of ones ('v1', see `models.split_cache`; with XLA ops only, the Pallas
-  kernel takes plain values), making attention one call instead of three, and the
-  projections that share an input are one product (`models.forward_per_layer`'s
-  `fuse_projections`). On a GPU the plain forms are the ones measured."""
-  platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
-  return platform == "cpu"
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=3)
-def _decode(plan: _Plan, decode_kernel: str, params, state, prompt_cache, stop_mask, knobs):
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
+def _decode(plan: _Plan, params, state, prompt_cache, stop_mask, knobs):
   """Feeds the last sampled token until every row is done or the budget is spent.
 
-  `decode_kernel` (`resolve_decode_kernel`) is static here and not in the plan, so that
-  prefill compiles once whichever attention decode uses.
-
-  `prompt_cache` is the prefill's, one row per prompt. Each row's cache is built here, so the
-  call holds no argument of the decode cache's size: every phase copies the cache into a longer
-  one, which no output could alias. The cache is not returned.
+  `prompt_cache` is the prefill's, one row per prompt: each row's cache of `cache_length`
+  slots is built from it here, so the call holds no argument of the decode cache's size. The
+  cache is not returned.
   """
   _TRACES["decode"] += 1
-  cfg, bucket = plan.cfg, plan.prompt_bucket
+  cfg, bucket, length = plan.cfg, plan.prompt_bucket, plan.cache_length
   base_key = jax.random.key(knobs["seed"])
-  kv_mask = plan.kv_mask(state["prompt_lens"], plan.cache_length)
-  layer_params = models.split_layers(params)
-  rope = models.rope_table(cfg, plan.cache_length)  # every position a step can reach
-  on_cpu = _decodes_on_cpu(plan.mesh)
+  kv_mask = plan.kv_mask(state["prompt_lens"], length)
 
-  def decode_one(s, kv_mask):
+  def decode_one(s):
     step = s["step"]
     last = jax.lax.dynamic_slice_in_dim(s["tokens"], step - 1, 1, axis=1)  # [B, 1]
     positions = (s["prompt_lens"] + step - 1)[:, None]
-    logits, cache = models.forward_per_layer(
-        cfg, params, layer_params, last, positions, kv_mask, s["cache"], bucket + step - 1,
-        mesh=plan.mesh, rules=plan.rules, decode_kernel=decode_kernel, rope_table=rope,
-        fuse_projections=on_cpu)
+    logits, cache = models.forward_with_cache(
+        cfg, params, last, positions, kv_mask, s["cache"], bucket + step - 1, mesh=plan.mesh,
+        rules=plan.rules)
     token, logprob = sample_tokens(logits[:, 0], jax.random.fold_in(base_key, step), knobs)
     done = s["done"]
     token = jnp.where(done, plan.pad_id, token)
     logprob = jnp.where(done, 0.0, logprob)
-    return {
-        "cache": [plan.constrain_layer_cache(c) for c in cache],
-        "tokens": jax.lax.dynamic_update_slice_in_dim(s["tokens"], token[:, None], step, 1),
-        "logprobs": jax.lax.dynamic_update_slice_in_dim(s["logprobs"], logprob[:, None], step,
-                                                        1),
-        "lengths": s["lengths"] + (~done).astype(jnp.int32),
-        "done": done | stop_mask[token],
-        "prompt_lens": s["prompt_lens"],
-        "step": step + 1,
-    }
+    return dict(
+        s, cache=plan.constrain_cache(cache),
+        tokens=jax.lax.dynamic_update_slice_in_dim(s["tokens"], token[:, None], step, 1),
+        logprobs=jax.lax.dynamic_update_slice_in_dim(s["logprobs"], logprob[:, None], step, 1),
+        lengths=s["lengths"] + (~done).astype(jnp.int32), done=done | stop_mask[token],
+        step=step + 1)
 
-  axes = models.layer_cache_logical_axes()
-
-  def grow(layer_cache, length):
-    out = {}
-    for name, x in layer_cache.items():
-      dim = axes[name].index("cache_length")
-      pad = [(0, 0)] * x.ndim
-      pad[dim] = (0, length - x.shape[dim])
-      # 'v1' keeps its column of ones in the new slots; what else they hold is masked out.
-      out[name] = jnp.pad(x, pad, constant_values=1 if name == "v1" else 0)
-    return plan.constrain_layer_cache(out)
-
-  # Sample j of prompt i is row i * n + j. One cache buffer per layer (keys transposed, see
-  # `models.forward_per_layer`), holding the prompt in slots [0, bucket) before phase 1.
-  with_totals = on_cpu and decode_kernel == "xla"
-  carry = dict(state, cache=[{name: jnp.repeat(x, plan.n, axis=0) for name, x in c.items()}
-                             for c in models.split_cache(prompt_cache, with_totals)])
-  for end, length in plan.phases():
-    carry["cache"] = [grow(c, length) for c in carry["cache"]]
-    carry = jax.lax.while_loop(
-        lambda s, end=end: (s["step"] < end) & ~jnp.all(s["done"]),
-        functools.partial(decode_one, kv_mask=kv_mask[:, :length]), carry)
-  del carry["cache"]
-  return carry
+  # Sample j of prompt i is row i * n + j; the prompt fills slots [0, bucket).
+  pad = ((0, 0), (0, 0), (0, 0), (0, length - bucket), (0, 0))
+  cache = {name: jnp.pad(jnp.repeat(x, plan.n, axis=1), pad) for name, x in prompt_cache.items()}
+  state = dict(state, cache=plan.constrain_cache(cache))
+  state = jax.lax.while_loop(lambda s: (s["step"] < plan.max_new_tokens) & ~jnp.all(s["done"]),
+                             decode_one, state)
+  del state["cache"]
+  return state
 
 
 # ----------------------------------------------------------------------------- host API
@@ -587,32 +516,6 @@ def _place(plan: _Plan, params, row_arrays, replicated_arrays):
   return params, rows, repl
 
 
-def resolve_decode_kernel(decode_kernel: str, cfg: ModelConfig, mesh=None,
-                          caller: str = "generate") -> str:
-  """Checks `decode_kernel`: "xla" ops (the default), the fused Pallas attention kernel
-  (`models.decode_attention`, "pallas": one GPU, power-of-two heads), or that kernel
-  interpreted ("pallas_interpret": any backend, slow, for tests).
-
-  The kernel is a plain `pallas_call`, which XLA cannot partition, so it needs a single device.
-  """
-  if decode_kernel not in models.DECODE_KERNELS:
-    raise ValueError(f"{caller}: decode_kernel={decode_kernel!r}; expected one of "
-                     f"{models.DECODE_KERNELS}")
-  if decode_kernel == "xla":
-    return decode_kernel
-  if mesh is not None and mesh.size > 1:
-    raise ValueError(f"{caller}: decode_kernel={decode_kernel!r} needs a single device; this "
-                     f"mesh has {mesh.size} (use 'xla')")
-  if decode_kernel == "pallas" and jax.default_backend() != "gpu":
-    raise ValueError(f"{caller}: decode_kernel='pallas' needs a GPU (the backend is "
-                     f"{jax.default_backend()!r}); 'pallas_interpret' runs it anywhere")
-  unsupported = decode_attention.unsupported_reason(cfg.head_dim)
-  if decode_kernel == "pallas" and unsupported:
-    raise ValueError(f"{caller}: decode_kernel='pallas' cannot run this model: {unsupported} "
-                     f"(use 'xla')")
-  return decode_kernel
-
-
 def _setup(caller: str, cfg: ModelConfig, params, prompts, max_new_tokens, temperature, top_p,
            top_k, n, seed, stop_token_ids, mesh, rules):
   """Checks the arguments; returns the plan and `_prefill`'s placed arguments after it."""
@@ -639,21 +542,18 @@ def _setup(caller: str, cfg: ModelConfig, params, prompts, max_new_tokens, tempe
 def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
              max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
              top_k: int = 0, n: int = 1, seed: int = 0, stop_token_ids: Sequence[int] = (),
-             mesh=None, rules=sharding.DEFAULT_RULES,
-             decode_kernel: str = "xla") -> SampleOutput:
+             mesh=None, rules=sharding.DEFAULT_RULES) -> SampleOutput:
   """Samples `n` completions per prompt. Row i * n + j of the output is sample j of prompt i.
 
   Completions are cut after (and including) the first stop token; finish reason "stop" if one
   was emitted, else "length". Under a mesh, rows are split over the batch axes and heads over
-  tensor, following `rules`. `decode_kernel` picks the decode step's attention
-  (`resolve_decode_kernel`).
+  tensor, following `rules`.
   """
-  decode_kernel = resolve_decode_kernel(decode_kernel, cfg, mesh, "generate")
   plan, args = _setup("generate", cfg, params, prompts, max_new_tokens, temperature, top_p,
                       top_k, n, seed, stop_token_ids, mesh, rules)
   params, _, _, _, stop_mask, knobs = args
   state, prompt_cache = _prefill(plan, *args)
-  state = _decode(plan, decode_kernel, params, state, prompt_cache, stop_mask, knobs)
+  state = _decode(plan, params, state, prompt_cache, stop_mask, knobs)
   del prompt_cache
   # Rows are split over the batch axes, possibly across processes: gathered to every host.
   out_tokens, out_logprobs, lengths, done = multihost.to_host(
@@ -670,16 +570,13 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
 
 def peak_memory_bytes(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
                       max_new_tokens: int = 64, n: int = 1, mesh=None,
-                      rules=sharding.DEFAULT_RULES, decode_kernel: str = "xla") -> int:
+                      rules=sharding.DEFAULT_RULES) -> int:
   """Device bytes `generate` holds at its peak for these shapes, weights included, as the
   compiler plans it (per device under a mesh): the larger of prefill's and decode's.
 
-  Decode's peak is above the final KV cache (`kv_cache_bytes` of `prompt_bucket +
-  max_new_tokens` slots) by the prompts' cache and the copy of one layer's buffer while a
-  phase's cache grows into the next's; on CPU also by the values' column of ones
-  (`models.split_cache`), 1 / (2 head_dim) of the cache.
+  Decode's peak is above its KV cache (`kv_cache_bytes` of `prompt_bucket + max_new_tokens`
+  slots) by the prompts' cache, which it holds while it builds the rows' cache.
   """
-  decode_kernel = resolve_decode_kernel(decode_kernel, cfg, mesh, "peak_memory_bytes")
   plan, args = _setup("peak_memory_bytes", cfg, params, prompts, max_new_tokens, 1.0, 1.0, 0,
                       n, 0, (), mesh, rules)
   params, _, _, _, stop_mask, knobs = args
@@ -691,82 +588,5 @@ def peak_memory_bytes(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]]
 
   prefill = _prefill.lower(plan, *args).compile()
   state, prompt_cache = prefill.out_info  # shapes with the shardings prefill gives them
-  decode = _decode.lower(plan, decode_kernel, params, state, prompt_cache, stop_mask,
-                         knobs).compile()
+  decode = _decode.lower(plan, params, state, prompt_cache, stop_mask, knobs).compile()
   return max(peak(prefill), peak(decode))
-
-
-# ----------------------------------------------------------------------------- text level
-
-@dataclasses.dataclass(frozen=True)
-class TextOutput:
-  texts: list[str]                 # decoded completions, cut before the first stop string
-  tokens: list[list[int]]          # completion ids through the token that completed a stop
-  logprobs: list[list[float]]      # one per token in `tokens`
-  finish_reasons: list[str]        # "stop" | "length"
-  prompt_tokens: list[list[int]]   # per prompt (not per row): the chat-templated prompt ids
-
-
-def _encode_chat(tokenizer, messages) -> list[int]:
-  if hasattr(tokenizer, "encode_chat"):
-    return list(tokenizer.encode_chat(messages))
-  return list(tokenizer.encode(tokenizer.apply_chat_template(messages)))
-
-
-def _cut_at_stop_strings(tokenizer, ids: list[int], stop_strings: Sequence[str]):
-  """(text, number of tokens kept, stopped). Keeps the shortest token prefix whose text
-  already contains a stop string, so the kept tokens are exactly those that were needed."""
-  text = tokenizer.decode(ids)
-  hits = [i for i in (text.find(s) for s in stop_strings) if i >= 0]
-  if not hits:
-    return text, len(ids), False
-  cut = min(hits)
-
-  def contains_stop(k):
-    prefix = tokenizer.decode(ids[:k])
-    return any(s in prefix for s in stop_strings)
-
-  lo, hi = 1, len(ids)  # contains_stop(hi) is True
-  while lo < hi:
-    mid = (lo + hi) // 2
-    if contains_stop(mid):
-      hi = mid
-    else:
-      lo = mid + 1
-  return text[:cut], hi, True
-
-
-def generate_text(cfg: ModelConfig, params, tokenizer, messages_list, *,
-                  stop_strings: Sequence[str] = (), max_new_tokens: int = 64,
-                  temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, n: int = 1,
-                  seed: int = 0, stop_token_ids: Sequence[int] | None = None, mesh=None,
-                  rules=sharding.DEFAULT_RULES, decode_kernel: str = "xla") -> TextOutput:
-  """Chat messages -> decoded completions (row i * n + j = sample j of conversation i).
-
-  `tokenizer` needs `encode_chat(messages)` (or `apply_chat_template` + `encode`), `decode`
-  and, unless `stop_token_ids` is given, `eos_token_ids`. Stop tokens are not decoded into the
-  text; stop strings are cut on the host (the text ends before the stop string).
-  """
-  if isinstance(stop_strings, str):
-    raise ValueError("generate_text: stop_strings must be a sequence of strings, not a str")
-  if any(not s for s in stop_strings):
-    raise ValueError("generate_text: stop_strings must not contain the empty string")
-  prompts = [_encode_chat(tokenizer, m) for m in messages_list]
-  if stop_token_ids is None:
-    stop_token_ids = tuple(getattr(tokenizer, "eos_token_ids", ()))
-  out = generate(cfg, params, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                 top_p=top_p, top_k=top_k, n=n, seed=seed, stop_token_ids=stop_token_ids,
-                 mesh=mesh, rules=rules, decode_kernel=decode_kernel)
-  stop_ids = set(int(t) for t in stop_token_ids)
-  texts, tokens, logprobs, reasons = [], [], [], []
-  for ids, lps, reason in zip(out.tokens, out.logprobs, out.finish_reasons):
-    content = ids[:-1] if reason == "stop" and ids and ids[-1] in stop_ids else ids
-    text, keep, stopped = _cut_at_stop_strings(tokenizer, content, stop_strings)
-    if stopped:
-      ids, lps, reason = ids[:keep], lps[:keep], "stop"
-    texts.append(text)
-    tokens.append(ids)
-    logprobs.append(lps)
-    reasons.append(reason)
-  return TextOutput(texts=texts, tokens=tokens, logprobs=logprobs, finish_reasons=reasons,
-                    prompt_tokens=prompts)

@@ -148,3 +148,25 @@ def test_a_batch_without_old_logp_is_on_policy():
     np.testing.assert_allclose(float(m_on[key]), float(m_old[key]), rtol=1e-5, err_msg=key)
   for a, b in zip(jax.tree.leaves(g_on), jax.tree.leaves(g_old)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.abs(b).max()))
+
+
+def test_logprobs_run_in_micro_batches_and_each_function_is_built_once():
+  """The pi_old / pi_ref function splits its rows like the train step (so a 640-row Solver
+  mini-batch never runs in one call) and gives the rows' logprobs in their order; asking again
+  for the same settings returns the same jitted function, which then compiles no more."""
+  params = models.init_params(CFG, jax.random.key(4))
+  batch = _random_batch(np.random.default_rng(4))
+  whole = learner.make_logprob_fn(CFG, learner.LearnerConfig(logprob_chunk=4))
+  lc = learner.LearnerConfig(logprob_chunk=4, micro_batches=4)
+  split = learner.make_logprob_fn(CFG, lc)
+  want = np.asarray(whole(params, batch["tokens"], batch["kv_mask"]))
+  got = np.asarray(split(params, batch["tokens"], batch["kv_mask"]))
+  np.testing.assert_allclose(got, want, atol=2e-6, rtol=0)
+  # One micro-batch's rows at a time: the program scans over a [4, 2, T] split.
+  text = split.lower(params, batch["tokens"], batch["kv_mask"]).as_text()
+  assert f"tensor<4x2x{batch['tokens'].shape[1]}xi32>" in text
+  assert learner.make_logprob_fn(CFG, dataclasses.replace(lc)) is split
+  with pytest.raises(ValueError, match="micro_batches"):
+    split(params, batch["tokens"][:6], batch["kv_mask"][:6])
+  state = learner.init_train_state(jax.tree.map(jnp.copy, params), lc)
+  assert learner.make_train_step(CFG, lc, state) is learner.make_train_step(CFG, lc, state)

@@ -412,47 +412,75 @@ def test_partial_slices_read_only_what_the_shard_needs():
   np.testing.assert_array_equal(entry.to_hf(ours), full)
 
 
-def test_decode_attention_mix_equals_the_softmax_first_form():
-  """The decode loop normalises the softmax after the value product (see
-  `transformer._mix_values_decode`); it must give the same mix, and a fully masked row (a
-  padding query) must stay finite, as in the training form."""
-  from rzero_jax.models import transformer
-  rng = np.random.default_rng(0)
-  b, kv, groups, t, s, dh = 3, 2, 2, 1, 12, 4
-  scores = jnp.asarray(rng.normal(size=(b, kv, groups, t, s)) * 4, jnp.float32)
-  values = jnp.asarray(rng.normal(size=(b, kv, s, dh)), jnp.float32)
-  mask = rng.random((b, 1, 1, t, s)) < 0.6
-  mask[0] = False  # row 0: every slot masked
-  mask[1, ..., 0] = True
-  mask = jnp.asarray(mask)
-  want = transformer._mix_values(scores, mask, values, jnp.float32)
-  with_ones = jnp.concatenate([values, jnp.ones((b, kv, s, 1))], axis=-1)  # the 'v1' layout
-  for got_values, with_totals in [(values, False), (with_ones, True)]:
-    mix = functools.partial(transformer._mix_values_decode, with_totals=with_totals)
-    got = mix(scores, mask, got_values, jnp.float32)
-    assert got.shape == want.shape
-    assert np.isfinite(np.asarray(got)).all()
-    np.testing.assert_allclose(np.asarray(got[1:]), np.asarray(want[1:]), rtol=1e-5, atol=1e-6)
-    # Masked slots carry no weight: changing their values changes nothing.
-    poisoned = jnp.where(mask[:, 0, 0, 0][:, None, :, None], got_values, 1e6)
-    np.testing.assert_allclose(np.asarray(mix(scores, mask, poisoned, jnp.float32)[1:]),
-                               np.asarray(got[1:]), rtol=1e-5, atol=1e-6)
+# ----------------------------------------------------------------------------- attention
+
+def _attention_inputs(t, s=None, seed=0):
+  """Random q [2, t, 4, 16], k and v [2, 2, s, 16] and a kv mask with row 1 left-padded."""
+  s = s or t
+  rng = np.random.default_rng(seed)
+  q = jnp.asarray(rng.normal(size=(2, t, 4, 16)), jnp.float32)
+  k, v = (jnp.asarray(rng.normal(size=(2, 2, s, 16)), jnp.float32) for _ in range(2))
+  kv_mask = jnp.asarray(np.arange(s)[None] >= np.array([0, 37])[:, None])
+  return q, k, v, kv_mask
 
 
-@pytest.mark.parametrize("rope_scaling", [None, models.RopeScaling(8.0, 1.0, 4.0, 64)])
-def test_rope_from_the_table_equals_rope_from_positions(rope_scaling):
-  """The decode loop gathers RoPE's cos and sin from `rope_table` instead of computing them:
-  the rotation must be the same, llama3 frequency scaling included."""
-  from rzero_jax.models import transformer
-  cfg = models.tiny_config("llama", rope_scaling=rope_scaling, rope_theta=500000.0)
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(3, 5, 2, cfg.head_dim)), jnp.float32)
-  positions = jnp.asarray(rng.integers(0, 300, (3, 5)), jnp.int32)
-  inv_freq = transformer.rope_inv_freq(cfg)
-  table = models.rope_table(cfg, 300)
-  assert table.cos.shape == table.sin.shape == (300, cfg.head_dim // 2)
-  want = transformer.apply_rope(x, positions, inv_freq)
-  got = transformer.apply_rope(
-      x, transformer.Rotary(table.cos[positions], table.sin[positions]), inv_freq)
-  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
-  assert not np.allclose(np.asarray(want), np.asarray(x), atol=1e-3)  # it does rotate
+def _real_rows(x):
+  """Row 0 whole, row 1 past its 37 padding queries (whose output is never read)."""
+  return np.asarray(x[0]), np.asarray(x[1, 37:])
+
+
+def test_chunked_attention_equals_the_plain_one():
+  """200 queries in blocks of 64: four query blocks, each over up to four key blocks with an
+  online softmax (the causal edge, left padding and a ragged last block included), with the
+  same gradients."""
+  q, k, v, kv_mask = _attention_inputs(200)
+  plain = functools.partial(models.attend, kernel="xla")
+  chunked = functools.partial(models.attend, kernel="chunked", chunk=64)
+  for got, want in zip(_real_rows(jax.jit(chunked)(q, k, v, kv_mask)),
+                       _real_rows(plain(q, k, v, kv_mask))):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  weight = kv_mask[:, :, None, None]  # padding queries carry no loss, as in training
+  grads = [jax.jit(jax.grad(lambda q, k, v, f=f: (f(q, k, v, kv_mask) * weight).sum(),
+                            argnums=(0, 1, 2)))(q, k, v) for f in (plain, chunked)]
+  for got, want in zip(*grads):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_chunked_attention_of_queries_deep_in_the_cache():
+  """Queries at slots [100, 230) of a 260-slot cache, as a prefill continuing a cache would."""
+  q, k, v, kv_mask = _attention_inputs(130, 260, seed=1)
+  want = models.attend(q, k, v, kv_mask, 100, kernel="xla")
+  got = jax.jit(functools.partial(models.attend, kernel="chunked", chunk=64))(
+      q, k, v, kv_mask, 100)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+def test_splash_attention_equals_the_plain_one_in_interpret_mode():
+  """The TPU kernel, run by the Pallas interpreter on any backend: causal, GQA, left padding
+  as segment ids."""
+  q, k, v, kv_mask = _attention_inputs(128)
+  want = models.attend(q, k, v, kv_mask, kernel="xla")
+  got = jax.jit(functools.partial(models.attend, kernel="splash_interpret"))(q, k, v, kv_mask)
+  for got_rows, want_rows in zip(_real_rows(got), _real_rows(want)):
+    np.testing.assert_allclose(got_rows, want_rows, rtol=1e-5, atol=1e-5)
+
+
+def test_forward_with_each_kernel_gives_the_same_logits():
+  """The whole model through each kernel: the hook is the only difference."""
+  cfg = models.tiny_config("qwen3", num_layers=1)
+  params = models.init_params(cfg, jax.random.key(0))
+  tokens = np.random.default_rng(0).integers(1, cfg.vocab_size, (2, 128))
+  kv_mask = np.arange(128)[None] >= np.array([0, 37])[:, None]
+  run = jax.jit(models.forward, static_argnums=0, static_argnames="kernel")
+  want = run(cfg, params, tokens, kv_mask=kv_mask, kernel="xla")
+  for kernel in ("chunked", "splash_interpret"):
+    got = run(cfg, params, tokens, kv_mask=kv_mask, kernel=kernel)
+    for got_rows, want_rows in zip(_real_rows(got), _real_rows(want)):
+      np.testing.assert_allclose(got_rows, want_rows, rtol=1e-4, atol=1e-4, err_msg=kernel)
+
+
+def test_auto_kernel_follows_the_backend():
+  assert models.transformer.resolve_kernel("auto") == (
+      "splash" if jax.default_backend() == "tpu" else "chunked")
+  with pytest.raises(ValueError, match="attention kernel 'flash'"):
+    models.forward(models.tiny_config("qwen3"), None, np.ones((1, 2)), kernel="flash")

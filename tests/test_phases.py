@@ -64,6 +64,31 @@ def test_generate_rows_makes_equal_calls_within_the_padded_limit(monkeypatch):
   assert {phases.sampling.batch_bucket(c) * 10 for c in calls} == {1920}
 
 
+def test_one_prompts_samples_stay_within_the_limit_on_a_sharded_batch(monkeypatch):
+  """On a mesh that splits rows 4 ways, `generate` pads one prompt to 4: a piece of one
+  prompt's samples goes as 4 copies of it, so no call decodes more than the limit (a single
+  prompt with n = limit used to decode 4 x limit rows, 3 in 4 of them padding)."""
+  calls = []
+
+  class Out:
+    def __init__(self, prompts, n):
+      self.tokens = [[p[0], j] for p in prompts for j in range(n)]
+      self.logprobs = [[0.0, 0.0] for _ in self.tokens]
+      self.finish_reasons = ["length"] * len(self.tokens)
+
+  def fake_generate(cfg, params, prompts, *, n, seed, **kw):
+    calls.append((len(prompts), n))
+    return Out(prompts, n)
+
+  monkeypatch.setattr(phases.sampling, "generate", fake_generate)
+  monkeypatch.setattr(phases, "_batch_shards", lambda env: 4)
+  rows, logps, finish = phases.generate_rows(_env(8), None, [[9]], n=20, seed=0,
+                                             max_new_tokens=2, temperature=1.0, top_p=1.0,
+                                             top_k=0)
+  assert len(rows) == len(logps) == len(finish) == 20 and {r[0] for r in rows} == {9}
+  assert all(phases.sampling.batch_bucket(p, 4) * n <= 8 for p, n in calls), calls
+
+
 def test_pack_aligns_targets_with_completions():
   batch = rollouts.pack([[5, 6], [7]], [[1, 2, 3], []], [[-.1, -.2, -.3], []],
                         np.array([1.0, -1.0]), prompt_len=4, max_new_tokens=3)

@@ -305,6 +305,33 @@ def _truncate_data(item_dir):
     f.truncate(10)
 
 
+def test_every_step_function_compiles_once_per_shape_across_iterations(tiny_base, xla_cache,
+                                                                        tmp_path):
+  """Two iterations of the shrunken default: every phase of both reuses the run's jitted
+  train step, logprob function and sampler, so no (function, input signature) is ever
+  compiled twice. Before the functions were cached, each phase built a new train step and
+  logprob function, and iteration 2 compiled them again for shapes iteration 1 had seen."""
+  workdir = str(tmp_path / "run")
+  args = [a for a in _command(workdir, tiny_base, xla_cache)
+          if not a.startswith("--config.iterations=")]
+  # Two iterations: twice _run's budget.
+  proc = subprocess.run(args + ["--config.iterations=2"], cwd=REPO, env=_env(),
+                        capture_output=True, text=True, timeout=1800)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  recs = metrics.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  steps = [r for r in recs if r["phase"] in ("challenger", "solver")]
+  assert {r["iteration"] for r in steps} == {1, 2}
+  last = steps[-1]
+  for name in ("learner_train_step", "learner_logprobs", "prefill", "decode"):
+    # At least one program each; as many programs as distinct input signatures.
+    assert last[f"compiles/{name}"] >= 1, (name, last)
+    assert last[f"compiles/{name}"] == last[f"compiles/{name}/signatures"], (name, last)
+  assert last["recompiles"] == 0, last
+  # The counter only grows, and every record carries it.
+  counts = [r["compiles/total"] for r in recs if "compiles/total" in r]
+  assert len(counts) >= len(steps) and counts == sorted(counts)
+
+
 def test_report_titles_design_set_accuracy_apart_from_held_out():
   def data(prefix):
     evals = {t: {"accuracy": 0.5, f"{prefix}/2/accuracy": 0.25, f"{prefix}/10/accuracy": 0.75}

@@ -23,19 +23,25 @@ Layout conventions (shared by the HF/GGUF converters):
 Padding and positions: a row's real tokens are marked by `kv_mask` (True = real token). Each
 row gets its own positions (by default the running count of its real tokens), so a left-padded
 row yields the same logits as the unpadded row.
+
+Training, prefill and decode share one forward. The KV cache is one stacked array per K and V,
+[L, B, KV, S, Dh], carried through the scan over layers and written in place at the call's
+slots; `attend` is the one attention hook, and it picks the kernel by backend.
 """
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
+from jax.sharding import PartitionSpec as P
 
 from rzero_jax import sharding
-from rzero_jax.models import decode_attention
 from rzero_jax.models.config import ModelConfig
 
 Params = Any
@@ -48,18 +54,11 @@ CACHE_AXES = ("layers", "batch", "kv_heads", "cache_length", "head_dim")
 # A masked attention score: exp of it, less any real score, is exactly 0 in float32, and a
 # fully masked row (a padding query) stays finite.
 _MASKED_SCORE = -1e30
-DECODE_KERNELS = ("xla", "pallas", "pallas_interpret")
-# The decode loop's per-layer caches (`split_cache`) hold the keys transposed, as
-# 'kt' [B, KV, Dh, S]: the score product q [G, Dh] x kt [Dh, S] is then a plain one, which
-# XLA:CPU runs 14-15% faster per decode step than q x k^T at batch 64 and 512 (tiny model).
-# 'v1' [B, KV, S, Dh + 1] is 'v' with a trailing column of ones (`split_cache(...,
-# with_totals=True)`): the value product then yields the softmax's row sums as its last column,
-# attention's exp has that product as its only consumer, and XLA:CPU runs score product,
-# softmax and value product as one YNNPACK fusion instead of three (tiny model, one layer's
-# attention at 16 rows x 160 slots: 29 -> 20 us a step; at 64 rows 111 -> 76 us).
-LAYER_CACHE_AXES = {"kt": ("batch", "kv_heads", "head_dim", "cache_length"),
-                    "v": ("batch", "kv_heads", "cache_length", "head_dim"),
-                    "v1": ("batch", "kv_heads", "cache_length", "head_dim")}
+# "auto" picks by backend (`resolve_kernel`): splash on TPU, XLA elsewhere, chunked once the
+# queries outgrow `CHUNK`. "splash_interpret" runs the TPU kernel in the Pallas interpreter.
+ATTENTION_KERNELS = ("auto", "xla", "chunked", "splash", "splash_interpret")
+# Query and key block of the chunked XLA attention; the splash kernel's largest block.
+CHUNK = 512
 
 
 def dtype_of(name: str):
@@ -88,31 +87,10 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
   return np.where(is_medium, smoothed, scaled).astype(np.float32)
 
 
-class Rotary(NamedTuple):
-  """RoPE's cos and sin at each token, [B, T, Dh/2] float32: what a layer takes in place of
-  integer positions when the caller has them already (`forward_per_layer`'s `rope_table`)."""
-  cos: jax.Array
-  sin: jax.Array
-
-
-def _rotary(positions: jax.Array, inv_freq: np.ndarray) -> Rotary:
-  """RoPE's cos and sin at integer positions [...] -> [..., Dh/2] each."""
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+  """x [B, T, N, Dh], positions [B, T]. Half-split rotation (transformers' rotate_half)."""
   freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
-  return Rotary(jnp.cos(freqs), jnp.sin(freqs))
-
-
-def rope_table(cfg: ModelConfig, length: int) -> Rotary:
-  """RoPE's cos and sin at positions [0, length), [length, Dh/2] each: computed once, outside a
-  decode loop, so that a step gathers its rows instead of evaluating cos and sin inside
-  every layer's query and key fusions (7% of the tiny model's decode step on CPU)."""
-  return _rotary(jnp.arange(length), rope_inv_freq(cfg))
-
-
-def apply_rope(x: jax.Array, positions, inv_freq: np.ndarray) -> jax.Array:
-  """x [B, T, N, Dh], positions [B, T] (or their `Rotary`). Half-split rotation
-  (transformers' rotate_half)."""
-  rotary = positions if isinstance(positions, Rotary) else _rotary(positions, inv_freq)
-  cos, sin = rotary.cos[:, :, None, :], rotary.sin[:, :, None, :]
+  cos, sin = jnp.cos(freqs)[:, :, None, :], jnp.sin(freqs)[:, :, None, :]
   x32 = x.astype(jnp.float32)
   x1, x2 = jnp.split(x32, 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
@@ -150,55 +128,27 @@ class Projection(nn.Module):
   param_dtype: Any
   use_bias: bool = False
 
-  def setup(self):
-    # In setup, not compact: a parent may read `kernel` and `bias` to fuse projections
-    # (`_fused_projection`).
-    self.kernel = _param(self, "kernel", nn.initializers.normal(0.02),
-                         self.in_shape + self.out_shape, self.in_axes + self.out_axes,
-                         self.param_dtype)
-    if self.use_bias:
-      self.bias = _param(self, "bias", nn.initializers.zeros, self.out_shape, self.out_axes,
-                         self.param_dtype)
-
+  @nn.compact
   def __call__(self, x):
-    y = _contract(x, self.kernel, len(self.in_shape), self.dtype)
+    kernel = _param(self, "kernel", nn.initializers.normal(0.02), self.in_shape + self.out_shape,
+                    self.in_axes + self.out_axes, self.param_dtype)
+    n_in = len(self.in_shape)
+    y = jax.lax.dot_general(
+        x.astype(self.dtype), kernel.astype(self.dtype),
+        ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())),
+        preferred_element_type=self.dtype)
     if self.use_bias:
-      y = y + self.bias.astype(self.dtype)
+      bias = _param(self, "bias", nn.initializers.zeros, self.out_shape, self.out_axes,
+                    self.param_dtype)
+      y = y + bias.astype(self.dtype)
     return y
-
-
-def _contract(x, kernel, n_in: int, dtype):
-  """x [..., *in] x kernel [*in, *out] -> [..., *out]."""
-  return jax.lax.dot_general(
-      x.astype(dtype), kernel.astype(dtype),
-      ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())),
-      preferred_element_type=dtype)
-
-
-def _fused_projection(x, projections: Sequence[Projection], shapes: Sequence[tuple], axis: int,
-                      dtype):
-  """The outputs of projections that share their input, from one product.
-
-  Each kernel [D, *out] is reshaped to its `shapes` entry and all are concatenated at output
-  axis `axis`; the caller splits the product. One product instead of several saves XLA:CPU
-  a library call per projection, 2-3% of a tiny model's decode step. Inside a decode loop
-  the concatenation is loop-invariant, and XLA hoists it out.
-  """
-  kernel = jnp.concatenate([p.kernel.reshape((p.kernel.shape[0],) + shape)
-                            for p, shape in zip(projections, shapes)], axis=axis + 1)
-  y = _contract(x, kernel, 1, dtype)
-  if projections[0].use_bias:
-    y = y + jnp.concatenate([p.bias.reshape(shape) for p, shape in zip(projections, shapes)],
-                            axis=axis).astype(dtype)
-  return y
 
 
 class Attention(nn.Module):
   cfg: ModelConfig
   mesh: Any = None
   rules: Any = sharding.DEFAULT_RULES
-  decode_kernel: str = "xla"  # one of DECODE_KERNELS; used by the decode loop's layers only
-  fuse_projections: bool = False  # q, k and v from one product (`_fused_projection`)
+  kernel: str = "auto"  # one of ATTENTION_KERNELS
 
   @nn.compact
   def __call__(self, x, positions, kv_mask, cache, layer_idx, cache_index):
@@ -207,68 +157,29 @@ class Attention(nn.Module):
     d, h, kv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     proj = functools.partial(Projection, in_shape=(d,), in_axes=("embed",), dtype=dt,
                              param_dtype=pdt, use_bias=cfg.qkv_bias)
-    q_proj = proj(out_shape=(h, hd), out_axes=("heads", "head_dim"), name="q_proj")
-    k_proj = proj(out_shape=(kv, hd), out_axes=("kv_heads", "head_dim"), name="k_proj")
-    v_proj = proj(out_shape=(kv, hd), out_axes=("kv_heads", "head_dim"), name="v_proj")
-    if self.fuse_projections:
-      # Per kv head: its query heads (head i belongs to kv head i // groups), its key, its
-      # value, so the product splits along kv heads as the cache and attention do.
-      groups = h // kv
-      qkv = _fused_projection(x, (q_proj, k_proj, v_proj),
-                              ((kv, groups, hd), (kv, 1, hd), (kv, 1, hd)), axis=1, dtype=dt)
-      q = qkv[..., :groups, :].reshape(x.shape[:-1] + (h, hd))
-      k, v = qkv[..., groups, :], qkv[..., groups + 1, :]
-    else:
-      q, k, v = q_proj(x), k_proj(x), v_proj(x)
+    q = proj(out_shape=(h, hd), out_axes=("heads", "head_dim"), name="q_proj")(x)
+    k = proj(out_shape=(kv, hd), out_axes=("kv_heads", "head_dim"), name="k_proj")(x)
+    v = proj(out_shape=(kv, hd), out_axes=("kv_heads", "head_dim"), name="v_proj")(x)
     if cfg.qk_norm:
       q = RMSNorm(cfg.rms_norm_eps, dt, pdt, "head_dim", name="q_norm")(q)
       k = RMSNorm(cfg.rms_norm_eps, dt, pdt, "head_dim", name="k_norm")(k)
     inv_freq = rope_inv_freq(cfg)
     q = apply_rope(q, positions, inv_freq)
-    k = apply_rope(k, positions, inv_freq)
     q = sharding.constrain(q, ("batch", "length", "heads", "head_dim"), self.mesh, self.rules)
-
-    b, t = x.shape[:2]
-    groups = h // kv
-    qg = q.reshape(b, t, kv, groups, hd)
-    keys = keys_t = None
+    k = apply_rope(k, positions, inv_freq).transpose(0, 2, 1, 3)  # [B, KV, T, Dh]
+    v = v.transpose(0, 2, 1, 3)
     if cache is None:
-      keys = k.transpose(0, 2, 1, 3)  # [B, KV, T, Dh]
-      values = v.transpose(0, 2, 1, 3)
-      q_slot = k_slot = jnp.arange(t)
+      keys, values, cache_index = k, v, 0
     else:
-      # Write this call's keys/values in place at [cache_index, cache_index + t) of this
-      # layer's slice of the whole cache (or of this layer's own decode cache, `split_cache`), then
-      # attend over all slots; unwritten or padded slots are masked out by kv_mask and
-      # causality.
-      def write(full, new, index):
-        return jax.lax.dynamic_update_slice(full, new.astype(full.dtype), index)
-      if "kt" in cache:  # one layer's own cache (`forward_per_layer`), keys transposed
-        name = "v1" if "v1" in cache else "v"  # 'v1': a column of ones after Dh, left as is
-        cache = {"kt": write(cache["kt"], k.transpose(0, 2, 3, 1), (0, 0, 0, cache_index)),
-                 name: write(cache[name], v.transpose(0, 2, 1, 3), (0, 0, cache_index, 0))}
-        keys_t, values = cache["kt"], cache[name]  # [B, KV, Dh, S], [B, KV, S, Dh (+ 1)]
-      else:
-        index = (layer_idx, 0, 0, cache_index, 0)
-        cache = {"k": write(cache["k"], k.transpose(0, 2, 1, 3)[None], index),
-                 "v": write(cache["v"], v.transpose(0, 2, 1, 3)[None], index)}
-        keys, values = cache["k"][layer_idx], cache["v"][layer_idx]  # [B, KV, S, Dh]
-      q_slot = cache_index + jnp.arange(t)
-      k_slot = jnp.arange(values.shape[2])
-    mask = kv_mask[:, None, :] & (k_slot[None, None, :] <= q_slot[None, :, None])  # [B, T, S]
-
-    if keys_t is not None and t == 1 and self.decode_kernel != "xla":
-      if values.shape[-1] != hd:
-        raise ValueError(f"decode_kernel={self.decode_kernel!r} takes the 'v' cache layout; "
-                         f"this one carries totals ('v1', `split_cache(with_totals=True)`)")
-      # One fused kernel per layer (`decode_attention`); GPU only, or interpreted in tests.
-      out = decode_attention.decode_attention(
-          qg.reshape(b, kv, groups, hd), keys_t.astype(dt), values.astype(dt), mask[:, 0],
-          jnp.full((b,), cache_index + 1, jnp.int32), scale=hd ** -0.5,
-          interpret=self.decode_kernel == "pallas_interpret")  # [B, KV, G, Dh]
-      out = out.reshape(b, t, h, hd)
-    else:
-      out = _attend(qg, keys, keys_t, values, mask, dt)
+      # This call's keys and values go in place at slots [cache_index, cache_index + T) of
+      # this layer's part of the stacked cache; slots not yet written are masked by kv_mask
+      # and causality.
+      index = (layer_idx, 0, 0, cache_index, 0)
+      cache = {name: jax.lax.dynamic_update_slice(cache[name], new[None].astype(
+          cache[name].dtype), index) for name, new in (("k", k), ("v", v))}
+      keys, values = cache["k"][layer_idx].astype(dt), cache["v"][layer_idx].astype(dt)
+    out = attend(q, keys, values, kv_mask, cache_index, kernel=self.kernel, mesh=self.mesh,
+                 rules=self.rules)
     out = sharding.constrain(out, ("batch", "length", "heads", "head_dim"), self.mesh,
                              self.rules)
     y = Projection(in_shape=(h, hd), out_shape=(d,), in_axes=("heads", "head_dim"),
@@ -276,76 +187,155 @@ class Attention(nn.Module):
     return y, cache
 
 
-def _attend(qg, keys, keys_t, values, mask, dt):
-  """Attention in XLA ops: qg [B, T, KV, G, Dh]; keys [B, KV, S, Dh] or, in the decode loop,
-  keys_t [B, KV, Dh, S]; values [B, KV, S, Dh], or [B, KV, S, Dh + 1] with a column of ones
-  in the decode loop ('v1'); mask [B, T, S] -> [B, T, KV * G, Dh]."""
-  b, t, kv, groups, hd = qg.shape
-  # Plain batched matmuls over (batch, kv head) with the group's queries as rows: XLA:CPU
-  # runs the equivalent 5-d einsum through transposes, 3x slower at decode shapes (t = 1,
-  # where the reshapes below are free).
-  q_rows = qg.transpose(0, 2, 3, 1, 4).reshape(b, kv, groups * t, hd)  # [B, KV, G*T, Dh]
-  batch_dims = ((0, 1), (0, 1))
-  if keys_t is None:
-    scores = jax.lax.dot_general(q_rows, keys.astype(dt), (((3,), (3,)), batch_dims),
-                                 preferred_element_type=jnp.float32)
-  else:
-    scores = jax.lax.dot_general(q_rows, keys_t.astype(dt), (((3,), (2,)), batch_dims),
-                                 preferred_element_type=jnp.float32)
-  scores = scores * (hd ** -0.5)
-  scores = scores.reshape(b, kv, groups, t, -1)  # [B, KV, G, T, S]
-  if keys_t is not None:
-    mix = functools.partial(_mix_values_decode, with_totals=values.shape[-1] == hd + 1)
-  else:
-    mix = _mix_values
-  out = mix(scores, mask[:, None, None], values.astype(dt), dt)  # [B, KV, G*T, Dh]
-  out = out.reshape(b, kv, groups, t, hd).transpose(0, 3, 1, 2, 4)
-  return out.reshape(b, t, kv * groups, hd)
+# ----------------------------------------------------------------------------- attention
+
+def resolve_kernel(kernel: str, mesh=None) -> str:
+  """"auto" -> the kernel for the backend the program compiles for (the mesh's devices, which
+  may be a TPU topology compiled ahead of time on a CPU host, else the default backend)."""
+  if kernel not in ATTENTION_KERNELS:
+    raise ValueError(f"attention kernel {kernel!r}: expected one of {ATTENTION_KERNELS}")
+  if kernel != "auto":
+    return kernel
+  platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+  return "splash" if platform == "tpu" else "chunked"
 
 
-def _mix_values(scores, mask, values, dt):
-  """softmax(scores) x values over the cache slots; scores [B, KV, G, T, S] (float32), mask
-  broadcastable to them, values [B, KV, S, Dh] -> [B, KV, G*T, Dh]."""
-  b, kv, groups, t, _ = scores.shape
-  # A finite floor instead of -inf: fully masked rows (padding queries) stay NaN-free.
-  scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(dt).reshape(b, kv, groups * t, -1)
-  return jax.lax.dot_general(probs, values, (((3,), (2,)), ((0, 1), (0, 1))))
+def attend(q, k, v, kv_mask, q_start=0, *, kernel: str = "auto", mesh=None,
+           rules=sharding.DEFAULT_RULES, chunk: int = CHUNK):
+  """Causal grouped-query attention: the one hook that training, prefill and decode call.
 
-
-def _mix_values_decode(scores, mask, values, dt, with_totals: bool = False):
-  """`_mix_values` for the decode loop, with the softmax normalised after the value product.
-
-  The division then touches [.., Dh] instead of [.., S]. Normalised first, the value product
-  ran on its own, 6x slower once one layer's cache outgrew the L3 (tiny model, 2,048 rows x
-  128 slots: 59 -> 16 ms per decode step). The masked slots get a large negative bias, added
-  rather than selected, so that the mask joins the score product's fusion. The training
-  forward keeps `_mix_values`: this form made the SmolLM2-shaped train step 8% slower
-  (MFU 0.415 -> 0.381).
-
-  `with_totals`: the values' last column is all ones ('v1', see `LAYER_CACHE_AXES`), so the
-  product's last column is the row sums. The softmax's weights then feed the value product
-  alone, and XLA:CPU fuses score product, softmax and value product into one YNNPACK call;
-  with a separate row sum they were three.
+  q [B, T, H, Dh]; k, v [B, KV, S, Dh]; kv_mask [B, S] marks real slots; query t sits at slot
+  q_start + t and sees the real slots at or before it. Returns [B, T, H, Dh].
+  The splash kernel takes the causal self-attention of T == S (training, prefill), when T is a
+  multiple of 128; everything else (decode steps, short or odd lengths) runs in XLA ops, in
+  query and key blocks of `chunk` with an online softmax once T exceeds `chunk`, so no
+  float32 [T, S] matrix is ever whole.
   """
-  b, kv, groups, t, _ = scores.shape
-  scores = scores + jnp.where(mask, 0.0, _MASKED_SCORE)
-  weights = jnp.exp(scores - jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True)))
-  if not with_totals:
-    total = jnp.sum(weights, axis=-1).reshape(b, kv, groups * t, 1)
-  weights = weights.astype(dt).reshape(b, kv, groups * t, -1)
-  out = jax.lax.dot_general(weights, values, (((3,), (2,)), ((0, 1), (0, 1))),
-                            preferred_element_type=jnp.float32)
-  if with_totals:
-    out, total = out[..., :-1], out[..., -1:]
-  return (out / total).astype(dt)
+  kernel = resolve_kernel(kernel, mesh)
+  t, s = q.shape[1], k.shape[2]
+  if kernel.startswith("splash") and t == s and t % 128 == 0:
+    # T == S: the call writes every slot, so q_start is 0 (dynamic_update_slice clamps).
+    return _attend_splash(q, k, v, kv_mask, kernel == "splash_interpret", mesh, rules, chunk)
+  if kernel == "xla" or t <= chunk:
+    return _attend_block(q, k, v, _mask(kv_mask, q_start + jnp.arange(t)))
+  return _attend_chunked(q, k, v, kv_mask, q_start, chunk)
+
+
+def _mask(kv_mask, q_slots):
+  """[B, T, S]: the real slots at or before each query's slot."""
+  k_slots = jnp.arange(kv_mask.shape[1])
+  return kv_mask[:, None, :] & (k_slots[None, None, :] <= q_slots[None, :, None])
+
+
+def _scores(q, k):
+  """q [B, T, H, Dh] x k [B, KV, S, Dh] -> float32 [B, KV, G, T, S], scaled."""
+  b, t, h, hd = q.shape
+  kv = k.shape[1]
+  # Plain batched matmuls over (batch, kv head) with the group's queries as rows: XLA:CPU
+  # runs the equivalent 5-d einsum through transposes, 3x slower at decode shapes.
+  q_rows = q.reshape(b, t, kv, h // kv, hd).transpose(0, 2, 3, 1, 4).reshape(b, kv, -1, hd)
+  scores = jax.lax.dot_general(q_rows, k.astype(q.dtype), (((3,), (3,)), ((0, 1), (0, 1))),
+                               preferred_element_type=jnp.float32)
+  return (scores * hd ** -0.5).reshape(b, kv, h // kv, t, -1)
+
+
+def _mix(weights, v):
+  """weights [B, KV, G, T, S] x v [B, KV, S, Dh] -> float32 [B, T, H, Dh]."""
+  b, kv, g, t, _ = weights.shape
+  out = jax.lax.dot_general(weights.astype(v.dtype).reshape(b, kv, g * t, -1), v,
+                            (((3,), (2,)), ((0, 1), (0, 1))), preferred_element_type=jnp.float32)
+  return out.reshape(b, kv, g, t, -1).transpose(0, 3, 1, 2, 4).reshape(b, t, kv * g, -1)
+
+
+def _attend_block(q, k, v, mask):
+  """Attention over all of k in one block; mask [B, T, S]."""
+  scores = jnp.where(mask[:, None, None], _scores(q, k), _MASKED_SCORE)
+  return _mix(jax.nn.softmax(scores, axis=-1), v).astype(q.dtype)
+
+
+def _attend_chunked(q, k, v, kv_mask, q_start, chunk: int):
+  """Flash attention in XLA ops: a scan over query blocks, each a scan over key blocks with an
+  online softmax. Each query block is rematerialised in the backward pass, so training holds
+  one block's [chunk, S] residuals at a time; key blocks wholly after a query block are
+  skipped (`lax.cond`)."""
+  b, t, h, hd = q.shape
+  s = k.shape[2]
+  nq, nk = -(-t // chunk), -(-s // chunk)
+  q = jnp.pad(q, ((0, 0), (0, nq * chunk - t), (0, 0), (0, 0)))
+  k, v = (jnp.pad(x, ((0, 0), (0, 0), (0, nk * chunk - s), (0, 0))) for x in (k, v))
+  kv_mask = jnp.pad(kv_mask, ((0, 0), (0, nk * chunk - s)))
+  kv, g = k.shape[1], h // k.shape[1]
+
+  @jax.checkpoint
+  def query_block(i):
+    q_i = jax.lax.dynamic_slice_in_dim(q, i * chunk, chunk, axis=1)
+    q_slots = q_start + i * chunk + jnp.arange(chunk)
+
+    def key_block(carry, j):
+      def update(carry):
+        best, total, acc = carry
+        k_j, v_j = (jax.lax.dynamic_slice_in_dim(x, j * chunk, chunk, axis=2) for x in (k, v))
+        mask = _mask(jax.lax.dynamic_slice_in_dim(kv_mask, j * chunk, chunk, axis=1),
+                     q_slots - j * chunk)
+        scores = jnp.where(mask[:, None, None], _scores(q_i, k_j), _MASKED_SCORE)
+        new_best = jnp.maximum(best, jnp.max(scores, axis=-1))
+        weights = jnp.exp(scores - new_best[..., None])
+        rescale = jnp.exp(best - new_best)
+        total = total * rescale + jnp.sum(weights, axis=-1)
+        rescale = rescale.transpose(0, 3, 1, 2).reshape(b, chunk, h, 1)
+        return new_best, total, acc * rescale + _mix(weights, v_j)
+      return jax.lax.cond(j * chunk <= q_slots[-1], update, lambda c: c, carry), None
+
+    init = (jnp.full((b, kv, g, chunk), _MASKED_SCORE, jnp.float32),
+            jnp.zeros((b, kv, g, chunk), jnp.float32), jnp.zeros((b, chunk, h, hd), jnp.float32))
+    (_, total, acc), _ = jax.lax.scan(key_block, init, jnp.arange(nk))
+    total = total.transpose(0, 3, 1, 2).reshape(b, chunk, h, 1)
+    return (acc / total).astype(q.dtype)
+
+  out = jax.lax.map(query_block, jnp.arange(nq))  # [nq, B, chunk, H, Dh]
+  return out.transpose(1, 0, 2, 3, 4).reshape(b, nq * chunk, h, hd)[:, :t]
+
+
+def _attend_splash(q, k, v, kv_mask, interpret: bool, mesh, rules, chunk: int):
+  """The TPU splash-attention kernel, causal, left padding as segment ids (a padding query
+  sees padding keys only; its output is never read). Under a mesh it runs per shard
+  (`shard_map`): batch over the batch axes, heads over tensor."""
+  b, t, h, hd = q.shape
+  q = (q * hd ** -0.5).transpose(0, 2, 1, 3)  # [B, H, T, Dh]
+  segments = kv_mask.astype(jnp.int32)
+
+  def run(q, k, v, segments):
+    block = next(size for size in (chunk, 256, 128) if t % size == 0)
+    sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
+                              block_q_dkv=block, block_kv_dkv=block,
+                              block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
+    heads = q.shape[1]
+    mask = splash_mask.MultiHeadMask([splash_mask.CausalMask((t, t))] * heads)
+    kernel = splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
+                                    interpret=interpret)
+    return jax.vmap(kernel)(q, k, v, splash.SegmentIds(segments, segments))
+
+  if mesh is None or mesh.size == 1:
+    out = run(q, k, v, segments)
+  else:
+    spec = lambda *axes: sharding.fit_spec_to_shape(
+        sharding.logical_to_spec(axes, rules, mesh), (b, h, t, hd)[:len(axes)], mesh)
+    q_spec = spec("batch", "heads", None, None)
+    kv_spec = spec("batch", "kv_heads", None, None)
+    if tuple(kv_spec)[1:2] != tuple(q_spec)[1:2]:
+      # kv heads split unlike query heads: give each query head its own copy, so each
+      # shard's query heads find their keys.
+      k, v = (jnp.repeat(x, h // x.shape[1], axis=1) for x in (k, v))
+      kv_spec = q_spec
+    out = jax.shard_map(run, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, P(q_spec[0], None)),
+                        out_specs=q_spec, check_vma=False)(q, k, v, segments)
+  return out.transpose(0, 2, 1, 3).astype(q.dtype)
 
 
 class MLP(nn.Module):
   cfg: ModelConfig
   mesh: Any = None
   rules: Any = sharding.DEFAULT_RULES
-  fuse_projections: bool = False  # gate and up from one product (`_fused_projection`)
 
   @nn.compact
   def __call__(self, x):
@@ -354,13 +344,7 @@ class MLP(nn.Module):
     d, f = cfg.hidden_size, cfg.intermediate_size
     up = functools.partial(Projection, in_shape=(d,), out_shape=(f,), in_axes=("embed",),
                            out_axes=("mlp",), dtype=dt, param_dtype=pdt)
-    gate_proj, up_proj = up(name="gate_proj"), up(name="up_proj")
-    if self.fuse_projections:
-      both = _fused_projection(x, (gate_proj, up_proj), ((1, f), (1, f)), axis=0, dtype=dt)
-      gate, lifted = both[..., 0, :], both[..., 1, :]
-    else:
-      gate, lifted = gate_proj(x), up_proj(x)
-    hidden = jax.nn.silu(gate) * lifted
+    hidden = jax.nn.silu(up(name="gate_proj")(x)) * up(name="up_proj")(x)
     hidden = sharding.constrain(hidden, ("batch", "length", "act_mlp"), self.mesh, self.rules)
     return Projection(in_shape=(f,), out_shape=(d,), in_axes=("mlp",), out_axes=("embed",),
                       dtype=dt, param_dtype=pdt, name="down_proj")(hidden)
@@ -370,8 +354,7 @@ class DecoderLayer(nn.Module):
   cfg: ModelConfig
   mesh: Any = None
   rules: Any = sharding.DEFAULT_RULES
-  decode_kernel: str = "xla"
-  fuse_projections: bool = False
+  kernel: str = "auto"
 
   @nn.compact
   def __call__(self, carry, layer_idx, positions, kv_mask, cache_index):
@@ -381,12 +364,11 @@ class DecoderLayer(nn.Module):
     h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="input_norm")(x)
     # The whole cache rides in the scan carry and is updated in place at this layer's slots,
     # so a decode step writes one token per layer instead of copying the cache.
-    attn_out, cache = Attention(cfg, self.mesh, self.rules, self.decode_kernel,
-                                self.fuse_projections, name="attn")(
+    attn_out, cache = Attention(cfg, self.mesh, self.rules, self.kernel, name="attn")(
         h, positions, kv_mask, cache, layer_idx, cache_index)
     x = x + attn_out
     h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="post_attn_norm")(x)
-    x = x + MLP(cfg, self.mesh, self.rules, self.fuse_projections, name="mlp")(h)
+    x = x + MLP(cfg, self.mesh, self.rules, name="mlp")(h)
     x = sharding.constrain(x, ("batch", "length", "act_embed"), self.mesh, self.rules)
     return (x, cache), None
 
@@ -401,6 +383,7 @@ class Decoder(nn.Module):
   cfg: ModelConfig
   mesh: Any = None
   rules: Any = sharding.DEFAULT_RULES
+  kernel: str = "auto"  # the attention kernel (`ATTENTION_KERNELS`)
 
   def setup(self):
     cfg = self.cfg
@@ -416,7 +399,7 @@ class Decoder(nn.Module):
         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
         length=cfg.num_layers,
         metadata_params={nn.PARTITION_NAME: "layers"},
-    )(cfg, self.mesh, self.rules, name="layers")
+    )(cfg, self.mesh, self.rules, self.kernel, name="layers")
     self.final_norm = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="final_norm")
     if not cfg.tie_word_embeddings:
       self.lm_head = Projection(in_shape=(cfg.hidden_size,), out_shape=(cfg.vocab_size,),
@@ -466,8 +449,9 @@ class Embed(nn.Module):
 
 # ----------------------------------------------------------------------------- functional API
 
-def _decoder(cfg: ModelConfig, mesh=None, rules=sharding.DEFAULT_RULES) -> Decoder:
-  return Decoder(cfg, mesh, tuple(rules))
+def _decoder(cfg: ModelConfig, mesh=None, rules=sharding.DEFAULT_RULES,
+             kernel: str = "auto") -> Decoder:
+  return Decoder(cfg, mesh, tuple(rules), resolve_kernel(kernel, mesh))
 
 
 def default_positions(kv_mask: jax.Array) -> jax.Array:
@@ -486,19 +470,21 @@ def _inputs(tokens, positions, kv_mask):
 
 
 def forward(cfg: ModelConfig, params: Params, tokens, positions=None, kv_mask=None, *,
-            mesh=None, rules=sharding.DEFAULT_RULES) -> jax.Array:
-  """tokens int32 [B, T] -> float32 logits [B, T, V]. kv_mask marks real (non-pad) tokens."""
+            mesh=None, rules=sharding.DEFAULT_RULES, kernel: str = "auto") -> jax.Array:
+  """tokens int32 [B, T] -> float32 logits [B, T, V]. kv_mask marks real (non-pad) tokens;
+  `kernel` picks the attention (`ATTENTION_KERNELS`)."""
   tokens, positions, kv_mask = _inputs(tokens, positions, kv_mask)
-  logits, _ = _decoder(cfg, mesh, rules).apply({"params": params}, tokens, positions, kv_mask)
+  logits, _ = _decoder(cfg, mesh, rules, kernel).apply({"params": params}, tokens, positions,
+                                                       kv_mask)
   return logits
 
 
 def hidden_states(cfg: ModelConfig, params: Params, tokens, positions=None, kv_mask=None, *,
-                  mesh=None, rules=sharding.DEFAULT_RULES) -> jax.Array:
+                  mesh=None, rules=sharding.DEFAULT_RULES, kernel: str = "auto") -> jax.Array:
   """Final-normed hidden states [B, T, D] in the compute dtype (for chunked projections)."""
   tokens, positions, kv_mask = _inputs(tokens, positions, kv_mask)
-  hidden, _ = _decoder(cfg, mesh, rules).apply({"params": params}, tokens, positions, kv_mask,
-                                               return_hidden=True)
+  hidden, _ = _decoder(cfg, mesh, rules, kernel).apply(
+      {"params": params}, tokens, positions, kv_mask, return_hidden=True)
   return hidden
 
 
@@ -517,84 +503,19 @@ def cache_logical_axes() -> KVCache:
   return {"k": CACHE_AXES, "v": CACHE_AXES}
 
 
-def layer_cache_logical_axes() -> dict:
-  """Logical axes of one per-layer decode cache (`split_cache`)."""
-  return dict(LAYER_CACHE_AXES)
-
-
 def forward_with_cache(cfg: ModelConfig, params: Params, tokens, positions, kv_mask,
                        cache: KVCache, cache_index, *, mesh=None,
-                       rules=sharding.DEFAULT_RULES, return_hidden=False):
-  """Runs `tokens` [B, T] at cache slots [cache_index, cache_index + T).
+                       rules=sharding.DEFAULT_RULES, return_hidden=False, kernel: str = "auto"):
+  """Runs `tokens` [B, T] at cache slots [cache_index, cache_index + T): prefill (T = S, index
+  0) and each decode step (T = 1) alike.
 
   kv_mask [B, S] marks the cache slots that hold (or will hold) real tokens. Returns
   (float32 logits [B, T, V] or hidden states, updated cache).
   """
-  return _decoder(cfg, mesh, rules).apply(
+  return _decoder(cfg, mesh, rules, kernel).apply(
       {"params": params}, jnp.asarray(tokens, jnp.int32), jnp.asarray(positions, jnp.int32),
       jnp.asarray(kv_mask, bool), cache, jnp.asarray(cache_index, jnp.int32),
       return_hidden=return_hidden)
-
-
-def split_layers(params: Params) -> list:
-  """The stacked [L, ...] layer weights as L per-layer pytrees.
-
-  Slicing copies: call it once, outside a loop (the sampler does so before its decode loop, at
-  the cost of a second copy of the layer weights while it runs).
-  """
-  stacked = params["layers"]
-  num_layers = jax.tree.leaves(stacked)[0].shape[0]
-  return [jax.tree.map(lambda a, l=l: a[l], stacked) for l in range(num_layers)]
-
-
-def split_cache(cache: KVCache, with_totals: bool = False) -> list:
-  """The stacked cache as L per-layer caches in the decode layout (`LAYER_CACHE_AXES`):
-  {'kt': [B, KV, Dh, S] (keys transposed), 'v': [B, KV, S, Dh]}, or with `with_totals`
-  {'kt', 'v1': [B, KV, S, Dh + 1]}, the values followed by a column of ones (the layout that
-  XLA:CPU's decode attention runs fastest; the Pallas kernel takes 'v')."""
-  values = cache["v"]
-  if with_totals:
-    values = jnp.concatenate([values, jnp.ones(values.shape[:-1] + (1,), values.dtype)], -1)
-  name = "v1" if with_totals else "v"
-  return [{"kt": cache["k"][l].transpose(0, 1, 3, 2), name: values[l]}
-          for l in range(cache["k"].shape[0])]
-
-
-def forward_per_layer(cfg: ModelConfig, params: Params, layer_params: list, tokens, positions,
-                      kv_mask, caches: list, cache_index, *, mesh=None,
-                      rules=sharding.DEFAULT_RULES, decode_kernel: str = "xla",
-                      rope_table: Rotary | None = None, fuse_projections: bool = False):
-  """`forward_with_cache` over per-layer weights (`split_layers`) and caches (`split_cache`).
-
-  `rope_table` (`rope_table`, covering every position in `positions`): RoPE's cos and sin
-  are gathered from it rather than computed. `fuse_projections`: q, k and v come from one
-  product, and so do the MLP's gate and up (`_fused_projection`); the weights are unchanged.
-
-  `decode_kernel` (one of `DECODE_KERNELS`) picks how a one-token step attends: "xla" ops,
-  the fused Pallas kernel of `decode_attention` ("pallas", GPU only), or that kernel
-  interpreted ("pallas_interpret", any backend, slow: for tests).
-
-  Returns (float32 logits [B, T, V], the list of updated per-layer caches). The layers are
-  unrolled, so each layer's cache is a buffer of its own that attention reads in place. The
-  scanned form must first copy layer l's keys and values out of the stacked cache (XLA
-  materialises that dynamic slice before the matmul), which cost a quarter of a tiny model's
-  decode step and a fifth of SmolLM2-135M's at batch 64 on CPU.
-  """
-  dec = _decoder(cfg, mesh, rules)
-  variables = {"params": params}
-  x = dec.apply(variables, jnp.asarray(tokens, jnp.int32), method=Decoder.embed_tokens)
-  positions, kv_mask = jnp.asarray(positions, jnp.int32), jnp.asarray(kv_mask, bool)
-  if rope_table is not None:
-    positions = Rotary(rope_table.cos[positions], rope_table.sin[positions])
-  cache_index = jnp.asarray(cache_index, jnp.int32)
-  if decode_kernel not in DECODE_KERNELS:
-    raise ValueError(f"decode_kernel={decode_kernel!r}: expected one of {DECODE_KERNELS}")
-  layer = DecoderLayer(cfg, mesh, tuple(rules), decode_kernel, fuse_projections)
-  new_caches = []
-  for lp, cache in zip(layer_params, caches):
-    (x, cache), _ = layer.apply({"params": lp}, (x, cache), 0, positions, kv_mask, cache_index)
-    new_caches.append(cache)
-  return dec.apply(variables, x, method=Decoder.logits), new_caches
 
 
 def _abstract_boxed(cfg: ModelConfig):

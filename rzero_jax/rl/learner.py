@@ -84,16 +84,37 @@ def init_train_state(params, lc: LearnerConfig) -> TrainState:
   param comes out replicated, i.e. a full copy of both moments on every device.
   """
   opt = make_optimizer(lc)
-  init = lambda p: TrainState(jnp.zeros((), jnp.int32), p, opt.init(p))  # noqa: E731
+
+  def init_train_state(p):
+    return TrainState(jnp.zeros((), jnp.int32), p, opt.init(p))
   param_shardings = jax.tree.map(lambda x: getattr(x, "sharding", None), params)
   if not all(isinstance(s, NamedSharding) for s in jax.tree.leaves(param_shardings)):
-    return jax.jit(init)(params)
+    return _cached(("init", lc), lambda: jax.jit(init_train_state))(params)
+
+  def build():
+    return jax.jit(init_train_state,
+                   out_shardings=_state_shardings_for(params, param_shardings, lc))
+  return _cached(("init", lc, _tree_key(param_shardings)), build)(params)
+
+
+def _state_shardings_for(params, param_shardings, lc: LearnerConfig) -> TrainState:
+  opt = make_optimizer(lc)
   scalar = sharding.replicated(jax.tree.leaves(param_shardings)[0].mesh)
   opt_shardings = optax.tree_map_params(opt, lambda _, s: s,
                                         jax.eval_shape(opt.init, params), param_shardings,
                                         transform_non_params=lambda _: scalar)
-  out_shardings = TrainState(scalar, param_shardings, opt_shardings)
-  return jax.jit(init, out_shardings=out_shardings)(params)
+  return TrainState(scalar, param_shardings, opt_shardings)
+
+
+def abstract_train_state(params, lc: LearnerConfig) -> TrainState:
+  """The TrainState `init_train_state` gives, as ShapeDtypeStructs with their shardings:
+  `params` are ShapeDtypeStructs carrying NamedShardings (to compile ahead of time)."""
+  param_shardings = jax.tree.map(lambda x: x.sharding, params)
+  shapes = jax.eval_shape(
+      lambda p: TrainState(jnp.zeros((), jnp.int32), p, make_optimizer(lc).init(p)), params)
+  shardings = _state_shardings_for(params, param_shardings, lc)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      shapes, shardings)
 
 
 def state_shardings(state: TrainState):
@@ -121,12 +142,27 @@ def _loss_terms(cfg, lc: LearnerConfig, params, mb, mesh, rules):
   return loss_sum, (count, metrics)
 
 
-def _split_micro(batch, k: int):
+def _split_micro(batch, k: int, strided: bool = False):
+  """[B, ...] -> [k, B/k, ...]: micro-batch i holds rows [i B/k, (i+1) B/k), or with `strided`
+  rows i, i + k, i + 2k, ...
+
+  Strided moves no data (rows are split over the devices in contiguous blocks, so each device
+  holds the same share of every micro-batch): the logprobs, whose rows are independent, split
+  so. The train step keeps consecutive rows together, as "micro-token-mean" groups them.
+  """
   def split(x):
     if x.shape[0] % k:
-      raise ValueError(f"batch of {x.shape[0]} rows does not split into {k} micro-batches")
+      raise ValueError(f"batch of {x.shape[0]} rows does not split into {k} micro-batches "
+                       "(learner.micro_batches)")
+    if strided:
+      return x.reshape((x.shape[0] // k, k) + x.shape[1:]).swapaxes(0, 1)
     return x.reshape((k, x.shape[0] // k) + x.shape[1:])
   return jax.tree.map(split, batch)
+
+
+def _join_micro(x):
+  """The inverse of `_split_micro(..., strided=True)` for one array."""
+  return x.swapaxes(0, 1).reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
 
 
 def accumulate_gradients(cfg: models.ModelConfig, lc: LearnerConfig, params, batch, *,
@@ -178,23 +214,85 @@ def train_step(cfg: models.ModelConfig, lc: LearnerConfig, state: TrainState, ba
   return TrainState(state.step + 1, params, opt_state), metrics
 
 
+# The jitted functions of a run, built once and reused by every phase and iteration: a new
+# `jax.jit` around a new closure would trace and compile again (minutes per phase at 4B).
+_JITTED: dict = {}
+
+
+def _cached(key, build: Callable) -> Callable:
+  if key not in _JITTED:
+    _JITTED[key] = build()
+  return _JITTED[key]
+
+
+def _tree_key(tree):
+  leaves, treedef = jax.tree.flatten(tree)
+  return treedef, tuple(leaves)
+
+
 def make_train_step(cfg: models.ModelConfig, lc: LearnerConfig, state: TrainState, *,
                     mesh=None, rules=sharding.DEFAULT_RULES) -> Callable:
   """The jitted step with explicit in/out shardings and a donated state. The batch takes one
-  `batch_sharding` for all its arrays, so it may leave out `old_logp`."""
-  fn = lambda s, b: train_step(cfg, lc, s, b, mesh=mesh, rules=rules)  # noqa: E731
-  if mesh is None:
-    return jax.jit(fn, donate_argnums=0)
-  shard = state_shardings(state)
-  return jax.jit(fn, in_shardings=(shard, batch_sharding(mesh, rules)),
-                 out_shardings=(shard, sharding.replicated(mesh)), donate_argnums=0)
+  `batch_sharding` for all its arrays, so it may leave out `old_logp`.
+
+  One function per (model, learner config, mesh, state shardings): every phase that trains a
+  role with the same settings gets the same function, which compiles once per batch shape.
+  """
+  rules = tuple(rules)
+  shard = state_shardings(state) if mesh is not None else None
+
+  def build():
+    def learner_train_step(s, b):
+      return train_step(cfg, lc, s, b, mesh=mesh, rules=rules)
+    if mesh is None:
+      return jax.jit(learner_train_step, donate_argnums=0)
+    return jax.jit(learner_train_step, in_shardings=(shard, batch_sharding(mesh, rules)),
+                   out_shardings=(shard, sharding.replicated(mesh)), donate_argnums=0)
+
+  key = ("train_step", cfg, lc, mesh, rules, _tree_key(shard) if shard is not None else None)
+  return _cached(key, build)
 
 
 def make_logprob_fn(cfg: models.ModelConfig, lc: LearnerConfig, *, mesh=None,
                     rules=sharding.DEFAULT_RULES) -> Callable:
-  """Jitted (params, tokens, kv_mask) -> logp [B, T-1], for pi_old and pi_ref."""
-  def fn(params, tokens, kv_mask):
-    return token_logprobs(cfg, params, tokens, kv_mask, temperature=lc.temperature,
-                          chunk_size=lc.logprob_chunk, mesh=mesh, rules=rules)
-  return jax.jit(fn)
+  """Jitted (params, tokens, kv_mask) -> logp [B, T-1], for pi_old and pi_ref.
+
+  Runs in lc.micro_batches sequential micro-batches, as the train step does, so a mini-batch
+  of hundreds of rows never holds all its activations at once. Built once per (model,
+  learner config, mesh).
+  """
+  rules = tuple(rules)
+
+  def build():
+    def one(tokens, kv_mask, params):
+      return token_logprobs(cfg, params, tokens, kv_mask, temperature=lc.temperature,
+                            chunk_size=lc.logprob_chunk, mesh=mesh, rules=rules)
+
+    def learner_logprobs(params, tokens, kv_mask):
+      if lc.micro_batches == 1:
+        return one(tokens, kv_mask, params)
+      parts = _split_micro({"tokens": tokens, "kv_mask": kv_mask}, lc.micro_batches,
+                           strided=True)
+      logp = jax.lax.map(lambda mb: one(mb["tokens"], mb["kv_mask"], params), parts)
+      return _join_micro(logp)
+    return jax.jit(learner_logprobs)
+
+  return _cached(("logprobs", cfg, lc, mesh, rules), build)
+
+
+def cast_params(tree, dtype):
+  """The tree with its floating-point leaves in `dtype`, each keeping its sharding (a frozen
+  model in the compute dtype: half the bytes of float32 master weights, the same matmuls).
+  A tree already in `dtype` is returned as it is."""
+  dtype = jnp.dtype(dtype)
+  if all(x.dtype == dtype or not jnp.issubdtype(x.dtype, jnp.floating)
+         for x in jax.tree.leaves(tree)):
+    return tree
+
+  def build():
+    def cast_params(p):
+      return jax.tree.map(
+          lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, p)
+    return jax.jit(cast_params)
+  return _cached(("cast", dtype), build)(tree)
 

@@ -106,20 +106,28 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def paper_config(*, tensor: int, max_rows_per_call: int, micro_batches: int
-                 ) -> ml_collections.ConfigDict:
+def paper_config(*, tensor: int, max_rows_per_call: int, micro_batches: int,
+                 solver_micro_batches: int | None = None) -> ml_collections.ConfigDict:
   """The paper's run on a TPU pod slice: base_config plus bf16 compute over float32 master
-  weights, rematerialised layers, FSDP, idle models in host memory, and the seven math
-  benchmarks. The per-model files in configs/ pick the mesh and batch splitting."""
+  weights, rematerialised layers, FSDP and the seven math benchmarks.
+
+  The per-model files in configs/ pick the mesh, rows per generate call and micro-batches
+  from benchmarks/memory_plan.py's table (benchmarks/RESULTS.md). A micro-batch must split
+  evenly over the batch shards: the Challenger's mini-batch is 64 rows (16 prompts x G=4), the
+  Solver's 640 (128 x 5), hence a micro-batch count per role. The KL reference and the frozen
+  other role are bf16 copies on the devices (`loop.frozen_copy`); offload_idle=True keeps the
+  reference in host memory instead.
+  """
   c = base_config()
   c.model.dtype = "bfloat16"
   c.model.param_dtype = "float32"
   c.model.remat = "full"
-  c.offload_idle = True
+  c.offload_idle = False
   c.mesh.update(data=1, fsdp=-1, tensor=tensor)
   c.sampling.max_rows_per_call = max_rows_per_call
-  for role in (c.challenger, c.solver):
-    role.learner.micro_batches = micro_batches
+  for role, k in ((c.challenger, micro_batches),
+                  (c.solver, solver_micro_batches or micro_batches)):
+    role.learner.micro_batches = k
     role.learner.logprob_chunk = 512
   c.eval.benchmarks = "math500,gsm8k,amc23,minerva,olympiadbench,aime24,aime25"
   c.eval.max_new_tokens = 4096

@@ -34,13 +34,15 @@ import jax
 import numpy as np
 from absl import logging
 
-from rzero_jax import checkpoint, fileio, models, multihost, sharding
+from rzero_jax import checkpoint, compiles, fileio, models, multihost, sharding
 from rzero_jax import tokenizer as tokenizer_lib
 from rzero_jax.rl import learner
 from rzero_jax.rzero import config as config_lib, dataset, metrics as metrics_lib, phases, prompts
 from rzero_jax.rzero import workdir as wd
 
 ROLES = ("challenger", "solver")
+# The jitted functions a phase runs, by the names the compile counter sees (`compiles`).
+STEP_FUNCTIONS = ("learner_train_step", "learner_logprobs", "_prefill", "_decode")
 
 
 class Preempted(Exception):
@@ -254,6 +256,31 @@ def _restore_final(s: "Setup", role: str, iteration: int, steps: int, *, may_rer
       "are redone (bit-identically)")
 
 
+def _on_device(params, abstract):
+  """Offloaded params back in device memory, with the sharding they had there."""
+  del abstract  # multihost.offload keeps each array's sharding
+  return multihost.onload(params)
+
+
+def frozen_copy(cfg, params, offload: bool = False):
+  """A model no phase trains (the KL reference, the frozen other role): in the compute dtype
+  (bf16 in the paper configs: half of float32 master weights, and the same matmuls, which
+  cast to it anyway), sharded like the params, on the devices; with `offload`, in host memory
+  between uses (benchmarks/memory_plan.py counts either)."""
+  params = learner.cast_params(params, models.transformer.dtype_of(cfg.dtype))
+  return multihost.offload(params) if offload else params
+
+
+def compile_fields() -> dict:
+  """The compile counter for a metrics record: programs compiled so far in this process, per
+  step function and in all, and how many of them repeated a signature already compiled (a
+  function rebuilt instead of reused; zero when every phase reuses the run's functions)."""
+  counts = compiles.counts(STEP_FUNCTIONS)
+  out = {f"compiles/{k.lstrip('_')}": v for k, v in counts.items()}
+  out["recompiles"] = sum(compiles.recompiled(STEP_FUNCTIONS).values())
+  return out
+
+
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -349,8 +376,9 @@ def _train_phase(s: Setup, role_name: str, iteration: int, steps: int,
                                  restored.items["opt_state"])
       logging.info("resuming the %s phase of iteration %d after step %d", role_name,
                    iteration, first)
-  # Offloaded, the reference waits in pinned host memory, sharded as on the devices.
-  ref_params = multihost.offload(start_params) if c.offload_idle else start_params
+  # The KL reference is read once per step; offloaded, it waits in pinned host memory, sharded
+  # as on the devices, and phases.grpo_update brings it back for the step's logprobs.
+  ref_params = frozen_copy(env.cfg, start_params, offload=c.offload_idle)
   role = make_role(section, env, state)
   global_base = (iteration - 1) * steps
   other_params = other.get() if other is not None else None
@@ -365,7 +393,7 @@ def _train_phase(s: Setup, role_name: str, iteration: int, steps: int,
                        {"params": state.params, "opt_state": state.opt_state}, metadata=meta)
       record = {"iteration": iteration, "phase": role_name, "step": step + 1,
                 "global_step": global_base + step + 1, "time_step": time.perf_counter() - t0,
-                **record}
+                **record, **compile_fields()}
       questions = record.pop("questions", None)
       s.writer.write(record)
       if questions is not None and s.annotate is not None and s.is_writer:
@@ -450,7 +478,8 @@ def _dataset_phase(s: Setup, iteration: int, challenger: _Lazy, solver: _Lazy, b
     return records
   c = s.config
   # The baseline writes its questions with the untrained base Challenger.
-  writer = (_Lazy.of(base_params) if c.mode == "base_challenger" else challenger)
+  writer = (_Lazy(lambda: _on_device(base_params, s.abstract_params))
+            if c.mode == "base_challenger" else challenger)
   chunks = _ChunkStore(path.replace(".jsonl", ".chunks"), s.is_writer, sigterm)
   records, stats = phases.build_dataset(
       s.env, writer.get, solver.get, c.dataset, c.sampling,
@@ -464,7 +493,7 @@ def _dataset_phase(s: Setup, iteration: int, challenger: _Lazy, solver: _Lazy, b
       chunks.remove()
   s.writer.write({"iteration": iteration, "phase": "dataset", "step": 0,
                   "global_step": iteration, "kept": len(records),
-                  **{k: v for k, v in stats.items() if k != "kept"}})
+                  **{k: v for k, v in stats.items() if k != "kept"}, **compile_fields()})
   if not records:
     logging.warning("iteration %d: the dataset kept no question of %d candidates; the Solver "
                     "phase of this iteration is skipped. Widen the band or raise "
@@ -575,6 +604,7 @@ def setup(config, workdir: str, *, base_model: str, allow_config_change: bool = 
           evaluate: Callable | None = None, annotate: Callable | None = None,
           exclude: Callable | None = None) -> Setup:
   is_writer = multihost.is_primary()
+  compiles.install()
   config_lib.validate(config)
   mesh_cfg = {a: config.mesh[a] for a in sharding.MESH_AXES}
   mesh = sharding.make_mesh(mesh_cfg) if jax.device_count() > 1 else None
@@ -615,11 +645,17 @@ def run(config, workdir: str, *, base_model: str | None = None,
   results = {}
   try:
     with _SigtermFlag() as sigterm:
-      base = _Lazy.of(s.base_params)
-      results[0] = _evaluate(s, 0, base, sigterm)
+      results[0] = _evaluate(s, 0, _Lazy.of(s.base_params), sigterm)
+      # From here the base model only seeds iteration 1's train states (and the baseline's
+      # question writer): it waits in host memory, not on the devices.
+      s.base_params = multihost.offload(s.base_params)
+      base = _Lazy(lambda: _on_device(s.base_params, s.abstract_params))
       solver_prev = base
       challenger_prev = base
       for t in range(1, c.iterations + 1):
+        # The frozen Solver answers questions in every Challenger step and in the dataset
+        # phase: on the devices, in the compute dtype, made once per iteration.
+        solver_frozen = _Lazy(lambda prev=solver_prev: frozen_copy(s.env.cfg, prev.get()))
 
         def challenger_step(role, state, ref, solver, step, seed):
           del step
@@ -628,9 +664,9 @@ def run(config, workdir: str, *, base_model: str | None = None,
 
         challenger_params = _train_phase(s, "challenger", t, c.challenger.steps,
                                          challenger_step, sigterm, start=challenger_prev,
-                                         other=solver_prev)
+                                         other=solver_frozen)
         _write_progress(s, t, "challenger")
-        records = _dataset_phase(s, t, challenger_params, solver_prev, s.base_params, sigterm)
+        records = _dataset_phase(s, t, challenger_params, solver_frozen, s.base_params, sigterm)
         _write_progress(s, t, "dataset")
         data_seed = phases.derive_seed(c.seed, t, "solver", 10**6)
 

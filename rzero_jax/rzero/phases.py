@@ -101,19 +101,35 @@ def generate_rows(env: Env, params, prompts: Sequence[Sequence[int]], *, n: int,
       calls.append((list(range(start, start + size)), n))
       start += size
   else:
+    # One prompt's samples in pieces. A call's prompt count is padded to a multiple of the
+    # mesh's batch shards, so a piece goes as that many copies of the prompt, each sampled
+    # a share of the piece: every decoded row is a real sample and no call exceeds the limit.
+    copies = sampling.batch_bucket(1, _batch_shards(env))
     for i in range(len(prompts)):
-      calls += [([i], size) for size in _even_split(n, limit)]
+      for size in _even_split(n, max(copies, limit // copies * copies)):
+        calls.append(([i] * copies, -(-size // copies), size))
   tokens, logprobs, finish = [], [], []
-  for k, (idx, samples) in enumerate(tqdm.tqdm(calls, desc=desc, unit="call", leave=False,
-                                               disable=not env.progress or len(calls) < 2)):
+  for k, call in enumerate(tqdm.tqdm(calls, desc=desc, unit="call", leave=False,
+                                     disable=not env.progress or len(calls) < 2)):
+    idx, samples = call[:2]
     out = sampling.generate(env.cfg, params, [prompts[i] for i in idx],
                             max_new_tokens=max_new_tokens, temperature=temperature,
                             top_p=top_p, top_k=top_k, n=samples, seed=seed + 7919 * k,
                             stop_token_ids=env.stop_token_ids, mesh=env.mesh)
-    tokens += out.tokens
-    logprobs += out.logprobs
-    finish += out.finish_reasons
+    keep = call[2] if len(call) > 2 else len(out.tokens)
+    tokens += out.tokens[:keep]
+    logprobs += out.logprobs[:keep]
+    finish += out.finish_reasons[:keep]
   return tokens, logprobs, finish
+
+
+def _batch_shards(env: Env) -> int:
+  """How many ways the mesh splits rows (1 without a mesh)."""
+  if env.mesh is None:
+    return 1
+  spec = sharding.logical_to_spec(("batch",), env.rules or sharding.DEFAULT_RULES, env.mesh)
+  axes = (spec[0],) if isinstance(spec[0], str) else tuple(spec[0] or ())
+  return int(np.prod([env.mesh.shape[a] for a in axes]))
 
 
 def _on_mesh(env: Env, tree):

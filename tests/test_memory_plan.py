@@ -1,0 +1,92 @@
+"""benchmarks/memory_plan.py's arithmetic and table (the TPU compile itself runs outside CI:
+`make memory-plan`)."""
+import pytest
+
+from benchmarks import memory_plan as mp
+from rzero_jax import models
+
+GB = mp.GB
+
+
+def test_slice_names_count_tensorcores_and_v4_lists_one_device_per_core():
+  assert mp.slice_name("v5p:2x2x1", 4) == "v5p-8"      # 4 megacore chips
+  assert mp.slice_name("v4:2x2x2", 16) == "v4-16"      # 8 chips, listed as 16 devices
+  assert mp.slice_name("v4:2x2x4", 32) == "v4-32"
+  assert mp.slice_name("v5e:2x4", 8) == "v5e-8"
+  # A v4 device is one TensorCore: half the chip's 32 GiB.
+  assert mp.CHIPS["v4"]["hbm"] / mp.CHIPS["v4"]["devices_per_chip"] == 16 * 2**30
+  with pytest.raises(ValueError, match="--topology"):
+    mp.chip_of("v9:2x2")
+
+
+def test_verdict_needs_ten_percent_headroom():
+  assert mp.verdict(85.5 * GB, 95 * GB) == "FITS"
+  assert mp.verdict(85.6 * GB, 95 * GB) == "DOES NOT FIT"
+
+
+def test_phase_rows_add_what_stays_resident_beside_each_program():
+  programs = {name: mp.Program(arguments=10 * GB, outputs=2 * GB, aliased=1 * GB, temps=5 * GB)
+              for name in ("prefill", "decode", "logprobs")}
+  resident = dict(params=4 * GB, opt=8 * GB, frozen=2 * GB, ref=2 * GB,
+                  _errors={"train_step": 200 * GB})
+  rows = mp.phase_rows(programs, resident, hbm=30 * GB)
+  by = {(r["phase"], r["step"], r["program"]): r for r in rows}
+  # While the Challenger samples: its Adam moments, the KL reference and the frozen Solver.
+  r = by[("challenger", "rollouts", "decode")]
+  assert r["program_bytes"] == 16 * GB and r["resident"] == 12 * GB
+  assert r["total"] == 28 * GB and r["verdict"] == "DOES NOT FIT"   # 28 > 0.9 x 30
+  # The Solver's rollouts: no frozen other role.
+  assert by[("solver", "rollouts", "decode")]["total"] == 16 * GB + 10 * GB
+  # A program the compiler refused is counted at the compiler's figure, never as fitting.
+  r = by[("solver", "update", "train_step")]
+  assert r["program_bytes"] is None and r["total"] == 202 * GB
+  assert r["verdict"] == "DOES NOT FIT"
+  table = mp.format_table(rows, 30 * GB)
+  assert table.count("\n") == len(rows) + 1 and "| solver | update | train_step | – |" in table
+
+
+def test_oom_message_is_read():
+  msg = ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory "
+         "space hbm. Used 120.50G of 95.74G hbm. Exceeded hbm capacity by 24.76G.")
+  assert mp.oom_bytes(msg) == pytest.approx(120.5 * 2**30)
+  assert mp.oom_bytes("something else") is None
+
+
+@pytest.mark.parametrize("name", sorted(mp.ARCHITECTURES))
+def test_architectures_are_the_papers_model_sizes(name):
+  cfg = models.from_hf_dict(mp.ARCHITECTURES[name], where=name)
+  want = {"qwen3_4b_base": 4.02e9, "qwen3_8b_base": 8.19e9, "octothinker_3b": 3.21e9,
+          "octothinker_8b": 8.03e9}[name]
+  assert cfg.num_params == pytest.approx(want, rel=0.01)
+
+
+@pytest.mark.parametrize("name", sorted(mp.TARGETS))
+def test_paper_configs_split_their_batches_evenly_on_their_slices(name):
+  config = mp.load_config(f"configs/{name}.py")
+  for topology, devices in mp.TARGETS[name]:
+    assert not mp.split_problems(config, devices), (name, topology)
+  # The check can fail: 640 rows in 8 micro-batches do not split over 32 devices.
+  config.solver.learner.micro_batches = 8
+  assert mp.split_problems(config, 32)
+
+
+def test_paper_cost_counts_the_papers_workload():
+  from benchmarks import paper_cost as pc
+  m = pc.model_of(mp.ARCHITECTURES["qwen3_4b_base"])
+  assert m.kv_bytes_per_token == 36 * 8 * 128 * 2 * 2
+  config = mp.load_config("configs/qwen3_4b_base.py")
+  costs = pc.workload(config, m, 1.0, 512, as_today=False)
+  # The Challenger's Solver answers: 5 steps x 2,048 questions x m=10, 4,096 tokens each.
+  answers = costs["challenger"]["solver answers"]
+  per_token = 2 * m.matmul_params + m.attention_flops(512 + 4096 / 2)
+  assert answers.flops == pytest.approx(5 * 2048 * 10 * 4096 * per_token)
+  # Half the budget: fewer tokens and a shorter mean context, so less than half the bytes.
+  half = pc.workload(config, m, 0.5, 512, as_today=False)["challenger"]["solver answers"]
+  assert half.bytes < answers.bytes / 2
+  # As the sampler runs today, a call decodes to its budget over the whole cache.
+  today = pc.workload(config, m, 0.5, 512)["challenger"]["solver answers"]
+  assert today.bytes > answers.bytes
+  roof, real = pc.seconds(pc.Cost(flops=0.0, bytes=4 * 2.76e12), 4, 459e12, 2.76e12)
+  assert roof == pytest.approx(1.0) and real == pytest.approx(1.0 / pc.DECODE_EFFICIENCY)
+  roof, real = pc.seconds(pc.Cost(flops=4 * 459e12, kind="train"), 4, 459e12, 2.76e12)
+  assert roof == pytest.approx(1.0) and real == pytest.approx(1.0 / pc.TRAIN_MFU)
