@@ -70,7 +70,7 @@ PROMPT_SETS = ("paper", "arith")
 
 
 def prompt_set(name: str) -> PromptSet:
-    """The prompt set a config names: "paper" (reference §2) or a world's ("arith")."""
+    """The prompt set a config names: "paper" (docs/ALGORITHM.md, "Prompts") or a world's ("arith")."""
     if name == "paper":
         return PAPER
     if name == "arith":
