@@ -55,16 +55,13 @@ def main(argv=None) -> None:
   p.add_argument("--trace_dir", default="/tmp/decode_trace")
   p.add_argument("--compile_only", action="store_true")
   p.add_argument("--top", type=int, default=25)
-  p.add_argument("--decode_kernel", default="xla", choices=models.DECODE_KERNELS,
-                 help="the decode step's attention (sampling.resolve_decode_kernel)")
   args = p.parse_args(argv)
 
   cfg = dataclasses.replace(sampling_bench.QWEN3_06B_SHAPE, dtype="bfloat16",
                             param_dtype="bfloat16")
   params = models.init_params(cfg, jax.random.key(0))
   prompts = sampling_bench._prompts(args.batch, cfg.vocab_size)
-  kw = dict(max_new_tokens=args.new, temperature=0.0, top_p=1.0, top_k=0, stop_token_ids=(),
-            decode_kernel=args.decode_kernel)
+  kw = dict(max_new_tokens=args.new, temperature=0.0, top_p=1.0, top_k=0, stop_token_ids=())
   start = time.perf_counter()
   sampling.generate(cfg, params, prompts, **kw)
   print(f"first call (compile or cache load): {time.perf_counter() - start:.1f} s", flush=True)
@@ -79,7 +76,7 @@ def main(argv=None) -> None:
   events = kernel_events(trace_path)
   busy_us = sum(e["dur"] for e in events)
   print(f"trace: {trace_path} ({os.path.getsize(trace_path) / 2**20:.1f} MiB)")
-  print(f"batch {args.batch}, {args.new} new tokens, decode_kernel {args.decode_kernel}: "
+  print(f"batch {args.batch}, {args.new} new tokens: "
         f"wall {wall * 1e3:.1f} ms under the profiler, "
         f"device busy {busy_us / 1e3:.1f} ms; {len(events)} device events = "
         f"{len(events) / args.new:.0f} per step, {busy_us / args.new / 1e3:.3f} ms busy per step")

@@ -39,8 +39,6 @@ TRAIN_ARGS=${TRAIN_ARGS:-}
 # compilation cache, beside part 2, whose figures are not timings. The timed run then loads
 # them; where a plan misses the cache it compiles it itself, slower but the same figures.
 BATCHES=${BATCHES:-1,16,64,256}
-# Decode attention: XLA ops beside the fused Pallas kernel, timed in one run.
-DECODE_KERNELS=${DECODE_KERNELS:-xla,pallas}
 # Sampling rules timed on each plan (runtime knobs: one compiled program serves them all).
 # "nucleus" (T = 1, top-p 0.99) is how R-Zero's rollouts sample.
 DEVICE_RULES=${DEVICE_RULES:-greedy,nucleus}
@@ -48,7 +46,7 @@ echo "== compiling the sampling plans, and the sampling tests on the GPU (limit 
 pids=()
 has sampling && for b in ${BATCHES//,/ }; do
   XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "$T_COMPILE" python3 benchmarks/sampling.py \
-    --device-report --compile-only --device-batches "$b" --decode-kernels "$DECODE_KERNELS" \
+    --device-report --compile-only --device-batches "$b" \
     $SAMPLING_ARGS \
     >"/tmp/compile_$b.txt" 2>&1 &
   pids+=($!)
@@ -61,8 +59,8 @@ fi
 # The tests count compilations: they run without the persistent cache.
 has tests && env -u JAX_COMPILATION_CACHE_DIR XLA_PYTHON_CLIENT_PREALLOCATE=false \
   JAX_DEFAULT_MATMUL_PRECISION=highest timeout "$T_COMPILE" \
-  python3 -m pytest -q -p no:cacheprovider tests/test_sampling.py \
-  tests/test_decode_attention.py $TEST_ARGS 2>&1 \
+  python3 -m pytest -q -p no:cacheprovider tests/test_sampling.py tests/test_models.py \
+  $TEST_ARGS 2>&1 \
   | tee "$OUT/tests.txt" | tail -25
 wait "${pids[@]}"
 for f in /tmp/compile_*.txt; do echo "-- $f"; cat "$f"; done >"$OUT/compile.txt"
@@ -70,7 +68,7 @@ grep -h "^-- \|compile\|rror" "$OUT/compile.txt"
 
 echo "== sampling (limit ${T_SAMPLING} s)"
 has sampling && timeout "$T_SAMPLING" python3 benchmarks/sampling.py --device-report \
-  --repeats 3 --device-batches "$BATCHES" --decode-kernels "$DECODE_KERNELS" \
+  --repeats 3 --device-batches "$BATCHES" \
   --device-rules "$DEVICE_RULES" --json "$OUT/sampling.json" $SAMPLING_ARGS 2>&1 \
   | tee "$OUT/sampling.txt"
 

@@ -126,11 +126,10 @@ def best_seconds(run, repeats: int, min_seconds: float = 0.0) -> float:
 
 
 def time_ours(cfg, params, prompts, new: int, rule: str, repeats: int,
-              decode_kernel: str = "xla", min_seconds: float = 0.0):
+              min_seconds: float = 0.0):
   """(generated tokens/s of the best warm call, seconds spent tracing + compiling); `rule` is
   a SAMPLING_RULES name; `best_seconds` picks the call."""
-  kw = dict(max_new_tokens=new, stop_token_ids=(), decode_kernel=decode_kernel,
-            **SAMPLING_RULES[rule])
+  kw = dict(max_new_tokens=new, stop_token_ids=(), **SAMPLING_RULES[rule])
   before = _compile_seconds[0]
   out = sampling.generate(cfg, params, prompts, **kw)  # warm-up: compiles
   compile_s = _compile_seconds[0] - before
@@ -191,7 +190,8 @@ def step_matrices(cfg, params) -> tuple[list[dict], np.ndarray]:
   """The weight matrices one decode step multiplies by, as 2-D float32 arrays: per layer
   {projection name: [in, out]}, and the unembedding [hidden, vocab]."""
   layers = []
-  for layer in models.split_layers(params):
+  num_layers = jax.tree.leaves(params["layers"])[0].shape[0]
+  for layer in (jax.tree.map(lambda a, l=l: a[l], params["layers"]) for l in range(num_layers)):
     layers.append({})
     for block in layer.values():
       for name, leaf in block.items():
@@ -355,13 +355,12 @@ def device_report(args) -> None:
   results = []
   for batch in sorted(args.device_batches):
     prompts = _prompts(batch, cfg.vocab_size)
-    for kernel, rule in itertools.product(args.decode_kernels, args.device_rules):
-      timed = functools.partial(time_ours, cfg, params, prompts, rule=rule,
-                                decode_kernel=kernel)
+    for rule in args.device_rules:
+      timed = functools.partial(time_ours, cfg, params, prompts, rule=rule)
       if args.compile_only:
         _, compile_s = timed(args.new, repeats=0)
         _, short_compile_s = timed(short, repeats=0)
-        print(f"batch {batch:4d} {kernel} {rule}: compiled in "
+        print(f"batch {batch:4d} {rule}: compiled in "
               f"{compile_s + short_compile_s:.1f} s", flush=True)
         continue
       tok_s, compile_s = timed(args.new, repeats=repeats)
@@ -375,16 +374,15 @@ def device_report(args) -> None:
       held = _device_peak_bytes(device)
       held_what = "allocator peak"
       if held is None:
-        held = sampling.peak_memory_bytes(cfg, params, prompts, max_new_tokens=args.new,
-                                          decode_kernel=kernel)
+        held = sampling.peak_memory_bytes(cfg, params, prompts, max_new_tokens=args.new)
         held_what = "compiler's plan"
       results.append(dict(
-          device=device.device_kind, batch=batch, decode_kernel=kernel, rule=rule,
+          device=device.device_kind, batch=batch, rule=rule,
           new_tokens=args.new,
           end_to_end_tok_s=tok_s, decode_tok_s=batch / step_s, ms_per_step=step_s * 1e3,
           roofline_fraction=frac, step_bytes_per_s=step_bytes / step_s,
           compile_s=compile_s + short_compile_s, kv_cache_bytes=cache_bytes, peak_bytes=held))
-      print(f"batch {batch:4d} {kernel:>6} {rule:>7}: {tok_s:10.1f} tok/s end to end, "
+      print(f"batch {batch:4d} {rule:>7}: {tok_s:10.1f} tok/s end to end, "
             f"{batch / step_s:10.1f} tok/s decode, {step_s * 1e3:7.2f} ms/step, {frac:6.1%} of "
             f"the HBM roofline (compile {compile_s + short_compile_s:.1f} s, KV cache "
             f"{cache_bytes / 2**30:.2f} GiB, {held_what} {held / 2**30:.2f} GiB with the "
@@ -401,7 +399,7 @@ def device_report(args) -> None:
       json.dump(results, f, indent=1)
   # Last, the figure the issue's target (>= 50% at batch 16 or more) is stated in.
   for r in results:
-    print(f"roofline batch {r['batch']} {r['decode_kernel']} {r['rule']}: "
+    print(f"roofline batch {r['batch']} {r['rule']}: "
           f"{r['roofline_fraction']:.1%} "
           f"({r['measured_copy_fraction']:.1%} of the measured copy)")
 
@@ -446,9 +444,6 @@ def main(argv=None):
                            "beside what the target ratio needs per step")
   parser.add_argument("--device-report", action="store_true")
   parser.add_argument("--device-batches", type=_batch_list, default="1,16,64,256")
-  parser.add_argument("--decode-kernels", type=_names_from(models.DECODE_KERNELS), default="xla",
-                      help="--device-report: comma-separated attention kernels to time side by "
-                           "side (xla, pallas; see sampling.resolve_decode_kernel)")
   parser.add_argument("--device-rules", type=_names_from(SAMPLING_RULES), default="greedy",
                       help="--device-report: comma-separated sampling rules to time side by side "
                            f"({', '.join(SAMPLING_RULES)}); they share one compiled program")

@@ -318,10 +318,9 @@ def _attend_splash(q, k, v, kv_mask, interpret: bool, mesh, rules, chunk: int):
   if mesh is None or mesh.size == 1:
     out = run(q, k, v, segments)
   else:
-    spec = lambda *axes: sharding.fit_spec_to_shape(
-        sharding.logical_to_spec(axes, rules, mesh), (b, h, t, hd)[:len(axes)], mesh)
-    q_spec = spec("batch", "heads", None, None)
-    kv_spec = spec("batch", "kv_heads", None, None)
+    spec = lambda x, heads: sharding.fit_spec_to_shape(
+        sharding.logical_to_spec(("batch", heads, None, None), rules, mesh), x.shape, mesh)
+    q_spec, kv_spec = spec(q, "heads"), spec(k, "kv_heads")
     if tuple(kv_spec)[1:2] != tuple(q_spec)[1:2]:
       # kv heads split unlike query heads: give each query head its own copy, so each
       # shard's query heads find their keys.

@@ -62,6 +62,42 @@ def test_sharded_forward_equals_single_device(mesh, family):
   np.testing.assert_allclose(np.asarray(out), single, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("kv_heads", [2, 1])
+def test_sharded_splash_attention_equals_single_device(mesh, kv_heads):
+  """The TPU kernel (interpreted) runs per shard under the mesh: rows over data x fsdp, heads
+  over tensor. With one kv head, which tensor cannot split, each query head gets its keys."""
+  cfg = models.tiny_config("qwen3", num_layers=1, num_kv_heads=kv_heads)
+  params = models.init_params(cfg, jax.random.key(2))
+  rng = np.random.RandomState(1)
+  tokens = rng.randint(0, 256, (4, 128)).astype(np.int32)
+  mask = np.arange(128)[None] >= np.array([0, 5, 40, 0])[:, None]
+  single = np.asarray(jax.jit(functools.partial(models.forward, cfg, kernel="xla"))(
+      params, tokens, kv_mask=mask))
+  sharded_params = jax.device_put(params, models.param_shardings(cfg, mesh))
+  batch = jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(("batch", "length")))
+  out = jax.jit(functools.partial(models.forward, cfg, mesh=mesh, kernel="splash_interpret"))(
+      sharded_params, jax.device_put(tokens, batch), kv_mask=jax.device_put(mask, batch))
+  for row, pad in enumerate((0, 5, 40, 0)):  # padding queries' outputs are never read
+    np.testing.assert_allclose(np.asarray(out)[row, pad:], single[row, pad:], rtol=0,
+                               atol=1e-4)
+
+
+def test_sharded_chunked_attention_equals_single_device(mesh):
+  rng = np.random.default_rng(0)
+  q = rng.normal(size=(4, 200, 4, 16)).astype(np.float32)
+  k, v = (rng.normal(size=(4, 2, 200, 16)).astype(np.float32) for _ in range(2))
+  mask = np.arange(200)[None] >= np.array([0, 5, 40, 0])[:, None]
+  want = models.attend(q, k, v, mask, kernel="xla")
+  spec = lambda *axes: jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(axes))
+  args = [jax.device_put(q, spec("batch", None, "heads")),
+          *(jax.device_put(x, spec("batch", "kv_heads")) for x in (k, v)),
+          jax.device_put(mask, spec("batch"))]
+  got = jax.jit(functools.partial(models.attend, kernel="chunked", chunk=64, mesh=mesh))(*args)
+  for row, pad in enumerate((0, 5, 40, 0)):
+    np.testing.assert_allclose(np.asarray(got)[row, pad:], np.asarray(want)[row, pad:],
+                               rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_load_hf_places_each_tensor_in_its_target_sharding(mesh, family, tmp_path):
   cfg = _config(family)

@@ -80,13 +80,3 @@ def test_peak_memory_is_per_device_under_a_mesh(tiny):
   per_device = sampling.peak_memory_bytes(cfg, params, prompts, mesh=mesh, **kw)
   assert sampling.kv_cache_bytes(cfg, 640, 32 + 96) <= whole
   assert per_device < whole / 3
-
-
-def test_fused_decode_kernel_under_a_mesh_is_a_clear_error(tiny):
-  """A pallas_call cannot be partitioned: the fused kernel asks for a single device."""
-  cfg, params = tiny
-  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-  with pytest.raises(ValueError, match=r"decode_kernel='pallas_interpret' needs a single "
-                                       r"device; this mesh has 8"):
-    sampling.generate(cfg, params, PROMPTS, max_new_tokens=2, mesh=mesh,
-                      decode_kernel="pallas_interpret")
