@@ -21,7 +21,6 @@ import functools
 import hashlib
 import io
 import json
-import logging
 import os
 import random
 import shutil
@@ -29,8 +28,16 @@ import tempfile
 import time
 from typing import Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+import sentencepiece as spm
+from absl import logging
 
+from rzero_jax import models
+from rzero_jax.prompts import format_without_template
+from rzero_jax.tokenizer import SentencePieceTokenizer
 from rzero_jax.worlds import arith
 
 BUILD_VERSION = "base-v1"  # bump when the corpus, tokenizer or training code changes meaning
@@ -42,8 +49,6 @@ _USER_SYMBOLS = ("\n", "\\boxed{", "<question>", "</question>", "▁+▁", "▁-
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 GUESS_STYLES = ("number", "give_up")
 GIVE_UP = "I do not know."
-
-log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,19 +159,13 @@ def _is_share(value, below_one: bool) -> bool:
 
 # ----------------------------------------------------------------------------- corpus
 
-def arith_prompt_set():
-  from rzero_jax.rzero.prompts import prompt_set
-
-  return prompt_set("arith")
-
-
 def corpus_documents(spec: BaseModelSpec, prompts=None) -> list[tuple[list[dict], str]]:
   """(chat messages, completion) pairs in both role formats, from training problems only.
 
   The messages are exactly those R-Zero's phases send (`PromptSet.challenger_messages` /
   `solver_messages`), so the base model learns the prompts it will be asked with.
   """
-  prompts = prompts or arith_prompt_set()
+  prompts = prompts or arith.PROMPTS
   rng = random.Random(f"{BUILD_VERSION}/corpus/{spec.seed}")
   levels = range(1, arith.NUM_LEVELS + 1)
   docs = []
@@ -206,17 +205,11 @@ def _solver_completion(spec: BaseModelSpec, rng: random.Random, question: str,
 
 def document_texts(docs) -> list[str]:
   """Each document as plain text: the chat fallback rendering followed by the completion."""
-  from rzero_jax.rzero.prompts import format_without_template
-
   return [format_without_template(messages) + completion for messages, completion in docs]
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int):
   """A SentencePiece BPE tokenizer trained on `texts` (digits always split one by one)."""
-  import sentencepiece as spm
-
-  from rzero_jax.tokenizer import SentencePieceTokenizer
-
   buf = io.BytesIO()
   spm.SentencePieceTrainer.train(
       sentence_iterator=iter(texts), model_writer=buf, vocab_size=vocab_size, model_type="bpe",
@@ -286,8 +279,6 @@ def length_buckets(lengths: np.ndarray, min_docs: int, multiple: int = 16) -> di
 # ----------------------------------------------------------------------------- pretraining
 
 def model_config(spec: BaseModelSpec, vocab_size: int, max_positions: int):
-  from rzero_jax import models
-
   return models.tiny_config(
       "qwen3", vocab_size=vocab_size, hidden_size=spec.hidden_size,
       intermediate_size=spec.intermediate_size, num_layers=spec.num_layers,
@@ -298,11 +289,6 @@ def model_config(spec: BaseModelSpec, vocab_size: int, max_positions: int):
 
 def next_token_loss(cfg, params, tokens, loss_mask):
   """Mean cross-entropy of each masked target token given the tokens before it."""
-  import jax
-  import jax.numpy as jnp
-
-  from rzero_jax import models
-
   # Right padding sits after every real token, so causal attention alone keeps it out of the
   # real positions; padded targets carry zero weight.
   logits = models.forward(cfg, params, tokens[:, :-1])
@@ -313,8 +299,6 @@ def next_token_loss(cfg, params, tokens, loss_mask):
 
 
 def make_optimizer(spec: BaseModelSpec):
-  import optax
-
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, spec.learning_rate, min(spec.warmup_steps, spec.steps - 1) if spec.steps > 1 else 0,
       spec.steps, end_value=spec.learning_rate * 0.1)
@@ -324,9 +308,6 @@ def make_optimizer(spec: BaseModelSpec):
 
 def next_token_step(cfg, optimizer, params, opt_state, tokens, loss_mask):
   """One optimizer update on `next_token_loss`; returns (params, opt_state, loss)."""
-  import jax
-  import optax
-
   loss, grads = jax.value_and_grad(
       lambda p: next_token_loss(cfg, p, tokens, loss_mask))(params)
   updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -360,10 +341,6 @@ class _BatchSchedule:
 
 def pretrain(cfg, spec: BaseModelSpec, corpus: TokenizedCorpus, log_every: int = 100):
   """Next-token pretraining from a fixed seed; returns (params, [(step, loss)])."""
-  import jax
-
-  from rzero_jax import models
-
   params = models.init_params(cfg, jax.random.key(spec.seed))
   optimizer = make_optimizer(spec)
   opt_state = optimizer.init(params)
@@ -377,7 +354,7 @@ def pretrain(cfg, spec: BaseModelSpec, corpus: TokenizedCorpus, log_every: int =
     params, opt_state, loss = step_fn(params, opt_state, tokens, loss_mask)
     if (step + 1) % log_every == 0 or step + 1 == spec.steps:
       losses.append((step + 1, float(loss)))
-      log.info("base model pretraining: step %d/%d loss %.4f (%.1f s)", step + 1, spec.steps,
+      logging.info("base model pretraining: step %d/%d loss %.4f (%.1f s)", step + 1, spec.steps,
                float(loss), time.perf_counter() - start)
   return params, losses
 
@@ -431,8 +408,6 @@ def build_base_model(out_dir: str, **spec_fields) -> str:
 
 
 def _build_into(model_dir: str, spec: BaseModelSpec) -> dict:
-  from rzero_jax import models
-
   timings = {}
   t0 = time.perf_counter()
   docs = corpus_documents(spec)
