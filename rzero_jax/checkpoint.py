@@ -21,17 +21,17 @@ the diagnosis was wrong, and so that the step number can be saved again.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from typing import Any, Mapping, NamedTuple
 
 import jax
 import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from etils import epath
 
-log = logging.getLogger(__name__)
 
 METADATA_ITEM = "metadata"
 _TMP_MARKER = ".orbax-checkpoint-tmp"
@@ -113,7 +113,6 @@ def _is_primary() -> bool:
 
 def _sync(name: str) -> None:
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices(name)
 
 
@@ -169,7 +168,7 @@ class CheckpointManager:
             return
         for path in sorted(self._directory.iterdir()):
             if _TMP_MARKER in path.name:
-                log.warning("Ignoring checkpoint %s: its save was interrupted before it was "
+                logging.warning("Ignoring checkpoint %s: its save was interrupted before it was "
                             "committed; deleting it.", path)
                 # Done here, synchronously, rather than by Orbax's background cleanup, so that
                 # the directory is tidy once the constructor returns.
@@ -181,7 +180,7 @@ class CheckpointManager:
 
     def _quarantine(self, path: epath.Path, reason: str) -> None:
         target = path.parent / f"{path.name}.corrupt-{time.time_ns()}"
-        log.warning("Ignoring checkpoint %s: %s. Moving it to %s so that the step can be "
+        logging.warning("Ignoring checkpoint %s: %s. Moving it to %s so that the step can be "
                     "written again; the previous complete step is used instead.",
                     path, reason, target)
         if _is_primary():
@@ -275,7 +274,7 @@ class CheckpointManager:
             try:
                 restored = self._restore_step(candidate, target)
             except CorruptCheckpointError as e:
-                log.warning("Checkpoint step %d in %s is unreadable; trying the previous step. "
+                logging.warning("Checkpoint step %d in %s is unreadable; trying the previous step. "
                             "(%s)", candidate, self._directory, e)
                 failures.append((candidate, e))
                 continue

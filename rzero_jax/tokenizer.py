@@ -21,6 +21,7 @@ import shutil
 import tempfile
 from typing import Any, Mapping, Sequence
 
+from rzero_jax.models.gguf import read_tokenizer_metadata
 from rzero_jax.prompts import PLAIN_CHAT_TEMPLATE, format_without_template
 
 Messages = Sequence[Mapping[str, str]]
@@ -220,8 +221,6 @@ def _load_hf_dir(path: str) -> HFTokenizer:
 def _load_gguf(path: str) -> HFTokenizer:
   import transformers
   from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer
-
-  from rzero_jax.models.gguf import read_tokenizer_metadata
 
   architecture, tokenizer_dict, tokenizer_config = read_tokenizer_metadata(path)
   try:

@@ -24,15 +24,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.iterations = 3
   # An HF directory (config.json + safetensors) or a GGUF file; --base_model overrides it.
   c.base_model = ""
-  # "paper": the competition-math prompts of reference §2; "arith": the arithmetic world's.
+  # "paper": the authors' competition-math prompts; or a world's name: that world's prompts.
   c.prompts = "paper"
   # "base_challenger": the baseline whose Solver phase uses questions of the untrained model.
   c.mode = "rzero"
   # Move idle models (the frozen Solver, the KL reference) to host memory between uses.
   c.offload_idle = False
 
-  # A synthetic world ("arith") supplies its own cached base model, evaluation and
-  # report-only annotations; "" means a real base model (config.base_model / --base_model).
+  # A registered synthetic world (worlds.names()) supplies its own cached base model,
+  # evaluation and report-only annotations; "" means a real base model (--base_model).
   c.world = ml_collections.ConfigDict(dict(name="", cache_dir=""))
 
   c.model = ml_collections.ConfigDict(dict(dtype="float32", param_dtype="float32",

@@ -11,6 +11,7 @@ dataset or evaluation file exists only once complete (atomic rename). Seeds are 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import time
@@ -22,8 +23,9 @@ from absl import logging
 
 from rzero_jax import checkpoint, models, sharding, tokenizer as tokenizer_lib
 from rzero_jax.rl import learner
-from rzero_jax.rzero import config as config_lib, dataset, metrics as metrics_lib, phases, prompts
+from rzero_jax.rzero import config as config_lib, dataset, metrics as metrics_lib, phases
 from rzero_jax.rzero import workdir as wd
+from rzero_jax import worlds
 
 ROLES = ("challenger", "solver")
 
@@ -67,14 +69,8 @@ def load_base_model(path: str, model_cfg, mesh, rules):
   runtime = dict(dtype=model_cfg.dtype, param_dtype=model_cfg.param_dtype,
                  remat=model_cfg.remat)
   dtype = models.transformer.dtype_of(model_cfg.param_dtype)
-  if path.endswith(".gguf"):
-    cfg, params = models.load_gguf(path, dtype=dtype)
-    cfg = dataclasses.replace(cfg, **runtime)
-    params = sharding.place(params, models.param_logical_axes(cfg), mesh, rules)
-  else:
-    cfg, params = models.load_hf(path, dtype=dtype, mesh=mesh)
-    cfg = dataclasses.replace(cfg, **runtime)
-  return cfg, params
+  cfg, params = models.load_pretrained(path, dtype=dtype, mesh=mesh, rules=rules)
+  return dataclasses.replace(cfg, **runtime), params
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -202,7 +198,6 @@ def _train_phase(s: Setup, role_name: str, iteration: int, steps: int,
 
 def _log_questions(workdir: str, iteration: int, step: int, questions) -> None:
   """The Challenger's valid questions per step, for the report's difficulty analysis."""
-  import json
   path = os.path.join(workdir, "questions.jsonl")
   with open(path, "a") as f:
     f.write(json.dumps({"iteration": iteration, "step": step, "questions": questions}) + "\n")
@@ -267,7 +262,7 @@ def setup(config, workdir: str, *, base_model: str, allow_config_change: bool = 
   cfg, base_params = load_base_model(base_model, config.model, mesh, rules)
   tok = tokenizer_lib.load_tokenizer(base_model)
   env = phases.Env(cfg=cfg, tokenizer=tok, mesh=mesh, rules=rules,
-                   prompt_set=prompts.prompt_set(config.prompts),
+                   prompt_set=worlds.prompt_set(config.prompts),
                    stop_token_ids=tuple(tok.eos_token_ids),
                    max_rows_per_call=config.sampling.max_rows_per_call,
                    progress=is_writer)
