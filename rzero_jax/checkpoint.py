@@ -27,11 +27,10 @@ from typing import Any, Mapping, NamedTuple
 
 import jax
 import numpy as np
-from absl import logging
-from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
-
+from jax.experimental import multihost_utils
 
 METADATA_ITEM = "metadata"
 _TMP_MARKER = ".orbax-checkpoint-tmp"

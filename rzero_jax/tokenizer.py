@@ -312,8 +312,15 @@ class SentencePieceTokenizer(Tokenizer):
     trained with other options is refused rather than converted approximately."""
     import transformers
     from sentencepiece import sentencepiece_model_pb2
-    from tokenizers import AddedToken, Tokenizer as RawTokenizer, decoders, models as tok_models
-    from tokenizers import normalizers, pre_tokenizers, processors
+    from tokenizers import (
+      AddedToken,
+      Tokenizer as RawTokenizer,
+      decoders,
+      models as tok_models,
+      normalizers,
+      pre_tokenizers,
+      processors,
+    )
     from transformers.tokenization_utils_base import generate_merges
 
     proto = sentencepiece_model_pb2.ModelProto()

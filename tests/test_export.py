@@ -1,5 +1,6 @@
 """launch/export.py: a run's checkpoint as an HF directory that transformers loads and runs
 exactly as we do (logits to 1e-4, the same greedy tokens, the same chat prompt ids)."""
+
 import os
 import subprocess
 import sys
@@ -26,23 +27,35 @@ def _sentencepiece_tokenizer(out_dir: str) -> str:
 
 def _random_params(cfg, seed):
   import jax
+
   params = models.init_params(cfg, jax.random.key(seed))
   # Norm scales of exactly 1 and zero biases would hide a transposed or misnamed tensor.
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-  return jax.tree.unflatten(tree, [x + 0.05 * jax.random.normal(k, x.shape, x.dtype)
-                                   for x, k in zip(leaves, keys)])
+  return jax.tree.unflatten(
+    tree, [x + 0.05 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
+  )
 
 
 def _workdir(root: str, cfg, params, tok_path: str) -> str:
   """A run workdir in the loop's layout: a Solver step checkpoint and a kept final."""
   workdir = os.path.join(root, "run")
   for sub, step, phase in (("solver", 7, "solver"), ("solver_final", 1, "final")):
-    mgr = checkpoint.CheckpointManager(os.path.join(workdir, "checkpoints", sub),
-                                       max_to_keep=None, async_save=False)
-    mgr.save(step, {"params": params}, metadata={
-        "model_config": cfg.to_hf_dict(), "tokenizer": tok_path, "role": "solver",
-        "iteration": 1, "phase": phase, "step": step})
+    mgr = checkpoint.CheckpointManager(
+      os.path.join(workdir, "checkpoints", sub), max_to_keep=None, async_save=False
+    )
+    mgr.save(
+      step,
+      {"params": params},
+      metadata={
+        "model_config": cfg.to_hf_dict(),
+        "tokenizer": tok_path,
+        "role": "solver",
+        "iteration": 1,
+        "phase": phase,
+        "step": step,
+      },
+    )
     mgr.wait()
     mgr.close()
   return workdir
@@ -69,31 +82,48 @@ def test_transformers_runs_the_export_as_we_do(exported):
   import jax.numpy as jnp
   import torch
   import transformers
+
   cfg, params, tok, out = exported
-  assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-          "generation_config.json"} <= set(os.listdir(out))
+  assert {
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+  } <= set(os.listdir(out))
   hf_tok = transformers.AutoTokenizer.from_pretrained(out)
   prompt = hf_tok.apply_chat_template(MESSAGES, tokenize=True, add_generation_prompt=True)
   prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
   assert prompt == tok.encode_chat(MESSAGES)
   model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
   with torch.no_grad():
-    generated = model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False,
-                               eos_token_id=None, pad_token_id=tok.pad_id)[0].tolist()
+    generated = model.generate(
+      torch.tensor([prompt]),
+      max_new_tokens=6,
+      do_sample=False,
+      eos_token_id=None,
+      pad_token_id=tok.pad_id,
+    )[0].tolist()
     theirs = model(torch.tensor([generated])).logits.float().numpy()
   assert len(generated) == len(prompt) + 6
   ours = np.asarray(models.forward(cfg, params, jnp.asarray([generated], jnp.int32)))
   assert np.abs(ours).max() > 0.1  # the comparison below is not between two near-zero arrays
   np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=0)
   # transformers' greedy tokens are our argmax at every generated position.
-  assert generated[len(prompt):] == ours[0, len(prompt) - 1:-1].argmax(-1).tolist()
+  assert generated[len(prompt) :] == ours[0, len(prompt) - 1 : -1].argmax(-1).tolist()
   assert hf_tok.decode(generated, skip_special_tokens=True) == tok.decode(generated)
 
 
 def _cli(*args):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "launch.export", *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=120)
+  return subprocess.run(
+    [sys.executable, "-m", "launch.export", *args],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
 
 
 def _one_error_line(proc, expected):

@@ -3,22 +3,21 @@
 docs/ARCHITECTURE.md shows the same list. Imports inside functions count: a lazy import hides
 a cycle, it does not remove it.
 """
+
 import ast
 import os
-
-import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(REPO, "rzero_jax")
 
 # Lowest first. A module is in the layer of the longest prefix listed here.
 LAYERS = (
-    ("rzero_jax.prompts", "rzero_jax.sharding", "rzero_jax.grading"),
-    ("rzero_jax.models", "rzero_jax.tokenizer", "rzero_jax.checkpoint"),
-    ("rzero_jax.sampling", "rzero_jax.rl"),
-    ("rzero_jax.worlds",),
-    ("rzero_jax.evaluation",),
-    ("rzero_jax.rzero",),
+  ("rzero_jax.prompts", "rzero_jax.sharding", "rzero_jax.grading"),
+  ("rzero_jax.models", "rzero_jax.tokenizer", "rzero_jax.checkpoint"),
+  ("rzero_jax.sampling", "rzero_jax.rl"),
+  ("rzero_jax.worlds",),
+  ("rzero_jax.evaluation",),
+  ("rzero_jax.rzero",),
 )
 
 
@@ -26,15 +25,16 @@ def layer_of(module: str) -> int | None:
   best = None
   for i, names in enumerate(LAYERS):
     for name in names:
-      if (module == name or module.startswith(name + ".")) and \
-          (best is None or len(name) > len(best[1])):
+      if (module == name or module.startswith(name + ".")) and (
+        best is None or len(name) > len(best[1])
+      ):
         best = (i, name)
   return None if best is None else best[0]
 
 
 def _module_name(path: str) -> str:
-  rel = os.path.relpath(path, REPO)[:-len(".py")].replace(os.sep, ".")
-  return rel[:-len(".__init__")] if rel.endswith(".__init__") else rel
+  rel = os.path.relpath(path, REPO)[: -len(".py")].replace(os.sep, ".")
+  return rel[: -len(".__init__")] if rel.endswith(".__init__") else rel
 
 
 def imports_of(path: str) -> list[tuple[int, str]]:
@@ -50,10 +50,14 @@ def imports_of(path: str) -> list[tuple[int, str]]:
       base = node.module or ""
       if node.level:
         parts = package.split(".")
-        base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+        base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
       # `from rzero_jax import models` imports rzero_jax.models.
-      found += [(node.lineno, f"{base}.{alias.name}") if layer_of(f"{base}.{alias.name}")
-                is not None else (node.lineno, base) for alias in node.names]
+      found += [
+        (node.lineno, f"{base}.{alias.name}")
+        if layer_of(f"{base}.{alias.name}") is not None
+        else (node.lineno, base)
+        for alias in node.names
+      ]
   return [(line, name) for line, name in found if name.startswith("rzero_jax")]
 
 
@@ -74,14 +78,19 @@ def upward_imports() -> list[str]:
     for line, name in imports_of(path):
       target = layer_of(name)
       if target is not None and target > own:
-        bad.append(f"{os.path.relpath(path, REPO)}:{line}: {module} (layer {own}) imports "
-                   f"{name} (layer {target})")
+        bad.append(
+          f"{os.path.relpath(path, REPO)}:{line}: {module} (layer {own}) imports "
+          f"{name} (layer {target})"
+        )
   return bad
 
 
 def test_every_module_is_in_a_layer():
-  unplaced = [_module_name(p) for p in _sources()
-              if layer_of(_module_name(p)) is None and _module_name(p) != "rzero_jax"]
+  unplaced = [
+    _module_name(p)
+    for p in _sources()
+    if layer_of(_module_name(p)) is None and _module_name(p) != "rzero_jax"
+  ]
   assert not unplaced, f"add these to LAYERS (and docs/ARCHITECTURE.md): {unplaced}"
 
 
@@ -95,10 +104,14 @@ def test_the_check_sees_an_upward_import(tmp_path, monkeypatch):
   fake = tmp_path / "rzero_jax"
   (fake / "models").mkdir(parents=True)
   (fake / "models" / "bad.py").write_text(
-      "def f():\n  from rzero_jax.rzero import loop\n  from ..evaluation import runner\n")
+    "def f():\n  from rzero_jax.rzero import loop\n  from ..evaluation import runner\n"
+  )
   globals_ = globals()
   monkeypatch.setitem(globals_, "REPO", str(tmp_path))
   monkeypatch.setitem(globals_, "PACKAGE", str(fake))
   bad = upward_imports()
-  assert len(bad) == 2 and "rzero_jax.rzero.loop (layer 5)" in bad[0] and \
-      "rzero_jax.evaluation.runner (layer 4)" in bad[1], bad
+  assert (
+    len(bad) == 2
+    and "rzero_jax.rzero.loop (layer 5)" in bad[0]
+    and "rzero_jax.evaluation.runner (layer 4)" in bad[1]
+  ), bad

@@ -1,5 +1,6 @@
 """A step's updates combine into the record a full batch would give: means weighted by their
 counts, maxima as maxima (not a mean of per-update maxima)."""
+
 import numpy as np
 import pytest
 
@@ -9,8 +10,17 @@ from rzero_jax.rzero import phases
 def test_updates_combine_as_one_batch():
   tokens = [np.array([0.5, 1.5, 1.0]), np.array([4.0])]  # per-token kl of two mini-batches
   ratios = [np.array([1.1, 0.9, 1.3]), np.array([2.5])]
-  updates = [{"kl": t.mean(), "kl/count": len(t), "ratio/max": r.max(), "loss": 2.0,
-              "count": 3.0, "grad_norm": g} for t, r, g in zip(tokens, ratios, (1.0, 3.0))]
+  updates = [
+    {
+      "kl": t.mean(),
+      "kl/count": len(t),
+      "ratio/max": r.max(),
+      "loss": 2.0,
+      "count": 3.0,
+      "grad_norm": g,
+    }
+    for t, r, g in zip(tokens, ratios, (1.0, 3.0))
+  ]
   updates[1]["loss"], updates[1]["count"] = 5.0, 1.0
   merged = phases.merge_update_metrics(updates)
   everything = np.concatenate(tokens)

@@ -22,8 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rzero_jax import checkpoint, models
-from rzero_jax import tokenizer as tokenizer_lib
+from rzero_jax import checkpoint, models, tokenizer as tokenizer_lib
 
 ROLES = ("solver", "challenger")
 

@@ -5,6 +5,7 @@ an Orbax checkpoint, an HF directory or a GGUF file) and writes config.json, saf
 tokenizer (tokenizer.json with a chat template: the plain R-Zero format where the base model
 had none) and generation_config.json. The directory appears whole or not at all.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,13 @@ def check_output(out_dir: str) -> str:
   return out_dir
 
 
-def export(spec: str, out_dir: str, role: str = "solver", iteration: int | None = None,
-           dtype: str = "float32") -> str:
+def export(
+  spec: str,
+  out_dir: str,
+  role: str = "solver",
+  iteration: int | None = None,
+  dtype: str = "float32",
+) -> str:
   """Writes the checkpoint `spec` to `out_dir` as an HF directory; returns its path."""
   out_dir = check_output(out_dir)
   resolved = checkpoints.resolve_checkpoint(spec, role, iteration)

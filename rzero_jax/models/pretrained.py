@@ -1,4 +1,5 @@
 """The one loader of pretrained weights: a GGUF file or an HF directory, placed on a mesh."""
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,9 @@ def is_gguf(path: str) -> bool:
     return f.read(4) == b"GGUF"
 
 
-def load_pretrained(path: str, dtype=jnp.float32, mesh=None,
-                    rules: sharding.Rules = sharding.DEFAULT_RULES) -> tuple[ModelConfig, dict]:
+def load_pretrained(
+  path: str, dtype=jnp.float32, mesh=None, rules: sharding.Rules = sharding.DEFAULT_RULES
+) -> tuple[ModelConfig, dict]:
   """(cfg, params) of a GGUF file or an HF directory; each param created in its sharding on
   `mesh` from `rules` (on the default device without a mesh)."""
   if is_gguf(path):

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import os
 
-from absl import logging
-
 import jax
+from absl import logging
 
 from rzero_jax import worlds
 from rzero_jax.evaluation import runner
-from rzero_jax.rzero import config as config_lib, loop, report
-from rzero_jax.rzero import workdir as wd
+from rzero_jax.rzero import config as config_lib, loop, report, workdir as wd
 
 # Errors that mean "the user's input is wrong": the launcher prints them as one line.
 UserError = (ValueError, FileNotFoundError, NotADirectoryError)

@@ -21,11 +21,10 @@ import jax
 import numpy as np
 from absl import logging
 
-from rzero_jax import checkpoint, models, sharding, tokenizer as tokenizer_lib
+from rzero_jax import checkpoint, models, sharding, tokenizer as tokenizer_lib, worlds
 from rzero_jax.rl import learner
 from rzero_jax.rzero import config as config_lib, dataset, metrics as metrics_lib, phases
 from rzero_jax.rzero import workdir as wd
-from rzero_jax import worlds
 
 ROLES = ("challenger", "solver")
 
@@ -307,8 +306,9 @@ def run(config, workdir: str, *, base_model: str | None = None,
         data_seed = phases.derive_seed(c.seed, t, "solver", 10**6)
 
         def solver_step(role, state, ref, _, step, seed):
-          return phases.solver_step(s.env, role, state, ref, records, c.solver, step=step,
-                                    seed=seed, data_seed=data_seed)
+          # Called within this iteration only, so the loop variables are the current ones.
+          return phases.solver_step(s.env, role, state, ref, records, c.solver, step=step,  # noqa: B023
+                                    seed=seed, data_seed=data_seed)  # noqa: B023
 
         solver_steps = c.solver.steps if records else 0
         solver_params = _train_phase(s, "solver", t, solver_steps, solver_step, sigterm)

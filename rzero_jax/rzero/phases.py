@@ -15,7 +15,7 @@ import tqdm
 from rzero_jax import grading, sampling, sharding
 from rzero_jax.rl import grpo, rollouts
 from rzero_jax.rl.learner import LearnerConfig
-from rzero_jax.rzero import challenger, dataset, repetition
+from rzero_jax.rzero import challenger, dataset
 from rzero_jax.rzero.metrics import histogram
 
 PHASE_IDS = {"challenger": 1, "dataset": 2, "solver": 3, "eval": 4}

@@ -13,9 +13,7 @@ import re
 from typing import Any
 
 from rzero_jax import worlds
-from rzero_jax.rzero import dataset as dataset_lib
-from rzero_jax.rzero import metrics as metrics_lib
-from rzero_jax.rzero import workdir as wd
+from rzero_jax.rzero import dataset as dataset_lib, metrics as metrics_lib, workdir as wd
 
 
 def _world(config: dict) -> worlds.World | None:

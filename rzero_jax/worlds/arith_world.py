@@ -1,5 +1,6 @@
 """The arithmetic world as a `World`: `arith`'s grammar, prompts and problem sets, and the base
 model `base_model` builds."""
+
 from __future__ import annotations
 
 import os
@@ -17,13 +18,18 @@ class ArithWorld:
   name = "arith"
   prompts = arith.PROMPTS
   benchmarks = {
-      "arith": WorldBenchmark(
-          title="Arithmetic world (held-out)", report_title="Held-out Solver accuracy (%)",
-          held_out=True, sets=lambda: _as_pairs(arith.heldout_sets())),
-      "arith_design": WorldBenchmark(
-          title="Arithmetic world (training distribution, for design checks)",
-          report_title="Solver accuracy on training-distribution design sets, never held-out (%)",
-          held_out=False, sets=lambda: _as_pairs(arith.design_sets())),
+    "arith": WorldBenchmark(
+      title="Arithmetic world (held-out)",
+      report_title="Held-out Solver accuracy (%)",
+      held_out=True,
+      sets=lambda: _as_pairs(arith.heldout_sets()),
+    ),
+    "arith_design": WorldBenchmark(
+      title="Arithmetic world (training distribution, for design checks)",
+      report_title="Solver accuracy on training-distribution design sets, never held-out (%)",
+      held_out=False,
+      sets=lambda: _as_pairs(arith.design_sets()),
+    ),
   }
 
   def check_base_model(self, fields: Mapping[str, Any]) -> None:

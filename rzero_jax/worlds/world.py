@@ -6,6 +6,7 @@ questions training must never see, and the difficulty levels the report groups b
 evaluation, report and experiment code reach a world only through this protocol and `get`;
 docs/ARCHITECTURE.md says how to add one.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,9 +18,10 @@ from rzero_jax import prompts as prompts_lib
 @dataclasses.dataclass(frozen=True)
 class WorldBenchmark:
   """One evaluation set of a world, scored per difficulty level."""
-  title: str                   # its name in result tables
-  report_title: str            # the heading of the report's accuracy table
-  held_out: bool               # False: training-distribution problems, for design checks only
+
+  title: str  # its name in result tables
+  report_title: str  # the heading of the report's accuracy table
+  held_out: bool  # False: training-distribution problems, for design checks only
   sets: Callable[[], Mapping[int, list[tuple[str, str]]]]  # level -> [(question, answer)]
 
 
@@ -70,8 +72,7 @@ def prompt_set(name: str) -> prompts_lib.PromptSet:
   if name == "paper":
     return prompts_lib.PAPER
   if name not in _WORLDS:
-    raise ValueError(f"prompt set {name!r} is unknown; expected one of "
-                     f"{('paper',) + names()}")
+    raise ValueError(f"prompt set {name!r} is unknown; expected one of {('paper',) + names()}")
   return _WORLDS[name].prompts
 
 
