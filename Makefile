@@ -1,13 +1,14 @@
 # Two entry points that work on a fresh machine with Python 3.11 and pip:
 #   make run    set up .venv and run the embedded default R-Zero run
 #   make test   set up .venv and run the whole test suite
+#   make lint   ruff lint, and ruff format's check (configured in pyproject.toml)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/default
 PYTEST_ARGS ?=
 
-.PHONY: run test venv clean
+.PHONY: run test lint venv clean
 
 $(VENV)/.installed: setup.py Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +30,10 @@ test: venv
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q tests --ignore=tests/sharded $(PYTEST_ARGS)
 	# Own process: 8 virtual CPU devices must be configured before jax is imported.
 	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q tests/sharded $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf $(VENV) runs

@@ -30,7 +30,7 @@ setup(
         # torch is only the reference that parity tests compare against. The exact pin takes the
         # local CPU wheel; an unpinned torch would pull several GB of CUDA.
         # accelerate: transformers needs it to load a GGUF file as the parity reference.
-        "test": ["pytest", "torch==2.13.0", "nltk", "scipy", "gguf", "accelerate"],
+        "test": ["pytest", "torch==2.13.0", "nltk", "scipy", "gguf", "accelerate", "ruff"],
         "gguf": ["gguf"],
         "eval": ["champ-dataset", "pyarrow"],
         "tfds": ["tensorflow-datasets"],

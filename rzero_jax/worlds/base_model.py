@@ -55,10 +55,10 @@ GIVE_UP = "I do not know."
 class BaseModelSpec:
   """Every choice that decides the built model; its hash is the cache key.
 
-  The defaults build in about 1.5 minutes on 2 quiet CPU cores (136k parameters, 9,000 steps
-  of 8 documents). Measured on the held-out sets, greedy Solver accuracy falls from about 90% at
-  level 1 to about 10% at levels 7-8. On this budget, many small steps of a shallow model beat
-  fewer, larger steps or a deeper or wider model.
+  The field defaults are the plain corpus (every Solver document worked out, 9,000 steps). The
+  embedded default run overrides them in configs/arith_tiny.py: twice the pretraining and
+  authors who give up on harder problems, so the base model gives up greedily at the frontier
+  while its samples still work such problems out (its headroom: benchmarks/RESULTS.md).
   """
   seed: int = 0
   # model
@@ -92,7 +92,8 @@ class BaseModelSpec:
   # model that gives up (greedily) where it is weak, while its sampled attempts still work
   # such problems out and agree with each other: the latent skill R-Zero's votes can find.
   # Guessed numbers made the model's worked steps at those levels much less reliable
-  # (benchmarks/RESULTS.md, session 14); a give-up teaches it nothing about numbers.
+  # (measured with benchmarks/research/solver_headroom.py); a give-up teaches it nothing
+  # about numbers.
   guess_fractions: tuple[float, ...] = (0.0,) * arith.NUM_LEVELS
   guess_style: str = "number"
   # pretraining
