@@ -18,6 +18,7 @@ LAYERS = (
   ("rzero_jax.worlds",),
   ("rzero_jax.evaluation",),
   ("rzero_jax.rzero",),
+  ("launch", "configs"),  # entry points and config files: the library never imports them
 )
 
 
@@ -58,7 +59,8 @@ def imports_of(path: str) -> list[tuple[int, str]]:
         else (node.lineno, base)
         for alias in node.names
       ]
-  return [(line, name) for line, name in found if name.startswith("rzero_jax")]
+  ours = ("rzero_jax", "launch", "configs")
+  return [(line, name) for line, name in found if name.split(".")[0] in ours]
 
 
 def _sources():

@@ -1,5 +1,6 @@
 """The run's base model lands on the mesh as the config's sharding rules say, whether it is a
 GGUF file or an HF directory (one loader for both: models.load_pretrained)."""
+
 import jax
 import ml_collections
 import numpy as np
@@ -18,11 +19,20 @@ RULES = sharding.rules_from_config({"mlp": None, "vocab": None, "embed": ("fsdp"
 def checkpoints(tmp_path_factory):
   torch = pytest.importorskip("torch")
   import transformers
+
   torch.manual_seed(0)
-  model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-      vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-      tie_word_embeddings=False)).eval()
+  model = transformers.LlamaForCausalLM(
+    transformers.LlamaConfig(
+      vocab_size=64,
+      hidden_size=64,
+      intermediate_size=128,
+      num_hidden_layers=2,
+      num_attention_heads=4,
+      num_key_value_heads=2,
+      max_position_embeddings=128,
+      tie_word_embeddings=False,
+    )
+  ).eval()
   root = tmp_path_factory.mktemp("base")
   model.save_pretrained(str(root / "hf"))
   gguf_tests._write_tiny_llama_gguf(model, str(root / "tiny.gguf"))
@@ -32,8 +42,7 @@ def checkpoints(tmp_path_factory):
 @pytest.mark.parametrize("kind", ["hf", "gguf"])
 def test_base_model_follows_the_configs_rules(checkpoints, kind):
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-  model_cfg = ml_collections.ConfigDict(dict(dtype="float32", param_dtype="float32",
-                                             remat="none"))
+  model_cfg = ml_collections.ConfigDict(dict(dtype="float32", param_dtype="float32", remat="none"))
   cfg, params = loop.load_base_model(checkpoints[kind], model_cfg, mesh, RULES)
   want = models.param_shardings(cfg, mesh, RULES)
   assert jax.tree.map(lambda x: x.sharding.spec, params) == jax.tree.map(lambda s: s.spec, want)
