@@ -22,6 +22,12 @@ setup(
         "numpy",
         # Answer equivalence: math-verify's LaTeX parser is far more complete than ours would be.
         "math-verify[antlr4_13_2]",
+        # The official R-Zero grader (config.grader = "mathruler", the default); mathruler does
+        # not declare its own dependency on pylatexenc.
+        "mathruler",
+        "pylatexenc",
+        # Average linkage of the repetition penalty (scikit-learn's own tree builder); jax needs it too.
+        "scipy",
         "tqdm",
         "tensorboardX",
         "matplotlib",
@@ -30,7 +36,9 @@ setup(
         # torch is only the reference that parity tests compare against. The exact pin takes the
         # local CPU wheel; an unpinned torch would pull several GB of CUDA.
         # accelerate: transformers needs it to load a GGUF file as the parity reference.
-        "test": ["pytest", "torch==2.13.0", "nltk", "scipy", "gguf", "accelerate", "ruff"],
+        # scikit-learn: the official clustering call the repetition penalty is compared with.
+        "test": ["pytest", "torch==2.13.0", "nltk", "scipy", "scikit-learn", "gguf", "accelerate",
+                 "ruff"],
         "gguf": ["gguf"],
         "eval": ["champ-dataset", "pyarrow"],
         "tfds": ["tensorflow-datasets"],

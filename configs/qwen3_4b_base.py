@@ -1,6 +1,6 @@
 """R-Zero on Qwen3-4B-Base, the paper's settings.
 
-The paper's hyper-parameters (reference §6): Challenger G=4, 5 steps; Solver G=5, 15 steps;
+The paper's hyper-parameters (docs/ALGORITHM.md, "Settings"): Challenger G=4, 5 steps; Solver G=5, 15 steps;
 AdamW lr 1e-6, wd 0.01, clip 1.0; bf16 compute, float32 master weights and optimizer state,
 rematerialised layers, fully sharded (FSDP) parameters.
 

@@ -34,7 +34,7 @@ def get_config():
 
   c.dataset.num_questions = 32
   c.dataset.solver_samples = 4
-  c.dataset.max_question_tokens = 256
+  c.dataset.max_new_tokens = 256
 
   c.solver.steps = 3
   c.solver.prompts_per_step = 8
@@ -42,6 +42,7 @@ def get_config():
   c.solver.prompts_per_update = 8
   c.solver.max_new_tokens = 256
   c.solver.learner.learning_rate = 1e-6
+  c.solver.min_questions = 8       # one full Solver batch, the official minimum at this size
 
   c.sampling.answer_max_new_tokens = 256
   c.sampling.max_rows_per_call = 128

@@ -1,7 +1,13 @@
 """Answer extraction and equivalence for rewards and evaluation.
 
-`is_equiv(a, b)` decides whether two final answers are the same. It must never hang and must never
-run model text as code, because both answers come from a model:
+`is_equiv(a, b)` decides whether two final answers are the same, with one of two graders
+(docs/ALGORITHM.md, "Answer equivalence"):
+
+* "mathruler": mathruler's `grade_answer`, both ways, which the official R-Zero code uses for its
+  votes and Solver rewards. It is strict: `2/4` is not `1/2`, `10\\%` is not `0.1`.
+* "math_verify": math-verify plus our canonical forms, more lenient (the paper's evaluation grader).
+
+It must never hang and must never run model text as code, because both answers come from a model:
 
 * Cheap, bounded-time checks run in this process: identical strings, canonical LaTeX strings,
   plain numbers (integers compare exactly, as rationals), and pure-text answers.
@@ -11,8 +17,10 @@ run model text as code, because both answers come from a model:
   process, so it works from any thread. Workers are fresh interpreters started with exec (never a
   fork of this, possibly JAX-threaded, process), capped in address space, and they exit when this
   process goes away.
-* Nothing here calls `eval`, `sympify` on raw strings or `parse_expr`: math-verify is used with its
-  LaTeX extractor only, which parses with an ANTLR grammar.
+* This process never calls `eval`, `sympify` on raw strings or `parse_expr`: math-verify is used with
+  its LaTeX extractor only, which parses with an ANTLR grammar. mathruler does call sympy's
+  `parse_expr` (an eval) on answers with at most two distinct letters; it runs only in the capped,
+  killable workers.
 
 The module imports only the standard library at the top: the worker runs this same file with
 `runpy`, outside the package, so its start-up does not depend on what `rzero_jax` imports.
@@ -40,6 +48,10 @@ DEFAULT_TIMEOUT_S = 5.0
 # characters of LaTeX, and parsing junk of that size is how graders get stuck.
 MAX_PARSE_CHARS = 2000
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
+GRADERS = ("math_verify", "mathruler")
+# The official Solver reward: (1 - w) * agreement + w * format (docs/ALGORITHM.md, "Solver reward").
+FORMAT_WEIGHT = 0.1
+SOLVER_REWARD_FORMS = ("paper", "code")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -217,6 +229,26 @@ def _quick_verdict(a: str, b: str) -> bool | None:
     return None
 
 
+_SMALL_INT = re.compile(r"^-?\d{1,15}$")
+
+
+def _quick_verdict_mathruler(a: str, b: str) -> bool | None:
+    """What mathruler's grade_answer says without running it, where that is certain."""
+    if a == b:
+        return bool(a)
+    if not a or not b or len(a) > MAX_PARSE_CHARS or len(b) > MAX_PARSE_CHARS:
+        return False
+    if _SMALL_INT.match(a) and _SMALL_INT.match(b):
+        # Plain integers below 2^53 normalise to their value (larger ones go through float there).
+        return int(a) == int(b)
+    return None
+
+
+def _check_grader(grader: str) -> None:
+    if grader not in GRADERS:
+        raise ValueError(f"grader={grader!r}; expected one of {GRADERS} (config.grader)")
+
+
 def _braces_balanced(s: str) -> bool:
     depth, k = 0, 0
     while k < len(s):
@@ -249,12 +281,13 @@ class GraderUnavailableError(RuntimeError):
 class _Worker:
     """One grader subprocess: line-delimited JSON requests in, one '0'/'1' line per pair out."""
 
-    def __init__(self, memory_limit_mb: int, startup_timeout_s: float):
+    def __init__(self, memory_limit_mb: int, startup_timeout_s: float, grader: str = "math_verify"):
         env = dict(os.environ)
         env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
         code = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__rzero_grading_worker__')"
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, os.path.abspath(__file__), str(os.getpid()), str(memory_limit_mb)],
+            [sys.executable, "-c", code, os.path.abspath(__file__), str(os.getpid()), str(memory_limit_mb),
+             grader],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -324,7 +357,10 @@ class GradingPool:
         startup_timeout_s: float = 120.0,
         cache_size: int = 200_000,
         max_chunk: int = 16,
+        grader: str = "math_verify",
     ):
+        _check_grader(grader)
+        self.grader = grader
         if num_workers is None:
             num_workers = max(1, min(4, os.cpu_count() or 1))
         if num_workers < 1:
@@ -369,7 +405,8 @@ class GradingPool:
                     verdicts[k] = False
                     continue
                 a, b = sorted((_sanitize(a), _sanitize(b)))
-                quick = _quick_verdict(a, b)
+                quick = (_quick_verdict(a, b) if self.grader == "math_verify"
+                         else _quick_verdict_mathruler(a, b))
                 if quick is not None:
                     self.stats["quick"] += 1
                     verdicts[k] = quick
@@ -381,7 +418,8 @@ class GradingPool:
                     todo.setdefault((a, b), []).append(k)
             if todo:
                 keys = list(todo)
-                results = self._run_symbolic([(_worker_form(a), _worker_form(b)) for a, b in keys], timeout)
+                form = _worker_form if self.grader == "math_verify" else (lambda x: x)
+                results = self._run_symbolic([(form(a), form(b)) for a, b in keys], timeout)
                 for key, result in zip(keys, results):
                     self._cache[key] = result
                     for k in todo[key]:
@@ -420,7 +458,7 @@ class GradingPool:
             w.kill()  # died while idle (e.g. killed from outside): clean up, start a fresh one
             self._workers.remove(w)
         while len(self._workers) < self.num_workers:
-            self._workers.append(_Worker(self.memory_limit_mb, self.startup_timeout_s))
+            self._workers.append(_Worker(self.memory_limit_mb, self.startup_timeout_s, self.grader))
         with selectors.DefaultSelector() as sel:
             for w in self._workers:
                 sel.register(w.fd, selectors.EVENT_READ, w)
@@ -435,7 +473,7 @@ class GradingPool:
                     pending.extendleft(reversed(w.batch))
                 sel.unregister(w.fd)
                 w.kill()
-                fresh = _Worker(self.memory_limit_mb, self.startup_timeout_s)
+                fresh = _Worker(self.memory_limit_mb, self.startup_timeout_s, self.grader)
                 self._workers[self._workers.index(w)] = fresh
                 sel.register(fresh.fd, selectors.EVENT_READ, fresh)
 
@@ -498,26 +536,26 @@ class GradingPool:
 # Module-level API on a shared default pool
 # ----------------------------------------------------------------------------------------------
 
-_default_pool: GradingPool | None = None
+_default_pools: dict[str, GradingPool] = {}
 _default_pool_lock = threading.Lock()
 
 
-def default_pool() -> GradingPool:
-    """The process-wide pool behind `is_equiv` (created on first use, closed at exit)."""
-    global _default_pool
+def default_pool(grader: str = "math_verify") -> GradingPool:
+    """The process-wide pool of a grader behind `is_equiv` (created on first use, closed at exit)."""
+    _check_grader(grader)
     with _default_pool_lock:
-        if _default_pool is None or _default_pool._closed:
-            _default_pool = GradingPool()
-        return _default_pool
+        pool = _default_pools.get(grader)
+        if pool is None or pool._closed:
+            pool = _default_pools[grader] = GradingPool(grader=grader)
+        return pool
 
 
 def close() -> None:
-    """Stop the default pool's workers (a later call starts new ones)."""
-    global _default_pool
+    """Stop the default pools' workers (a later call starts new ones)."""
     with _default_pool_lock:
-        if _default_pool is not None:
-            _default_pool.close()
-            _default_pool = None
+        for pool in _default_pools.values():
+            pool.close()
+        _default_pools.clear()
 
 
 atexit.register(close)
@@ -527,9 +565,11 @@ def is_equiv_batch(
     pairs: Iterable[tuple[str | None, str | None]],
     timeout: float = DEFAULT_TIMEOUT_S,
     pool: GradingPool | None = None,
+    grader: str = "math_verify",
 ) -> list[bool]:
-    """Verdicts for many (a, b) pairs, compared in parallel; see `is_equiv`."""
-    return (pool or default_pool()).equiv_batch(pairs, timeout=timeout)
+    """Verdicts for many (a, b) pairs, compared in parallel; see `is_equiv`. A given `pool`
+    brings its own grader."""
+    return (pool or default_pool(grader)).equiv_batch(pairs, timeout=timeout)
 
 
 def is_equiv(
@@ -548,20 +588,43 @@ def is_equiv(
     return is_equiv_batch([(a, b)], timeout=timeout, pool=pool)[0]
 
 
+_FORMAT = re.compile(r"<think>.*</think>.*\\boxed\{.*\}.*", re.DOTALL)
+_TAG_SPACE = re.compile(r"\s*(<|>|/)\s*")
+
+
+def format_reward(response: str) -> float:
+    """The official format check: 1.0 iff the response is <think>...</think>...\\boxed{...}...
+    (spaces around '<', '>' and '/' ignored, as there)."""
+    return 1.0 if _FORMAT.fullmatch(_TAG_SPACE.sub(r"\1", response)) else 0.0
+
+
 def solver_reward(response: str, label: str | None, timeout: float = DEFAULT_TIMEOUT_S,
-                  pool: GradingPool | None = None) -> float:
-    """1.0 iff the response's last boxed answer equals the label, else 0.0 (no box: 0.0)."""
-    return solver_rewards([response], [label], timeout=timeout, pool=pool)[0]
+                  pool: GradingPool | None = None, *, form: str = "paper",
+                  grader: str = "math_verify") -> float:
+    """The Solver's reward for one response; see `solver_rewards`."""
+    return solver_rewards([response], [label], timeout=timeout, pool=pool, form=form,
+                          grader=grader)[0]
 
 
 def solver_rewards(responses: Sequence[str], labels: Sequence[str | None], timeout: float = DEFAULT_TIMEOUT_S,
-                   pool: GradingPool | None = None) -> list[float]:
-    """`solver_reward` for a batch, with all comparisons in one parallel grading call."""
+                   pool: GradingPool | None = None, *, form: str = "paper",
+                   grader: str = "math_verify") -> list[float]:
+    """Solver rewards for a batch, with all comparisons in one parallel grading call.
+
+    form="paper": 1.0 iff the response's last boxed answer equals the label, else 0.0 (no box:
+    0.0). form="code" (the official reward): 0.9 * that + 0.1 * `format_reward(response)`.
+    """
+    if form not in SOLVER_REWARD_FORMS:
+        raise ValueError(f"form={form!r}; expected one of {SOLVER_REWARD_FORMS} (config.solver.reward_form)")
     if len(responses) != len(labels):
         raise ValueError(f"responses ({len(responses)}) and labels ({len(labels)}) differ in length")
     answers = [extract_boxed(r) for r in responses]
-    verdicts = is_equiv_batch(list(zip(answers, labels)), timeout=timeout, pool=pool)
-    return [1.0 if v else 0.0 for v in verdicts]
+    verdicts = is_equiv_batch(list(zip(answers, labels)), timeout=timeout, pool=pool, grader=grader)
+    agreement = [1.0 if v else 0.0 for v in verdicts]
+    if form == "paper":
+        return agreement
+    return [(1.0 - FORMAT_WEIGHT) * a + FORMAT_WEIGHT * format_reward(r)
+            for a, r in zip(agreement, responses)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -571,6 +634,7 @@ def solver_rewards(responses: Sequence[str], labels: Sequence[str | None], timeo
 
 def _worker_main() -> None:
     parent_pid, memory_limit_mb = int(sys.argv[2]), int(sys.argv[3])
+    grader = sys.argv[4] if len(sys.argv) > 4 else "math_verify"
     # The protocol owns the real stdout; anything a library prints goes to stderr instead.
     protocol = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)
@@ -586,6 +650,9 @@ def _worker_main() -> None:
     import logging
 
     logging.disable(logging.CRITICAL)  # math-verify warns that its own timeouts are off: intended
+    if grader == "mathruler":
+        _serve_mathruler(protocol)
+        return
     from math_verify import LatexExtractionConfig, parse, verify
 
     config = [LatexExtractionConfig(boxed_match_priority=0)]
@@ -610,6 +677,23 @@ def _worker_main() -> None:
                 verdict = equal(a, b)
             except Exception:  # noqa: BLE001 - any failure on model text (MemoryError,
                 verdict = False  # RecursionError, parser errors) means "not equal"
+            protocol.write(b"1\n" if verdict else b"0\n")
+
+
+def _serve_mathruler(protocol) -> None:
+    from mathruler.grader import grade_answer
+
+    def equal(a: str, b: str) -> bool:  # both directions, as the official vote asks
+        return bool(grade_answer(a, b) or grade_answer(b, a))
+
+    equal("1", "1")  # import sympy's parser before declaring ready
+    protocol.write(b"ready\n")
+    for line in sys.stdin.buffer:
+        for a, b in json.loads(line)["pairs"]:
+            try:
+                verdict = equal(a, b)
+            except Exception:  # noqa: BLE001 - any failure on model text means "not equal"
+                verdict = False
             protocol.write(b"1\n" if verdict else b"0\n")
 
 

@@ -124,6 +124,90 @@ def test_majority_votes_batch_and_errors():
         challenger.majority_vote([3, 3])
 
 
+def official_vote(results, grade, count_empty):
+    """The official vote, transcribed: `process_single` of vllm_service_init/start_vllm_server.py
+    (count_empty=True) and the grading loop of question_evaluate/evaluate.py (count_empty=False).
+    `results` are mathruler's extract_boxed_content values: "None" for a missing box."""
+    if not count_empty:
+        results = [res for res in results if res]
+        if not results:
+            return None  # the question is dropped
+    answer_counts = {}
+    for res in results:
+        if not res:
+            continue
+        matched = False
+        for exist_ans in list(answer_counts.keys()):
+            if res == exist_ans or ("no " in res.lower() and "no " in exist_ans.lower()):
+                answer_counts[exist_ans] += 1
+                matched = True
+                break
+            if grade(res, exist_ans) or grade(exist_ans, res):
+                answer_counts[exist_ans] += 1
+                matched = True
+                break
+        if not matched:
+            answer_counts[res] = 1
+    if not answer_counts:
+        majority_ans, max_count = "", 0
+    else:
+        majority_ans = max(answer_counts, key=answer_counts.get)
+        max_count = answer_counts[majority_ans]
+    return majority_ans, (max_count / len(results) if results else 0.0)
+
+
+def near(a: str, b: str) -> bool:
+    """A symmetric, NON-transitive toy grader (1 ~ 2 ~ 3 but not 1 ~ 3): order matters.
+
+    "None" is mathruler's stand-in for a missing box; it equals no answer here. Officially a
+    grader may match it to a literal \\boxed{none}; we never treat a missing answer as an answer
+    (docs/ALGORITHM.md, "Deviations"), so that one case is left out of the comparison.
+    """
+    if "None" in (a, b):
+        return a == b
+    try:
+        return abs(int(a) - int(b)) <= 1
+    except ValueError:
+        return a.lower() == b.lower()
+
+
+_POOL = ["1", "2", "3", "4", "7", "", " ", None, "no solution", "No real roots", "there is no answer",
+         "none", "x", "X", "  2 ", "not 5"]
+
+
+@pytest.mark.parametrize("count_empty", [True, False])
+def test_vote_equals_the_official_logic_on_20000_random_answer_sets(count_empty):
+    rng = np.random.default_rng(26 + count_empty)
+    sets = []
+    for _ in range(20_000):
+        m = int(rng.integers(1, 11))
+        sets.append([_POOL[k] for k in rng.integers(0, len(_POOL), m)])
+    ours = challenger.majority_votes(sets, equiv=lambda pairs: [near(a, b) for a, b in pairs],
+                                     count_empty=count_empty)
+    mismatches = 0
+    for answers, (label, p_hat) in zip(sets, ours):
+        # mathruler strips the box's content and gives "None" for a missing box.
+        official = official_vote(["None" if a is None else a.strip() for a in answers], near,
+                                 count_empty)
+        if official is None:  # dropped by the official dataset phase: no label here either
+            mismatches += not (label is None and p_hat == 0.0)
+            continue
+        want_label = None if official[0] in ("None", "") else official[0]
+        mismatches += not (label == want_label and p_hat == official[1])
+    assert mismatches == 0
+
+
+def test_vote_edge_cases_by_hand():
+    vote = lambda answers, **kw: challenger.majority_vote(answers, equiv=exact_equiv, **kw)  # noqa: E731
+    # An empty box joins no cluster; the reward counts it in m, the dataset phase does not.
+    assert vote(["5", "", "", "6"]) == ("5", 0.25)
+    assert vote(["5", "", "", "6"], count_empty=False) == ("5", 0.5)
+    assert vote(["", " "]) == (None, 0.0)
+    assert vote(["", " "], count_empty=False) == (None, 0.0)
+    # The "no " merge: any two answers that contain "no " are one cluster.
+    assert vote(["No solution", "7", "there are no real roots", "7", "no x"]) == ("No solution", 0.6)
+
+
 # ------------------------------------------------------------------------------------ rewards
 
 
@@ -166,6 +250,18 @@ def test_challenger_rewards_code_form():
     np.testing.assert_allclose(mixed, [0.75, -1.5, 0.6, -0.3], atol=1e-12)
 
 
+def test_code_form_charges_a_malformed_rollout_its_own_singleton_cluster():
+    completions = ["<question>what is 1 + 1</question>", "no block", "<question>what is 1 + 1</question>",
+                   "also none"]
+    answers = [["2", "2"], None, ["2", "3"], None]
+    code = challenger.score_challenger_rollouts(completions, answers, form="code", equiv=exact_equiv)
+    # The two identical questions share a cluster (2 / 4); each malformed one is alone (1 / 4).
+    np.testing.assert_allclose(code.penalties, [0.5, 0.25, 0.5, 0.25])
+    np.testing.assert_allclose(code.rewards, [0.0 - 0.5, -1.25, 0.5 - 0.5, -1.25])
+    paper = challenger.score_challenger_rollouts(completions, answers, equiv=exact_equiv)
+    np.testing.assert_allclose(paper.rewards, [0.0, 0.0, 0.5, 0.0])
+
+
 def test_challenger_rewards_errors():
     with pytest.raises(ValueError, match="same length"):
         challenger.challenger_rewards(["q"], [0.5, 0.5], [0.0])
@@ -204,7 +300,8 @@ def test_score_challenger_rollouts_batch():
     np.testing.assert_allclose(scores.penalties, [2 / 4, 2 / 4, 0.0, 1 / 4])
     np.testing.assert_allclose(scores.rewards, [1 - 2 / 4, 1 - 2 / 4, 0.0, 0.0], atol=1e-12)
     code = challenger.score_challenger_rollouts(completions, answers, form="code", equiv=exact_equiv)
-    np.testing.assert_allclose(code.rewards, [0.5 - 2 / 4, 0.5 - 2 / 4, -1.0, 0.1 - 1 / 4], atol=1e-12)
+    # The official form charges the malformed rollout its own singleton cluster: -1 - 1/4.
+    np.testing.assert_allclose(code.rewards, [0.5 - 2 / 4, 0.5 - 2 / 4, -1.25, 0.1 - 1 / 4], atol=1e-12)
     with pytest.raises(ValueError, match="solver_answers"):
         challenger.score_challenger_rollouts(completions[:1], [None])
 

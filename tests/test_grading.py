@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from rzero_jax import grading
@@ -188,6 +189,78 @@ def test_solver_reward(pool):
     assert grading.solver_rewards(["\\boxed{2}", "\\boxed{x=2}", "none"], ["2", "2", "2"], pool=pool) == [1.0, 1.0, 0.0]
     with pytest.raises(ValueError, match="length"):
         grading.solver_rewards(["a"], [], pool=pool)
+
+
+# ------------------------------------------------------------------- the official grader, rewards
+
+# Where the two graders part (the issue's probe pairs): math-verify says equal, mathruler not.
+LENIENT_ONLY = [("2/4", "1/2"), ("10\\%", "0.1"), ("\\{1,2\\}", "\\{2,1\\}"), ("1/3", "0.333333"),
+                ("5 apples", "5")]
+BOTH_EQUAL = [("\\frac{1}{2}", "0.5"), ("x^2-1", "(x-1)(x+1)"), ("3", "3.0"), ("12", "012"),
+              ("\\dfrac{3}{4}", "\\frac{3}{4}"), ("7", "7")]
+BOTH_DIFFERENT = [("3", "4"), ("-2", "2"), ("x+1", "x+2"), ("yes", "no")]
+
+
+@pytest.fixture(scope="module")
+def mathruler_pool():
+    pytest.importorskip("mathruler.grader")
+    p = grading.GradingPool(num_workers=1, grader="mathruler")
+    p.start()
+    yield p
+    p.close()
+
+
+def test_the_two_graders_differ_where_mathruler_is_strict(pool, mathruler_pool):
+    pairs = LENIENT_ONLY + BOTH_EQUAL + BOTH_DIFFERENT
+    lenient = pool.equiv_batch(pairs, timeout=30)
+    strict = mathruler_pool.equiv_batch(pairs, timeout=30)
+    n1, n2 = len(LENIENT_ONLY), len(LENIENT_ONLY) + len(BOTH_EQUAL)
+    assert lenient == [True] * n2 + [False] * len(BOTH_DIFFERENT)
+    assert strict == [False] * n1 + [True] * len(BOTH_EQUAL) + [False] * len(BOTH_DIFFERENT)
+
+
+def test_mathruler_verdicts_are_grade_answer_both_ways(mathruler_pool):
+    from mathruler.grader import grade_answer
+
+    rng = np.random.default_rng(0)
+    ints = [str(int(x)) for x in rng.integers(-30, 30, 40)] + ["007", "-0", "10", "12345678901234"]
+    others = ["\\frac{1}{2}", "0.5", "1/2", "2/4", "x", "2x", "x*2", "\\sqrt{4}", "(1,2)", "(2,1)"]
+    pool_values = ints + others
+    pairs = [(pool_values[i], pool_values[j]) for i, j in rng.integers(0, len(pool_values), (300, 2))]
+    ours = mathruler_pool.equiv_batch(pairs, timeout=30)
+    official = [bool(grade_answer(a, b) or grade_answer(b, a)) for a, b in pairs]
+    assert ours == official
+    assert mathruler_pool.stats["quick"] > 0 and mathruler_pool.stats["symbolic"] > 0
+
+
+def test_unknown_grader_is_refused_in_one_line():
+    with pytest.raises(ValueError, match="config.grader"):
+        grading.GradingPool(grader="sympy")
+    with pytest.raises(ValueError, match="config.grader"):
+        grading.is_equiv_batch([("1", "1")], grader="exact")
+
+
+@pytest.mark.parametrize("response, expected", [
+    ("<think>so</think> the answer is \\boxed{3}", 1.0),
+    ("< think >so</ think >\\boxed{3}.", 1.0),  # spaces around the tags' brackets are dropped
+    ("no tags \\boxed{3}", 0.0),
+    ("<think>so</think> no box", 0.0),
+    ("\\boxed{3}<think>late</think>", 0.0),
+])
+def test_format_reward_is_the_official_pattern(response, expected):
+    assert grading.format_reward(response) == expected
+
+
+def test_solver_reward_forms(pool, mathruler_pool):
+    responses = ["<think>hm</think> \\boxed{1/2}", "\\boxed{1/2}", "<think>hm</think> \\boxed{3}", "3"]
+    labels = ["0.5", "0.5", "4", "3"]
+    assert grading.solver_rewards(responses, labels, pool=pool) == [1.0, 1.0, 0.0, 0.0]
+    code = grading.solver_rewards(responses, labels, pool=pool, form="code")
+    assert code == pytest.approx([1.0, 0.9, 0.1, 0.0])
+    # The official grader does not reduce fractions: 2/4 earns nothing against 1/2.
+    assert grading.solver_rewards(["\\boxed{2/4}"], ["1/2"], pool=mathruler_pool) == [0.0]
+    with pytest.raises(ValueError, match="reward_form"):
+        grading.solver_rewards(["\\boxed{1}"], ["1"], pool=pool, form="binary")
 
 
 # ------------------------------------------------------------------------------- hostile inputs

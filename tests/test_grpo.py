@@ -21,7 +21,7 @@ HPARAMS = dict(clip_low=0.2, clip_high=0.3, dual_clip=3.0, kl_coef=0.01, kl_clam
 
 
 # ---------------------------------------------------------------------------------------------
-# Independent reference (float64 torch, explicit loops, definitions of rzero_reference.md §6)
+# Independent reference (float64 torch, explicit loops, definitions of docs/ALGORITHM.md)
 # ---------------------------------------------------------------------------------------------
 def reference_advantages(rewards, group_size, eps=1e-6, estimator="grpo"):
     out = []
@@ -58,12 +58,13 @@ def reference_loss_and_grad(logp, old_logp, ref_logp, adv, mask, aggregation, p=
     """Returns (loss = sum/count, d loss / d logp as [B, T], metrics dict of plain floats)."""
     batch, time = logp.shape
     lp_all = torch.tensor(np.where(mask > 0, logp, 0.0), dtype=torch.float64, requires_grad=True)
-    seq_losses, tok_losses, kls, ratios = [], [], [], []
+    seq_losses, tok_losses, kls, ratios, rows_with_tokens = [], [], [], [], []
     n_low = n_high = n_dual = 0
     for b in range(batch):
         idx = [t for t in range(time) if mask[b, t] > 0]
         if not idx:
             continue
+        rows_with_tokens.append(b)
         a = float(adv[b])
         lp = lp_all[b, idx]
         old = torch.tensor(old_logp[b, idx], dtype=torch.float64)
@@ -80,6 +81,16 @@ def reference_loss_and_grad(logp, old_logp, ref_logp, adv, mask, aggregation, p=
             n_dual += int(a < 0 and r > p["dual_clip"])
     if aggregation == "token-mean":
         loss = torch.cat(tok_losses).mean()
+    elif aggregation == "micro-token-mean":
+        # The official trainer: the token mean of each micro-batch of 2 consecutive rows (EasyR1's
+        # masked_mean per micro-batch), then the mean over micro-batches that have tokens.
+        by_row = dict(zip(rows_with_tokens, tok_losses))
+        means = []
+        for start in range(0, batch, 2):
+            toks = [by_row[r] for r in (start, start + 1) if r in by_row]
+            if toks:
+                means.append(torch.cat(toks).mean())
+        loss = torch.stack(means).mean()
     else:
         loss = torch.stack(seq_losses).mean()
     loss.backward()
@@ -185,7 +196,7 @@ def test_advantages_reject_bad_input():
 # ---------------------------------------------------------------------------------------------
 # Policy loss
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("aggregation", ["seq-mean-token-mean", "token-mean"])
+@pytest.mark.parametrize("aggregation", ["seq-mean-token-mean", "token-mean", "micro-token-mean"])
 def test_policy_loss_and_grad_match_reference(aggregation):
     d = make_batch(0)
     adv = np.asarray(grpo.group_advantages(d["rewards"], GROUP))
@@ -198,7 +209,9 @@ def test_policy_loss_and_grad_match_reference(aggregation):
     assert np.all(np.isfinite(grad))
     assert np.all(np.asarray(grad)[d["mask"] == 0] == 0.0)
     np.testing.assert_allclose(np.asarray(grad), ref_grad, rtol=1e-6, atol=0)
-    expected_count = (d["mask"].sum(1) > 0).sum() if aggregation != "token-mean" else d["mask"].sum()
+    per_pair = d["mask"].reshape(BATCH // 2, -1).sum(1)
+    expected_count = {"token-mean": d["mask"].sum(), "micro-token-mean": (per_pair > 0).sum(),
+                      "seq-mean-token-mean": (d["mask"].sum(1) > 0).sum()}[aggregation]
     assert float(count) == expected_count
     values = grpo.metric_values(metrics)
     for name, ref_value in ref_metrics.items():
@@ -226,6 +239,19 @@ def test_policy_loss_without_kl_or_dual_clip(aggregation):
     ref_loss, _, _ = reference_loss_and_grad(d["logp"], d["old_logp"], d["ref_logp"], adv,
                                              d["mask"], aggregation, dict(p, dual_clip=1e30))
     np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-6)
+
+
+def test_micro_token_mean_differs_from_the_paper_form_and_checks_its_rows():
+    d = make_batch(0)
+    adv = np.asarray(grpo.group_advantages(d["rewards"], GROUP))
+    (paper, _), _ = loss_fn("seq-mean-token-mean", **HPARAMS)(d["logp"], d["old_logp"], d["ref_logp"],
+                                                              adv, d["mask"])
+    (official, _), _ = loss_fn("micro-token-mean", **HPARAMS)(d["logp"], d["old_logp"],
+                                                              d["ref_logp"], adv, d["mask"])
+    assert abs(float(paper) - float(official)) > 1e-4  # mixed lengths: the two forms differ
+    with pytest.raises(ValueError, match="aggregation_rows=3"):
+        grpo.policy_loss(d["logp"][:4], d["old_logp"][:4], d["ref_logp"][:4], adv[:4],
+                         d["mask"][:4], aggregation="micro-token-mean", aggregation_rows=3)
 
 
 @pytest.mark.parametrize("aggregation", ["seq-mean-token-mean", "token-mean"])

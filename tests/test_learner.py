@@ -41,7 +41,7 @@ def test_chunked_logprobs_match_full_softmax():
     np.testing.assert_allclose(np.asarray(ours)[0], np.asarray(ref)[0], atol=2e-6)
 
 
-@pytest.mark.parametrize("aggregation", ["seq-mean-token-mean", "token-mean"])
+@pytest.mark.parametrize("aggregation", ["seq-mean-token-mean", "token-mean", "micro-token-mean"])
 def test_micro_batches_give_the_full_batch_update(aggregation):
   params = models.init_params(CFG, jax.random.key(1))
   batch = _random_batch(np.random.default_rng(1))
@@ -78,6 +78,29 @@ def test_train_step_is_one_adamw_update_of_the_accumulated_gradient():
   assert int(state.step) == 1
   for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(state.params)):
     np.testing.assert_allclose(a, b, atol=1e-7, rtol=0)
+
+
+def test_an_update_with_a_non_finite_gradient_is_skipped():
+  params = models.init_params(CFG, jax.random.key(3))
+  lc = learner.LearnerConfig(learning_rate=1e-3, logprob_chunk=4)
+  state = learner.init_train_state(jax.tree.map(jnp.copy, params), lc)
+  step = learner.make_train_step(CFG, lc, state)
+  good = _random_batch(np.random.default_rng(3))
+  bad = dict(good, advantages=np.where(np.arange(8) == 5, np.nan, good["advantages"])
+             .astype(np.float32))
+  state, metrics = step(state, good)
+  assert float(metrics["skipped_updates"]) == 0.0
+  before = jax.device_get(state)
+  state, metrics = step(state, bad)
+  assert not np.isfinite(float(metrics["grad_norm"]))
+  assert float(metrics["skipped_updates"]) == 1.0 and int(state.step) == 2
+  # Params and Adam's moments exactly as they were: the NaN reached neither.
+  for a, b in zip(jax.tree.leaves(before.params) + jax.tree.leaves(before.opt_state),
+                  jax.tree.leaves(state.params) + jax.tree.leaves(state.opt_state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  state, metrics = step(state, good)  # and training goes on
+  assert float(metrics["skipped_updates"]) == 0.0
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state.params))
 
 
 def test_grpo_learns_a_verifiable_reward():

@@ -2,6 +2,7 @@
 import dataclasses
 
 import numpy as np
+import pytest
 
 from rzero_jax import models
 from rzero_jax.rl import rollouts
@@ -81,13 +82,78 @@ def test_seeds_differ_by_phase_and_step_and_are_stable():
   assert a not in others and len(others) == 4
 
 
-def test_solver_batches_cycle_a_fixed_shuffle():
-  records = [{"question": str(i)} for i in range(5)]
-  first = [r["question"] for r in phases.solver_batch(records, 0, 3, seed=1)]
-  second = [r["question"] for r in phases.solver_batch(records, 1, 3, seed=1)]
-  assert len(set(first)) == 3 and first == [r["question"] for r in
-                                            phases.solver_batch(records, 0, 3, seed=1)]
-  assert len(set(first + second[:2])) == 5  # one pass covers the whole dataset
+def test_solver_batches_reshuffle_each_epoch_and_drop_the_last_partial_batch():
+  records = [{"question": i} for i in range(10)]
+  batch = lambda step: [r["question"] for r in phases.solver_batch(records, step, 3, seed=1)]  # noqa: E731
+  # 10 questions in batches of 3: 3 batches an epoch, the 10th question left out of that epoch.
+  epoch0 = [batch(k) for k in range(3)]
+  epoch1 = [batch(k) for k in range(3, 6)]
+  for epoch in (epoch0, epoch1):
+    seen = sum(epoch, [])
+    assert len(seen) == 9 and len(set(seen)) == 9  # no repeats within an epoch
+  assert epoch0 != epoch1  # a new shuffle each epoch (the old code cycled one order)
+  assert batch(4) == batch(4)  # a resumed step replays
+  assert batch(0) != [r["question"] for r in phases.solver_batch(records, 0, 3, seed=2)]
+
+
+def test_solver_batches_refuse_a_dataset_below_the_minimum_in_one_line():
+  records = [{"question": i} for i in range(10)]
+  with pytest.raises(ValueError, match=r"kept 10 questions; solver.min_questions=512"):
+    phases.solver_batch(records, 0, 3, seed=1, min_questions=512)
+  with pytest.raises(ValueError, match="solver.prompts_per_step=16"):
+    phases.solver_batch(records, 0, 16, seed=1)  # not one full batch
+  assert len(phases.solver_batch(records, 0, 3, seed=1, min_questions=10)) == 3
+
+
+def _dataset_env(texts, monkeypatch, seen_budget):
+  class Tok:
+    def decode(self, ids):
+      return texts[ids[0]]
+
+    def encode_chat(self, messages):
+      words = len(messages[-1]["content"].split()) if messages else 0
+      return [0] * (5 + words)  # 5 tokens of template
+
+  class Prompts:
+    def challenger_messages(self):
+      return []
+
+    def solver_messages(self, question):
+      return [{"role": "user", "content": question}]
+
+  env = phases.Env(cfg=None, tokenizer=Tok(), mesh=None, rules=None, prompt_set=Prompts(),
+                   stop_token_ids=(), max_rows_per_call=8)
+
+  def fake_rows(env, params, prompts, **k):
+    seen_budget.append(k["max_new_tokens"])
+    return [[i] for i in sorted(texts)], None, None
+
+  monkeypatch.setattr(phases, "generate_rows", fake_rows)
+  monkeypatch.setattr(phases, "answer_questions",
+                      lambda env, params, qs, **k: [["3", "3"] for _ in qs])
+  return env
+
+
+def test_dataset_phase_keeps_a_long_question(monkeypatch):
+  """The Challenger writes with dataset.max_new_tokens, and a question is dropped only when its
+  whole Solver prompt exceeds dataset.max_solver_prompt_tokens (the official filter). A 1,500-word
+  question was dropped before, by the old 1,024-token question cap."""
+  from configs import qwen3_4b_base
+  from rzero_jax.rzero import config as config_lib
+
+  long_q = " ".join(["word"] * 1500)
+  texts = {1: f"<question>{long_q}</question> \\boxed{{3}}",
+           2: f"<question>{long_q} {long_q}</question> \\boxed{{3}}"}  # 3,005-token prompt
+  budgets = []
+  env = _dataset_env(texts, monkeypatch, budgets)
+  paper = qwen3_4b_base.get_config()
+  assert paper.dataset.max_new_tokens == 4096 and paper.dataset.max_solver_prompt_tokens == 2048
+  dcfg = config_lib.base_config().dataset
+  dcfg.update(band_delta=0.5, solver_samples=2, num_questions=2)
+  records, stats = phases.build_dataset(env, None, None, dcfg, None, seed=0)
+  assert budgets == [4096]
+  assert [r["question"] for r in records] == [long_q]
+  assert stats["overlong_prompts"] == 1 and stats["well_formed"] == 2
 
 
 def test_dataset_never_keeps_an_excluded_question(monkeypatch):
@@ -108,6 +174,9 @@ def test_dataset_never_keeps_an_excluded_question(monkeypatch):
     def challenger_messages(self):
       return []
 
+    def solver_messages(self, question):
+      return [{"role": "user", "content": question}]
+
   env = phases.Env(cfg=None, tokenizer=Tok(), mesh=None, rules=None, prompt_set=Prompts(),
                    stop_token_ids=(), max_rows_per_call=8)
   monkeypatch.setattr(phases, "generate_rows", lambda *a, **k: ([[1], [2]], None, None))
@@ -119,7 +188,8 @@ def test_dataset_never_keeps_an_excluded_question(monkeypatch):
     __getattr__ = dict.get
 
   dcfg = D(num_questions=2, temperature=1.0, top_p=1.0, top_k=0, solver_samples=2,
-           band_delta=0.5, band_low=-1.0, band_high=-1.0, max_question_tokens=64)
+           band_delta=0.5, band_low=-1.0, band_high=-1.0, max_new_tokens=64,
+           max_solver_prompt_tokens=64)
   records, _ = phases.build_dataset(env, None, None, dcfg, None, seed=0,
                                     exclude=lambda q: q == "4 + 5")
   assert seen == ["1 + 2"] and [r["question"] for r in records] == ["1 + 2"]

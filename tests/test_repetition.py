@@ -1,13 +1,15 @@
-"""Repetition penalty: BLEU parity with NLTK, cluster parity with scipy, penalty values."""
+"""Repetition penalty: BLEU parity with NLTK (bit for bit), cluster parity with the official
+scikit-learn call, penalty values."""
 
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 import pytest
 
 nltk_bleu = pytest.importorskip("nltk.translate.bleu_score")
 hierarchy = pytest.importorskip("scipy.cluster.hierarchy")
+sklearn_cluster = pytest.importorskip("sklearn.cluster")
 from scipy.spatial.distance import squareform  # noqa: E402
 
 from rzero_jax.rzero import repetition  # noqa: E402
@@ -69,10 +71,9 @@ def test_bleu_matches_nltk_on_varied_questions(questions, bleu):
     pairs = [(i, j) for i in range(40) for j in range(40) if i != j]  # a dense block of edge cases
     pairs += [(i, rng.randrange(n)) for i in range(n) for _ in range(8)]  # every question, both roles
     pairs += [(rng.randrange(n), j) for j in range(n) for _ in range(4)]
-    worst = 0.0
-    for i, j in pairs:
-        worst = max(worst, abs(bleu[i, j] - nltk_bleu_score(questions[i], questions[j])))
-    assert worst <= 1e-9
+    # Bit for bit: average linkage breaks ties by exact comparisons, so one ulp can move a question.
+    differ = [(i, j) for i, j in pairs if bleu[i, j] != nltk_bleu_score(questions[i], questions[j])]
+    assert differ == []
 
 
 @pytest.mark.parametrize(
@@ -91,7 +92,7 @@ def test_bleu_matches_nltk_on_varied_questions(questions, bleu):
 )
 def test_bleu_edge_cases(hyp, ref):
     ours = repetition.bleu_matrix([hyp, ref])[0, 1]
-    assert abs(ours - nltk_bleu_score(hyp, ref)) <= 1e-9
+    assert ours == nltk_bleu_score(hyp, ref)
 
 
 def test_distances_follow_the_reference_loop(questions, bleu):
@@ -120,19 +121,27 @@ def partition(labels) -> list[tuple[int, ...]]:
 
 
 def scipy_labels(d: np.ndarray, threshold: float) -> np.ndarray:
+    """scipy's flat clusters, which keep merges AT the threshold too (not the official cut)."""
     z = hierarchy.linkage(squareform(d, checks=False), "average")
     return hierarchy.fcluster(z, t=threshold, criterion="distance")
 
 
-def test_clusters_match_scipy_on_bleu_distances(questions):
+def sklearn_labels(d: np.ndarray, threshold: float) -> np.ndarray:
+    """The official call (examples/reward_function/caller_penalty.py)."""
+    return sklearn_cluster.AgglomerativeClustering(
+        n_clusters=None, distance_threshold=threshold, metric="precomputed", linkage="average"
+    ).fit_predict(d)
+
+
+def test_clusters_match_sklearn_on_bleu_distances(questions):
     d = repetition.bleu_distances(questions)
     ours = repetition.average_linkage_labels(d, 0.5)
-    assert partition(ours) == partition(scipy_labels(d, 0.5))
+    assert partition(ours) == partition(sklearn_labels(d, 0.5))
     assert len(set(ours)) < len(questions)  # the fixture really has clusters to find
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_clusters_match_scipy_on_random_distances(seed):
+def test_clusters_match_sklearn_on_random_distances(seed):
     rng = np.random.default_rng(seed)
     n = int(rng.integers(2, 120))
     # Points in a few tight groups plus noise, scaled so many merges land near the threshold.
@@ -143,7 +152,15 @@ def test_clusters_match_scipy_on_random_distances(seed):
     np.fill_diagonal(d, 0.0)
     for threshold in (0.1, 0.3, 0.5):
         ours = repetition.average_linkage_labels(d, threshold)
-        assert partition(ours) == partition(scipy_labels(d, threshold)), (seed, threshold)
+        assert partition(ours) == partition(sklearn_labels(d, threshold)), (seed, threshold)
+
+
+def test_a_pair_at_exactly_the_threshold_stays_apart():
+    # scikit-learn merges only below distance_threshold; scipy's fcluster would join these two.
+    d = np.array([[0.0, 0.5, 0.9], [0.5, 0.0, 0.9], [0.9, 0.9, 0.0]])
+    assert partition(repetition.average_linkage_labels(d, 0.5)) == [(0,), (1,), (2,)]
+    assert partition(sklearn_labels(d, 0.5)) == [(0,), (1,), (2,)]
+    assert partition(scipy_labels(d, 0.5)) == [(0, 1), (2,)]
 
 
 def test_labels_are_numbered_by_first_member():
@@ -168,7 +185,8 @@ def test_repetition_penalty_values():
     ]
     # 0, 1 and 3 are near-duplicates (BLEU >= 0.5); 2 shares nothing with them.
     assert repetition.repetition_penalty(qs).tolist() == [0.75, 0.75, 0.25, 0.75]
-    assert repetition.repetition_penalty(qs, threshold=0.0).tolist() == [0.5, 0.25, 0.25, 0.5]
+    # Nothing is strictly below 0, not even two identical questions (the official cut).
+    assert repetition.repetition_penalty(qs, threshold=0.0).tolist() == [0.25] * 4
 
 
 def test_repetition_penalty_small_batches_and_errors():
@@ -183,11 +201,55 @@ def test_repetition_penalty_small_batches_and_errors():
         repetition.average_linkage_labels(np.zeros((2, 3)), 0.5)
 
 
-def test_penalty_matches_the_reference_pipeline(questions):
-    ours = repetition.repetition_penalty(questions, threshold=0.5)
-    labels = scipy_labels(repetition.bleu_distances(questions), 0.5)
-    reference = np.bincount(labels)[labels] / len(questions)
-    np.testing.assert_array_equal(ours, reference)
+def official_bleu_distance_matrix(sentences):
+    """The official `_bleu_distance_matrix`, transcribed (caller_penalty.py)."""
+    n = len(sentences)
+    dist = np.zeros((n, n))
+    for i in range(n):
+        for j in range(i, n):
+            score = 1.0 if i == j else nltk_bleu_score(sentences[i], sentences[j])
+            dist[i, j] = dist[j, i] = 1 - score
+    return dist
+
+
+def official_cluster_share(problems, distance_threshold=0.5):
+    """The official `cluster_share_per_problem`, transcribed (NLTK + scikit-learn)."""
+    labels = sklearn_labels(official_bleu_distance_matrix(problems), distance_threshold)
+    sizes = Counter(labels)
+    return [sizes[lab] / len(problems) for lab in labels]
+
+
+def test_penalty_matches_the_official_pipeline(questions):
+    batch = questions[:96]
+    np.testing.assert_array_equal(repetition.repetition_penalty(batch, threshold=0.5),
+                                  official_cluster_share(batch))
+
+
+_TEMPLATES = ("What is {a} plus {b}?", "Compute {a} times {b}.", "Find the sum of {a} and {b} and {c}.",
+              "What is the value of {a} + {b} - {c}?",
+              "How many ways are there to choose {a} of {b} items?", "Let x = {a}. What is x + {b}?",
+              "{a} + {b} = ?")
+
+
+def templated_questions(n: int, seed: int = 0) -> list[str]:
+    """Few templates, few slot values: many questions share their BLEU scores exactly (ties)."""
+    rng = random.Random(seed)
+    vals = [str(v) for v in range(1, 6)]
+    return [rng.choice(_TEMPLATES).format(a=rng.choice(vals), b=rng.choice(vals), c=rng.choice(vals))
+            for _ in range(n)]
+
+
+@pytest.mark.slow
+def test_penalty_equals_the_official_pipeline_on_3000_templated_questions():
+    """0 mismatches over 3,000 questions in batches of 64, ties included (the old inclusive cut
+    and ulp-level BLEU differences gave 11 here)."""
+    qs = templated_questions(3000)
+    mismatches = 0
+    for start in range(0, len(qs), 64):
+        batch = qs[start:start + 64]
+        ours = repetition.repetition_penalty(batch, threshold=0.5)
+        mismatches += int(np.sum(ours != np.array(official_cluster_share(batch))))
+    assert mismatches == 0
 
 
 def test_collapsed_batch_is_one_cluster():
@@ -197,4 +259,4 @@ def test_collapsed_batch_is_one_cluster():
     penalty = repetition.repetition_penalty(qs)
     np.testing.assert_allclose(penalty, [300 / 301] * 300 + [1 / 301])
     d = repetition.bleu_distances(qs)
-    assert partition(repetition.average_linkage_labels(d, 0.5)) == partition(scipy_labels(d, 0.5))
+    assert partition(repetition.average_linkage_labels(d, 0.5)) == partition(sklearn_labels(d, 0.5))

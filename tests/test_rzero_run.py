@@ -28,6 +28,7 @@ TINY = [
     "--config.dataset.band_low=0.0", "--config.dataset.band_high=1.0",
     "--config.solver.steps=2", "--config.solver.prompts_per_step=4",
     "--config.solver.prompts_per_update=4", "--config.solver.group_size=2",
+    "--config.solver.min_questions=4",
     "--config.solver.max_new_tokens=40", "--config.sampling.answer_max_new_tokens=40",
     "--config.eval.limit=8", "--config.eval.max_new_tokens=40",
     "--config.challenger.learner.learning_rate=1e-4", "--config.solver.learner.learning_rate=1e-3",

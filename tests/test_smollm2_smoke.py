@@ -19,7 +19,8 @@ def test_one_challenger_and_one_solver_step(tmp_path):
   c = smollm2_135m.get_config()
   c.challenger.update(prompts_per_step=2, group_size=2, prompts_per_update=2, max_new_tokens=24,
                       solver_samples=2)
-  c.solver.update(prompts_per_step=2, group_size=2, prompts_per_update=2, max_new_tokens=24)
+  c.solver.update(prompts_per_step=2, group_size=2, prompts_per_update=2, max_new_tokens=24,
+                  min_questions=2)
   c.sampling.answer_max_new_tokens = 24
   c.eval.benchmarks = ""
   s = loop.setup(c, str(tmp_path), base_model=c.base_model)

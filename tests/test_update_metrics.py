@@ -22,6 +22,8 @@ def test_updates_combine_as_one_batch():
     for t, r, g in zip(tokens, ratios, (1.0, 3.0))
   ]
   updates[1]["loss"], updates[1]["count"] = 5.0, 1.0
+  for u, skipped in zip(updates, (1.0, 1.0)):
+    u["skipped_updates"] = skipped
   merged = phases.merge_update_metrics(updates)
   everything = np.concatenate(tokens)
   assert merged["kl"] == pytest.approx(everything.mean())  # 1.75, not (1.0 + 4.0) / 2
@@ -29,6 +31,7 @@ def test_updates_combine_as_one_batch():
   assert merged["ratio/max"] == pytest.approx(2.5)
   assert merged["loss"] == pytest.approx((2.0 * 3 + 5.0 * 1) / 4)
   assert merged["grad_norm"] == pytest.approx(2.0)  # one per update: their mean
+  assert merged["skipped_updates"] == 2  # a count of updates, not a mean
 
 
 def test_a_single_update_is_unchanged():

@@ -6,8 +6,8 @@ floats fixed at trace time), never at array values.
 
 Losses and metrics are returned as *sums with their counts*, never as means: summing the pairs
 over micro-batches (and, through global `jnp.sum`, over devices) and dividing once at the end
-gives exactly the full-batch value. The definitions follow `rzero_reference.md` §6, which follows
-verl's `compute_policy_loss` / `kl_penalty("low_var_kl")`.
+gives exactly the full-batch value. The definitions follow verl's `compute_policy_loss` /
+`kl_penalty("low_var_kl")` (docs/ALGORITHM.md, "GRPO").
 """
 from __future__ import annotations
 
@@ -142,17 +142,35 @@ def _seq_mean_token_mean(values: jax.Array, mask: jax.Array) -> tuple[jax.Array,
     return jnp.sum(per_seq_mean), jnp.sum((tokens_per_seq > 0).astype(jnp.float32))
 
 
-AGGREGATIONS: dict[str, Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]] = {
+def _micro_token_mean(values: jax.Array, mask: jax.Array,
+                      rows: int) -> tuple[jax.Array, jax.Array]:
+    # The official trainer's loss: a token mean over each micro-batch of `rows` consecutive
+    # sequences, then the mean over micro-batches (EasyR1's loss / gradient_accumulation).
+    batch = values.shape[0]
+    if batch % rows:
+        raise ValueError(f"aggregation 'micro-token-mean' needs a batch that splits into groups of "
+                         f"aggregation_rows={rows} sequences; got {batch} rows")
+    grouped_sum = jnp.sum((values * mask).reshape(batch // rows, -1), axis=1)
+    grouped_count = jnp.sum(mask.reshape(batch // rows, -1), axis=1)
+    means = grouped_sum / jnp.maximum(grouped_count, 1.0)
+    return jnp.sum(means), jnp.sum((grouped_count > 0).astype(jnp.float32))
+
+
+AGGREGATIONS: dict[str, Callable[..., tuple[jax.Array, jax.Array]]] = {
     "token-mean": _token_mean,
     "seq-mean-token-mean": _seq_mean_token_mean,
+    "micro-token-mean": _micro_token_mean,
 }
 
 
-def aggregate(values: jax.Array, mask: jax.Array,
-              aggregation: str = "seq-mean-token-mean") -> tuple[jax.Array, jax.Array]:
-    """[B, T] per-token values -> (sum, count) under the named aggregation mode."""
+def aggregate(values: jax.Array, mask: jax.Array, aggregation: str = "seq-mean-token-mean",
+              rows: int = 2) -> tuple[jax.Array, jax.Array]:
+    """[B, T] per-token values -> (sum, count) under the named aggregation mode. `rows` is the
+    micro-batch size of "micro-token-mean" (2 in the official Challenger run)."""
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation={aggregation!r}; expected one of {sorted(AGGREGATIONS)}")
+    if aggregation == "micro-token-mean":
+        return _micro_token_mean(values, mask, rows)
     return AGGREGATIONS[aggregation](values, mask)
 
 
@@ -183,7 +201,7 @@ def _check_token_array(name: str, x, shape) -> jax.Array:
 def policy_loss(logp, old_logp, ref_logp, advantages, mask, *,
                 clip_low: float = 0.2, clip_high: float = 0.3, dual_clip: float | None = 3.0,
                 kl_coef: float = 0.01, kl_clamp: float = 10.0,
-                aggregation: str = "seq-mean-token-mean",
+                aggregation: str = "seq-mean-token-mean", aggregation_rows: int = 2,
                 entropy=None) -> tuple[jax.Array, jax.Array, Metrics]:
     """The GRPO objective of one (micro-)batch, as (loss_sum, count, metrics).
 
@@ -203,7 +221,10 @@ def policy_loss(logp, old_logp, ref_logp, advantages, mask, *,
         (dual_clip=None disables the cap).
       kl_coef, kl_clamp: beta and the symmetric clamp of the per-token k3 KL.
       aggregation: "seq-mean-token-mean" (mean over each sequence's tokens, then over
-        sequences that have tokens) or "token-mean" (over all tokens of the batch).
+        sequences that have tokens; the paper's mean over sequences), "token-mean" (over all
+        tokens of the batch) or "micro-token-mean" (a token mean over each run of
+        `aggregation_rows` consecutive sequences, then the mean over those runs: the official
+        Challenger run, with 2).
       entropy: optional [B, T] per-token policy entropy; only reported as a metric.
 
     Returns:
@@ -263,13 +284,13 @@ def policy_loss(logp, old_logp, ref_logp, advantages, mask, *,
         kl = k3_kl(logp, ref_logp, kl_clamp)
         token_loss = pg_loss + kl_coef * kl
         metrics["kl"] = _token_metric(kl, mask)
-        metrics["loss/kl"] = SumMetric(*aggregate(kl, mask, aggregation))
+        metrics["loss/kl"] = SumMetric(*aggregate(kl, mask, aggregation, aggregation_rows))
 
-    loss_sum, count = aggregate(token_loss, mask, aggregation)
+    loss_sum, count = aggregate(token_loss, mask, aggregation, aggregation_rows)
 
     # Which branch is active: these are the cheap alarms for a policy drifting off its sampler.
     ppo_clipped = clipped > unclipped
-    metrics["loss/policy"] = SumMetric(*aggregate(pg_loss, mask, aggregation))
+    metrics["loss/policy"] = SumMetric(*aggregate(pg_loss, mask, aggregation, aggregation_rows))
     metrics["clip_frac/low"] = _token_fraction(ppo_clipped & (ratio < 1.0), mask)
     metrics["clip_frac/high"] = _token_fraction(ppo_clipped & (ratio > 1.0), mask)
     metrics["clip_frac/dual"] = _token_fraction(dual_clipped, mask)

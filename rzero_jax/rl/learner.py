@@ -12,6 +12,8 @@ A batch is a dict of arrays with a leading row axis B (one row = prompt + comple
 
 The loss is accumulated as (sum, count) over micro-batches, and the gradient is the gradient of
 sum(loss_sum) / sum(count): one batch in k micro-batches gives the update of the whole batch.
+An update whose gradient norm is not finite is skipped (params and optimizer state unchanged,
+metric `skipped_updates` = 1), as the official trainer skips it.
 
 On-policy batches. When a rollout batch makes a single optimizer update, the params being
 updated are the policy that sampled it, so pi_old is their own logp. Leave `old_logp` out of
@@ -37,7 +39,7 @@ from rzero_jax.rl.logprobs import token_logprobs
 
 @dataclasses.dataclass(frozen=True)
 class LearnerConfig:
-  """Hyper-parameters of one GRPO role (reference §6)."""
+  """Hyper-parameters of one GRPO role (docs/ALGORITHM.md, "GRPO")."""
   learning_rate: float = 1e-6
   b1: float = 0.9
   b2: float = 0.999
@@ -49,6 +51,7 @@ class LearnerConfig:
   kl_coef: float = 0.01
   kl_clamp: float = 10.0
   aggregation: str = "seq-mean-token-mean"
+  aggregation_rows: int = 2       # sequences per run of "micro-token-mean" (the official's 2)
   micro_batches: int = 1          # gradient accumulation steps per update
   temperature: float = 1.0        # the sampling temperature the logprobs must match
   logprob_chunk: int = 256        # sequence chunk of the vocabulary projection
@@ -112,7 +115,8 @@ def _loss_terms(cfg, lc: LearnerConfig, params, mb, mesh, rules):
   loss_sum, count, metrics = grpo.policy_loss(
       logp, old_logp, mb["ref_logp"] if lc.kl_coef > 0 else None, mb["advantages"],
       mb["loss_mask"], clip_low=lc.clip_low, clip_high=lc.clip_high, dual_clip=lc.dual_clip,
-      kl_coef=lc.kl_coef, kl_clamp=lc.kl_clamp, aggregation=lc.aggregation, entropy=entropy)
+      kl_coef=lc.kl_coef, kl_clamp=lc.kl_clamp, aggregation=lc.aggregation,
+      aggregation_rows=lc.aggregation_rows, entropy=entropy)
   metrics.update(grpo.logprob_mismatch(mb["sampler_logp"], jax.lax.stop_gradient(logp),
                                        mb["loss_mask"]))
   return loss_sum, (count, metrics)
@@ -161,10 +165,19 @@ def accumulate_gradients(cfg: models.ModelConfig, lc: LearnerConfig, params, bat
 
 def train_step(cfg: models.ModelConfig, lc: LearnerConfig, state: TrainState, batch, *,
                mesh=None, rules=sharding.DEFAULT_RULES):
-  """One optimizer update from one batch, accumulated over lc.micro_batches. Pure."""
+  """One optimizer update from one batch, accumulated over lc.micro_batches. Pure.
+
+  A gradient whose norm is NaN or inf leaves params and optimizer state as they were (the official
+  trainer skips such an update too); the step still counts and `skipped_updates` says so.
+  """
   grads, metrics = accumulate_gradients(cfg, lc, state.params, batch, mesh=mesh, rules=rules)
   updates, opt_state = make_optimizer(lc).update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  finite = jnp.isfinite(metrics["grad_norm"])
+  keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+  params = jax.tree.map(keep, params, state.params)
+  opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+  metrics["skipped_updates"] = 1.0 - finite.astype(jnp.float32)
   return TrainState(state.step + 1, params, opt_state), metrics
 
 

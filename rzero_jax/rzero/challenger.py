@@ -1,6 +1,6 @@
 """The Challenger's side of R-Zero: parse its completions, vote the Solver's answers, score it.
 
-Reward of a format-valid question x_i (reference §4):
+Reward of a format-valid question x_i (docs/ALGORITHM.md, "Challenger reward"):
     r_unc = 1 - 2 |p_hat - 1/2|            ("paper" scale; the authors' code: min(p_hat, 1 - p_hat))
     r_rep = |cluster of x_i| / B           (BLEU clusters over the step's rollout batch)
     r     = max(0, r_unc - r_rep)          ("paper" form; the code: r_unc - r_rep, unclipped)
@@ -8,8 +8,8 @@ A malformed completion (no <question> block) gets 0 and is never sent to the Sol
 -1 - r_rep).
 
 p_hat comes from the Solver's m answers alone. The Challenger's own boxed answer is never used:
-comparing against it was a defect of the public code (reference §4), and so was treating a missing
-box as the truthy string "None"; here a missing answer is None.
+comparing against it was a defect of the public code (docs/ALGORITHM.md, "Deviations"), and so was
+treating a missing box as the truthy string "None"; here a missing answer is None.
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ def parse_question(text: str) -> str | None:
 def is_well_formed(text: str, require_boxed: bool = False) -> bool:
     """Format check of a Challenger completion.
 
-    The reward phase needs only a non-empty <question> block (reference §3). The dataset phase
-    also asks for a non-empty `\\boxed{}` after the block (reference §5): pass require_boxed=True.
+    The reward phase needs only a non-empty <question> block (docs/ALGORITHM.md, "Parsing"). The
+    dataset phase also asks for a non-empty `\\boxed{}` after the block (docs/ALGORITHM.md,
+    "Dataset"): pass require_boxed=True.
     The box's content is never compared with anything.
     """
     if parse_question(text) is None:
@@ -64,11 +65,20 @@ def _normalise_answer(answer: str | None) -> str | None:
         return None
     if not isinstance(answer, str):
         raise TypeError(f"answers must be str or None, got {type(answer).__name__}: {answer!r:.80}")
-    return answer.strip() or None  # an empty box is no answer
+    return answer.strip()  # "" is an empty box: skipped by the vote, as officially
+
+
+def _both_say_no(a: str, b: str) -> bool:
+    # The official vote merges any two answers that contain "no " ("no solution" ~ "no real
+    # roots") before it asks the grader (docs/ALGORITHM.md, "Majority vote").
+    return "no " in a.lower() and "no " in b.lower()
 
 
 def majority_votes(
-    answer_lists: Sequence[Sequence[str | None]], equiv: EquivBatch | None = None
+    answer_lists: Sequence[Sequence[str | None]],
+    equiv: EquivBatch | None = None,
+    *,
+    count_empty: bool = True,
 ) -> list[tuple[str | None, float]]:
     """`majority_vote` for many questions, with every equivalence test in one batch call."""
     equiv = equiv or grading.is_equiv_batch
@@ -78,24 +88,33 @@ def majority_votes(
         if len(answers) == 0:
             raise ValueError(f"answer_lists[{q}] is empty: majority vote needs m >= 1 answers")
         norm = [_normalise_answer(a) for a in answers]
-        uniques = list(dict.fromkeys(a for a in norm if a is not None))  # first-occurrence order
-        first_pair = len(pairs)
+        uniques = list(dict.fromkeys(a for a in norm if a))  # first-occurrence order
         k = len(uniques)
-        pairs.extend((uniques[i], uniques[j]) for i in range(k) for j in range(i + 1, k))
-        prepared.append((norm, uniques, first_pair))
+        # verdict slot of each pair i < j of distinct answers: True (the "no " merge), or the
+        # index of its grader call
+        slots: list[bool | int] = []
+        for i in range(k):
+            for j in range(i + 1, k):
+                if _both_say_no(uniques[i], uniques[j]):
+                    slots.append(True)
+                else:
+                    slots.append(len(pairs))
+                    pairs.append((uniques[i], uniques[j]))
+        prepared.append((norm, uniques, slots))
     verdicts = list(equiv(pairs)) if pairs else []
     if len(verdicts) != len(pairs):
         raise ValueError(f"equiv returned {len(verdicts)} verdicts for {len(pairs)} pairs")
-    return [_vote(norm, uniques, verdicts, first) for norm, uniques, first in prepared]
+    return [_vote(norm, uniques, [s is True or (s is not False and bool(verdicts[s]))
+                                  for s in slots], count_empty)
+            for norm, uniques, slots in prepared]
 
 
-def _vote(
-    norm: list[str | None], uniques: list[str], verdicts: list[bool], first: int
-) -> tuple[str | None, float]:
+def _vote(norm: list[str | None], uniques: list[str], same_pairs: list[bool],
+          count_empty: bool) -> tuple[str | None, float]:
     k = len(uniques)
 
     def same(i: int, j: int) -> bool:  # verdict for uniques i < j, laid out row by row
-        return bool(verdicts[first + i * k - i * (i + 1) // 2 + (j - i - 1)])
+        return same_pairs[i * k - i * (i + 1) // 2 + (j - i - 1)]
 
     # Greedy clustering in first-occurrence order: an answer joins the first cluster whose
     # representative (its first member) is equivalent to it.
@@ -110,11 +129,13 @@ def _vote(
     unique_index = {s: u for u, s in enumerate(uniques)}
     sizes = [0] * len(reps)
     first_seen = [len(norm)] * len(reps)
-    none_size, none_first = 0, len(norm)
+    none_size, none_first, empty = 0, len(norm), 0
     for pos, a in enumerate(norm):
         if a is None:
             none_size += 1
             none_first = min(none_first, pos)
+        elif not a:
+            empty += 1
         else:
             c = cluster_of_unique[unique_index[a]]
             sizes[c] += 1
@@ -124,18 +145,26 @@ def _vote(
     candidates = [(-sizes[c], first_seen[c], uniques[reps[c]]) for c in range(len(reps))]
     if none_size:
         candidates.append((-none_size, none_first, None))
+    if not candidates:
+        return None, 0.0  # only empty boxes
     neg_size, _, label = min(candidates, key=lambda t: (t[0], t[1]))
-    return label, -neg_size / len(norm)
+    return label, -neg_size / (len(norm) if count_empty else len(norm) - empty)
 
 
-def majority_vote(answers: Sequence[str | None], equiv: EquivBatch | None = None) -> tuple[str | None, float]:
-    """(label, p_hat) from m Solver answers (None = no boxed answer).
+def majority_vote(answers: Sequence[str | None], equiv: EquivBatch | None = None, *,
+                  count_empty: bool = True) -> tuple[str | None, float]:
+    """(label, p_hat) from m Solver answers (None = no boxed answer), as the official vote.
 
-    Answers are clustered by equivalence (`equiv`, default `grading.is_equiv_batch`); "no answer"
-    is its own cluster and counts toward m. The label is the largest cluster's first answer and
-    p_hat its size / m. Ties go to the cluster seen first. The label is None when "no answer" wins.
+    Answers are stripped and clustered greedily in first-occurrence order: each joins the first
+    cluster whose first member it equals, is equivalent to (`equiv`, default
+    `grading.is_equiv_batch`), or shares a "no " with. "No answer" (None) is its own cluster. An
+    empty box ("") joins no cluster; it still counts in p_hat's denominator when `count_empty`
+    (the Challenger's reward, as the official reward server), and not otherwise (the dataset
+    phase, as the official question evaluation). The label is the largest cluster's first answer,
+    ties going to the cluster seen first; it is None when "no answer" wins or every box is empty
+    (then p_hat is 0).
     """
-    return majority_votes([answers], equiv)[0]
+    return majority_votes([answers], equiv, count_empty=count_empty)[0]
 
 
 def uncertainty_reward(p_hat: float, scale: str = "paper") -> float:
@@ -223,10 +252,15 @@ def score_challenger_rollouts(
         labels[i], p_hats[i] = label, p
     penalties = np.zeros(len(completions))
     if valid:
-        # r_rep = |C_k| / B with B the whole rollout batch (reference §4): clusters form among the
+        # r_rep = |C_k| / B with B the whole rollout batch (docs/ALGORITHM.md): clusters form among the
         # well-formed questions, but a lone valid question in a mostly malformed batch must not
         # be charged as if it were the whole batch.
         share = repetition.repetition_penalty([questions[i] for i in valid], bleu_threshold)
         penalties[valid] = share * (len(valid) / len(completions))
+    if form == "code":
+        # Officially a malformed rollout enters the clustering as an empty question, which BLEU
+        # keeps apart from everything: a cluster of its own, r_rep = 1 / B.
+        malformed = [i for i, q in enumerate(questions) if q is None]
+        penalties[malformed] = 1.0 / len(completions)
     rewards = challenger_rewards(questions, p_hats, penalties, form=form, scale=scale)
     return ChallengerScores(rewards, questions, labels, p_hats, penalties)

@@ -1,18 +1,25 @@
-"""The R-Zero run config: the paper's defaults (reference §4-§6), one section per concern.
+"""The R-Zero run config, one section per concern.
 
-Config files in configs/ start from `base_config()` and override what differs. Every value the
-loop reads is declared here, so `lock_config` turns a typo in an override into an error.
+Defaults follow one rule (docs/ALGORITHM.md): where the paper states a formula, the paper's form;
+where the paper is silent, the official code's behaviour. Every switch between the two is a field
+here. Config files in configs/ start from `base_config()` and override what differs. Every value
+the loop reads is declared here, so `lock_config` turns a typo in an override into an error.
 """
 from __future__ import annotations
 
 import ml_collections
+
+from rzero_jax import grading
+from rzero_jax.rl import grpo
 
 
 def _learner(**overrides) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict(dict(
       learning_rate=1e-6, b1=0.9, b2=0.999, weight_decay=0.01, grad_clip=1.0,
       clip_low=0.2, clip_high=0.3, dual_clip=3.0, kl_coef=0.01, kl_clamp=10.0,
-      aggregation="seq-mean-token-mean", advantage_estimator="grpo",
+      # "seq-mean-token-mean": the paper's mean over sequences; "micro-token-mean": the official
+      # run's token mean per micro-batch of aggregation_rows sequences; or "token-mean"
+      aggregation="seq-mean-token-mean", aggregation_rows=2, advantage_estimator="grpo",
       micro_batches=1, logprob_chunk=256))
   c.update(overrides)
   return c
@@ -24,10 +31,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.iterations = 3
   # An HF directory (config.json + safetensors) or a GGUF file; --base_model overrides it.
   c.base_model = ""
-  # "paper": the authors' competition-math prompts; or a world's name: that world's prompts.
+  # "paper": the competition-math prompts (docs/ALGORITHM.md); or a world's name: its prompts.
   c.prompts = "paper"
   # "base_challenger": the baseline whose Solver phase uses questions of the untrained model.
   c.mode = "rzero"
+  # Answer equivalence of votes and Solver rewards: "mathruler" (the official grader; the paper
+  # names none) or "math_verify" (more lenient; the evaluation's grader).
+  c.grader = "mathruler"
   # Move idle models (the frozen Solver, the KL reference) to host memory between uses.
   c.offload_idle = False
 
@@ -58,7 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
       band_delta=0.25,            # keep |p_hat - 1/2| <= delta (the paper's [0.25, 0.75])
       band_low=-1.0,              # set both band_low and band_high (e.g. 0.3, 0.8, the code's)
       band_high=-1.0,             # to use an explicit range instead of band_delta
-      max_question_tokens=1024))
+      max_new_tokens=4096,        # the Challenger's budget per question (the official 4,096)
+      max_solver_prompt_tokens=2048))  # drop a question whose Solver prompt is longer (official)
 
   c.solver = ml_collections.ConfigDict(dict(
       steps=15,
@@ -67,6 +78,9 @@ def base_config() -> ml_collections.ConfigDict:
       prompts_per_update=128,
       max_new_tokens=4096,
       temperature=1.0, top_p=0.99, top_k=0,
+      reward_form="paper",        # "paper": 1 iff the answer matches the label; "code": 0.9 x
+                                  # that + 0.1 x <think>...</think>...\boxed{} format
+      min_questions=512,          # refuse a smaller dataset (the official asserts one batch of 512)
       learner=_learner()))
 
   # How the frozen Solver answers questions (reward and pseudo-labels): the code's settings.
@@ -115,3 +129,27 @@ def validate(config) -> None:
   if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
     raise ValueError(f"config.sampling.max_rows_per_call={rows!r}; expected a positive "
                      "integer (the most rows one generate call may decode)")
+  validate_choices(config)
+
+
+def validate_choices(config) -> None:
+  """Refuses an unknown value of a paper-vs-official switch (docs/ALGORITHM.md), naming the field."""
+  def check(name, value, allowed):
+    if value not in allowed:
+      raise ValueError(f"config.{name}={value!r}; expected one of {tuple(allowed)}")
+
+  check("grader", config.grader, grading.GRADERS)
+  check("solver.reward_form", config.solver.reward_form, grading.SOLVER_REWARD_FORMS)
+  for role in ("challenger", "solver"):
+    lc = config[role].learner
+    check(f"{role}.learner.aggregation", lc.aggregation, grpo.AGGREGATIONS)
+    rows = lc.aggregation_rows
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+      raise ValueError(f"config.{role}.learner.aggregation_rows={rows!r}; expected a positive "
+                       "integer (sequences per micro-batch of 'micro-token-mean')")
+  for name in ("dataset.max_new_tokens", "dataset.max_solver_prompt_tokens",
+               "solver.min_questions"):
+    section, field = name.split(".")
+    value = config[section][field]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f"config.{name}={value!r}; expected a positive integer")

@@ -1,9 +1,10 @@
-"""The Solver's dataset of one R-Zero iteration (reference §5), and its atomic JSONL file.
+"""The Solver's dataset of one R-Zero iteration (docs/ALGORITHM.md, "Dataset"), and its atomic
+JSONL file.
 
 From N candidate questions and the frozen Solver's m answers to each:
   1. drop proof questions ("prove", "show that", "证明") and questions that mention "box";
   2. drop exact duplicate questions (the first copy stays);
-  3. majority vote: label = largest answer cluster, p_hat = its size / m;
+  3. majority vote: label = largest answer cluster, p_hat = its size / (m - empty boxes);
   4. drop a label that is missing ("no answer" won, or the literal "no answer"), empty, or holds
      `\\text{`;
   5. keep p_hat in the band |p_hat - 1/2| <= delta (paper, delta = 1/4), or in an explicit
@@ -89,7 +90,9 @@ def build_dataset(
             seen.add(q)
             to_vote.append(i)
 
-    votes = challenger.majority_votes([answers[i] for i in to_vote], equiv) if to_vote else []
+    # The official dataset phase leaves empty boxes out of p_hat's denominator.
+    votes = (challenger.majority_votes([answers[i] for i in to_vote], equiv, count_empty=False)
+             if to_vote else [])
     histogram: Counter[float] = Counter()
     records: list[dict[str, Any]] = []
     for i, (label, p_hat) in zip(to_vote, votes):

@@ -264,7 +264,7 @@ def setup(config, workdir: str, *, base_model: str, allow_config_change: bool = 
                    prompt_set=worlds.prompt_set(config.prompts),
                    stop_token_ids=tuple(tok.eos_token_ids),
                    max_rows_per_call=config.sampling.max_rows_per_call,
-                   progress=is_writer)
+                   progress=is_writer, grader=config.grader)
   ckpts = {r: RoleCheckpoints.open(workdir, r, config.checkpoint) for r in ROLES}
   abstract = checkpoint.abstract_like(base_params)
   writer = metrics_lib.MetricsWriter(workdir, enabled=is_writer)

@@ -6,6 +6,7 @@ glue: text, rewards, grading and datasets. No reward is computed inside jitted c
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any, Callable, Sequence
 
@@ -38,6 +39,11 @@ class Env:
   stop_token_ids: tuple[int, ...]
   max_rows_per_call: int
   progress: bool = False     # tqdm bars (process 0 only)
+  grader: str = "math_verify"  # answer equivalence for votes and Solver rewards (config.grader)
+
+  def equiv(self):
+    """The batch equivalence test of this run's grader."""
+    return functools.partial(grading.is_equiv_batch, grader=self.grader)
 
 
 @dataclasses.dataclass
@@ -165,15 +171,18 @@ def grpo_update(env: Env, role: Role, state, ref_params, prompts: Sequence[Seque
   return state, merged
 
 
+_SUMMED = ("count", "skipped_updates")  # counts over the step's updates, not means
+
+
 def merge_update_metrics(updates: Sequence[dict[str, float]]) -> dict[str, float]:
   """One record for a step's updates, each metric combined as a full-batch one would be: a
   mean with its count ("K/count") as sum(value * count) / sum(count), a maximum ("K/max") as
-  the maximum, counts summed; the rest (grad_norm, a per-update quantity) averaged."""
+  the maximum, counts (and skipped updates) summed; the rest (grad_norm, a per-update quantity) averaged."""
   merged = {}
   for k in updates[0]:
     values = np.asarray([u[k] for u in updates], np.float64)
     counts = [u.get(f"{k}/count") for u in updates]
-    if k == "count" or k.endswith("/count"):
+    if k in _SUMMED or k.endswith("/count"):
       merged[k] = float(values.sum())
     elif k.endswith("/max"):
       merged[k] = float(values.max())
@@ -211,7 +220,7 @@ def challenger_step(env: Env, role: Role, state, ref_params, solver_params, ccfg
     solver_answers[i] = ans
   scores = challenger.score_challenger_rollouts(
       texts, solver_answers, form=ccfg.reward_form, scale=ccfg.uncertainty_scale,
-      bleu_threshold=ccfg.repetition_threshold)
+      bleu_threshold=ccfg.repetition_threshold, equiv=env.equiv())
   rewards = scores.rewards
   p_hat = np.array([np.nan if p is None else p for p in scores.p_hats])
   penalty = scores.penalties
@@ -238,7 +247,7 @@ def challenger_step(env: Env, role: Role, state, ref_params, solver_params, ccfg
 def _train_fields(m: dict) -> dict:
   keep = ("loss", "kl", "clip_frac/low", "clip_frac/high", "clip_frac/dual", "entropy",
           "grad_norm", "logprob_diff/mean", "logprob_diff/max", "ratio/max",
-          "zero_std_groups")
+          "zero_std_groups", "skipped_updates")
   out = {k: m[k] for k in keep if k in m}
   out["clip_frac"] = sum(m.get(k, 0.0) for k in ("clip_frac/low", "clip_frac/high",
                                                    "clip_frac/dual"))
@@ -253,6 +262,9 @@ def build_dataset(env: Env, challenger_params, solver_params, dcfg, sampling_cfg
                   exclude: Callable[[str], bool] | None = None):
   """N Challenger questions, m Solver answers each, majority labels, band filter.
 
+  The Challenger writes with dataset.max_new_tokens (the official 4,096); a question whose whole
+  Solver prompt exceeds dataset.max_solver_prompt_tokens is dropped, as the official Solver
+  trainer drops overlong prompts (docs/ALGORITHM.md, "Dataset").
   `annotate(question)` may attach report-only fields (e.g. the true answer in a synthetic
   world); they are stored under `meta` and never used to filter or to train.
   Returns (records, stats).
@@ -261,20 +273,22 @@ def build_dataset(env: Env, challenger_params, solver_params, dcfg, sampling_cfg
   prompt = challenger_prompt_ids(env)
   rows, _, _ = generate_rows(env, challenger_params, [prompt], n=dcfg.num_questions,
                              seed=seed, desc="dataset questions",
-                             max_new_tokens=_challenger_tokens(dcfg),
+                             max_new_tokens=dcfg.max_new_tokens,
                              temperature=dcfg.temperature, top_p=dcfg.top_p, top_k=dcfg.top_k)
   texts = decode(env, rows)
-  candidates = []
+  candidates, overlong = [], 0
   for text in texts:
-    # The dataset keeps only questions that also carry a \boxed{} answer (reference §5).
+    # The dataset keeps only questions that also carry a \boxed{} answer (docs/ALGORITHM.md).
     if challenger.is_well_formed(text, require_boxed=True):
       q = challenger.parse_question(text)
       # A world's held-out questions must never become training data (decided from the
       # question text alone, never from a label).
       if exclude is not None and exclude(q):
         continue
-      if len(env.tokenizer.encode(q)) <= dcfg.max_question_tokens:
+      if len(solver_prompt_ids(env, [q])[0]) <= dcfg.max_solver_prompt_tokens:
         candidates.append(q)
+      else:
+        overlong += 1
   t1 = time.perf_counter()
   answers = answer_questions(env, solver_params, candidates, m=dcfg.solver_samples,
                              seed=seed + 1, sampling_cfg=sampling_cfg)
@@ -283,32 +297,41 @@ def build_dataset(env: Env, challenger_params, solver_params, dcfg, sampling_cfg
           else None)
   meta = [annotate(q) for q in candidates] if annotate else None
   records, stats = dataset.build_dataset(candidates, answers, delta=dcfg.band_delta,
-                                         band=band, meta=meta)
+                                         band=band, meta=meta, equiv=env.equiv())
   stats = dict(stats)
-  stats.update(generated=len(rows), well_formed=len(candidates),
+  stats.update(generated=len(rows), well_formed=len(candidates) + overlong,
+               overlong_prompts=overlong,
                time_sampling=(t1 - t0) + (t2 - t1), time_grading=time.perf_counter() - t2)
   return records, stats
-
-
-def _challenger_tokens(dcfg) -> int:
-  return dcfg.get("challenger_max_new_tokens", None) or dcfg.max_question_tokens
 
 
 # ----------------------------------------------------------------------------- Solver
 
 
-def solver_batch(records: Sequence[dict], step: int, prompts_per_step: int, seed: int):
-  """The step's questions: a fixed shuffle of the dataset, cycled, so a resumed step replays."""
-  order = np.random.default_rng(seed).permutation(len(records))
-  idx = [(step * prompts_per_step + j) % len(records) for j in range(prompts_per_step)]
-  return [records[order[i]] for i in idx]
+def solver_batch(records: Sequence[dict], step: int, prompts_per_step: int, seed: int,
+                 min_questions: int = 1):
+  """The step's questions, as the official data loader deals them: a fresh shuffle of the dataset
+  every epoch, the last partial batch dropped. Each epoch's shuffle depends on (seed, epoch) only,
+  so a resumed step replays. Fewer than `min_questions` (solver.min_questions) or than one full
+  batch is refused, as the official run asserts at least one batch."""
+  n = len(records)
+  if n < max(min_questions, prompts_per_step):
+    raise ValueError(
+        f"the dataset kept {n} questions; solver.min_questions={min_questions} and "
+        f"solver.prompts_per_step={prompts_per_step} need at least "
+        f"{max(min_questions, prompts_per_step)} (raise dataset.num_questions, widen the band, "
+        "or lower solver.min_questions)")
+  per_epoch = n // prompts_per_step
+  epoch, k = divmod(step, per_epoch)
+  order = np.random.default_rng([seed, epoch]).permutation(n)
+  return [records[i] for i in order[k * prompts_per_step:(k + 1) * prompts_per_step]]
 
 
 def solver_step(env: Env, role: Role, state, ref_params, records: Sequence[dict], scfg, *,
                 step: int, seed: int, data_seed: int):
   """One Solver GRPO step on the pseudo-labelled dataset. Returns (state, metrics record)."""
   t0 = time.perf_counter()
-  batch = solver_batch(records, step, scfg.prompts_per_step, data_seed)
+  batch = solver_batch(records, step, scfg.prompts_per_step, data_seed, scfg.min_questions)
   prompts = solver_prompt_ids(env, [r["question"] for r in batch])
   g = scfg.group_size
   rows, logps, _ = generate_rows(env, state.params, prompts, n=g, seed=seed,
@@ -318,7 +341,8 @@ def solver_step(env: Env, role: Role, state, ref_params, records: Sequence[dict]
   t1 = time.perf_counter()
   texts = decode(env, rows)
   labels = [r["label"] for r in batch for _ in range(g)]
-  rewards = np.asarray(grading.solver_rewards(texts, labels), np.float32)
+  rewards = np.asarray(grading.solver_rewards(texts, labels, form=scfg.reward_form,
+                                              grader=env.grader), np.float32)
   t2 = time.perf_counter()
   state, train_metrics = grpo_update(
       env, role, state, ref_params, [p for p in prompts for _ in range(g)], rows, logps,

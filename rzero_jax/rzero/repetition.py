@@ -1,27 +1,31 @@
 """Repetition penalty of R-Zero: pairwise BLEU distances, average-linkage clusters, |cluster| / B.
 
-The reference runs NLTK's `sentence_bleu` in a Python double loop and then scikit-learn; on a
-2,048-question rollout batch that takes minutes. Here the same numbers come from n-gram count
-matrices:
+The official code runs NLTK's `sentence_bleu` in a Python double loop and then scikit-learn's
+`AgglomerativeClustering(distance_threshold=0.5, metric="precomputed", linkage="average")`; on a
+2,048-question rollout batch that takes minutes. Here the same numbers, bit for bit, come from
+n-gram count matrices (docs/ALGORITHM.md, "Repetition penalty"):
 
 * An n-gram that occurs c times in a question is split into c binary features "(n-gram, k-th
   occurrence)". Then the clipped match count sum_g min(c_i[g], c_j[g]) of NLTK's modified precision
   is just the number of features questions i and j share, i.e. an entry of X X^T.
 * Frequent features (shared by many questions) go through one dense BLAS product; rare ones are
-  expanded into their (i, j) pairs and counted with `np.bincount`. Either way each pair count is
-  exact, so BLEU follows NLTK's method1 formula to floating-point rounding.
-* Average linkage is a nearest-neighbour chain over the B x B matrix with the Lance-Williams
-  update, limited to merges at or below the threshold; it gives the same flat clusters as
-  `scipy.cluster.hierarchy.linkage(..., "average")` + `fcluster(t, criterion="distance")`.
+  expanded into their (i, j) pairs and counted with `np.bincount`. Either way each count is exact.
+* BLEU itself is evaluated with NLTK's own float operations (math.log of each precision, math.fsum,
+  math.exp) once per distinct count pattern, so equal-looking distances are equal to the last bit:
+  average linkage breaks ties by exact comparisons, and one ulp moves a question between clusters.
+* Clusters: scipy's average linkage (the routine scikit-learn calls) and scikit-learn's cut, which
+  keeps only the merges strictly below the threshold.
 
-Pure numpy: nltk, scipy and scikit-learn are only the references the tests compare against.
+nltk and scikit-learn are only the references the tests compare against.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.cluster import hierarchy
 
 MAX_ORDER = 4  # BLEU-4 with uniform weights, as the reference.
 EPSILON = 0.1  # NLTK SmoothingFunction().method1: a zero-match precision becomes epsilon / count.
@@ -137,146 +141,119 @@ def _shared_feature_counts(doc: np.ndarray, feature: np.ndarray, n_docs: int) ->
     return counts
 
 
-def bleu_matrix(questions: Sequence[str]) -> np.ndarray:
-    """[B, B] float64: entry (i, j) = NLTK sentence_bleu([x_j.split()], x_i.split(), method1).
+def _quarter_log_precision(n: int, matches: np.ndarray, hyp_len: np.ndarray) -> np.ndarray:
+  """1/4 log p_n per (matches, hypothesis length) entry, with NLTK's float operations (method1:
+  a zero match count becomes epsilon / count); evaluated once per distinct pair."""
+  pairs, inverse = np.unique(np.stack([matches, hyp_len], axis=1), axis=0, return_inverse=True)
+  values = []
+  for num, h in pairs.tolist():
+    den = max(1, h - n + 1)
+    p = num / den if num else EPSILON / den  # Fraction -> float is num / den, correctly rounded
+    values.append(0.25 * math.log(p))
+  return np.array(values)[inverse.reshape(-1)]
 
-    Hypothesis i, reference j, both orders filled (the matrix is not symmetric). The diagonal is
-    BLEU of a question against itself, as NLTK computes it.
-    """
-    tokens, lengths = _tokenize(questions)
-    n_docs = lengths.size
-    if n_docs == 0:
-        return np.zeros((0, 0))
-    # BLEU = BP * exp(1/4 sum_n log p_n), p_n = numerator_n / max(1, #hyp n-grams), where a zero
-    # numerator becomes epsilon (method1). The numerators are small integers (or 0.1), so their
-    # product is exact enough to take a single log; the denominators depend on the row only.
-    numerator_product = np.ones((n_docs, n_docs))
-    log_denominators = np.zeros(n_docs)
-    no_unigram_match = None
-    diag = np.diag_indices(n_docs)
-    for n, doc, feature in _ngram_features(tokens, lengths):
-        matches = _shared_feature_counts(doc, feature, n_docs)
-        matches[diag] = np.maximum(lengths - n + 1, 0)  # against itself every n-gram matches
-        if n == 1:
-            no_unigram_match = matches == 0
-        np.maximum(matches, EPSILON, out=matches)
-        numerator_product *= matches
-        log_denominators += np.log(np.maximum(lengths - n + 1, 1))
-    # log BP = min(0, 1 - r / h): 1 when the hypothesis is longer than the reference.
-    log_brevity = np.minimum(0.0, 1.0 - lengths[None, :] / np.maximum(lengths, 1)[:, None])
-    log_bleu = np.log(numerator_product)
-    log_bleu -= log_denominators[:, None]
-    log_bleu /= MAX_ORDER
-    log_bleu += log_brevity
-    bleu = np.exp(log_bleu, out=log_bleu)
-    # Every p_n <= 1 and BP <= 1, so BLEU <= 1; clipping removes the last-bit excess that the
-    # single log can leave where NLTK computes exactly 1 (identical questions of >= 4 words).
-    np.minimum(bleu, 1.0, out=bleu)
-    # NLTK returns 0 outright when no unigram matches (this also covers empty hypotheses).
-    bleu[no_unigram_match] = 0.0
-    return bleu
+
+def _brevity(hyp_len: int, ref_len: int) -> float:
+  return 1.0 if hyp_len > ref_len else (0.0 if hyp_len == 0 else math.exp(1 - ref_len / hyp_len))
+
+
+def _bleu_flat(questions: Sequence[str], upper_only: bool) -> tuple[np.ndarray, int]:
+  """Flat [B * B] BLEU (hypothesis row, reference column); with upper_only, only i < j is filled."""
+  tokens, lengths = _tokenize(questions)
+  n_docs = lengths.size
+  if n_docs == 0:
+    return np.zeros(0), 0
+  diag = np.diag_indices(n_docs)
+  numerators = []
+  for n, doc, feature in _ngram_features(tokens, lengths):
+    matches = _shared_feature_counts(doc, feature, n_docs)
+    matches[diag] = np.maximum(lengths - n + 1, 0)  # against itself every n-gram matches
+    numerators.append(matches.reshape(-1))
+  # NLTK returns 0 outright when no unigram matches; only the other pairs need the formula.
+  wanted = numerators[0] > 0
+  if upper_only:
+    wanted &= np.triu(np.ones((n_docs, n_docs), dtype=bool), k=1).reshape(-1)
+  some = np.flatnonzero(wanted)
+  hyp_doc = some // n_docs
+  columns = [x[some].astype(np.int64) for x in numerators] + [lengths[hyp_doc]]
+  bits = max(int(lengths.max()).bit_length(), 1)
+  # BLEU is exp(fsum of four table entries): distinct (counts, length) patterns are few even in a
+  # large batch, so the exact Python evaluation runs once per pattern.
+  if bits * len(columns) <= 62:
+    key = np.zeros(some.size, dtype=np.int64)
+    for c in columns:
+      key = (key << bits) | c
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+  else:
+    _, first, inverse = np.unique(np.stack(columns, axis=1), axis=0, return_index=True,
+                                  return_inverse=True)
+  h = columns[MAX_ORDER][first]
+  terms = [_quarter_log_precision(n + 1, columns[n][first], h).tolist() for n in range(MAX_ORDER)]
+  precision = np.array([math.exp(math.fsum(t)) for t in zip(*terms)])[inverse.reshape(-1)]
+  # The brevity penalty depends on the two lengths only: a table over the distinct lengths.
+  distinct, where = np.unique(lengths, return_inverse=True)
+  brevity = np.array([[_brevity(hl, rl) for rl in distinct.tolist()] for hl in distinct.tolist()])
+  bleu = np.zeros(n_docs * n_docs)
+  bleu[some] = brevity[where[hyp_doc], where[some % n_docs]] * precision
+  return bleu, n_docs
+
+
+def bleu_matrix(questions: Sequence[str]) -> np.ndarray:
+  """[B, B] float64: entry (i, j) = NLTK sentence_bleu([x_j.split()], x_i.split(), method1).
+
+  Hypothesis i, reference j, both orders filled (the matrix is not symmetric). The diagonal is
+  BLEU of a question against itself, as NLTK computes it. Equal to NLTK to the last bit.
+  """
+  bleu, n = _bleu_flat(questions, upper_only=False)
+  return bleu.reshape(n, n)
 
 
 def bleu_distances(questions: Sequence[str]) -> np.ndarray:
-    """[B, B] float64 symmetric distances d = 1 - BLEU, as the reference builds them.
+  """[B, B] float64 symmetric distances d = 1 - BLEU, as the official code builds them.
 
-    For i < j the hypothesis is x_i and the reference x_j; d[j, i] mirrors d[i, j]. The diagonal is
-    0 (the reference sets a question's own score to 1), which is what a precomputed-distance
-    clustering expects.
-    """
-    bleu = bleu_matrix(questions)
-    upper = np.triu(1.0 - bleu, k=1)
-    return upper + upper.T
+  For i < j the hypothesis is x_i and the reference x_j; d[j, i] mirrors d[i, j]. The diagonal is
+  0 (the official code sets a question's own score to 1).
+  """
+  bleu, n = _bleu_flat(questions, upper_only=True)
+  upper = np.triu(1.0 - bleu.reshape(n, n), k=1)
+  return upper + upper.T
 
 
 def average_linkage_labels(distances: np.ndarray, threshold: float) -> np.ndarray:
-    """Flat cluster labels of average-linkage agglomeration cut at `threshold` (inclusive).
+  """Flat clusters of scikit-learn's AgglomerativeClustering(n_clusters=None,
+  distance_threshold=threshold, metric="precomputed", linkage="average").
 
-    Same partition as scipy `fcluster(linkage(squareform(d), "average"), t, "distance")`: every
-    merge of the average-linkage dendrogram at height <= threshold is applied. Average linkage is
-    reducible (merge heights never decrease up the tree), so those merges alone decide the flat
-    clusters. Labels are 0..K-1 in order of each cluster's first member.
-    """
-    d = np.asarray(distances, dtype=np.float64)
-    if d.ndim != 2 or d.shape[0] != d.shape[1]:
-        raise ValueError(f"distances must be a square [B, B] matrix, got shape {d.shape}")
-    n = d.shape[0]
-    parent = np.arange(n)
-    if n > 1:
-        off = d + np.diag(np.full(n, np.inf))
-        # A point with no neighbour within the threshold stays a singleton: an average is never
-        # below the smallest of the distances it averages. Only the others enter the loop.
-        cand = np.flatnonzero(off.min(axis=1) <= threshold)
-        if cand.size:
-            merged_into = _agglomerate(off[np.ix_(cand, cand)], threshold)
-            parent[cand] = cand[merged_into]
-    _, labels = np.unique(parent, return_inverse=True)
-    # Renumber by first occurrence so labels do not depend on which member represents a cluster.
-    first = np.full(labels.max() + 1 if n else 0, n, dtype=np.int64)
-    np.minimum.at(first, labels, np.arange(n))
-    rank = np.empty_like(first)
-    rank[np.argsort(first, kind="stable")] = np.arange(first.size)
-    return rank[labels]
-
-
-def _agglomerate(dist: np.ndarray, threshold: float) -> np.ndarray:
-    """Nearest-neighbour-chain agglomeration of the merges at height <= threshold.
-
-    Returns each point's cluster representative. NN-chain merges reciprocal nearest neighbours,
-    which for a reducible linkage such as average gives the same dendrogram as closest-pair-first
-    (scipy uses it too), in O(n) numpy steps of O(n) each, whatever the ties: a batch of identical
-    questions (all distances 0) costs no more than any other. A cluster whose nearest neighbour is
-    beyond the threshold can never come closer (an average is at least the smallest of the
-    distances it averages), so it is retired instead of merged further.
-    """
-    n = dist.shape[0]
-    dist = dist.copy()
-    size = np.ones(n)
-    parent = np.arange(n)
-    retired = np.zeros(n, dtype=bool)
-    chain: list[int] = []
-    start = 0
-    while True:
-        if not chain:
-            while start < n and retired[start]:
-                start += 1
-            if start == n:
-                break
-            chain.append(start)
-        a = chain[-1]
-        row = dist[a]
-        b = int(np.argmin(row))
-        # Prefer the previous chain element among equally near ones: this is what guarantees the
-        # chain ends in a reciprocal pair instead of cycling through ties.
-        if len(chain) > 1 and row[chain[-2]] <= row[b]:
-            b = chain[-2]
-        if not row[b] <= threshold:
-            # Distances along the chain only shrink, so every member's nearest neighbour is beyond
-            # the threshold too, for good.
-            retired[chain] = True
-            dist[chain, :] = np.inf
-            dist[:, chain] = np.inf
-            chain.clear()
-            continue
-        if len(chain) > 1 and b == chain[-2]:
-            del chain[-2:]
-            # Lance-Williams update for average linkage, the formula scipy uses; a keeps the union.
-            merged = (size[a] * dist[a] + size[b] * dist[b]) / (size[a] + size[b])
-            merged[a] = merged[b] = np.inf
-            dist[a, :] = merged
-            dist[:, a] = merged
-            dist[b, :] = np.inf
-            dist[:, b] = np.inf
-            size[a] += size[b]
-            retired[b] = True
-            parent[b] = a
-        else:
-            chain.append(b)
-    while True:  # resolve representatives (parents always point at a later-surviving cluster)
-        grand = parent[parent]
-        if np.array_equal(grand, parent):
-            return parent
-        parent = grand
+  scikit-learn builds the tree with scipy's average linkage on the condensed upper triangle and
+  then undoes every merge at height >= threshold, so only merges strictly below it count (a pair
+  at exactly the threshold stays apart). Ties are broken by scipy, as there. Labels are 0..K-1 in
+  order of each cluster's first member.
+  """
+  d = np.asarray(distances, dtype=np.float64)
+  if d.ndim != 2 or d.shape[0] != d.shape[1]:
+    raise ValueError(f"distances must be a square [B, B] matrix, got shape {d.shape}")
+  n = d.shape[0]
+  parent = np.arange(max(2 * n - 1, n))
+  if n > 1:
+    z = hierarchy.linkage(d[np.triu_indices(n, k=1)], method="average")
+    # Rows come sorted by height; node n + r is the cluster row r creates.
+    for r, (a, b, height, _) in enumerate(z):
+      if not height < threshold:
+        break
+      parent[int(a)] = parent[int(b)] = n + r
+  root = parent.copy()
+  while True:  # every leaf's topmost applied merge
+    nxt = root[root]
+    if np.array_equal(nxt, root):
+      break
+    root = nxt
+  _, labels = np.unique(root[:n], return_inverse=True)
+  labels = labels.reshape(-1)
+  # Renumber by first occurrence so labels do not depend on which node represents a cluster.
+  first = np.full(labels.max() + 1 if n else 0, n, dtype=np.int64)
+  np.minimum.at(first, labels, np.arange(n))
+  rank = np.empty_like(first)
+  rank[np.argsort(first, kind="stable")] = np.arange(first.size)
+  return rank[labels]
 
 
 def repetition_penalty(questions: Sequence[str], threshold: float = 0.5) -> np.ndarray:

@@ -68,7 +68,7 @@ def get(name: str) -> World:
 
 
 def prompt_set(name: str) -> prompts_lib.PromptSet:
-  """The prompt set config.prompts names: "paper" (the authors' prompts) or a world's."""
+  """The prompt set config.prompts names: "paper" (docs/ALGORITHM.md, "Prompts") or a world's."""
   if name == "paper":
     return prompts_lib.PAPER
   if name not in _WORLDS:
