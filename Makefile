@@ -27,9 +27,11 @@ run: venv
 	$(PY) -m launch.train --workdir=$(WORKDIR)
 
 test: venv
-	JAX_PLATFORMS=cpu $(PY) -m pytest -q tests --ignore=tests/sharded $(PYTEST_ARGS)
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q tests --ignore=tests/sharded --ignore=tests/multihost $(PYTEST_ARGS)
 	# Own process: 8 virtual CPU devices must be configured before jax is imported.
 	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q tests/sharded $(PYTEST_ARGS)
+	# Own process group: runs that span 2 processes joined by jax.distributed on 127.0.0.1.
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q tests/multihost $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

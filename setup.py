@@ -37,11 +37,14 @@ setup(
         # local CPU wheel; an unpinned torch would pull several GB of CUDA.
         # accelerate: transformers needs it to load a GGUF file as the parity reference.
         # scikit-learn: the official clustering call the repetition penalty is compared with.
+        # gcsfs and the GCS emulator: tests/multihost runs a gs:// workdir against a local one.
         "test": ["pytest", "torch==2.13.0", "nltk", "scipy", "scikit-learn", "gguf", "accelerate",
-                 "ruff"],
+                 "gcsfs", "gcp-storage-emulator", "ruff"],
         "gguf": ["gguf"],
         "eval": ["champ-dataset", "pyarrow"],
         "tfds": ["tensorflow-datasets"],
+        # gs:// workdirs, base models and datasets (etils.epath goes through fsspec's gcsfs).
+        "gcs": ["gcsfs"],
         "tpu": ["jax[tpu]"],
         "gpu": ["jax[cuda12]"],
     },

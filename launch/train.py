@@ -5,6 +5,11 @@
       --config.solver.steps=15
 
 Starting the same command again resumes where the run stopped.
+
+On a TPU pod slice the same command runs on every host (README, "TPU pod slice"); with
+--multihost and no address, jax.distributed finds its peers itself. Elsewhere (GPUs, CPU tests):
+  python -m launch.train --workdir=gs://BUCKET/run --coordinator_address=HOST0:PORT \
+      --num_processes=2 --process_id=I
 """
 import logging as pylogging
 import os
@@ -34,7 +39,17 @@ except (AttributeError, KeyError, TypeError, ValueError) as _e:
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, datasets, metrics).")
 _BASE_MODEL = flags.DEFINE_string("base_model", None,
                                   "HF directory or .gguf file; overrides config.base_model.")
-_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first.")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", False, "Call jax.distributed.initialize() first; on TPU VMs it finds the "
+    "coordinator and the process ids itself. Implied by --coordinator_address.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0's coordination service, passed to "
+    "jax.distributed.initialize (with --num_processes and --process_id).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0 .. N-1.")
+_PEER_TIMEOUT = flags.DEFINE_integer(
+    "peer_timeout_s", 60, "With several processes: seconds without a heartbeat after which a "
+    "peer counts as dead and the run stops with an error, instead of waiting forever.")
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool("allow_config_change", False,
                                          "Resume a workdir even though its config changed.")
 _COMPILATION_CACHE = flags.DEFINE_string(
@@ -58,19 +73,53 @@ def _parse_flags(argv):
     sys.exit(_bad_override(e, argv))
 
 
+def _distributed_args():
+  """jax.distributed.initialize's arguments, or None for a single-process run."""
+  given = {"coordinator_address": _COORDINATOR.value, "num_processes": _NUM_PROCESSES.value,
+           "process_id": _PROCESS_ID.value}
+  if not _MULTIHOST.value and all(v is None for v in given.values()):
+    return None
+  if any(v is not None for v in given.values()):
+    missing = [f"--{k}" for k, v in given.items() if v is None]
+    if missing:
+      sys.exit(f"error: {', '.join(missing)} missing: pass --coordinator_address, "
+               "--num_processes and --process_id together (or none of them, on TPU VMs)")
+    if not 0 <= _PROCESS_ID.value < _NUM_PROCESSES.value:
+      sys.exit(f"error: --process_id={_PROCESS_ID.value}; expected 0 .. "
+               f"{_NUM_PROCESSES.value - 1} for --num_processes={_NUM_PROCESSES.value}")
+  else:
+    given = {}  # auto-detection (TPU VMs, SLURM, ...)
+  timeout = max(int(_PEER_TIMEOUT.value), 1)
+  return {**given, "heartbeat_timeout_seconds": timeout, "initialization_timeout": 10 * timeout,
+          "shutdown_timeout_seconds": timeout}
+
+
+def _exit_peer_lost(e: BaseException) -> None:
+  """A dead peer ends this process at once, with one clear line. os._exit: the normal exit
+  would wait at jax.distributed's shutdown barrier for the process that is gone."""
+  logging.debug("peer failure", exc_info=True)
+  print(f"error: another process of the run died or stopped responding, so this one stops "
+        f"too ({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}). Restart "
+        "all processes with the same command to resume from the last checkpoint.",
+        file=sys.stderr, flush=True)
+  os._exit(1)
+
+
 def main(argv):
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   import jax
+  from rzero_jax import multihost
   from rzero_jax.rzero import experiment
   logging.get_absl_handler().addFilter(_quiet_orbax)
   if _COMPILATION_CACHE.value:
     jax.config.update("jax_compilation_cache_dir",
                       os.path.expanduser(_COMPILATION_CACHE.value))
-  if _MULTIHOST.value:
-    jax.distributed.initialize()
-  logging.info("process %d of %d; devices: %s", jax.process_index(), jax.process_count(),
-               jax.devices())
+  dist = _distributed_args()
+  if dist is not None:
+    jax.distributed.initialize(**dist)
+  logging.info("process %d of %d; local devices: %s", jax.process_index(), jax.process_count(),
+               jax.local_devices())
   config = _CONFIG.value
   if _BASE_MODEL.value:
     with config.unlocked():
@@ -84,6 +133,10 @@ def main(argv):
   except experiment.Preempted as e:
     logging.warning("%s", e)
     sys.exit(0)
+  except Exception as e:  # noqa: BLE001 - only a peer's death is turned into one line
+    if jax.process_count() > 1 and multihost.is_peer_failure(e):
+      _exit_peer_lost(e)
+    raise
   if summary:
     print(summary)
 

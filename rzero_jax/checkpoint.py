@@ -30,7 +30,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
-from jax.experimental import multihost_utils
+
+from rzero_jax import multihost
 
 METADATA_ITEM = "metadata"
 _TMP_MARKER = ".orbax-checkpoint-tmp"
@@ -107,12 +108,12 @@ def _to_abstract_leaf(x):
 
 
 def _is_primary() -> bool:
-    return jax.process_index() == 0
+    return multihost.is_primary()
 
 
 def _sync(name: str) -> None:
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(name)
+    # Bounded: a peer that died is an error here, not a hang.
+    multihost.barrier(name)
 
 
 class CheckpointManager:
@@ -162,10 +163,13 @@ class CheckpointManager:
 
     # -- discovery ------------------------------------------------------------------------------
     def _set_aside_unfinished_steps(self) -> None:
-        """Warns about interrupted saves and moves uncommitted step dirs out of Orbax's view."""
-        if not self._directory.exists():
-            return
-        for path in sorted(self._directory.iterdir()):
+        """Warns about interrupted saves and moves uncommitted step dirs out of Orbax's view.
+
+        Every process reaches the barrier at the end, whatever it found: the processes must
+        pass the same barriers in the same order.
+        """
+        paths = sorted(self._directory.iterdir()) if self._directory.exists() else []
+        for path in paths:
             if _TMP_MARKER in path.name:
                 logging.warning("Ignoring checkpoint %s: its save was interrupted before it was "
                             "committed; deleting it.", path)

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from rzero_jax import models, sharding
+from rzero_jax import models, multihost, sharding
 from rzero_jax.models import decode_attention
 from rzero_jax.models.config import ModelConfig
 
@@ -655,7 +655,8 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
   state, prompt_cache = _prefill(plan, *args)
   state = _decode(plan, decode_kernel, params, state, prompt_cache, stop_mask, knobs)
   del prompt_cache
-  out_tokens, out_logprobs, lengths, done = jax.device_get(
+  # Rows are split over the batch axes, possibly across processes: gathered to every host.
+  out_tokens, out_logprobs, lengths, done = multihost.to_host(
       (state["tokens"], state["logprobs"], state["lengths"], state["done"]))
   del state
 

@@ -9,7 +9,6 @@ import math
 from typing import Any, Iterable, Mapping, Sequence
 
 import jax
-import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -95,16 +94,6 @@ def logical_to_spec(logical_axes: Iterable[str | None], rules: Rules = DEFAULT_R
   return PartitionSpec(*out)
 
 
-def logical_to_sharding(logical_tree: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
-  """Pytree of logical-axis tuples -> pytree of NamedSharding."""
-  return jax.tree.map(lambda axes: NamedSharding(mesh, logical_to_spec(axes, rules, mesh)),
-                      logical_tree, is_leaf=_is_axes)
-
-
-def _is_axes(x: Any) -> bool:
-  return isinstance(x, tuple) and all(a is None or isinstance(a, str) for a in x)
-
-
 def fit_spec_to_shape(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
   """Drops mesh axes that do not divide their dimension (e.g. 2 kv heads on tensor=4)."""
   out = []
@@ -157,7 +146,3 @@ def rules_from_config(overrides: Mapping[str, Any] | None) -> tuple[tuple[str, A
   check_rules(rules)
   return rules
 
-
-def host_array(x: Any) -> np.ndarray:
-  """Gathers a (possibly sharded) array to a numpy array on this host."""
-  return np.asarray(jax.device_get(x))

@@ -12,7 +12,13 @@ PACKAGE = os.path.join(REPO, "rzero_jax")
 
 # Lowest first. A module is in the layer of the longest prefix listed here.
 LAYERS = (
-  ("rzero_jax.prompts", "rzero_jax.sharding", "rzero_jax.grading"),
+  (
+    "rzero_jax.prompts",
+    "rzero_jax.sharding",
+    "rzero_jax.grading",
+    "rzero_jax.fileio",
+    "rzero_jax.multihost",
+  ),
   ("rzero_jax.models", "rzero_jax.tokenizer", "rzero_jax.checkpoint"),
   ("rzero_jax.sampling", "rzero_jax.rl"),
   ("rzero_jax.worlds",),

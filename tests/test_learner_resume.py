@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rzero_jax import checkpoint, models
+from rzero_jax import checkpoint, models, multihost
 from rzero_jax.rl import grpo, learner, rollouts
 
 CFG = models.tiny_config("qwen3", vocab_size=64, num_layers=2)
@@ -95,8 +95,8 @@ def test_reference_params_survive_in_host_memory_while_the_state_is_donated():
   batch = _batch(seed=2)
   want_logp = np.asarray(logprob_fn(params, batch["tokens"], batch["kv_mask"]))
 
-  reference = learner.to_host(params)
-  assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(reference))
+  reference = multihost.offload(params)
+  assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(reference))
   # Train from the very buffers the reference was copied from: the donating step reuses them
   # for the updated params, which must not leak into the host copy.
   state = learner.init_train_state(params, LC)
@@ -105,7 +105,7 @@ def test_reference_params_survive_in_host_memory_while_the_state_is_donated():
     state, _ = step(state, _batch(seed))
   assert not np.array_equal(np.asarray(jax.tree.leaves(state.params)[0]), originals[0])
 
-  back = learner.to_device(reference)
+  back = multihost.onload(reference)
   assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(back))
   for got, want in zip(jax.tree.leaves(back), originals):
     assert got.dtype == want.dtype and np.array_equal(np.asarray(got), want)

@@ -120,8 +120,14 @@ def _orbax(spec: str, manager_dir: str, iteration: int | None,
     if field not in meta:
       raise ValueError(f"{where}: missing field {field!r} (expected model_config: an HF "
                        "config.json dict, tokenizer: a path)")
+  tokenizer = str(meta["tokenizer"])
+  if not os.path.isabs(tokenizer) and "://" not in tokenizer:
+    # A run records its own copy (WORKDIR/model) relative to the workdir, which sits two
+    # levels above WORKDIR/checkpoints/<role>: the workdir can move or be read elsewhere.
+    workdir = os.path.dirname(os.path.dirname(os.path.abspath(os.path.normpath(manager_dir))))
+    tokenizer = os.path.join(workdir, tokenizer)
   return ResolvedCheckpoint(spec=spec, kind="orbax", path=manager_dir,
-                            tokenizer=str(meta["tokenizer"]), step=step, metadata=meta)
+                            tokenizer=tokenizer, step=step, metadata=meta)
 
 
 def _base_model_of(spec: str, workdir: str) -> ResolvedCheckpoint:

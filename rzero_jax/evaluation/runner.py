@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
-from rzero_jax import sampling, worlds
+from rzero_jax import fileio, sampling, worlds
 from rzero_jax.evaluation import answers, checkpoints, loaders, scoring
 
 GenerateFn = Callable[..., Any]  # (prompts, *, max_new_tokens, temperature, top_p, top_k, n,
@@ -237,7 +237,9 @@ def load_benchmarks(config: EvalConfig) -> list[loaders.Benchmark]:
   duplicates = sorted({n for n in names if names.count(n) > 1})
   if duplicates:
     raise ValueError(f"--benchmarks: {', '.join(duplicates)} given more than once")
-  return [loaders.load_benchmark(b, config.data_dir, config.limit) for b in config.benchmarks]
+  # A gs:// data folder is read from a local copy, downloaded once per process.
+  data_dir = fileio.local_copy(config.data_dir) if config.data_dir else config.data_dir
+  return [loaders.load_benchmark(b, data_dir, config.limit) for b in config.benchmarks]
 
 
 def evaluate(generate_fn: GenerateFn, tokenizer, config: EvalConfig,

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rzero_jax import sharding
+from rzero_jax import fileio, multihost, sharding
 from rzero_jax.models import transformer
 from rzero_jax.models.config import ModelConfig, load_config
 
@@ -381,7 +381,7 @@ def load_hf(path: str, dtype=jnp.float32, mesh=None,
   compute dtype (cfg.dtype) stays as the config says (float32 unless replaced). With a mesh,
   each param is created directly in its sharding from `rules`; otherwise on the default device.
   """
-  path = os.fspath(path)
+  path = fileio.local_copy(path)  # a gs:// model is read from a local copy
   if not os.path.isdir(path):
     raise FileNotFoundError(f"{path}: no such directory; expected an HF model directory with "
                             f"{CONFIG_FILE} and {SINGLE_FILE}")
@@ -410,12 +410,12 @@ def _hf_tensors(cfg: ModelConfig, params: Params) -> Iterator[tuple[str, Callabl
       raise ValueError(f"save_hf: param {'/'.join(entry.path)} has shape {list(value.shape)}, "
                        f"expected {list(want)} for this config")
     if not entry.layered:
-      yield entry.hf_name, (lambda v=value, e=entry: e.to_hf(np.asarray(v)).astype(np_dtype)), \
-          entry.hf_shape
+      fetch = lambda v=value, e=entry: e.to_hf(multihost.to_host(v)).astype(np_dtype)  # noqa: E731
+      yield entry.hf_name, fetch, entry.hf_shape
       continue
     for i in range(cfg.num_layers):
       yield (entry.hf_name.format(i=i),
-             lambda v=value, e=entry, i=i: e.to_hf(np.asarray(v[i])).astype(np_dtype),
+             lambda v=value, e=entry, i=i: e.to_hf(multihost.to_host(v[i])).astype(np_dtype),
              entry.hf_shape)
 
 

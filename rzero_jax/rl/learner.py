@@ -28,7 +28,6 @@ from typing import Any, Callable
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -201,11 +200,3 @@ def make_logprob_fn(cfg: models.ModelConfig, lc: LearnerConfig, *, mesh=None,
                           chunk_size=lc.logprob_chunk, mesh=mesh, rules=rules)
   return jax.jit(fn)
 
-
-def to_host(tree):
-  """Moves a frozen pytree (e.g. the KL reference) to host memory between uses."""
-  return jax.tree.map(np.asarray, jax.device_get(tree))
-
-
-def to_device(tree, shardings=None):
-  return jax.device_put(tree, shardings) if shardings is not None else jax.device_put(tree)

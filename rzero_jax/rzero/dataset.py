@@ -19,11 +19,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from rzero_jax import fileio
 from rzero_jax.rzero import challenger
 
 _PROOF = re.compile(r"\bprove\b|\bshow\s+that\b|证明", re.IGNORECASE)
@@ -133,59 +133,41 @@ def build_dataset(
 def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> None:
     """Write records as JSON lines so that `path` is either untouched or complete, never partial.
 
-    The lines go to a temporary file in the same directory, which is flushed, fsynced and then
-    renamed over `path` (atomic on POSIX); a failure removes the temporary file.
+    Locally the lines go to a temporary file that is fsynced and renamed over `path`; on GCS
+    the one object is written directly (already atomic). See `rzero_jax.fileio`.
     """
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"cannot write {path}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for k, record in enumerate(records):
-                try:
-                    line = json.dumps(record, ensure_ascii=False)
-                except (TypeError, ValueError) as e:
-                    raise ValueError(f"record {k} for {path} is not JSON-serialisable: {e}") from e
-                f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    if not fileio.is_remote(path):
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(f"cannot write {path}: directory {directory} does not exist")
+    with fileio.atomic_writer(path) as f:
+        for k, record in enumerate(records):
+            try:
+                line = json.dumps(record, ensure_ascii=False)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"record {k} for {path} is not JSON-serialisable: {e}") from e
+            f.write(line + "\n")
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Records from a JSONL file written by `write_jsonl_atomic`; each must hold the core fields."""
     path = os.fspath(path)
-    if not os.path.exists(path):
+    if not fileio.exists(path):
         raise FileNotFoundError(f"dataset file {path} does not exist")
     records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            missing = [k for k in _CORE_FIELDS if k not in record]
-            if missing:
-                raise ValueError(f"{path}:{lineno}: record lacks fields {missing}")
-            records.append(record)
+    # One read, split on "\n" only: a question may hold other Unicode line separators.
+    for lineno, line in enumerate(fileio.read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+        missing = [k for k in _CORE_FIELDS if k not in record]
+        if missing:
+            raise ValueError(f"{path}:{lineno}: record lacks fields {missing}")
+        records.append(record)
     return records

@@ -9,16 +9,24 @@ from __future__ import annotations
 
 import os
 
-import jax
 from absl import logging
 
-from rzero_jax import worlds
+from rzero_jax import multihost, worlds
 from rzero_jax.evaluation import runner
-from rzero_jax.rzero import config as config_lib, loop, report, workdir as wd
+from rzero_jax.rzero import config as config_lib, loop, report
 
-# Errors that mean "the user's input is wrong": the launcher prints them as one line.
-UserError = (ValueError, FileNotFoundError, NotADirectoryError)
 Preempted = loop.Preempted
+# What bad input raises while it is being checked (config, workdir, base model).
+_INPUT_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError)
+
+
+class UserError(Exception):
+  """The user's input is wrong; the launcher prints it as one line.
+
+  Only errors raised while the input is checked and loaded (config, workdir, base model) are
+  turned into this. Anything that fails once the run is under way is a bug until shown
+  otherwise, and keeps its traceback.
+  """
 
 
 def _world(config) -> worlds.World | None:
@@ -73,17 +81,29 @@ def make_annotate(config):
 
 
 def run(config, workdir: str, *, allow_config_change: bool = False) -> str:
-  """Runs or resumes the experiment; returns the one-screen summary printed at the end."""
-  # Refuse a bad or changed config before writing or spending minutes on a base model.
-  config_lib.validate(config)
-  world = _world(config)
-  if not config.base_model and world is not None:
-    world.check_base_model(config.world.base.to_dict())
-  wd.check_or_store_config(workdir, config.to_dict(), allow_config_change,
-                           is_writer=jax.process_index() == 0)
+  """Runs or resumes the experiment; returns the one-screen summary printed at the end (on
+  process 0; the others return an empty string)."""
+  try:
+    # Refuse a bad or changed config before writing or spending minutes on a base model.
+    config_lib.validate(config)
+    world = _world(config)
+    if not config.base_model and world is not None:
+      world.check_base_model(config.world.base.to_dict())
+    loop.check_config(workdir, config, allow_config_change)
+    if not config.base_model and world is None:
+      resolve_base_model(config)  # raises its "no base model" message
+  except _INPUT_ERRORS as e:
+    raise UserError(str(e)) from e
   base = resolve_base_model(config)
   logging.info("base model: %s", base)
-  loop.run(config, workdir, base_model=base, allow_config_change=allow_config_change,
-           evaluate=make_evaluate(config), annotate=make_annotate(config),
-           exclude=world.exclude if world is not None else None)
+  try:
+    prepared = loop.setup(config, workdir, base_model=base,
+                          allow_config_change=allow_config_change,
+                          evaluate=make_evaluate(config), annotate=make_annotate(config),
+                          exclude=world.exclude if world is not None else None)
+  except _INPUT_ERRORS as e:
+    raise UserError(str(e)) from e
+  loop.run(config, workdir, prepared=prepared)
+  if not multihost.is_primary():
+    return ""
   return report.write_report(workdir)

@@ -7,6 +7,11 @@ other role are passed to the phase functions in `phases.py`.
 Resuming: the checkpoints' own metadata (iteration, phase, step) says how far a role got; a
 dataset or evaluation file exists only once complete (atomic rename). Seeds are derived from
 (seed, iteration, phase, step), so a step replayed after a kill gives bit-identical results.
+
+Several processes (a pod slice): every decision that changes which collective runs next (a
+phase already done, the step to resume from, SIGTERM) is taken once and shared through
+`multihost`; process 0 writes every file other than Orbax's, and reads back the workdir's
+datasets and evaluations for the others.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from rzero_jax import checkpoint, models, sharding, tokenizer as tokenizer_lib, worlds
+from rzero_jax import checkpoint, fileio, models, multihost, sharding, tokenizer as tokenizer_lib, worlds
 from rzero_jax.rl import learner
 from rzero_jax.rzero import config as config_lib, dataset, metrics as metrics_lib, phases
 from rzero_jax.rzero import workdir as wd
@@ -68,6 +73,7 @@ def load_base_model(path: str, model_cfg, mesh, rules):
   runtime = dict(dtype=model_cfg.dtype, param_dtype=model_cfg.param_dtype,
                  remat=model_cfg.remat)
   dtype = models.transformer.dtype_of(model_cfg.param_dtype)
+  path = fileio.local_copy(path)  # a base model on GCS is read from a local copy
   cfg, params = models.load_pretrained(path, dtype=dtype, mesh=mesh, rules=rules)
   return dataclasses.replace(cfg, **runtime), params
 
@@ -148,25 +154,34 @@ def _train_phase(s: Setup, role_name: str, iteration: int, steps: int,
   """Runs (or resumes) one GRPO phase of a role; returns its final params."""
   c = s.config
   ckpts: RoleCheckpoints = s.ckpts[role_name]
-  if ckpts.finals.latest_step() is not None and ckpts.finals.latest_step() >= iteration:
+  done = multihost.agree(ckpts.finals.latest_step())
+  if done is not None and done >= iteration:
     return _final_params(ckpts, iteration, s.abstract_params, s.base_params)
   env = s.env
   section = c.challenger if role_name == "challenger" else c.solver
   start_params = _final_params(ckpts, iteration - 1, s.abstract_params, s.base_params)
   state = learner.init_train_state(start_params, learner_config(section))
   start = 0
-  if ckpts.steps.latest_step() is not None:
+  latest = multihost.agree(ckpts.steps.latest_step())
+  if latest is not None:
     # The newest intact step checkpoint; one from an earlier iteration means a fresh phase.
-    restored = ckpts.steps.restore(target={"params": checkpoint.abstract_like(state.params),
-                                           "opt_state": checkpoint.abstract_like(
-                                               state.opt_state)})
+    # With several processes all restore process 0's choice (the same step, or nothing lines
+    # up); alone, a corrupt newest step falls back to the one before.
+    restored = ckpts.steps.restore(
+        step=latest if multihost.process_count() > 1 else None,
+        target={"params": checkpoint.abstract_like(state.params),
+                "opt_state": checkpoint.abstract_like(state.opt_state)})
     if restored.metadata.get("iteration") == iteration:
       start = int(restored.metadata["step"])
-      state = learner.TrainState(jax.device_put(np.int32(start)), restored.items["params"],
+      # The step counter keeps the fresh state's (replicated) sharding: the jitted step is
+      # bound to the fresh state's shardings, on every process.
+      step_count = multihost.to_global(np.int32(start), state.step.sharding)
+      state = learner.TrainState(step_count, restored.items["params"],
                                  restored.items["opt_state"])
       logging.info("resuming the %s phase of iteration %d after step %d", role_name,
                    iteration, start)
-  ref_params = learner.to_host(start_params) if c.offload_idle else start_params
+  # Offloaded, the reference waits in pinned host memory, sharded as on the devices.
+  ref_params = multihost.offload(start_params) if c.offload_idle else start_params
   role = make_role(section, env, state)
   global_base = (iteration - 1) * steps
   for step in range(start, steps):
@@ -183,7 +198,8 @@ def _train_phase(s: Setup, role_name: str, iteration: int, steps: int,
     s.writer.write(record)
     if questions is not None and s.annotate is not None and s.is_writer:
       _log_questions(s.workdir, iteration, step + 1, questions)
-    if sigterm.requested:
+    # SIGTERM may reach one host and not another: all stop if any got it.
+    if multihost.any_process(sigterm.requested):
       ckpts.steps.wait()
       raise Preempted(f"stopped by SIGTERM after {role_name} step {step + 1} of iteration "
                       f"{iteration}; rerun the same command to resume")
@@ -197,15 +213,16 @@ def _train_phase(s: Setup, role_name: str, iteration: int, steps: int,
 
 def _log_questions(workdir: str, iteration: int, step: int, questions) -> None:
   """The Challenger's valid questions per step, for the report's difficulty analysis."""
-  path = os.path.join(workdir, "questions.jsonl")
-  with open(path, "a") as f:
-    f.write(json.dumps({"iteration": iteration, "step": step, "questions": questions}) + "\n")
+  fileio.append_text(fileio.join(workdir, "questions.jsonl"),
+                     json.dumps({"iteration": iteration, "step": step,
+                                 "questions": questions}) + "\n")
 
 
 def _dataset_phase(s: Setup, iteration: int, challenger_params, solver_params, base_params):
   path = wd.dataset_path(s.workdir, iteration)
-  if os.path.exists(path):
-    return dataset.read_jsonl(path)
+  if multihost.agree(s.is_writer and fileio.exists(path)):
+    # Read on process 0 and shared: another host may not see the file (or not yet).
+    return multihost.agree(dataset.read_jsonl(path) if s.is_writer else None)
   c = s.config
   # The baseline writes its questions with the untrained base Challenger.
   writer_params = base_params if c.mode == "base_challenger" else challenger_params
@@ -214,7 +231,7 @@ def _dataset_phase(s: Setup, iteration: int, challenger_params, solver_params, b
       seed=phases.derive_seed(c.seed, iteration, "dataset"), annotate=s.annotate,
       exclude=s.exclude)
   if s.is_writer:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fileio.makedirs(fileio.join(s.workdir, "datasets"))
     dataset.write_jsonl_atomic(path, records)
     wd.atomic_write_json(path.replace(".jsonl", ".stats.json"), stats)
   s.writer.write({"iteration": iteration, "phase": "dataset", "step": 0,
@@ -229,10 +246,11 @@ def _dataset_phase(s: Setup, iteration: int, challenger_params, solver_params, b
 
 def _evaluate(s: Setup, iteration: int, params):
   path = wd.eval_path(s.workdir, iteration)
-  if s.evaluate is None or os.path.exists(path):
-    return wd.read_json(path)
+  if s.evaluate is None or multihost.agree(s.is_writer and fileio.exists(path)):
+    return multihost.agree(wd.read_json(path) if s.is_writer else None)
   start = time.perf_counter()
-  result = s.evaluate(s.env, params)
+  # Grading runs under wall-clock timeouts: process 0's scores are the run's.
+  result = multihost.agree(s.evaluate(s.env, params))
   result["time_eval"] = time.perf_counter() - start
   if s.is_writer:
     wd.atomic_write_json(path, result)
@@ -243,23 +261,65 @@ def _evaluate(s: Setup, iteration: int, params):
 
 def _write_progress(s: Setup, iteration: int, phase: str) -> None:
   if s.is_writer:
-    wd.atomic_write_json(os.path.join(s.workdir, "progress.json"),
+    wd.atomic_write_json(fileio.join(s.workdir, "progress.json"),
                          {"iteration": iteration, "phase_done": phase,
                           "iterations": s.config.iterations, "time": time.time()})
+
+
+def check_config(workdir: str, config, allow_config_change: bool) -> None:
+  """Process 0 checks (or stores) the workdir's config; every process gets its verdict."""
+  error = None
+  if multihost.is_primary():
+    try:
+      wd.check_or_store_config(workdir, config.to_dict(), allow_config_change, True)
+    except ValueError as e:
+      error = e
+  error = multihost.agree(error)
+  if error is not None:
+    raise error
+
+
+# The base model's files that describe its tokenizer and shape (its weights are not copied).
+_MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json",
+                "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                "chat_template.jinja", "vocab.json", "merges.txt", "added_tokens.json")
+
+
+def store_model_files(workdir: str, base_model: str, cfg) -> str:
+  """Copies the base model's tokenizer and config into WORKDIR/model once (process 0), so the
+  workdir is self-contained; returns a local path of that copy, which every process reads."""
+  target = wd.model_dir(workdir)
+  if multihost.is_primary() and not fileio.exists(fileio.join(target, "config.json")):
+    with fileio.staging_dir(target, commit_file="config.json") as staging:
+      source = fileio.local_copy(base_model)
+      if os.path.isdir(source):
+        for name in _MODEL_FILES:
+          if os.path.isfile(os.path.join(source, name)):
+            with open(os.path.join(source, name), "rb") as f:
+              data = f.read()
+            with open(os.path.join(staging, name), "wb") as f:
+              f.write(data)
+      else:  # a GGUF file: its tokenizer is exported, its config written from the model's
+        tokenizer_lib.load_tokenizer(source).save(staging)
+        with open(os.path.join(staging, "config.json"), "w") as f:
+          json.dump(cfg.to_hf_dict(), f, indent=2, sort_keys=True)
+  multihost.barrier("rzero_model_files")
+  return fileio.local_copy(target)
 
 
 def setup(config, workdir: str, *, base_model: str, allow_config_change: bool = False,
           evaluate: Callable | None = None, annotate: Callable | None = None,
           exclude: Callable | None = None) -> Setup:
-  is_writer = jax.process_index() == 0
+  is_writer = multihost.is_primary()
   config_lib.validate(config)
-  os.makedirs(workdir, exist_ok=True)
-  wd.check_or_store_config(workdir, config.to_dict(), allow_config_change, is_writer)
+  if is_writer:
+    fileio.makedirs(workdir)
+  check_config(workdir, config, allow_config_change)
   mesh_cfg = {a: config.mesh[a] for a in sharding.MESH_AXES}
   mesh = sharding.make_mesh(mesh_cfg) if jax.device_count() > 1 else None
   rules = sharding.rules_from_config(config.mesh.rules.to_dict())
   cfg, base_params = load_base_model(base_model, config.model, mesh, rules)
-  tok = tokenizer_lib.load_tokenizer(base_model)
+  tok = tokenizer_lib.load_tokenizer(store_model_files(workdir, base_model, cfg))
   env = phases.Env(cfg=cfg, tokenizer=tok, mesh=mesh, rules=rules,
                    prompt_set=worlds.prompt_set(config.prompts),
                    stop_token_ids=tuple(tok.eos_token_ids),
@@ -269,21 +329,23 @@ def setup(config, workdir: str, *, base_model: str, allow_config_change: bool = 
   abstract = checkpoint.abstract_like(base_params)
   writer = metrics_lib.MetricsWriter(workdir, enabled=is_writer)
   return Setup(config=config, workdir=workdir, env=env, base_params=base_params,
-               abstract_params=abstract, tok_path=os.path.abspath(base_model),
+               abstract_params=abstract, tok_path=wd.MODEL_DIR,
                ckpts=ckpts, writer=writer, is_writer=is_writer, evaluate=evaluate,
                annotate=annotate, exclude=exclude)
 
 
 def run(config, workdir: str, *, base_model: str | None = None,
         allow_config_change: bool = False, evaluate: Callable | None = None,
-        annotate: Callable | None = None, exclude: Callable | None = None) -> dict:
+        annotate: Callable | None = None, exclude: Callable | None = None,
+        prepared: Setup | None = None) -> dict:
   """Runs (or resumes) all iterations. Returns {iteration: evaluation result}.
 
   base_model defaults to config.base_model; a world passes the path of its cached model.
+  `prepared` is a `setup` already made (the other arguments but config are then unused).
   """
-  s = setup(config, workdir, base_model=base_model or config.base_model,
-            allow_config_change=allow_config_change, evaluate=evaluate, annotate=annotate,
-            exclude=exclude)
+  s = prepared or setup(config, workdir, base_model=base_model or config.base_model,
+                        allow_config_change=allow_config_change, evaluate=evaluate,
+                        annotate=annotate, exclude=exclude)
   c = config
   results = {}
   try:

@@ -1,16 +1,20 @@
 """Per-step metrics: one JSONL line, TensorBoard scalars and one human-readable log line.
 
 Only process 0 writes. A step repeated after a resume is appended again; readers keep the last
-record of each (iteration, phase, step).
+record of each (iteration, phase, step). The workdir may be on GCS: TensorBoard's event file is
+then written locally and copied up after each record.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
+import shutil
+import tempfile
 from typing import Any, Iterable, Mapping
 
 from absl import logging
+
+from rzero_jax import fileio
 
 
 def _clean(value: Any):
@@ -24,23 +28,26 @@ def _clean(value: Any):
 class MetricsWriter:
   def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
     self.enabled = enabled
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = fileio.join(workdir, "metrics.jsonl")
     self._tb = None
+    self._tb_remote = None  # (local folder, remote folder) when the workdir is remote
     if enabled:
-      os.makedirs(workdir, exist_ok=True)
+      fileio.makedirs(workdir)
       if tensorboard:
         from tensorboardX import SummaryWriter  # host-only dependency, imported lazily
-        self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+        tb_dir = fileio.join(workdir, "tb")
+        if fileio.is_remote(tb_dir):
+          self._tb_remote = (tempfile.mkdtemp(prefix="rzero-tb-"), tb_dir)
+          tb_dir = self._tb_remote[0]
+        self._tb = SummaryWriter(tb_dir)
 
   def write(self, record: Mapping[str, Any]) -> None:
     if not self.enabled:
       return
     record = {k: _clean(v) for k, v in record.items()}
     line = json.dumps(record, sort_keys=True)
-    with open(self.path, "a") as f:
-      # One write of one line: a kill leaves at most a truncated last line, which readers skip.
-      f.write(line + "\n")
-      f.flush()
+    # One write of one line: a kill leaves at most a truncated last line, which readers skip.
+    fileio.append_text(self.path, line + "\n")
     if self._tb is not None:
       global_step = int(record.get("global_step", 0))
       prefix = f"{record.get('phase', 'run')}/"
@@ -48,11 +55,20 @@ class MetricsWriter:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
           self._tb.add_scalar(prefix + key, value, global_step)
       self._tb.flush()
+      self._upload_tb()
     logging.info("%s", human_line(record))
+
+  def _upload_tb(self) -> None:
+    if self._tb_remote is not None:
+      fileio.copy_tree(*self._tb_remote)
 
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+      self._upload_tb()
+      if self._tb_remote is not None:
+        shutil.rmtree(self._tb_remote[0], ignore_errors=True)
+      self._tb = None
 
 
 _SHOWN = (("reward_mean", "reward {:.3f}"), ("reward_std", "±{:.3f}"),
@@ -80,16 +96,15 @@ def human_line(record: Mapping[str, Any]) -> str:
 
 def read_metrics(path: str) -> list[dict]:
   """Metrics records, the last one of each (iteration, phase, step) kept, in file order."""
-  if not os.path.exists(path):
+  if not fileio.exists(path):
     return []
   records: dict[tuple, dict] = {}
-  with open(path) as f:
-    for line in f:
-      try:
-        rec = json.loads(line)
-      except json.JSONDecodeError:
-        continue  # a line cut by a kill
-      records[(rec.get("iteration"), rec.get("phase"), rec.get("step"))] = rec
+  for line in fileio.read_text(path).split("\n"):
+    try:
+      rec = json.loads(line)
+    except json.JSONDecodeError:
+      continue  # a line cut by a kill
+    records[(rec.get("iteration"), rec.get("phase"), rec.get("step"))] = rec
   return list(records.values())
 
 

@@ -13,9 +13,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import tqdm
 
-from rzero_jax import grading, sampling, sharding
+from rzero_jax import grading, multihost, sampling, sharding
 from rzero_jax.rl import grpo, rollouts
-from rzero_jax.rl.learner import LearnerConfig
+from rzero_jax.rl.learner import LearnerConfig, batch_sharding
 from rzero_jax.rzero import challenger, dataset
 from rzero_jax.rzero.metrics import histogram
 
@@ -109,6 +109,14 @@ def generate_rows(env: Env, params, prompts: Sequence[Sequence[int]], *, n: int,
   return tokens, logprobs, finish
 
 
+def _on_mesh(env: Env, tree):
+  """Host batch arrays -> global arrays split by rows, as the jitted learner expects (numpy
+  cannot be passed to a jit with sharded in_shardings across processes)."""
+  if env.mesh is None:
+    return tree
+  return multihost.to_global(tree, batch_sharding(env.mesh, env.rules or sharding.DEFAULT_RULES))
+
+
 def decode(env: Env, rows: Sequence[Sequence[int]]) -> list[str]:
   stops = set(env.stop_token_ids)
   return [env.tokenizer.decode([t for t in row if t not in stops]) for row in rows]
@@ -154,17 +162,21 @@ def grpo_update(env: Env, role: Role, state, ref_params, prompts: Sequence[Seque
   # single update is on-policy and leaves pi_old to the train step (rl.learner), which saves a
   # forward pass.
   minibatches = list(rollouts.minibatches(batch, rows_per_update))
+  # An offloaded reference comes back to device memory (same sharding) for this update only.
+  ref_params = multihost.onload(ref_params) if role.learner.kl_coef > 0 else None
   for mb in minibatches:
+    tokens, kv_mask = _on_mesh(env, (mb["tokens"], mb["kv_mask"]))
     if len(minibatches) == 1:
       del mb["old_logp"]
     else:
-      mb["old_logp"] = np.asarray(role.logprobs(state.params, mb["tokens"], mb["kv_mask"]))
+      mb["old_logp"] = multihost.to_host(role.logprobs(state.params, tokens, kv_mask))
     if role.learner.kl_coef > 0:
-      mb["ref_logp"] = np.asarray(role.logprobs(ref_params, mb["tokens"], mb["kv_mask"]))
+      mb["ref_logp"] = multihost.to_host(role.logprobs(ref_params, tokens, kv_mask))
+  del ref_params
   all_metrics = []
   for mb in minibatches:
-    state, metrics = role.train_step(state, mb)
-    all_metrics.append({k: float(v) for k, v in metrics.items()})
+    state, metrics = role.train_step(state, _on_mesh(env, mb))
+    all_metrics.append({k: float(v) for k, v in multihost.to_host(metrics).items()})
   merged = merge_update_metrics(all_metrics)
   merged["zero_std_groups"] = float(np.mean(
       np.std(np.asarray(rewards).reshape(-1, group_size), axis=1) == 0))
@@ -218,9 +230,11 @@ def challenger_step(env: Env, role: Role, state, ref_params, solver_params, ccfg
   solver_answers: list[Any] = [None] * len(rows)
   for i, ans in zip(valid, answers):
     solver_answers[i] = ans
-  scores = challenger.score_challenger_rollouts(
+  # Process 0's verdicts for all: symbolic grading has a wall-clock timeout, so two hosts
+  # could disagree, and the rewards decide the update every process must run.
+  scores = multihost.agree(challenger.score_challenger_rollouts(
       texts, solver_answers, form=ccfg.reward_form, scale=ccfg.uncertainty_scale,
-      bleu_threshold=ccfg.repetition_threshold, equiv=env.equiv())
+      bleu_threshold=ccfg.repetition_threshold, equiv=env.equiv()))
   rewards = scores.rewards
   p_hat = np.array([np.nan if p is None else p for p in scores.p_hats])
   penalty = scores.penalties
@@ -296,8 +310,9 @@ def build_dataset(env: Env, challenger_params, solver_params, dcfg, sampling_cfg
   band = ((dcfg.band_low, dcfg.band_high) if dcfg.band_low >= 0 and dcfg.band_high >= 0
           else None)
   meta = [annotate(q) for q in candidates] if annotate else None
-  records, stats = dataset.build_dataset(candidates, answers, delta=dcfg.band_delta,
-                                         band=band, meta=meta, equiv=env.equiv())
+  # Majority votes compare answers symbolically under a timeout: process 0 decides for all.
+  records, stats = multihost.agree(dataset.build_dataset(
+      candidates, answers, delta=dcfg.band_delta, band=band, meta=meta, equiv=env.equiv()))
   stats = dict(stats)
   stats.update(generated=len(rows), well_formed=len(candidates) + overlong,
                overlong_prompts=overlong,
@@ -341,8 +356,9 @@ def solver_step(env: Env, role: Role, state, ref_params, records: Sequence[dict]
   t1 = time.perf_counter()
   texts = decode(env, rows)
   labels = [r["label"] for r in batch for _ in range(g)]
-  rewards = np.asarray(grading.solver_rewards(texts, labels, form=scfg.reward_form,
-                                              grader=env.grader), np.float32)
+  # Process 0's verdicts for all (grading runs under a wall-clock timeout).
+  rewards = np.asarray(multihost.agree(grading.solver_rewards(
+      texts, labels, form=scfg.reward_form, grader=env.grader)), np.float32)
   t2 = time.perf_counter()
   state, train_metrics = grpo_update(
       env, role, state, ref_params, [p for p in prompts for _ in range(g)], rows, logps,

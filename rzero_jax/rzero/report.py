@@ -6,13 +6,13 @@ questions.jsonl), so a report can be rebuilt for any run, finished or not.
 from __future__ import annotations
 
 import collections
-import glob
+import io
 import json
 import os
 import re
 from typing import Any
 
-from rzero_jax import worlds
+from rzero_jax import fileio, worlds
 from rzero_jax.rzero import dataset as dataset_lib, metrics as metrics_lib, workdir as wd
 
 
@@ -21,9 +21,11 @@ def _world(config: dict) -> worlds.World | None:
   return worlds.get(name) if name else None
 
 
-def _iterations(pattern: str) -> list[int]:
+def _iterations(folder: str, pattern: str) -> list[int]:
   found = []
-  for path in glob.glob(pattern):
+  if not fileio.isdir(folder):
+    return found
+  for path in fileio.glob(folder, pattern):
     m = re.search(r"iter_(\d+)\.", os.path.basename(path))
     if m:
       found.append(int(m.group(1)))
@@ -32,12 +34,12 @@ def _iterations(pattern: str) -> list[int]:
 
 def collect(workdir: str) -> dict[str, Any]:
   """All the figures the report shows, as plain data (also handy for benchmarks and tests)."""
-  config = wd.read_json(os.path.join(workdir, "config.json"), {}) or {}
+  config = wd.read_json(fileio.join(workdir, "config.json"), {}) or {}
   world = _world(config)
-  records = metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  records = metrics_lib.read_metrics(fileio.join(workdir, "metrics.jsonl"))
   out: dict[str, Any] = {"config": config, "eval": {}, "challenger_steps": [],
                          "solver_steps": [], "datasets": {}, "difficulty": {}}
-  for t in _iterations(os.path.join(workdir, "eval", "iter_*.json")):
+  for t in _iterations(fileio.join(workdir, "eval"), "iter_*.json"):
     result = wd.read_json(wd.eval_path(workdir, t))
     out["eval"][t] = {k: v for k, v in result.items() if k != "results"}
   for rec in records:
@@ -45,7 +47,7 @@ def collect(workdir: str) -> dict[str, Any]:
       out["challenger_steps"].append(rec)
     elif rec.get("phase") == "solver":
       out["solver_steps"].append(rec)
-  for t in _iterations(os.path.join(workdir, "datasets", "iter_*.jsonl")):
+  for t in _iterations(fileio.join(workdir, "datasets"), "iter_*.jsonl"):
     path = wd.dataset_path(workdir, t)
     rows = dataset_lib.read_jsonl(path)
     stats = wd.read_json(path.replace(".jsonl", ".stats.json"), {}) or {}
@@ -57,17 +59,16 @@ def collect(workdir: str) -> dict[str, Any]:
       entry["pseudo_label_accuracy"] = sum(_same_answer(a, b) for a, b in truths) / len(truths)
     out["datasets"][t] = entry
   if world is not None:
-    qpath = os.path.join(workdir, "questions.jsonl")
-    if os.path.exists(qpath):
+    qpath = fileio.join(workdir, "questions.jsonl")
+    if fileio.exists(qpath):
       per_iter: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
-      with open(qpath) as f:
-        for line in f:
-          try:
-            rec = json.loads(line)
-          except json.JSONDecodeError:
-            continue
-          for q in rec["questions"]:
-            per_iter[rec["iteration"]][world.level_of(q) or 0] += 1
+      for line in fileio.read_text(qpath).split("\n"):
+        try:
+          rec = json.loads(line)
+        except json.JSONDecodeError:
+          continue
+        for q in rec["questions"]:
+          per_iter[rec["iteration"]][world.level_of(q) or 0] += 1
       out["difficulty"] = {t: dict(sorted(c.items())) for t, c in sorted(per_iter.items())}
   return out
 
@@ -205,17 +206,19 @@ def plot(data: dict, path: str) -> None:
   if data["difficulty"]:
     ax.legend()
   fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=100)
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=100)
   plt.close(fig)
-  os.replace(tmp, path)
+  # One atomic write (a unique temporary name locally, one object on GCS), by process 0 only.
+  fileio.write_bytes(path, buf.getvalue())
 
 
 def write_report(workdir: str) -> str:
-  """Writes report.md and progress.png; returns the one-screen summary to print."""
+  """Writes report.md and progress.png; returns the one-screen summary to print.
+  Call it from one process (process 0): it is the only writer of the workdir's files."""
   data = collect(workdir)
-  report_path = os.path.join(workdir, "report.md")
+  report_path = fileio.join(workdir, "report.md")
+  plot_path = fileio.join(workdir, "progress.png")
   wd.atomic_write_text(report_path, render_markdown(data))
-  plot(data, os.path.join(workdir, "progress.png"))
-  return (f"Report: {report_path}\nPlot:   {os.path.join(workdir, 'progress.png')}\n\n"
-          + summary_table(data))
+  plot(data, plot_path)
+  return f"Report: {report_path}\nPlot:   {plot_path}\n\n" + summary_table(data)

@@ -8,30 +8,24 @@
   WORKDIR/datasets/iter_{t}.jsonl    the Solver dataset of iteration t (atomic)
   WORKDIR/eval/iter_{t}.json         held-out evaluation after iteration t (0 = base)
   WORKDIR/metrics.jsonl, WORKDIR/tb/ metrics; WORKDIR/report.md, progress.png
-Every file is written to a temporary name in the same directory and renamed into place.
+  WORKDIR/model/                 the base model's tokenizer and config.json, copied once, so
+                                 the workdir can be moved or read from another host
+WORKDIR may be local or gs://. Every file goes through `fileio`: atomic on a local disk
+(temporary name, then rename), a direct single-object write on GCS. Process 0 writes them all.
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any, Mapping
+
+from rzero_jax import fileio
+
+MODEL_DIR = "model"
 
 
 def atomic_write_text(path: str, text: str) -> None:
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  fileio.write_text(path, text)
 
 
 def atomic_write_json(path: str, obj: Any) -> None:
@@ -47,13 +41,12 @@ def _jsonable(x):
 
 
 def read_json(path: str, default=None):
-  if not os.path.exists(path):
+  if not fileio.exists(path):
     return default
-  with open(path) as f:
-    try:
-      return json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path}: not valid JSON ({e})") from None
+  try:
+    return json.loads(fileio.read_text(path))
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -84,7 +77,7 @@ class ConfigChangedError(ValueError):
 def check_or_store_config(workdir: str, config: Mapping[str, Any],
                           allow_change: bool = False, is_writer: bool = True) -> None:
   """Freezes the config of a workdir; a resumed run with another config is refused."""
-  path = os.path.join(workdir, "config.json")
+  path = fileio.join(workdir, "config.json")
   stored = read_json(path)
   current = json.loads(json.dumps(config, default=_jsonable))
   if stored is not None:
@@ -100,12 +93,24 @@ def check_or_store_config(workdir: str, config: Mapping[str, Any],
 
 
 def dataset_path(workdir: str, iteration: int) -> str:
-  return os.path.join(workdir, "datasets", f"iter_{iteration}.jsonl")
+  return fileio.join(workdir, "datasets", f"iter_{iteration}.jsonl")
 
 
 def eval_path(workdir: str, iteration: int) -> str:
-  return os.path.join(workdir, "eval", f"iter_{iteration}.json")
+  return fileio.join(workdir, "eval", f"iter_{iteration}.json")
 
 
 def checkpoint_dir(workdir: str, role: str, final: bool = False) -> str:
-  return os.path.join(workdir, "checkpoints", f"{role}_final" if final else role)
+  return fileio.join(workdir, "checkpoints", f"{role}_final" if final else role)
+
+
+def model_dir(workdir: str) -> str:
+  """The workdir's own copy of the base model's tokenizer and config (not its weights)."""
+  return fileio.join(workdir, MODEL_DIR)
+
+
+def resolve(workdir: str, recorded: str) -> str:
+  """A path recorded in checkpoint metadata: relative ones are relative to the workdir."""
+  if "://" in recorded or os.path.isabs(recorded):
+    return recorded
+  return fileio.join(workdir, recorded)

@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from rzero_jax import models, sharding
+from rzero_jax import models, multihost, sharding
 from rzero_jax.rl import grpo, learner, rollouts
 
 MESHES = {"fsdp4_tensor2": {"data": 1, "fsdp": 4, "tensor": 2},
@@ -155,14 +155,19 @@ def test_reference_params_round_trip_through_host_memory_onto_the_mesh():
   mesh = sharding.make_mesh(MESHES["fsdp4_tensor2"])
   param_shardings = models.param_shardings(cfg, mesh)
   params = models.init_params(cfg, jax.random.key(2), mesh=mesh)
-  host = learner.to_host(params)
-  assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(host))
-  back = learner.to_device(host, param_shardings)
+  # Offloaded, each shard stays the size it is on its device: nothing comes back replicated.
+  host = multihost.offload(params)
+  for leaf, orig in zip(jax.tree.leaves(host), jax.tree.leaves(params)):
+    assert leaf.sharding.memory_kind == "pinned_host"
+    assert leaf.sharding.spec == orig.sharding.spec
+    assert leaf.addressable_shards[0].data.shape == orig.addressable_shards[0].data.shape
+  back = multihost.onload(host)
   _assert_shardings(back, param_shardings, "params")
+  assert all(x.sharding.memory_kind == "device" for x in jax.tree.leaves(back))
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(back)):
-    assert np.array_equal(np.asarray(a), np.asarray(b))
-  batch = jax.device_put(_batch(seed=3), learner.batch_sharding(mesh))
+    assert np.array_equal(multihost.to_host(a), multihost.to_host(b))
+  batch = multihost.to_global(_batch(seed=3), learner.batch_sharding(mesh))
   logprob_fn = learner.make_logprob_fn(cfg, LC, mesh=mesh)
-  want = np.asarray(logprob_fn(params, batch["tokens"], batch["kv_mask"]))
-  got = np.asarray(logprob_fn(back, batch["tokens"], batch["kv_mask"]))
+  want = multihost.to_host(logprob_fn(params, batch["tokens"], batch["kv_mask"]))
+  got = multihost.to_host(logprob_fn(back, batch["tokens"], batch["kv_mask"]))
   assert np.array_equal(want, got) and np.all(np.isfinite(got))
