@@ -1,13 +1,14 @@
 # Two entry points that work on a fresh machine with Python 3.11 and pip:
 #   make run    set up .venv and run the embedded default R-Zero run
 #   make test   set up .venv and run the whole test suite
+#   make lint   ruff lint, and ruff format's check (configured in pyproject.toml)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/default
 PYTEST_ARGS ?=
 
-.PHONY: run test venv clean memory-plan
+.PHONY: run test lint venv clean memory-plan
 
 # The memory plan compiles for TPU slices on this machine, with libtpu: in a venv of its own,
 # so that the test venv's jax never loads libtpu. CONFIG and TOPOLOGY pick one plan.
@@ -37,6 +38,10 @@ test: venv
 	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q tests/sharded $(PYTEST_ARGS)
 	# Own process group: runs that span 2 processes joined by jax.distributed on 127.0.0.1.
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q tests/multihost $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 $(TPU_VENV)/.installed: setup.py Makefile
 	$(PYTHON) -m venv $(TPU_VENV)

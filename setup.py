@@ -39,7 +39,7 @@ setup(
         # scikit-learn: the official clustering call the repetition penalty is compared with.
         # gcsfs and the GCS emulator: tests/multihost runs a gs:// workdir against a local one.
         "test": ["pytest", "torch==2.13.0", "nltk", "scipy", "scikit-learn", "gguf", "accelerate",
-                 "gcsfs", "gcp-storage-emulator"],
+                 "gcsfs", "gcp-storage-emulator", "ruff"],
         "gguf": ["gguf"],
         "eval": ["champ-dataset", "pyarrow"],
         "tfds": ["tensorflow-datasets"],

@@ -48,8 +48,8 @@ import jax  # noqa: E402
 
 from configs import arith_tiny  # noqa: E402
 
-from rzero_jax import checkpoint, sharding, tokenizer as tokenizer_lib  # noqa: E402
-from rzero_jax.rzero import challenger, experiment, loop, phases, prompts, report  # noqa: E402
+from rzero_jax import checkpoint, sharding, tokenizer as tokenizer_lib, worlds  # noqa: E402
+from rzero_jax.rzero import challenger, experiment, loop, phases, report  # noqa: E402
 from rzero_jax.rzero import dataset as dataset_lib, metrics as metrics_lib  # noqa: E402
 from rzero_jax.rzero import workdir as wd  # noqa: E402
 from rzero_jax.worlds import arith, base_model  # noqa: E402
@@ -311,7 +311,7 @@ class World:
     cfg, self.params = loop.load_base_model(self.path, config.model, None, rules)
     tok = tokenizer_lib.load_tokenizer(self.path)
     self.env = phases.Env(cfg=cfg, tokenizer=tok, mesh=None, rules=rules,
-                          prompt_set=prompts.prompt_set(config.prompts),
+                          prompt_set=worlds.prompt_set(config.prompts),
                           stop_token_ids=tuple(tok.eos_token_ids),
                           max_rows_per_call=config.sampling.max_rows_per_call)
     self.abstract = checkpoint.abstract_like(self.params)

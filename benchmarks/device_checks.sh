@@ -7,8 +7,7 @@
 #   2. the sampling tests on the GPU (greedy parity with transformers, sampling rules), with
 #      float32 matmuls at full precision: parity is a float32 claim, TF32 would break ties
 #   3. the GRPO train step's MFU, Qwen3-0.6B shapes
-#   4. nucleus: candidate exact top-p threshold searches beside the sampler's bisection
-# Logs: env.txt, compile.txt, tests.txt, sampling.txt/.json, train_step.txt, nucleus.txt (8 files
+# Logs: env.txt, compile.txt, tests.txt, sampling.txt/.json, train_step.txt (7 files
 # at most: what the device tool brings back).
 set -u
 source benchmarks/device_env.sh
@@ -17,9 +16,8 @@ source benchmarks/device_env.sh
 T_COMPILE=${T_COMPILE:-200}
 T_SAMPLING=${T_SAMPLING:-200}
 T_TRAIN=${T_TRAIN:-150}
-T_NUCLEUS=${T_NUCLEUS:-90}
 # PARTS picks a subset (a rerun that needs only part 1: PARTS=sampling).
-PARTS=${PARTS:-sampling tests train nucleus}
+PARTS=${PARTS:-sampling tests train}
 has() { [[ " $PARTS " == *" $1 "* ]]; }
 # Extra flags, for a smoke run of this script on a CPU (e.g. --device-batches 1 --new 16).
 SAMPLING_ARGS=${SAMPLING_ARGS:-}
@@ -76,13 +74,8 @@ echo "== train step (limit ${T_TRAIN} s)"
 has train && timeout "$T_TRAIN" python3 benchmarks/train_step.py --device $TRAIN_ARGS 2>&1 \
   | tee "$OUT/train_step.txt"
 
-echo "== nucleus thresholds (limit ${T_NUCLEUS} s)"
-has nucleus && timeout "$T_NUCLEUS" python3 benchmarks/nucleus_threshold.py 2>&1 \
-  | tee "$OUT/nucleus.txt"
-
 echo "== summary"
 grep -sh "^device:\|^batch\|^measured\|^roofline" "$OUT/sampling.txt"
 grep -sh "passed\|failed" "$OUT/tests.txt" | tail -1
 grep -sh "^device:\|^train step\|^ratio" "$OUT/train_step.txt"
-grep -sh "^batch" "$OUT/nucleus.txt"
 exit 0

@@ -1,4 +1,4 @@
-# Sourced by the device scripts (device_checks.sh, decode_variants.sh), run from the repo root:
+# Sourced by the device scripts (device_checks.sh), run from the repo root:
 # the log folder, the import path, carried wheels, and the persistent compilation cache that
 # lets parallel processes compile what a timed process then loads.
 # If .whl/ holds wheels (flax, optax: the versions CI tests with), they go first on the path.

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
 import time
@@ -35,11 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 
 from rzero_jax import multihost
-
-log = logging.getLogger(__name__)
 
 METADATA_ITEM = "metadata"
 _TMP_MARKER = ".orbax-checkpoint-tmp"
@@ -234,7 +232,7 @@ class CheckpointManager:
         paths = sorted(self._directory.iterdir()) if self._directory.exists() else []
         for path in paths:
             if _TMP_MARKER in path.name:
-                log.warning("Ignoring checkpoint %s: its save was interrupted before it was "
+                logging.warning("Ignoring checkpoint %s: its save was interrupted before it was "
                             "committed; deleting it.", path)
                 # Done here, synchronously, rather than by Orbax's background cleanup, so that
                 # the directory is tidy once the constructor returns.
@@ -246,7 +244,7 @@ class CheckpointManager:
 
     def _quarantine(self, path: epath.Path, reason: str) -> None:
         target = path.parent / f"{path.name}.corrupt-{time.time_ns()}"
-        log.warning("Ignoring checkpoint %s: %s. Moving it to %s so that the step can be "
+        logging.warning("Ignoring checkpoint %s: %s. Moving it to %s so that the step can be "
                     "written again; the previous complete step is used instead.",
                     path, reason, target)
         if _is_primary():
@@ -314,7 +312,7 @@ class CheckpointManager:
         for path in self._directory.iterdir():
             m = _SET_ASIDE.match(path.name)
             if m and int(m.group(1)) <= up_to and _is_committed(self._directory / str(up_to)):
-                log.info("Removing %s: step %d was saved since it was set aside.", path, up_to)
+                logging.info("Removing %s: step %d was saved since it was set aside.", path, up_to)
                 path.rmtree()
 
     def set_aside(self, step: int, reason: str) -> None:
@@ -361,7 +359,7 @@ class CheckpointManager:
             try:
                 restored = self._restore_step(candidate, target)
             except CorruptCheckpointError as e:
-                log.warning("Checkpoint step %d in %s is unreadable; trying the previous step. "
+                logging.warning("Checkpoint step %d in %s is unreadable; trying the previous step. "
                             "(%s)", candidate, self._directory, e)
                 failures.append((candidate, e))
                 continue

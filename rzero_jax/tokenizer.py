@@ -9,18 +9,20 @@
     with transformers' GGUF converter (read with the `gguf` package, so no torch is needed).
 
 Chat formatting uses the tokenizer's own chat template; without one it falls back to R-Zero's
-`"system: " + system + "\\nuser: " + user` (`rzero.prompts.format_without_template`).
+`"system: " + system + "\\nuser: " + user` (`prompts.format_without_template`).
 """
 from __future__ import annotations
 
 import abc
+import copy
 import json
 import os
 import shutil
 import tempfile
 from typing import Any, Mapping, Sequence
 
-from rzero_jax.rzero.prompts import format_without_template
+from rzero_jax.models.gguf import read_tokenizer_metadata
+from rzero_jax.prompts import PLAIN_CHAT_TEMPLATE, format_without_template
 
 Messages = Sequence[Mapping[str, str]]
 
@@ -105,6 +107,20 @@ class Tokenizer(abc.ABC):
   def save(self, out_dir: str) -> None:
     """Writes the tokenizer into `out_dir` so that `load_tokenizer(out_dir)` reads it back."""
 
+  @abc.abstractmethod
+  def to_transformers(self) -> Any:
+    """A transformers fast tokenizer that encodes, and renders chats, exactly as this one."""
+
+  def save_for_transformers(self, out_dir: str) -> None:
+    """Writes what `transformers.AutoTokenizer` (and vLLM) load: tokenizer.json, its config
+    with a chat template (the plain format where this tokenizer has none) and the stop ids."""
+    with _staging(out_dir) as staging:
+      self.to_transformers().save_pretrained(staging)
+      if self.eos_token_ids:
+        _write_json(os.path.join(staging, GENERATION_CONFIG),
+                    {**_read_json(os.path.join(out_dir, GENERATION_CONFIG)),
+                     "eos_token_id": list(self.eos_token_ids)})
+
 
 # ----------------------------------------------------------------------------- transformers
 
@@ -149,6 +165,13 @@ class HFTokenizer(Tokenizer):
   def _render_template(self, messages: Messages, add_generation_prompt: bool) -> str:
     return self._tok.apply_chat_template([dict(m) for m in messages], tokenize=False,
                                          add_generation_prompt=add_generation_prompt)
+
+  def to_transformers(self) -> Any:
+    if self.chat_template is not None:
+      return self._tok
+    tok = copy.deepcopy(self._tok)
+    tok.chat_template = PLAIN_CHAT_TEMPLATE
+    return tok
 
   def save(self, out_dir: str) -> None:
     with _staging(out_dir) as staging:
@@ -198,8 +221,6 @@ def _load_hf_dir(path: str) -> HFTokenizer:
 def _load_gguf(path: str) -> HFTokenizer:
   import transformers
   from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer
-
-  from rzero_jax.models.gguf import read_tokenizer_metadata
 
   architecture, tokenizer_dict, tokenizer_config = read_tokenizer_metadata(path)
   try:
@@ -284,6 +305,60 @@ class SentencePieceTokenizer(Tokenizer):
     with _staging(out_dir) as staging:
       with open(os.path.join(staging, SENTENCEPIECE_FILE), "wb") as f:
         f.write(self._proto)
+
+  def to_transformers(self) -> Any:
+    """The same BPE as a `tokenizers` pipeline. It covers what our SentencePiece models use
+    (identity normalisation, no dummy prefix, digits split, user-defined symbols); a model
+    trained with other options is refused rather than converted approximately."""
+    import transformers
+    from sentencepiece import sentencepiece_model_pb2
+    from tokenizers import (
+      AddedToken,
+      Tokenizer as RawTokenizer,
+      decoders,
+      models as tok_models,
+      normalizers,
+      pre_tokenizers,
+      processors,
+    )
+    from transformers.tokenization_utils_base import generate_merges
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(self._proto)
+    trainer, norm = proto.trainer_spec, proto.normalizer_spec
+    if (trainer.model_type != trainer.BPE or norm.add_dummy_prefix or norm.precompiled_charsmap
+        or trainer.byte_fallback or not norm.escape_whitespaces):
+      raise ValueError(f"{self.source}: only BPE SentencePiece models with identity "
+                       "normalisation, no dummy prefix and no byte fallback convert to "
+                       "transformers")
+    pieces = [p.piece for p in proto.pieces]
+    vocab = {piece: i for i, piece in enumerate(pieces)}
+    # SentencePiece merges pieces in score order; the BPE merge list is that order.
+    kinds = {p.piece: p.type for p in proto.pieces}
+    merges = generate_merges(vocab, {p.piece: p.score for p in proto.pieces},
+                             skip_tokens=[p for p, kind in kinds.items() if kind != 1])
+    unk = pieces[trainer.unk_id]
+    raw = RawTokenizer(tok_models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True))
+    raw.normalizer = normalizers.Replace(" ", "\u2581")
+    if trainer.split_digits:
+      raw.pre_tokenizer = pre_tokenizers.Digits(individual_digits=True)
+    raw.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.Fuse()])
+    raw.add_special_tokens([AddedToken(p, normalized=False, special=True)
+                            for p, kind in kinds.items() if kind in (2, 3)])  # unknown, control
+    raw.add_tokens([AddedToken(p, normalized=True, special=False)
+                    for p, kind in kinds.items() if kind == 4])  # user-defined
+    specials = {}
+    for name, i in (("bos_token", self.bos_id), ("eos_token", self._sp.eos_id()),
+                    ("pad_token", self._pad_id()), ("unk_token", trainer.unk_id)):
+      if i is not None and i >= 0:
+        specials[name] = pieces[i]
+    if "bos_token" in specials:  # `encode(add_special_tokens=True)` adds BOS, as ours does
+      bos = specials["bos_token"]
+      raw.post_processor = processors.TemplateProcessing(
+          single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, self.bos_id)])
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=raw, **specials)
+    tok.chat_template = PLAIN_CHAT_TEMPLATE
+    return tok
 
 
 # ----------------------------------------------------------------------------- saving & loading

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from rzero_jax import grading
-from rzero_jax.rzero import challenger, prompts
+from rzero_jax import prompts
+from rzero_jax.rzero import challenger
 
 
 def exact_equiv(pairs):

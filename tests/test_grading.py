@@ -7,7 +7,6 @@ timeout plus 1 s, and the worker pool keeps working afterwards.
 import os
 import pathlib
 import random
-import re
 import signal
 import threading
 import time
@@ -325,7 +324,7 @@ def hostile_inputs(marker: pathlib.Path) -> list[tuple[str, str]]:
         ("{" * 900 + "1" + "}" * 900, "1"),  # deep but short enough to reach the parser
         ("x" * 200_000, "x"),
         (f"__import__('os').system('touch {marker}')", "0"),
-        (f"\\input{{/etc/passwd}}", "root"),
+        ("\\input{/etc/passwd}", "root"),
         ("\ud800\udfff\udc00", "1"),
         ("1\x002", "12"),
     ]
@@ -386,9 +385,10 @@ def test_closed_pool_refuses_work():
         p.equiv_batch([("x+1", "1+x")])
 
 
-def test_grader_source_never_evaluates_text():
-    """No eval/exec/sympify/parse_expr anywhere in the grader (math-verify runs LaTeX-only)."""
-    source = pathlib.Path(grading.__file__).read_text()
-    code = re.sub(r'"""(?:.|\n)*?"""|#.*', "", source)  # docstrings and comments may mention them
-    for forbidden in ("eval(", "exec(", "sympify(", "parse_expr(", "ExprExtractionConfig"):
-        assert forbidden not in code, forbidden
+def test_python_expressions_are_not_evaluated(pool, tmp_path):
+    """Text that equals the gold answer only if it were run as Python is wrong, and runs nothing."""
+    marker = tmp_path / "ran"
+    cases = [("int('8')", "8"), ("(lambda: 8)()", "8"), ("__import__('math').pi", "\\pi"),
+             ("sum([4, 4])", "8"), (f"exec(\"open('{marker}', 'w')\") or 0", "0")]
+    assert pool.equiv_batch(cases, timeout=30) == [False] * len(cases)
+    assert not marker.exists()

@@ -193,14 +193,6 @@ def test_advantages_reject_bad_input():
         grpo.group_advantages(np.zeros(4), 2, estimator="ppo")
 
 
-def test_zero_std_group_fraction():
-    rewards = make_batch(0)["rewards"]
-    metric = grpo.zero_std_group_fraction(rewards, GROUP)
-    expected = sum(len(set(rewards[i:i + GROUP].tolist())) == 1 for i in range(0, BATCH, GROUP))
-    assert expected >= 2
-    assert float(metric.total) == expected and float(metric.count) == N_GROUPS
-
-
 # ---------------------------------------------------------------------------------------------
 # Policy loss
 # ---------------------------------------------------------------------------------------------

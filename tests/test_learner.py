@@ -50,7 +50,7 @@ def test_micro_batches_give_the_full_batch_update(aggregation):
   for k in (1, 4):
     lc = learner.LearnerConfig(learning_rate=1e-3, micro_batches=k, aggregation=aggregation,
                                logprob_chunk=4)
-    grads, metrics = jax.jit(lambda p, b: learner.accumulate_gradients(CFG, lc, p, b))(
+    grads, metrics = jax.jit(lambda p, b: learner.accumulate_gradients(CFG, lc, p, b))(  # noqa: B023
         params, batch)
     results.append((jax.device_get(grads), {k: float(v) for k, v in metrics.items()}))
   (g1, m1), (g4, m4) = results

@@ -163,7 +163,7 @@ def test_kill_and_resume_is_bit_identical(reference_run, tiny_base, xla_cache, t
        lambda: os.path.exists(os.path.join(workdir, "datasets", "iter_1.jsonl"))),
       ("mid-Solver step", _committed_step(workdir, "solver", 1)),
   ]
-  for name, reached in kill_points:
+  for _name, reached in kill_points:
     proc = subprocess.Popen(_command(workdir, tiny_base, xla_cache), cwd=REPO, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:

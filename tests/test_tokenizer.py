@@ -13,7 +13,7 @@ import pytest
 
 from rzero_jax import tokenizer as tokenizer_lib
 from rzero_jax.models import gguf as gguf_lib
-from rzero_jax.rzero import prompts
+from rzero_jax import prompts
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from rzero_jax import worlds
 from rzero_jax.worlds import arith
 from rzero_jax.worlds import base_model
 
@@ -277,7 +278,7 @@ def test_corpus_has_both_roles_and_no_heldout_question():
   spec = base_model.BaseModelSpec(**{**TINY, "num_docs": 400})
   docs = base_model.corpus_documents(spec)
   assert docs == base_model.corpus_documents(spec)
-  prompts = base_model.arith_prompt_set()
+  prompts = worlds.prompt_set("arith")
   challenger = [c for _, c in docs if c.startswith("<question>")]
   assert 0.2 < len(challenger) / len(docs) < 0.4
   for messages, completion in docs:

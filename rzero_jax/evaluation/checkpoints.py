@@ -19,6 +19,11 @@ import json
 import os
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+
+from rzero_jax import checkpoint, models, tokenizer as tokenizer_lib
+
 ROLES = ("solver", "challenger")
 
 
@@ -40,13 +45,6 @@ class ResolvedCheckpoint:
       out.update({k: self.metadata.get(k) for k in ("role", "iteration", "phase")
                   if k in self.metadata})
     return out
-
-
-def _is_gguf(path: str) -> bool:
-  if not os.path.isfile(path):
-    return False
-  with open(path, "rb") as f:
-    return f.read(4) == b"GGUF"
 
 
 def _is_workdir(path: str) -> bool:
@@ -73,7 +71,6 @@ class _Manager:
   """Read access to one Orbax CheckpointManager directory through `rzero_jax.checkpoint`."""
 
   def __init__(self, path: str):
-    from rzero_jax import checkpoint
     self.path = path
     self._mgr = checkpoint.CheckpointManager(path, max_to_keep=None, async_save=False,
                                              read_only=True)
@@ -183,7 +180,7 @@ def resolve_checkpoint(spec: str, role: str = "solver",
   if not os.path.exists(path):
     raise FileNotFoundError(f"checkpoint {spec}: no such file or directory")
   if os.path.isfile(path):
-    if _is_gguf(path):
+    if models.is_gguf(path):
       _no_iteration(spec, iteration, "a GGUF file")
       return ResolvedCheckpoint(spec=spec, kind="gguf", path=path, tokenizer=path)
     raise ValueError(f"checkpoint {spec}: not a GGUF file (no GGUF magic); expected a .gguf "
@@ -211,15 +208,11 @@ def _no_iteration(spec: str, iteration: int | None, what: str) -> None:
 
 
 def _dtype_name(dtype) -> str:
-  import jax.numpy as jnp
   return "float32" if dtype is None else jnp.dtype(dtype).name
 
 
 def load_resolved(resolved: ResolvedCheckpoint, dtype=None, mesh=None):
   """(cfg, params, tokenizer) of a resolved checkpoint; params placed on `mesh` if given."""
-  import jax
-  from rzero_jax import models
-  from rzero_jax import tokenizer as tokenizer_lib
   if not os.path.exists(resolved.tokenizer):
     raise FileNotFoundError(f"checkpoint {resolved.spec}: its tokenizer {resolved.tokenizer} "
                             "does not exist (was the run made on another machine?)")
@@ -248,11 +241,8 @@ def load_resolved(resolved: ResolvedCheckpoint, dtype=None, mesh=None):
       mgr.close()
     if saved != jdtype:
       params = jax.tree.map(lambda x: x.astype(jdtype), params)
-  elif resolved.kind == "hf":
-    cfg, params = models.load_hf(resolved.path, dtype=jdtype, mesh=mesh)
-    cfg = dataclasses.replace(cfg, dtype=name, param_dtype=name)
-  elif resolved.kind == "gguf":
-    cfg, params = models.load_gguf(resolved.path, dtype=jdtype, mesh=mesh)
+  elif resolved.kind in ("hf", "gguf"):
+    cfg, params = models.load_pretrained(resolved.path, dtype=jdtype, mesh=mesh)
     cfg = dataclasses.replace(cfg, dtype=name, param_dtype=name)
   else:
     raise ValueError(f"unknown checkpoint kind {resolved.kind!r}")

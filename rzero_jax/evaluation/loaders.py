@@ -1,4 +1,4 @@
-"""Benchmark loaders: local JSONL / JSON / parquet files (or CHAMP, the arithmetic world, tfds)
+"""Benchmark loaders: local JSONL / JSON / parquet files (or CHAMP, a world's sets, tfds)
 turned into one uniform list of `Problem`s.
 
 Each benchmark has one small adapter that knows the field layout of its common public release
@@ -19,6 +19,8 @@ import math
 import os
 import re
 from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from rzero_jax import worlds
 
 # Graders a problem can ask for (see answers.py).
 MATH, CHOICE, FUZZY = "math", "choice", "fuzzy"
@@ -67,7 +69,7 @@ class BenchmarkSpec:
   group: str
   schema: str                      # the fields it reads, for error messages
   release: str                     # a public release in that layout, for error messages
-  adapter: Adapter | None = None   # None: not file based (CHAMP, arith)
+  adapter: Adapter | None = None   # None: not file based (CHAMP, a world's sets)
 
 
 # --- field helpers --------------------------------------------------------------------------
@@ -246,11 +248,8 @@ SPECS: dict[str, BenchmarkSpec] = {s.name: s for s in (
     BenchmarkSpec("bbeh", "BBEH", "general", "question|input, answer|target[, task]",
                   "MrLight/bbeh-eval, or google-deepmind/bbeh task.json files", _bbeh),
     BenchmarkSpec("champ", "CHAMP", "other", "champ_dataset package", "PyPI champ-dataset"),
-    BenchmarkSpec("arith", "Arithmetic world (held-out)", "other", "rzero_jax.worlds.arith",
-                  "generated"),
-    BenchmarkSpec("arith_design", "Arithmetic world (training distribution, for design checks)",
-                  "other", "rzero_jax.worlds.arith", "generated"),
-)}
+)} | {name: BenchmarkSpec(name, b.title, "other", f"world {world.name}", "generated")
+       for world in map(worlds.get, worlds.names()) for name, b in world.benchmarks.items()}
 
 ALIASES = {"math-500": "math500", "math_500": "math500", "minerva_math": "minerva",
            "minerva-math": "minerva", "olympiad": "olympiadbench", "aime2024": "aime24",
@@ -411,17 +410,14 @@ def _load_champ(limit: int | None) -> tuple[list[Problem], str]:
   return problems[:limit] if limit is not None else problems, "champ_dataset v0"
 
 
-def _load_arith(limit: int | None, which: str) -> tuple[list[Problem], str]:
-  """The world's held-out sets ("arith", what the training run reports on) or its design sets
-  ("arith_design": training-distribution problems, for choosing a design without them)."""
-  from rzero_jax.worlds import arith  # lazy: only these benchmarks need the world
-  make = arith.heldout_sets if which == "arith" else arith.design_sets
+def _load_world_sets(limit: int | None, name: str) -> tuple[list[Problem], str]:
+  """A world's evaluation set `name`, one subset per difficulty level."""
+  world, benchmark = worlds.find_benchmark(name)
   problems = []
-  for level, items in make().items():
-    problems += [Problem(id=f"{level}-{i}", question=p.question, gold=str(p.answer),
-                         grader=MATH, subset=str(level)) for i, p in enumerate(items)]
-  return (problems[:limit] if limit is not None else problems,
-          f"rzero_jax.worlds.arith.{make.__name__}()")
+  for level, items in benchmark.sets().items():
+    problems += [Problem(id=f"{level}-{i}", question=question, gold=answer, grader=MATH,
+                         subset=str(level)) for i, (question, answer) in enumerate(items)]
+  return problems[:limit] if limit is not None else problems, f"world {world.name}: {name}"
 
 
 def _tfds_records(dataset: str, split: str, data_dir: str | None) -> Iterator[tuple[str, Any]]:
@@ -475,8 +471,8 @@ def load_benchmark(spec_text: str, data_dir: str | None = None,
     spec = SPECS[canonical_name(name)]
     if spec.name == "champ":
       problems, source = _load_champ(limit)
-    elif spec.name in ("arith", "arith_design"):
-      problems, source = _load_arith(limit, spec.name)
+    elif worlds.find_benchmark(spec.name) is not None:
+      problems, source = _load_world_sets(limit, spec.name)
     elif path:
       path = os.path.expanduser(path)
       if not os.path.exists(path):

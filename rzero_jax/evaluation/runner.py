@@ -25,8 +25,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
-from rzero_jax import fileio
-from rzero_jax.evaluation import answers, loaders, scoring
+from rzero_jax import fileio, sampling, worlds
+from rzero_jax.evaluation import answers, checkpoints, loaders, scoring
 
 GenerateFn = Callable[..., Any]  # (prompts, *, max_new_tokens, temperature, top_p, top_k, n,
 #                                   seed, stop_token_ids) -> object with .tokens, .finish_reasons
@@ -45,7 +45,7 @@ class EvalConfig:
   limit: int | None = None      # first N problems of each benchmark
   seed: int = 0
   boxed: str = "first"          # which \boxed{} is the answer: "first" (the paper) or "last"
-  prompts: str = "paper"        # the Solver prompt set: "paper" or a world's ("arith")
+  prompts: str = "paper"        # the Solver prompt set: "paper" or a world's name
 
   def __post_init__(self):
     if isinstance(self.benchmarks, str):
@@ -73,7 +73,6 @@ class EvalConfig:
 
 def model_generate_fn(cfg, params, mesh=None) -> GenerateFn:
   """The real model's GenerateFn: `sampling.generate` with the model bound."""
-  from rzero_jax import sampling
   return functools.partial(sampling.generate, cfg, params, mesh=mesh)
 
 
@@ -82,8 +81,7 @@ def model_generate_fn(cfg, params, mesh=None) -> GenerateFn:
 def build_prompts(tokenizer, problems: Sequence[loaders.Problem], prompt_set: str = "paper"
                   ) -> tuple[list[str], list[list[int]]]:
   """(chat-templated prompt text, prompt token ids) per problem, with the Solver prompt."""
-  from rzero_jax.rzero import prompts as solver_prompts
-  solver = solver_prompts.prompt_set(prompt_set)
+  solver = worlds.prompt_set(prompt_set)
   texts, ids = [], []
   for p in problems:
     messages = solver.solver_messages(p.question)
@@ -293,7 +291,6 @@ def evaluate_checkpoint(spec: str, config: EvalConfig, output_dir: str | None = 
                         benchmarks: Sequence[loaders.Benchmark] | None = None
                         ) -> dict[str, Any]:
   """Loads any checkpoint (HF dir, GGUF file, run workdir, Orbax dir) and evaluates it."""
-  from rzero_jax.evaluation import checkpoints
   t0 = time.perf_counter()
   resolved = checkpoints.resolve_checkpoint(spec, role=role, iteration=iteration)
   cfg, params, tokenizer = checkpoints.load_resolved(resolved, dtype=dtype, mesh=mesh)
@@ -323,7 +320,6 @@ def run(checkpoint: str, config: EvalConfig, output_dir: str, compare_to: str | 
   two go to OUTPUT/checkpoint and OUTPUT/compare_to, and a side-by-side table with the
   differences (checkpoint minus compare_to) goes to OUTPUT/comparison.md. `iteration` selects
   within `checkpoint`, `compare_iteration` within `compare_to`; `role` applies to both."""
-  from rzero_jax.evaluation import checkpoints
   benchmarks = load_benchmarks(config)
   # Resolve everything before generating: a bad path fails now, not after the first model.
   checkpoints.resolve_checkpoint(checkpoint, role=role, iteration=iteration)

@@ -1,6 +1,6 @@
 """Accuracy with a 95% confidence interval, the paper's aggregates, and the Markdown tables.
 
-Plain host-side arithmetic over verdicts; nothing here looks at text or models.
+Plain host-side counting over verdicts; nothing here looks at text or models.
 """
 from __future__ import annotations
 

@@ -8,3 +8,4 @@ from rzero_jax.models.transformer import (ATTENTION_KERNELS, KVCache, abstract_p
                                           unembed)
 from rzero_jax.models.gguf import load_gguf
 from rzero_jax.models.hf import load_hf, save_hf
+from rzero_jax.models.pretrained import is_gguf, load_pretrained

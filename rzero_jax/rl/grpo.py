@@ -128,17 +128,6 @@ def group_advantages(rewards, group_size: int, eps: float = 1e-6,
     return jnp.where(all_equal, 0.0, fn(grouped, eps)).reshape(-1)
 
 
-def zero_std_group_fraction(rewards, group_size: int) -> SumMetric:
-    """Share of groups whose rewards are all equal: they carry no GRPO learning signal."""
-    rewards = jnp.asarray(rewards, jnp.float32)
-    if rewards.ndim != 1 or group_size < 1 or rewards.shape[0] % group_size:
-        raise ValueError(f"zero_std_group_fraction: rewards must be 1-D with a length divisible "
-                         f"by group_size={group_size}; got shape {rewards.shape}")
-    grouped = rewards.reshape(-1, group_size)
-    all_equal = jnp.max(grouped, axis=1) == jnp.min(grouped, axis=1)
-    return SumMetric(all_equal.sum().astype(jnp.float32), jnp.float32(grouped.shape[0]))
-
-
 # --------------------------------------------------------------------------------------------
 # Aggregation of per-token values into (sum, count)
 # --------------------------------------------------------------------------------------------
@@ -267,7 +256,7 @@ def policy_loss(logp, old_logp, ref_logp, advantages, mask, *,
         raise ValueError(f"policy_loss: advantages must have shape {shape[:1]} (one per "
                          f"sequence); got {advantages.shape}")
 
-    # Zero the inputs at masked positions *before* any arithmetic: multiplying a NaN loss by a
+    # Zero the inputs at masked positions *before* computing with them: multiplying a NaN loss by a
     # zero mask gives NaN, and so does backpropagating a zero cotangent through exp(inf).
     def sanitize(x):
         return jnp.where(mask_bool, x, 0.0)

@@ -192,6 +192,8 @@ def accumulate_gradients(cfg: models.ModelConfig, lc: LearnerConfig, params, bat
   denom = jnp.maximum(count, 1.0)
   grads = jax.tree.map(lambda g: g / denom, grads)
   out = grpo.metric_values(metrics)
+  # Each mean's count, so a caller can combine updates exactly (phases.merge_update_metrics).
+  out.update({f"{k}/count": m.count for k, m in metrics.items() if isinstance(m, grpo.SumMetric)})
   out.update(loss=loss_sum / denom, count=count, grad_norm=optax.tree.norm(grads))
   return grads, out
 

@@ -2,7 +2,7 @@
 
 A batch has the shape [rows, prompt_len + max_new_tokens]: prompts are left-padded to
 `prompt_len`, completions right-padded to `max_new_tokens`. The phases pass power-of-two buckets
-of both (`phases.pow2_at_least`, `phases.completion_bucket`), so the train step compiles once
+of both (`sampling.prompt_bucket`, `phases.completion_bucket`), so the train step compiles once
 per bucket pair.
 """
 from __future__ import annotations

@@ -11,9 +11,8 @@ import math
 
 import ml_collections
 
-from rzero_jax import grading
+from rzero_jax import grading, worlds
 from rzero_jax.rl import grpo
-from rzero_jax.rzero import prompts
 
 
 def _learner(**overrides) -> ml_collections.ConfigDict:
@@ -34,7 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.iterations = 3
   # An HF directory (config.json + safetensors) or a GGUF file; --base_model overrides it.
   c.base_model = ""
-  # "paper": the competition-math prompts (docs/ALGORITHM.md); "arith": the arithmetic world's.
+  # "paper": the competition-math prompts (docs/ALGORITHM.md); or a world's name: its prompts.
   c.prompts = "paper"
   # "base_challenger": the baseline whose Solver phase uses questions of the untrained model.
   c.mode = "rzero"
@@ -44,8 +43,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Move idle models (the frozen Solver, the KL reference) to host memory between uses.
   c.offload_idle = False
 
-  # A synthetic world ("arith") supplies its own cached base model, evaluation and
-  # report-only annotations; "" means a real base model (config.base_model / --base_model).
+  # A registered synthetic world (worlds.names()) supplies its own cached base model,
+  # evaluation and report-only annotations; "" means a real base model (--base_model).
   c.world = ml_collections.ConfigDict(dict(name="", cache_dir=""))
 
   c.model = ml_collections.ConfigDict(dict(dtype="float32", param_dtype="float32",
@@ -203,7 +202,7 @@ def _rules() -> dict:
   # answers and dataset questions may be greedy (0).
   rules = {
       "seed": _COUNT, "iterations": _POSITIVE,
-      "prompts": _one_of(*prompts.PROMPT_SETS), "mode": _one_of("rzero", "base_challenger"),
+      "prompts": _one_of("paper", *worlds.names()), "mode": _one_of("rzero", "base_challenger"),
       "offload_idle": _BOOL,
       "model.dtype": _one_of("float32", "bfloat16", "float16"),
       "model.param_dtype": _one_of("float32", "bfloat16", "float16"),

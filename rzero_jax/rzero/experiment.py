@@ -1,8 +1,9 @@
 """One R-Zero experiment from a config: base model, the co-evolution loop, evaluation, report.
 
-`launch/train.py` calls `run` and nothing else. A synthetic world (config.world.name) supplies
-its own base model (built once and cached), its held-out evaluation and report-only annotations
-(true answers, difficulty levels) that never reach training.
+`launch/train.py` calls `run` and nothing else. A synthetic world (config.world.name, a
+registered `worlds.World`) supplies its own base model (built once and cached), its held-out
+evaluation, the questions training must skip, and report-only annotations (true answers,
+difficulty levels) that never reach training.
 """
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import os
 
 from absl import logging
 
-from rzero_jax import multihost
+from rzero_jax import multihost, worlds
+from rzero_jax.evaluation import runner
 from rzero_jax.rzero import config as config_lib, dataset, loop, report
 
 Preempted = loop.Preempted
@@ -30,14 +32,8 @@ class UserError(Exception):
   """
 
 
-def _world(config):
-  name = config.world.name
-  if not name:
-    return None
-  if name == "arith":
-    from rzero_jax.worlds import arith
-    return arith
-  raise ValueError(f"config.world.name={name!r}; expected '' (none) or 'arith'")
+def _world(config) -> worlds.World | None:
+  return worlds.get(config.world.name) if config.world.name else None
 
 
 def resolve_base_model(config) -> str:
@@ -48,17 +44,14 @@ def resolve_base_model(config) -> str:
   if world is None:
     raise ValueError("no base model: pass --base_model=PATH (an HF directory with config.json "
                      "and safetensors, or a .gguf file) or set config.base_model")
-  from rzero_jax.worlds import base_model
   cache = os.path.expanduser(config.world.cache_dir or "~/.cache/rzero-jax")
-  return base_model.build_base_model(os.path.join(cache, "arith_base"),
-                                     **config.world.base.to_dict())
+  return world.base_model(cache, config.world.base.to_dict())
 
 
 def make_evaluate(config):
   """The held-out evaluation run after each iteration, or None when nothing is configured."""
   if not config.eval.benchmarks:
     return None
-  from rzero_jax.evaluation import runner
 
   def evaluate(env, params, chunks=None):
     ecfg = runner.EvalConfig(
@@ -87,7 +80,7 @@ def make_annotate(config):
   world = _world(config)
   if world is None:
     return None
-  return lambda q: {"true_answer": world.true_answer(q), "level": world.difficulty_of(q)}
+  return world.annotate
 
 
 def run(config, workdir: str, *, allow_config_change: bool = False) -> str:
@@ -96,13 +89,13 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> str:
   try:
     # Refuse a bad or changed config before writing or spending minutes on a base model.
     config_lib.validate(config)
-    if not config.base_model and _world(config) is not None:
-      from rzero_jax.worlds import base_model
-      base_model.spec_from_fields(**config.world.base.to_dict())
+    world = _world(config)
+    if not config.base_model and world is not None:
+      world.check_base_model(config.world.base.to_dict())
     # Only checked here: config.json is frozen by loop.setup once the base model has loaded, so
     # a failed start (a wrong --base_model) leaves nothing that refuses the corrected rerun.
     loop.check_config(workdir, config, allow_config_change, store=False)
-    if not config.base_model and _world(config) is None:
+    if not config.base_model and world is None:
       resolve_base_model(config)  # raises its "no base model" message
   except _INPUT_ERRORS as e:
     raise UserError(str(e)) from e
@@ -112,7 +105,7 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> str:
     prepared = loop.setup(config, workdir, base_model=base,
                           allow_config_change=allow_config_change,
                           evaluate=make_evaluate(config), annotate=make_annotate(config),
-                          exclude=getattr(_world(config), "is_heldout", None))
+                          exclude=world.exclude if world is not None else None)
   except _INPUT_ERRORS as e:
     raise UserError(str(e)) from e
   try:

@@ -34,10 +34,10 @@ import jax
 import numpy as np
 from absl import logging
 
-from rzero_jax import checkpoint, compiles, fileio, models, multihost, sharding
+from rzero_jax import checkpoint, compiles, fileio, models, multihost, sharding, worlds
 from rzero_jax import tokenizer as tokenizer_lib
 from rzero_jax.rl import learner
-from rzero_jax.rzero import config as config_lib, dataset, metrics as metrics_lib, phases, prompts
+from rzero_jax.rzero import config as config_lib, dataset, metrics as metrics_lib, phases
 from rzero_jax.rzero import workdir as wd
 
 ROLES = ("challenger", "solver")
@@ -157,14 +157,8 @@ def load_base_model(path: str, model_cfg, mesh, rules):
                  remat=model_cfg.remat)
   dtype = models.transformer.dtype_of(model_cfg.param_dtype)
   path = fileio.local_copy(path)  # a base model on GCS is read from a local copy
-  if path.endswith(".gguf"):
-    cfg, params = models.load_gguf(path, dtype=dtype)
-    cfg = dataclasses.replace(cfg, **runtime)
-    params = sharding.place(params, models.param_logical_axes(cfg), mesh, rules)
-  else:
-    cfg, params = models.load_hf(path, dtype=dtype, mesh=mesh)
-    cfg = dataclasses.replace(cfg, **runtime)
-  return cfg, params
+  cfg, params = models.load_pretrained(path, dtype=dtype, mesh=mesh, rules=rules)
+  return dataclasses.replace(cfg, **runtime), params
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -616,7 +610,7 @@ def setup(config, workdir: str, *, base_model: str, allow_config_change: bool = 
   config_hash = wd.config_hash(config.to_dict())
   check_config(workdir, config, allow_config_change)
   env = phases.Env(cfg=cfg, tokenizer=tok, mesh=mesh, rules=rules,
-                   prompt_set=prompts.prompt_set(config.prompts),
+                   prompt_set=worlds.prompt_set(config.prompts),
                    stop_token_ids=tuple(tok.eos_token_ids),
                    max_rows_per_call=config.sampling.max_rows_per_call,
                    progress=is_writer, grader=config.grader)

@@ -16,7 +16,7 @@ import tqdm
 from rzero_jax import grading, multihost, sampling, sharding
 from rzero_jax.rl import grpo, rollouts
 from rzero_jax.rl.learner import LearnerConfig, batch_sharding
-from rzero_jax.rzero import challenger, dataset, repetition
+from rzero_jax.rzero import challenger, dataset
 from rzero_jax.rzero.metrics import histogram
 
 PHASE_IDS = {"challenger": 1, "dataset": 2, "solver": 3, "eval": 4}
@@ -55,24 +55,17 @@ class Role:
   advantage_estimator: str = "grpo"
 
 
-def pow2_at_least(n: int, minimum: int = 16) -> int:
-  size = minimum
-  while size < n:
-    size *= 2
-  return size
-
-
 def completion_bucket(completions: Sequence[Sequence[int]], max_new_tokens: int) -> int:
   """Completion slots of a training batch: the longest completion rounded up to a power of two,
   at most max_new_tokens.
 
   Trailing padding changes no logprob of a real token (attention is causal and the loss is
-  masked), so the update is the one a full max_new_tokens batch gives, for less compute: the
-  arithmetic Solver's answers take about 25 of its 96 slots. The train step compiles once per
+  masked), so the update is the one a full max_new_tokens batch gives, for less compute when
+  answers are short beside the budget. The train step compiles once per
   (prompt, completion) bucket, a handful per role.
   """
   longest = max((len(c) for c in completions), default=0)
-  return min(max_new_tokens, pow2_at_least(longest))
+  return min(max_new_tokens, sampling.prompt_bucket(longest, min_bucket=16))
 
 
 def _even_split(total: int, most: int) -> list[int]:
@@ -175,7 +168,7 @@ def grpo_update(env: Env, role: Role, state, ref_params, prompts: Sequence[Seque
   """Advantages, packing, pi_old / pi_ref logprobs, then one optimizer update per mini-batch."""
   adv = np.asarray(grpo.group_advantages(np.asarray(rewards, np.float32), group_size,
                                          estimator=role.advantage_estimator))
-  prompt_len = pow2_at_least(max(len(p) for p in prompts))
+  prompt_len = sampling.prompt_bucket(max(len(p) for p in prompts), min_bucket=16)
   batch = rollouts.pack(prompts, completions, sampler_logprobs, adv, prompt_len=prompt_len,
                         max_new_tokens=completion_bucket(completions, max_new_tokens),
                         pad_id=getattr(env.tokenizer, "pad_id", 0) or 0)
@@ -200,12 +193,33 @@ def grpo_update(env: Env, role: Role, state, ref_params, prompts: Sequence[Seque
   for mb in minibatches:
     state, metrics = role.train_step(state, _on_mesh(env, mb))
     all_metrics.append({k: float(v) for k, v in multihost.to_host(metrics).items()})
-  merged = {k: float(np.mean([m[k] for m in all_metrics])) for k in all_metrics[0]}
-  if "skipped_updates" in merged:  # a count over the step's updates, not a mean
-    merged["skipped_updates"] = float(sum(m["skipped_updates"] for m in all_metrics))
+  merged = merge_update_metrics(all_metrics)
   merged["zero_std_groups"] = float(np.mean(
       np.std(np.asarray(rewards).reshape(-1, group_size), axis=1) == 0))
   return state, merged
+
+
+_SUMMED = ("count", "skipped_updates")  # counts over the step's updates, not means
+
+
+def merge_update_metrics(updates: Sequence[dict[str, float]]) -> dict[str, float]:
+  """One record for a step's updates, each metric combined as a full-batch one would be: a
+  mean with its count ("K/count") as sum(value * count) / sum(count), a maximum ("K/max") as
+  the maximum, counts (and skipped updates) summed; the rest (grad_norm, a per-update quantity) averaged."""
+  merged = {}
+  for k in updates[0]:
+    values = np.asarray([u[k] for u in updates], np.float64)
+    counts = [u.get(f"{k}/count") for u in updates]
+    if k in _SUMMED or k.endswith("/count"):
+      merged[k] = float(values.sum())
+    elif k.endswith("/max"):
+      merged[k] = float(values.max())
+    elif k == "loss" or None not in counts:
+      weights = np.asarray([u["count"] for u in updates] if k == "loss" else counts, np.float64)
+      merged[k] = float((values * weights).sum() / max(weights.sum(), 1.0))
+    else:
+      merged[k] = float(values.mean())
+  return merged
 
 
 # ----------------------------------------------------------------------------- Challenger

@@ -12,17 +12,13 @@ import os
 import re
 from typing import Any
 
-from rzero_jax import fileio
-from rzero_jax.rzero import dataset as dataset_lib
-from rzero_jax.rzero import metrics as metrics_lib
-from rzero_jax.rzero import workdir as wd
+from rzero_jax import fileio, worlds
+from rzero_jax.rzero import dataset as dataset_lib, metrics as metrics_lib, workdir as wd
 
 
-def _world(config: dict):
-  if config.get("world", {}).get("name") == "arith":
-    from rzero_jax.worlds import arith
-    return arith
-  return None
+def _world(config: dict) -> worlds.World | None:
+  name = (config.get("world") or {}).get("name")
+  return worlds.get(name) if name else None
 
 
 def _iterations(folder: str, pattern: str) -> list[int]:
@@ -72,7 +68,7 @@ def collect(workdir: str) -> dict[str, Any]:
         except json.JSONDecodeError:
           continue
         for q in rec["questions"]:
-          per_iter[rec["iteration"]][world.difficulty_of(q) or 0] += 1
+          per_iter[rec["iteration"]][world.level_of(q) or 0] += 1
       out["difficulty"] = {t: dict(sorted(c.items())) for t, c in sorted(per_iter.items())}
   return out
 
@@ -85,24 +81,25 @@ def _same_answer(label, truth) -> bool:
 
 
 def _level_keys(evals: dict) -> list[str]:
-  """Per-level accuracy keys of the arithmetic world's held-out sets ("arith/3/accuracy") or,
-  in a design check, its training-distribution sets ("arith_design/3/accuracy")."""
+  """Per-level accuracy keys of a world's evaluation sets ("NAME/LEVEL/accuracy")."""
+  names = worlds.benchmarks()
   keys = set()
   for e in evals.values():
-    keys.update(k for k in e if re.fullmatch(r"arith(_design)?/\d+/accuracy", k))
+    keys.update(k for k in e if re.fullmatch(r"[^/]+/\d+/accuracy", k) and k.split("/")[0] in names)
   return sorted(keys, key=lambda k: (k.split("/")[0], int(k.split("/")[1])))
 
 
-def level_benchmark(data: dict) -> str:
-  """Which per-level sets the run was evaluated on: "arith" (held-out) or "arith_design"."""
-  keys = _level_keys(data["eval"])
-  return "arith_design" if any(k.startswith("arith_design/") for k in keys) else "arith"
+def level_benchmark(data: dict) -> str | None:
+  """Which world evaluation set the levels come from; a design (training-distribution) set
+  wins, since a design check never shows held-out figures."""
+  present = sorted({k.split("/")[0] for k in _level_keys(data["eval"])})
+  design = [n for n in present if not worlds.benchmarks()[n].held_out]
+  return (design or present or [None])[0]
 
 
 def accuracy_title(data: dict) -> str:
-  if level_benchmark(data) == "arith_design":
-    return "Solver accuracy on training-distribution design sets, never held-out (%)"
-  return "Held-out Solver accuracy (%)"
+  name = level_benchmark(data)
+  return worlds.benchmarks()[name].report_title if name else "Held-out Solver accuracy (%)"
 
 
 def _pct(x) -> str:

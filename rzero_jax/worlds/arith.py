@@ -24,6 +24,8 @@ from typing import Callable, Union
 
 import numpy as np
 
+from rzero_jax.prompts import PromptSet
+
 WORLD_VERSION = "arith-v2"  # part of every cache key that depends on this world's text
 
 # ----------------------------------------------------------------------------- expressions
@@ -508,16 +510,9 @@ def challenger_completion(problem: Problem) -> str:
   return f"<question>\n{problem.question}\n</question>\n\n{boxed(problem.answer)}"
 
 
-@dataclasses.dataclass(frozen=True)
-class WorldPrompts:
-  """Role prompts as data. Short on purpose: the paper's long competition-math prompt would
-  fill most of a tiny model's context and teach it nothing about this world."""
-  challenger_system: str
-  challenger_user: str
-  solver_system: str
-
-
-PROMPTS = WorldPrompts(
+# Short on purpose: the paper's long competition-math prompt would fill most of a tiny model's
+# context and teach it nothing about this world.
+PROMPTS = PromptSet(
     challenger_system="Write a new question as <question>\n...\n</question> then \\boxed{answer}.",
     challenger_user="New question.",
     solver_system="Solve it; put the answer in \\boxed{}.",

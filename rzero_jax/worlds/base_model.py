@@ -21,7 +21,6 @@ import functools
 import hashlib
 import io
 import json
-import logging
 import os
 import random
 import shutil
@@ -29,8 +28,16 @@ import tempfile
 import time
 from typing import Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+import sentencepiece as spm
+from absl import logging
 
+from rzero_jax import models
+from rzero_jax.prompts import format_without_template
+from rzero_jax.tokenizer import SentencePieceTokenizer
 from rzero_jax.worlds import arith
 
 BUILD_VERSION = "base-v1"  # bump when the corpus, tokenizer or training code changes meaning
@@ -43,17 +50,15 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 GUESS_STYLES = ("number", "give_up")
 GIVE_UP = "I do not know."
 
-log = logging.getLogger(__name__)
-
 
 @dataclasses.dataclass(frozen=True)
 class BaseModelSpec:
   """Every choice that decides the built model; its hash is the cache key.
 
-  The defaults build in about 1.5 minutes on 2 quiet CPU cores (136k parameters, 9,000 steps
-  of 8 documents). Measured on the held-out sets, greedy Solver accuracy falls from about 90% at
-  level 1 to about 10% at levels 7-8. On this budget, many small steps of a shallow model beat
-  fewer, larger steps or a deeper or wider model.
+  The field defaults are the plain corpus (every Solver document worked out, 9,000 steps). The
+  embedded default run overrides them in configs/arith_tiny.py: twice the pretraining and
+  authors who give up on harder problems, so the base model gives up greedily at the frontier
+  while its samples still work such problems out (its headroom: benchmarks/RESULTS.md).
   """
   seed: int = 0
   # model
@@ -87,7 +92,8 @@ class BaseModelSpec:
   # model that gives up (greedily) where it is weak, while its sampled attempts still work
   # such problems out and agree with each other: the latent skill R-Zero's votes can find.
   # Guessed numbers made the model's worked steps at those levels much less reliable
-  # (benchmarks/RESULTS.md, session 14); a give-up teaches it nothing about numbers.
+  # (measured with benchmarks/research/solver_headroom.py); a give-up teaches it nothing
+  # about numbers.
   guess_fractions: tuple[float, ...] = (0.0,) * arith.NUM_LEVELS
   guess_style: str = "number"
   # pretraining
@@ -154,19 +160,13 @@ def _is_share(value, below_one: bool) -> bool:
 
 # ----------------------------------------------------------------------------- corpus
 
-def arith_prompt_set():
-  from rzero_jax.rzero.prompts import prompt_set
-
-  return prompt_set("arith")
-
-
 def corpus_documents(spec: BaseModelSpec, prompts=None) -> list[tuple[list[dict], str]]:
   """(chat messages, completion) pairs in both role formats, from training problems only.
 
   The messages are exactly those R-Zero's phases send (`PromptSet.challenger_messages` /
   `solver_messages`), so the base model learns the prompts it will be asked with.
   """
-  prompts = prompts or arith_prompt_set()
+  prompts = prompts or arith.PROMPTS
   rng = random.Random(f"{BUILD_VERSION}/corpus/{spec.seed}")
   levels = range(1, arith.NUM_LEVELS + 1)
   docs = []
@@ -206,17 +206,11 @@ def _solver_completion(spec: BaseModelSpec, rng: random.Random, question: str,
 
 def document_texts(docs) -> list[str]:
   """Each document as plain text: the chat fallback rendering followed by the completion."""
-  from rzero_jax.rzero.prompts import format_without_template
-
   return [format_without_template(messages) + completion for messages, completion in docs]
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int):
   """A SentencePiece BPE tokenizer trained on `texts` (digits always split one by one)."""
-  import sentencepiece as spm
-
-  from rzero_jax.tokenizer import SentencePieceTokenizer
-
   buf = io.BytesIO()
   spm.SentencePieceTrainer.train(
       sentence_iterator=iter(texts), model_writer=buf, vocab_size=vocab_size, model_type="bpe",
@@ -286,8 +280,6 @@ def length_buckets(lengths: np.ndarray, min_docs: int, multiple: int = 16) -> di
 # ----------------------------------------------------------------------------- pretraining
 
 def model_config(spec: BaseModelSpec, vocab_size: int, max_positions: int):
-  from rzero_jax import models
-
   return models.tiny_config(
       "qwen3", vocab_size=vocab_size, hidden_size=spec.hidden_size,
       intermediate_size=spec.intermediate_size, num_layers=spec.num_layers,
@@ -298,11 +290,6 @@ def model_config(spec: BaseModelSpec, vocab_size: int, max_positions: int):
 
 def next_token_loss(cfg, params, tokens, loss_mask):
   """Mean cross-entropy of each masked target token given the tokens before it."""
-  import jax
-  import jax.numpy as jnp
-
-  from rzero_jax import models
-
   # Right padding sits after every real token, so causal attention alone keeps it out of the
   # real positions; padded targets carry zero weight.
   logits = models.forward(cfg, params, tokens[:, :-1])
@@ -313,8 +300,6 @@ def next_token_loss(cfg, params, tokens, loss_mask):
 
 
 def make_optimizer(spec: BaseModelSpec):
-  import optax
-
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, spec.learning_rate, min(spec.warmup_steps, spec.steps - 1) if spec.steps > 1 else 0,
       spec.steps, end_value=spec.learning_rate * 0.1)
@@ -324,9 +309,6 @@ def make_optimizer(spec: BaseModelSpec):
 
 def next_token_step(cfg, optimizer, params, opt_state, tokens, loss_mask):
   """One optimizer update on `next_token_loss`; returns (params, opt_state, loss)."""
-  import jax
-  import optax
-
   loss, grads = jax.value_and_grad(
       lambda p: next_token_loss(cfg, p, tokens, loss_mask))(params)
   updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -360,10 +342,6 @@ class _BatchSchedule:
 
 def pretrain(cfg, spec: BaseModelSpec, corpus: TokenizedCorpus, log_every: int = 100):
   """Next-token pretraining from a fixed seed; returns (params, [(step, loss)])."""
-  import jax
-
-  from rzero_jax import models
-
   params = models.init_params(cfg, jax.random.key(spec.seed))
   optimizer = make_optimizer(spec)
   opt_state = optimizer.init(params)
@@ -377,7 +355,7 @@ def pretrain(cfg, spec: BaseModelSpec, corpus: TokenizedCorpus, log_every: int =
     params, opt_state, loss = step_fn(params, opt_state, tokens, loss_mask)
     if (step + 1) % log_every == 0 or step + 1 == spec.steps:
       losses.append((step + 1, float(loss)))
-      log.info("base model pretraining: step %d/%d loss %.4f (%.1f s)", step + 1, spec.steps,
+      logging.info("base model pretraining: step %d/%d loss %.4f (%.1f s)", step + 1, spec.steps,
                float(loss), time.perf_counter() - start)
   return params, losses
 
@@ -431,8 +409,6 @@ def build_base_model(out_dir: str, **spec_fields) -> str:
 
 
 def _build_into(model_dir: str, spec: BaseModelSpec) -> dict:
-  from rzero_jax import models
-
   timings = {}
   t0 = time.perf_counter()
   docs = corpus_documents(spec)

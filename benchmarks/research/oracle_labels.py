@@ -1,4 +1,5 @@
-"""Diagnostic: the default R-Zero run with every kept question relabelled by its true answer.
+"""Question: how much of the Solver phase's shortfall is label noise? The default R-Zero run with
+every kept question relabelled by its true answer.
 
 Everything else is the real run (same Challenger, same band filter on the majority vote, same
 seeds); only the label the Solver is rewarded against is replaced by the arithmetic world's
@@ -8,12 +9,12 @@ held-out accuracy with the real run's separates label noise from everything else
 Never a way to train: R-Zero's phases must not see true answers, and `launch.train` has no
 switch for this.
 
-  .venv/bin/python benchmarks/oracle_labels.py --workdir=runs/oracle [--config.X=...]
+  .venv/bin/python benchmarks/research/oracle_labels.py --workdir=runs/oracle [--config.X=...]
 """
 import os
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
 from rzero_jax.rzero import dataset  # noqa: E402

@@ -1,8 +1,11 @@
-"""R-Zero prompts, quoted exactly from the reference (the authors' code), as data.
+"""Role prompts as data, and the plain chat format (a leaf module: it imports nothing of ours).
 
-The Challenger always gets the same (system, user) pair; the Solver's user turn is the question.
-Build chat messages here and render them with the tokenizer's chat template; a tokenizer without
-a template falls back to `format_without_template`, the reference's plain "system: / user:" form.
+The paper's prompts are quoted exactly from the authors' code. The Challenger always gets the
+same (system, user) pair; the Solver's user turn is the question. Build chat messages here and
+render them with the tokenizer's chat template; a tokenizer without a template falls back to
+`format_without_template`, the authors' plain "system: / user:" form, which
+`PLAIN_CHAT_TEMPLATE` writes as a Jinja chat template for an exported tokenizer. A world's own
+prompt set is looked up by name with `worlds.prompt_set`.
 """
 
 from __future__ import annotations
@@ -66,17 +69,6 @@ class PromptSet:
 
 
 PAPER = PromptSet(CHALLENGER_SYSTEM_PROMPT, CHALLENGER_USER_PROMPT, SOLVER_SYSTEM_PROMPT)
-PROMPT_SETS = ("paper", "arith")
-
-
-def prompt_set(name: str) -> PromptSet:
-    """The prompt set a config names: "paper" (docs/ALGORITHM.md, "Prompts") or a world's ("arith")."""
-    if name == "paper":
-        return PAPER
-    if name == "arith":
-        from rzero_jax.worlds import arith  # lazy: the world is optional
-        return PromptSet(**dataclasses.asdict(arith.PROMPTS))
-    raise ValueError(f"prompt set {name!r} is unknown; expected one of {PROMPT_SETS}")
 
 
 def challenger_messages() -> list[Message]:
@@ -90,8 +82,17 @@ def solver_messages(question: str) -> list[Message]:
 
 
 def format_without_template(messages: list[Message]) -> str:
-    """The reference's fallback for tokenizers without a chat template: system, newline, user."""
+    """The authors' fallback for tokenizers without a chat template: system, newline, user."""
     roles = [m.get("role") for m in messages]
     if roles != ["system", "user"]:
         raise ValueError(f"expected [system, user] messages, got roles {roles}")
     return "system: " + messages[0]["content"] + "\nuser: " + messages[1]["content"]
+
+
+# `format_without_template` as a chat template, BOS first: without a template the prompt is
+# encoded with the tokenizer's special tokens, and a chat template must write them itself.
+PLAIN_CHAT_TEMPLATE = (
+    "{% if messages | length != 2 or messages[0]['role'] != 'system' "
+    "or messages[1]['role'] != 'user' %}"
+    "{{ raise_exception('expected [system, user] messages') }}{% endif %}"
+    "{% if bos_token %}{{ bos_token }}{% endif %}system: {{ messages[0]['content'] }}\nuser: {{ messages[1]['content'] }}")

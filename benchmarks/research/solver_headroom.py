@@ -20,11 +20,11 @@ R-Zero run and no Challenger:
 
 Ground truth is used here only to diagnose the base model; R-Zero's phases never see it.
 
-  .venv/bin/python benchmarks/solver_headroom.py [--steps=120] [--learning_rate=3e-4]
+  .venv/bin/python benchmarks/research/solver_headroom.py [--steps=120] [--learning_rate=3e-4]
       [--temperature=1.0] [--eval_set=heldout|train] [--base_model=DIR] [--sft_steps=0]
 
 Choose a base-model design with --eval_set=train (fresh training-distribution problems), never
-on the held-out sets; benchmarks/build_variant_base.py builds a variant to check.
+on the held-out sets; benchmarks/research/build_variant_base.py builds a variant to check.
 """
 import argparse
 import collections
@@ -36,7 +36,7 @@ import tempfile
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
 from configs import arith_tiny  # noqa: E402

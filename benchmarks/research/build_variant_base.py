@@ -1,9 +1,9 @@
-"""Builds a variant of the default's base model, to check with `solver_headroom.py` before any
-R-Zero run. Each argument overrides one `BaseModelSpec` field of configs/arith_tiny.py (a
+"""Question: is a different base-model design worth an R-Zero run? This builds the variant, so
+that `solver_headroom.py` can measure its headroom before any R-Zero run. Each argument overrides one `BaseModelSpec` field of configs/arith_tiny.py (a
 Python literal); the build is cached like the default's, and its directory is printed last.
 
-  .venv/bin/python benchmarks/build_variant_base.py steps=27000 num_docs=216000
-  .venv/bin/python benchmarks/solver_headroom.py --eval_set=train --base_model=<printed dir>
+  .venv/bin/python benchmarks/research/build_variant_base.py steps=27000 num_docs=216000
+  .venv/bin/python benchmarks/research/solver_headroom.py --eval_set=train --base_model=<printed dir>
 """
 import ast
 import dataclasses
@@ -11,7 +11,7 @@ import os
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
 from configs import arith_tiny  # noqa: E402
