@@ -161,7 +161,7 @@ def checksum(tree: Any) -> str:
     if not flat:
         return hashlib.sha256(b"").hexdigest()[:16]
     arrays = [jnp.asarray(x) for _, x in flat]
-    prints = jax.device_get(_fingerprints(arrays))
+    prints = multihost.to_host(_fingerprints(arrays))
     lines = sorted(f"{_path_key(p)}:{_stored_spec(x)}:{int(f[0]):08x}{int(f[1]):08x}"
                    for (p, _), x, f in zip(flat, arrays, prints))
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]

@@ -260,26 +260,27 @@ def make_logprob_fn(cfg: models.ModelConfig, lc: LearnerConfig, *, mesh=None,
   """Jitted (params, tokens, kv_mask) -> logp [B, T-1], for pi_old and pi_ref.
 
   Runs in lc.micro_batches sequential micro-batches, as the train step does, so a mini-batch
-  of hundreds of rows never holds all its activations at once. Built once per (model,
-  learner config, mesh).
+  of hundreds of rows never holds all its activations at once. Built once per (model, mesh,
+  and the three settings logprobs depend on): roles that differ only in their optimizer or
+  loss settings share one function, and so one compiled program per shape.
   """
   rules = tuple(rules)
+  temperature, chunk, micro = lc.temperature, lc.logprob_chunk, lc.micro_batches
 
   def build():
     def one(tokens, kv_mask, params):
-      return token_logprobs(cfg, params, tokens, kv_mask, temperature=lc.temperature,
-                            chunk_size=lc.logprob_chunk, mesh=mesh, rules=rules)
+      return token_logprobs(cfg, params, tokens, kv_mask, temperature=temperature,
+                            chunk_size=chunk, mesh=mesh, rules=rules)
 
     def learner_logprobs(params, tokens, kv_mask):
-      if lc.micro_batches == 1:
+      if micro == 1:
         return one(tokens, kv_mask, params)
-      parts = _split_micro({"tokens": tokens, "kv_mask": kv_mask}, lc.micro_batches,
-                           strided=True)
+      parts = _split_micro({"tokens": tokens, "kv_mask": kv_mask}, micro, strided=True)
       logp = jax.lax.map(lambda mb: one(mb["tokens"], mb["kv_mask"], params), parts)
       return _join_micro(logp)
     return jax.jit(learner_logprobs)
 
-  return _cached(("logprobs", cfg, lc, mesh, rules), build)
+  return _cached(("logprobs", cfg, temperature, chunk, micro, mesh, rules), build)
 
 
 def cast_params(tree, dtype):

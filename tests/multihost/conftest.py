@@ -117,7 +117,10 @@ def committed_step(workdir, role, step):
 # ----------------------------------------------------------------------------- comparison
 
 def _is_timing(key: str) -> bool:
-  return key.startswith("time") or key.endswith("_seconds") or key == "tokens_per_s"
+  """How the run went rather than what it computed: timings, and the compile counter (a
+  restarted process compiles again; each process counts its own programs)."""
+  return (key.startswith(("time", "compiles/")) or key.endswith("_seconds")
+          or key in ("tokens_per_s", "recompiles"))
 
 
 def _untimed(obj):
