@@ -32,7 +32,7 @@ venv: $(VENV)/.installed
 run: venv
 	$(PY) -m launch.train --workdir=$(WORKDIR)
 
-test: venv
+test: venv lint
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q tests --ignore=tests/sharded --ignore=tests/multihost $(PYTEST_ARGS)
 	# Own process: 8 virtual CPU devices must be configured before jax is imported.
 	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q tests/sharded $(PYTEST_ARGS)

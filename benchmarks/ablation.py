@@ -26,6 +26,7 @@ same accuracy tables for them. Run it once, at the end, after the design has bee
 The world's true answers are read here only for the report (pseudo-label accuracy, levels).
 Extra `--config.*` flags go to every run (e.g. a variant of the design, under its own --root).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,16 +43,22 @@ import traceback
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
-import jax  # noqa: E402
 
 from configs import arith_tiny  # noqa: E402
-
 from rzero_jax import checkpoint, sharding, tokenizer as tokenizer_lib, worlds  # noqa: E402
-from rzero_jax.rzero import challenger, experiment, loop, phases, report  # noqa: E402
-from rzero_jax.rzero import dataset as dataset_lib, metrics as metrics_lib  # noqa: E402
-from rzero_jax.rzero import workdir as wd  # noqa: E402
+from rzero_jax.rzero import (  # noqa: E402  # noqa: E402
+  challenger,
+  dataset as dataset_lib,
+  experiment,
+  loop,
+  metrics as metrics_lib,
+  phases,
+  report,
+  workdir as wd,  # noqa: E402
+)
 from rzero_jax.worlds import arith, base_model  # noqa: E402
 
 MODES = ("rzero", "base_challenger")
@@ -113,15 +120,21 @@ def level_shares(counts: dict[int, int]) -> dict[int, float]:
 
 
 def accuracy_table(by_mode: dict, bench: str) -> str:
-  head = (["mode", "model", "overall"] + [f"L{lvl}" for lvl in LEVELS]
-          + [f"frontier L{FRONTIER[0]}-{FRONTIER[-1]}"])
+  head = (
+    ["mode", "model", "overall"]
+    + [f"L{lvl}" for lvl in LEVELS]
+    + [f"frontier L{FRONTIER[0]}-{FRONTIER[-1]}"]
+  )
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for mode, runs in by_mode.items():
     iters = sorted({t for r in runs.values() for t in r["evals"][bench]})
     for t in iters:
       evals = [r["evals"][bench][t] for r in runs.values() if t in r["evals"][bench]]
-      row = [MODE_NAMES.get(mode, mode), "base" if t == 0 else f"iter {t}",
-             fmt([e.get("accuracy") for e in evals])]
+      row = [
+        MODE_NAMES.get(mode, mode),
+        "base" if t == 0 else f"iter {t}",
+        fmt([e.get("accuracy") for e in evals]),
+      ]
       row += [fmt([e.get(f"{bench}/{lvl}/accuracy") for e in evals]) for lvl in LEVELS]
       row.append(fmt([frontier_of(e, bench) for e in evals]))
       lines.append("| " + " | ".join(row) + " |")
@@ -136,28 +149,37 @@ def gain_table(by_mode: dict, bench: str) -> tuple[str, dict]:
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   rows = [(MODE_NAMES.get(m, m), g) for m, g in gains.items()]
   if all(m in gains for m in MODES):
-    rows.append(("R-Zero − Base Challenger (paired by seed)",
-                 paired_differences(gains["rzero"], gains["base_challenger"])))
+    rows.append(
+      (
+        "R-Zero − Base Challenger (paired by seed)",
+        paired_differences(gains["rzero"], gains["base_challenger"]),
+      )
+    )
   for name, g in rows:
     cells = [f"{100 * g[s]:+.1f}" if s in g else "–" for s in seeds]
     m, sd = mean_sd(list(g.values()))
-    lines.append("| " + " | ".join([name, *cells, "–" if m != m else f"{100 * m:+.1f} ±{100 * sd:.1f}"])
-                 + " |")
+    lines.append(
+      "| " + " | ".join([name, *cells, "–" if m != m else f"{100 * m:+.1f} ±{100 * sd:.1f}"]) + " |"
+    )
   return "\n".join(lines), dict(rows)
 
 
 def dataset_table(by_mode: dict) -> str:
-  lines = ["| mode | iter | kept (per seed) | kept | pseudo-label acc (per seed) | label acc |",
-           "|---|---|---|---|---|---|"]
+  lines = [
+    "| mode | iter | kept (per seed) | kept | pseudo-label acc (per seed) | label acc |",
+    "|---|---|---|---|---|---|",
+  ]
   for mode, runs in by_mode.items():
     for t in sorted({t for r in runs.values() for t in r["datasets"]}):
       ds = [runs[s]["datasets"][t] for s in sorted(runs) if t in runs[s]["datasets"]]
       kept = [d["kept"] for d in ds]
       acc = [d.get("pseudo_label_accuracy") for d in ds]
-      lines.append(f"| {MODE_NAMES.get(mode, mode)} | {t} | {' / '.join(map(str, kept))} | "
-                   f"{fmt(kept, scale=1.0, digits=0)} | "
-                   f"{' / '.join('–' if a is None else f'{100 * a:.1f}' for a in acc)} | "
-                   f"{fmt(acc)} |")
+      lines.append(
+        f"| {MODE_NAMES.get(mode, mode)} | {t} | {' / '.join(map(str, kept))} | "
+        f"{fmt(kept, scale=1.0, digits=0)} | "
+        f"{' / '.join('–' if a is None else f'{100 * a:.1f}' for a in acc)} | "
+        f"{fmt(acc)} |"
+      )
   return "\n".join(lines)
 
 
@@ -165,8 +187,11 @@ def mix_table(by_mode: dict) -> str:
   """Level shares (%) of each mode's questions, pooled over seeds, per iteration and source."""
   head = ["mode", "iter", "questions"] + [f"L{lvl}" for lvl in LEVELS] + ["other", "n"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  sources = (("written", "dataset phase, written"), ("kept", "dataset phase, kept by the band"),
-             ("challenger", "Challenger's training steps"))
+  sources = (
+    ("written", "dataset phase, written"),
+    ("kept", "dataset phase, kept by the band"),
+    ("challenger", "Challenger's training steps"),
+  )
   for mode, runs in by_mode.items():
     iters = sorted({t for r in runs.values() for t in r["mix"].get("kept", {})})
     for t in iters:
@@ -178,10 +203,15 @@ def mix_table(by_mode: dict) -> str:
           continue
         shares = level_shares(pooled)
         n = sum(pooled.values())
-        lines.append("| " + " | ".join(
+        lines.append(
+          "| "
+          + " | ".join(
             [MODE_NAMES.get(mode, mode), str(t), name]
             + [f"{100 * shares.get(lvl, 0):.0f}" for lvl in LEVELS]
-            + [f"{100 * shares.get(0, 0):.0f}", str(n)]) + " |")
+            + [f"{100 * shares.get(0, 0):.0f}", str(n)]
+          )
+          + " |"
+        )
   return "\n".join(lines)
 
 
@@ -201,50 +231,77 @@ def band_table(by_mode: dict) -> str:
         right.update(counts)
     name = MODE_NAMES.get(mode, mode)
     if written:
-      lines.append("| " + " | ".join([name, "written"] + [str(written.get(l, 0)) for l in LEVELS])
-                   + " |")
-      lines.append("| " + " | ".join([name, "kept by the band (%)"] + [
-          f"{100 * kept.get(l, 0) / written[l]:.1f}" if written.get(l) else "–" for l in LEVELS])
-                   + " |")
+      lines.append(
+        "| " + " | ".join([name, "written"] + [str(written.get(l, 0)) for l in LEVELS]) + " |"
+      )
+      lines.append(
+        "| "
+        + " | ".join(
+          [name, "kept by the band (%)"]
+          + [f"{100 * kept.get(l, 0) / written[l]:.1f}" if written.get(l) else "–" for l in LEVELS]
+        )
+        + " |"
+      )
     lines.append("| " + " | ".join([name, "kept"] + [str(kept.get(l, 0)) for l in LEVELS]) + " |")
-    lines.append("| " + " | ".join([name, "kept labels right (%)"] + [
-        f"{100 * right.get(l, 0) / kept[l]:.0f}" if kept.get(l) else "–" for l in LEVELS]) + " |")
+    lines.append(
+      "| "
+      + " | ".join(
+        [name, "kept labels right (%)"]
+        + [f"{100 * right.get(l, 0) / kept[l]:.0f}" if kept.get(l) else "–" for l in LEVELS]
+      )
+      + " |"
+    )
   return "\n".join(lines)
 
 
 # p̂ bins of a labelled question; the third is the default's band [0.5, 0.9].
-VOTE_BINS = (("p̂ < 0.3", lambda p: p < 0.3 - 1e-9), ("0.3 ≤ p̂ < 0.5", lambda p: 0.3 - 1e-9 <= p < 0.5 - 1e-9),
-             ("0.5 ≤ p̂ ≤ 0.9", lambda p: 0.5 - 1e-9 <= p <= 0.9 + 1e-9), ("p̂ > 0.9", lambda p: p > 0.9 + 1e-9))
+VOTE_BINS = (
+  ("p̂ < 0.3", lambda p: p < 0.3 - 1e-9),
+  ("0.3 ≤ p̂ < 0.5", lambda p: 0.3 - 1e-9 <= p < 0.5 - 1e-9),
+  ("0.5 ≤ p̂ ≤ 0.9", lambda p: 0.5 - 1e-9 <= p <= 0.9 + 1e-9),
+  ("p̂ > 0.9", lambda p: p > 0.9 + 1e-9),
+)
 
 
 def vote_table(by_mode: dict) -> str:
   """Per level: written questions (deduplicated), the share whose majority is "no answer" (a
   give-up), and the share with a label in each p̂ bin, with how often that label is right."""
-  head = (["mode", "level", "questions", "no-answer majority"] + [name for name, _ in VOTE_BINS]
-          + ["if give-ups abstained: ≥ 3 attempts, half of them agree"])
+  head = (
+    ["mode", "level", "questions", "no-answer majority"]
+    + [name for name, _ in VOTE_BINS]
+    + ["if give-ups abstained: ≥ 3 attempts, half of them agree"]
+  )
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for mode, runs in by_mode.items():
     rows = [row for r in runs.values() for row in r.get("votes", [])]
     for lvl in sorted({row[0] for row in rows}):
       here = [row for row in rows if row[0] == lvl]
-      cells = [MODE_NAMES.get(mode, mode), f"L{lvl}" if lvl else "other", str(len(here)),
-               f"{100 * sum(row[2] for row in here) / len(here):.0f}%"]
+      cells = [
+        MODE_NAMES.get(mode, mode),
+        f"L{lvl}" if lvl else "other",
+        str(len(here)),
+        f"{100 * sum(row[2] for row in here) / len(here):.0f}%",
+      ]
       for _, inside_bin in VOTE_BINS:
         inside = [row for row in here if not row[2] and inside_bin(row[1])]
-        cells.append(f"{100 * len(inside) / len(here):.0f}%"
-                     + (f" ({100 * sum(row[3] for row in inside) / len(inside):.0f}% right)"
-                        if inside else ""))
+        cells.append(
+          f"{100 * len(inside) / len(here):.0f}%"
+          + (f" ({100 * sum(row[3] for row in inside) / len(inside):.0f}% right)" if inside else "")
+        )
       agree = [row for row in here if row[4] >= 3 and 2 * row[5] >= row[4]]
-      cells.append(f"{100 * len(agree) / len(here):.0f}%"
-                   + (f" ({100 * sum(row[6] for row in agree) / len(agree):.0f}% right)"
-                      if agree else ""))
+      cells.append(
+        f"{100 * len(agree) / len(here):.0f}%"
+        + (f" ({100 * sum(row[6] for row in agree) / len(agree):.0f}% right)" if agree else "")
+      )
       lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
 def challenger_table(by_mode: dict) -> str:
-  lines = ["| mode | iter | reward, first 3 steps | reward, last 3 steps | p̂, first 3 | p̂, last 3 |",
-           "|---|---|---|---|---|---|"]
+  lines = [
+    "| mode | iter | reward, first 3 steps | reward, last 3 steps | p̂, first 3 | p̂, last 3 |",
+    "|---|---|---|---|---|---|",
+  ]
   for mode, runs in by_mode.items():
     steps = collections.defaultdict(list)
     for r in runs.values():
@@ -255,12 +312,16 @@ def challenger_table(by_mode: dict) -> str:
         recs.sort(key=lambda rec: rec["step"])
         steps[t].append(recs)
     for t in sorted(steps):
+
       def avg(field, part):
-        return [statistics.fmean([x.get(field) or 0.0 for x in part(recs)]) for recs in steps[t]]
+        return [statistics.fmean([x.get(field) or 0.0 for x in part(recs)]) for recs in steps[t]]  # noqa: B023 - called in this iteration
+
       first, last = (lambda recs: recs[:3]), (lambda recs: recs[-3:])
-      lines.append(f"| {MODE_NAMES.get(mode, mode)} | {t} | {fmt(avg('reward_mean', first), 1, 3)} | "
-                   f"{fmt(avg('reward_mean', last), 1, 3)} | {fmt(avg('p_hat_mean', first), 1, 2)} | "
-                   f"{fmt(avg('p_hat_mean', last), 1, 2)} |")
+      lines.append(
+        f"| {MODE_NAMES.get(mode, mode)} | {t} | {fmt(avg('reward_mean', first), 1, 3)} | "
+        f"{fmt(avg('reward_mean', last), 1, 3)} | {fmt(avg('p_hat_mean', first), 1, 2)} | "
+        f"{fmt(avg('p_hat_mean', last), 1, 2)} |"
+      )
   return "\n".join(lines)
 
 
@@ -275,12 +336,27 @@ def is_complete(workdir: str, iterations: int) -> bool:
   return os.path.exists(wd.eval_path(workdir, iterations))
 
 
-def train(workdir: str, mode: str, seed: int, cache: str, overrides: list[str], log: str,
-          train_unused_challenger: bool) -> float:
+def train(
+  workdir: str,
+  mode: str,
+  seed: int,
+  cache: str,
+  overrides: list[str],
+  log: str,
+  train_unused_challenger: bool,
+) -> float:
   """One design run (or the rest of a killed one) as `launch.train`; returns its wall time."""
-  cmd = [sys.executable, "-m", "launch.train", f"--workdir={workdir}",
-         f"--config.world.cache_dir={cache}", f"--config.mode={mode}", f"--config.seed={seed}",
-         "--config.eval.benchmarks=arith_design", *overrides]
+  cmd = [
+    sys.executable,
+    "-m",
+    "launch.train",
+    f"--workdir={workdir}",
+    f"--config.world.cache_dir={cache}",
+    f"--config.mode={mode}",
+    f"--config.seed={seed}",
+    "--config.eval.benchmarks=arith_design",
+    *overrides,
+  ]
   if mode == "base_challenger" and not train_unused_challenger:
     # In this mode every dataset is written by the base model (loop._dataset_phase), so the
     # Challenger's training changes nothing the Solver sees, and the run's seeds are derived per
@@ -310,10 +386,15 @@ class World:
     rules = sharding.rules_from_config(config.mesh.rules.to_dict())
     cfg, self.params = loop.load_base_model(self.path, config.model, None, rules)
     tok = tokenizer_lib.load_tokenizer(self.path)
-    self.env = phases.Env(cfg=cfg, tokenizer=tok, mesh=None, rules=rules,
-                          prompt_set=worlds.prompt_set(config.prompts),
-                          stop_token_ids=tuple(tok.eos_token_ids),
-                          max_rows_per_call=config.sampling.max_rows_per_call)
+    self.env = phases.Env(
+      cfg=cfg,
+      tokenizer=tok,
+      mesh=None,
+      rules=rules,
+      prompt_set=worlds.prompt_set(config.prompts),
+      stop_token_ids=tuple(tok.eos_token_ids),
+      max_rows_per_call=config.sampling.max_rows_per_call,
+    )
     self.abstract = checkpoint.abstract_like(self.params)
 
   def final(self, workdir: str, role: str, iteration: int, config):
@@ -332,11 +413,16 @@ def written_questions(world: World, writer_params, config, iteration: int) -> li
   dcfg = config.dataset
   env = world.env
   rows, _, _ = phases.generate_rows(
-      env, writer_params, [phases.challenger_prompt_ids(env)], n=dcfg.num_questions,
-      seed=phases.derive_seed(config.seed, iteration, "dataset"),
-      max_new_tokens=dcfg.get("challenger_max_new_tokens", None) or dcfg.max_question_tokens,
-      temperature=dcfg.temperature,
-      top_p=dcfg.top_p, top_k=dcfg.top_k)
+    env,
+    writer_params,
+    [phases.challenger_prompt_ids(env)],
+    n=dcfg.num_questions,
+    seed=phases.derive_seed(config.seed, iteration, "dataset"),
+    max_new_tokens=dcfg.get("challenger_max_new_tokens", None) or dcfg.max_question_tokens,
+    temperature=dcfg.temperature,
+    top_p=dcfg.top_p,
+    top_k=dcfg.top_k,
+  )
   out = []
   for text in phases.decode(env, rows):
     if challenger.is_well_formed(text, require_boxed=True):
@@ -353,11 +439,14 @@ def vote_probe(world: World, workdir: str, config, iteration: int, questions: li
   dcfg = config.dataset
   solver = world.final(workdir, "solver", iteration - 1, config)
   answers = phases.answer_questions(
-      world.env, solver, questions, m=dcfg.solver_samples,
-      seed=phases.derive_seed(config.seed, iteration, "dataset") + 1,
-      sampling_cfg=config.sampling)
-  band = ((dcfg.band_low, dcfg.band_high) if dcfg.band_low >= 0 and dcfg.band_high >= 0
-          else None)
+    world.env,
+    solver,
+    questions,
+    m=dcfg.solver_samples,
+    seed=phases.derive_seed(config.seed, iteration, "dataset") + 1,
+    sampling_cfg=config.sampling,
+  )
+  band = (dcfg.band_low, dcfg.band_high) if dcfg.band_low >= 0 and dcfg.band_high >= 0 else None
   kept, _ = dataset_lib.build_dataset(questions, answers, delta=dcfg.band_delta, band=band)
   return {"questions": questions, "answers": answers, "kept": [r["question"] for r in kept]}
 
@@ -373,14 +462,22 @@ def vote_rows(votes: dict) -> list[list]:
   tried = challenger.majority_votes([a for a in attempts if a])
   tried_iter = iter(tried)
   rows = []
-  for (q, a), att, (label, p_hat) in zip(keep.items(), attempts,
-                                         challenger.majority_votes(list(keep.values()))):
+  for (q, _answers), att, (label, p_hat) in zip(
+    keep.items(), attempts, challenger.majority_votes(list(keep.values()))
+  ):
     truth = arith.true_answer(q)
     att_label, att_share = next(tried_iter) if att else (None, 0.0)
-    rows.append([arith.difficulty_of(q) or 0, p_hat, label is None,
-                 label is not None and report._same_answer(label, truth), len(att),
-                 round(att_share * len(att)),
-                 att_label is not None and report._same_answer(att_label, truth)])
+    rows.append(
+      [
+        arith.difficulty_of(q) or 0,
+        p_hat,
+        label is None,
+        label is not None and report._same_answer(label, truth),
+        len(att),
+        round(att_share * len(att)),
+        att_label is not None and report._same_answer(att_label, truth),
+      ]
+    )
   return rows
 
 
@@ -392,27 +489,38 @@ def analyse(workdir: str, world: World | None, probe: bool = False) -> dict:
   """The run's figures: evaluations, datasets, Challenger steps and question mixes."""
   data = report.collect(workdir)
   config = load_config(workdir)
-  run = {"evals": {"arith_design": {}, "arith": {}}, "datasets": data["datasets"],
-         "challenger_steps": data["challenger_steps"],
-         "mix": {"challenger": data["difficulty"], "kept": {}, "kept_right": {}, "written": {}}}
+  run = {
+    "evals": {"arith_design": {}, "arith": {}},
+    "datasets": data["datasets"],
+    "challenger_steps": data["challenger_steps"],
+    "mix": {"challenger": data["difficulty"], "kept": {}, "kept_right": {}, "written": {}},
+  }
   for t, e in data["eval"].items():
     run["evals"]["arith_design"][t] = e
   for t in sorted(data["datasets"]):
     rows = dataset_lib.read_jsonl(wd.dataset_path(workdir, t))
     run["mix"]["kept"][t] = level_counts(r["question"] for r in rows)
-    run["mix"]["kept_right"][t] = dict(collections.Counter(
-        arith.difficulty_of(r["question"]) or 0 for r in rows
-        if report._same_answer(r["label"], arith.true_answer(r["question"]))))
+    run["mix"]["kept_right"][t] = dict(
+      collections.Counter(
+        arith.difficulty_of(r["question"]) or 0
+        for r in rows
+        if report._same_answer(r["label"], arith.true_answer(r["question"]))
+      )
+    )
     if world is not None:
       cache = os.path.join(workdir, "ablation", f"written_{t}.json")
       questions = wd.read_json(cache)
       if questions is None:
-        writer = (world.params if config.mode == "base_challenger"
-                  else world.final(workdir, "challenger", t, config))
+        writer = (
+          world.params
+          if config.mode == "base_challenger"
+          else world.final(workdir, "challenger", t, config)
+        )
         questions = written_questions(world, writer, config, t)
         wd.atomic_write_json(cache, questions)
       missing = collections.Counter(r["question"] for r in rows) - collections.Counter(
-          q.strip() for q in questions)
+        q.strip() for q in questions
+      )
       run["written_check"] = run.get("written_check", 0) + sum(missing.values())
       run["mix"]["written"][t] = level_counts(questions)
       if probe:
@@ -424,7 +532,8 @@ def analyse(workdir: str, world: World | None, probe: bool = False) -> dict:
         run.setdefault("votes", []).extend(vote_rows(votes))
         # The votes drawn again must give back the run's own dataset, question for question.
         run["votes_check"] = run.get("votes_check", 0) + int(
-            sorted(votes["kept"]) != sorted(r["question"] for r in rows))
+          sorted(votes["kept"]) != sorted(r["question"] for r in rows)
+        )
   for t in range(0, config.iterations + 1):
     held = wd.read_json(os.path.join(workdir, "heldout", f"iter_{t}.json"))
     if held is not None:
@@ -458,8 +567,12 @@ def evaluate_heldout(workdir: str, world: World, base_cache: dict) -> None:
 # The default with fewer steps and 2 iterations (so the second Challenger trains against a
 # trained Solver): every call keeps the default's shapes, so the compiled programs of the full
 # runs are reused from the persistent compilation cache.
-LEAK_CHECK_FIELDS = {"iterations": 2, "challenger.steps": 2, "solver.steps": 3,
-                     "eval.benchmarks": ""}
+LEAK_CHECK_FIELDS = {
+  "iterations": 2,
+  "challenger.steps": 2,
+  "solver.steps": 3,
+  "eval.benchmarks": "",
+}
 _VOLATILE = ("time_", "tokens_per_s")
 
 
@@ -470,7 +583,7 @@ class AnswerTap:
 
   def __init__(self, poison: bool):
     self.poison = poison
-    self.calls = collections.Counter()   # (file, function) of the caller outside arith.py
+    self.calls = collections.Counter()  # (file, function) of the caller outside arith.py
     self._depth = 0
 
   def _caller(self) -> tuple[str, str]:
@@ -489,6 +602,7 @@ class AnswerTap:
       finally:
         self._depth -= 1
       return out + 1 if (self.poison and self._depth == 0 and isinstance(out, int)) else out
+
     return tapped
 
   @contextlib.contextmanager
@@ -533,15 +647,25 @@ def leak_check(root: str, cache: str, modes) -> bool:
       a, b = (dataset_lib.read_jsonl(wd.dataset_path(dirs[p], t)) for p in (False, True))
       core = ("question", "label", "p_hat", "answers")
       same["datasets"] &= [[r[k] for k in core] for r in a] == [[r[k] for k in core] for r in b]
-      relabelled += sum(ra["meta"]["true_answer"] != rb["meta"]["true_answer"]
-                        for ra, rb in zip(a, b))
+      relabelled += sum(
+        ra["meta"]["true_answer"] != rb["meta"]["true_answer"] for ra, rb in zip(a, b)
+      )
       total += len(a)
       for role in loop.ROLES:
         pa, pb = (world.final(dirs[p], role, t, config) for p in (False, True))
-        same["params"] &= all(jax.tree.leaves(jax.tree.map(
-            lambda x, y: bool(np.array_equal(np.asarray(x), np.asarray(y))), pa, pb)))
-    ma, mb = ([_training_record(r) for r in metrics_lib.read_metrics(
-        os.path.join(dirs[p], "metrics.jsonl")) if r["phase"] != "eval"] for p in (False, True))
+        same["params"] &= all(
+          jax.tree.leaves(
+            jax.tree.map(lambda x, y: bool(np.array_equal(np.asarray(x), np.asarray(y))), pa, pb)
+          )
+        )
+    ma, mb = (
+      [
+        _training_record(r)
+        for r in metrics_lib.read_metrics(os.path.join(dirs[p], "metrics.jsonl"))
+        if r["phase"] != "eval"
+      ]
+      for p in (False, True)
+    )
     same["metrics"] = ma == mb
     qa, qb = (open(os.path.join(dirs[p], "questions.jsonl")).read() for p in (False, True))
     same["questions.jsonl"] = qa == qb
@@ -549,10 +673,12 @@ def leak_check(root: str, cache: str, modes) -> bool:
     outside = {k: v for k, v in callers.items() if k != ("experiment.py", "<lambda>")}
     passed = all(same.values()) and not outside and relabelled == total > 0
     ok &= passed
-    print(f"leak check, {mode}: world answers wrong in the second run for {relabelled} of "
-          f"{total} kept questions' annotations; identical with true and wrong answers: "
-          + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in same.items())
-          + f"; answer-function calls: {dict(callers)} -> {'pass' if passed else 'FAIL'}")
+    print(
+      f"leak check, {mode}: world answers wrong in the second run for {relabelled} of "
+      f"{total} kept questions' annotations; identical with true and wrong answers: "
+      + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in same.items())
+      + f"; answer-function calls: {dict(callers)} -> {'pass' if passed else 'FAIL'}"
+    )
   return ok
 
 
@@ -563,25 +689,41 @@ def main():
   ap.add_argument("--modes", default=",".join(MODES))
   ap.add_argument("--cache_dir", default="", help="base-model cache ('' = ~/.cache/rzero-jax)")
   ap.add_argument("--iterations", type=int, default=3, help="the runs' iteration count")
-  ap.add_argument("--heldout", action="store_true",
-                  help="also evaluate every run on the held-out sets (once, at the end)")
+  ap.add_argument(
+    "--heldout",
+    action="store_true",
+    help="also evaluate every run on the held-out sets (once, at the end)",
+  )
   ap.add_argument("--no_train", action="store_true", help="only report on the runs under --root")
-  ap.add_argument("--train_unused_challenger", action="store_true",
-                  help="train the Challenger in base_challenger runs too (it is never used there)")
-  ap.add_argument("--vote_probe_seeds", default="0",
-                  help="seeds whose dataset votes are drawn again for every written question "
-                  "(p̂ and label accuracy per level before the band; about 1 min per iteration)")
-  ap.add_argument("--leak_check", action="store_true",
-                  help="only check, on a shrunken default run per mode, that no R-Zero phase "
-                  "depends on the world's answers (4 short runs)")
+  ap.add_argument(
+    "--train_unused_challenger",
+    action="store_true",
+    help="train the Challenger in base_challenger runs too (it is never used there)",
+  )
+  ap.add_argument(
+    "--vote_probe_seeds",
+    default="0",
+    help="seeds whose dataset votes are drawn again for every written question "
+    "(p̂ and label accuracy per level before the band; about 1 min per iteration)",
+  )
+  ap.add_argument(
+    "--leak_check",
+    action="store_true",
+    help="only check, on a shrunken default run per mode, that no R-Zero phase "
+    "depends on the world's answers (4 short runs)",
+  )
   args, overrides = ap.parse_known_args()
   bad = [o for o in overrides if not o.startswith("--config.")]
   if bad:
     sys.exit(f"error: unexpected arguments {bad}; expected --config.FIELD=VALUE overrides")
-  if any(o.startswith(("--config.mode=", "--config.seed=", "--config.eval.benchmarks="))
-         for o in overrides):
-    sys.exit("error: --config.mode, --config.seed and --config.eval.benchmarks are set by "
-             "this script (use --modes and --seeds)")
+  if any(
+    o.startswith(("--config.mode=", "--config.seed=", "--config.eval.benchmarks="))
+    for o in overrides
+  ):
+    sys.exit(
+      "error: --config.mode, --config.seed and --config.eval.benchmarks are set by "
+      "this script (use --modes and --seeds)"
+    )
   overrides = overrides + [f"--config.iterations={args.iterations}"]
   seeds = [int(s) for s in args.seeds.split(",")]
   modes = args.modes.split(",")
@@ -602,11 +744,13 @@ def main():
         continue
       log = os.path.join(args.root, "logs", run_name(mode, seed) + ".log")
       print(f"running {mode} seed {seed} (log: {log})", flush=True)
-      walls[(mode, seed)] = train(workdir, mode, seed, cache, overrides, log,
-                                  args.train_unused_challenger)
+      walls[(mode, seed)] = train(
+        workdir, mode, seed, cache, overrides, log, args.train_unused_challenger
+      )
       print(f"  {walls[(mode, seed)]:.0f} s", flush=True)
-  workdirs = {(mode, seed): os.path.join(args.root, run_name(mode, seed))
-              for mode in modes for seed in seeds}
+  workdirs = {
+    (mode, seed): os.path.join(args.root, run_name(mode, seed)) for mode in modes for seed in seeds
+  }
   workdirs = {k: v for k, v in workdirs.items() if is_complete(v, args.iterations)}
   if not workdirs:
     sys.exit(f"error: no complete run under {args.root}")
@@ -616,49 +760,69 @@ def main():
     for workdir in workdirs.values():
       evaluate_heldout(workdir, world, base_cache)
   probe_seeds = {int(s) for s in args.vote_probe_seeds.split(",") if s}
-  by_mode = {mode: {seed: analyse(workdirs[(mode, seed)], world, seed in probe_seeds)
-                    for seed in seeds
-                    if (mode, seed) in workdirs} for mode in modes}
+  by_mode = {
+    mode: {
+      seed: analyse(workdirs[(mode, seed)], world, seed in probe_seeds)
+      for seed in seeds
+      if (mode, seed) in workdirs
+    }
+    for mode in modes
+  }
   by_mode = {m: r for m, r in by_mode.items() if r}
-  print(f"\nruns: {len(workdirs)} under {args.root} (seeds {args.seeds}); extra overrides: "
-        f"{' '.join(overrides)}")
-  for bench, title in (("arith_design", "Design sets (training distribution, never held-out)"),
-                       ("arith", "Held-out sets")):
+  print(
+    f"\nruns: {len(workdirs)} under {args.root} (seeds {args.seeds}); extra overrides: "
+    f"{' '.join(overrides)}"
+  )
+  for bench, title in (
+    ("arith_design", "Design sets (training distribution, never held-out)"),
+    ("arith", "Held-out sets"),
+  ):
     if not any(r["evals"][bench] for runs in by_mode.values() for r in runs.values()):
       continue
     print(f"\n## {title}: greedy Solver accuracy (%), mean ±sd over seeds\n")
     print(accuracy_table(by_mode, bench))
     table, rows = gain_table(by_mode, bench)
-    print(f"\nFrontier (levels {FRONTIER[0]}-{FRONTIER[-1]}) gain, last iteration − base (points):\n")
+    print(
+      f"\nFrontier (levels {FRONTIER[0]}-{FRONTIER[-1]}) gain, last iteration − base (points):\n"
+    )
     print(table)
     diff = rows.get("R-Zero − Base Challenger (paired by seed)")
     if diff:
       m, sd = mean_sd(list(diff.values()))
-      print(f"\ngoal (R-Zero's frontier gain ≥ the Base Challenger's + 3 points, mean over "
-            f"{len(diff)} seeds): {100 * m:+.1f} ±{100 * sd:.1f} → "
-            f"{'met' if m >= 0.03 else 'NOT met'}")
+      print(
+        f"\ngoal (R-Zero's frontier gain ≥ the Base Challenger's + 3 points, mean over "
+        f"{len(diff)} seeds): {100 * m:+.1f} ±{100 * sd:.1f} → "
+        f"{'met' if m >= 0.03 else 'NOT met'}"
+      )
   print("\n## Datasets: kept questions (of the generated ones) and pseudo-label accuracy (%)\n")
   print(dataset_table(by_mode))
-  print("\n## Difficulty mix of each mode's questions (% per level, pooled over seeds; "
-        "other = outside the world's grammar)\n")
+  print(
+    "\n## Difficulty mix of each mode's questions (% per level, pooled over seeds; "
+    "other = outside the world's grammar)\n"
+  )
   print(mix_table(by_mode))
   checked = [r.get("written_check") for runs in by_mode.values() for r in runs.values()]
-  print(f"\n(written questions drawn again from each dataset phase's writer and seed; kept "
-        f"questions not among them: {sum(c or 0 for c in checked)})")
+  print(
+    f"\n(written questions drawn again from each dataset phase's writer and seed; kept "
+    f"questions not among them: {sum(c or 0 for c in checked)})"
+  )
   print("\n## The band per level (pooled over seeds and iterations)\n")
   print(band_table(by_mode))
   if any(r.get("votes") for runs in by_mode.values() for r in runs.values()):
     probed = sorted({s for runs in by_mode.values() for s, r in runs.items() if r.get("votes")})
     bad = sum(r.get("votes_check", 0) for runs in by_mode.values() for r in runs.values())
-    print(f"\n## Votes on every written question, before any filter (seeds {probed}, all "
-          f"iterations; the run's filters on these votes give back its datasets: "
-          f"{'yes' if not bad else f'NO, {bad} differ'})\n")
+    print(
+      f"\n## Votes on every written question, before any filter (seeds {probed}, all "
+      f"iterations; the run's filters on these votes give back its datasets: "
+      f"{'yes' if not bad else f'NO, {bad} differ'})\n"
+    )
     print(vote_table(by_mode))
   print("\n## Challenger: mean reward and mean p̂ of its questions (mean ±sd over seeds)\n")
   print(challenger_table(by_mode))
   if walls:
-    print("\nwall time per run: " + ", ".join(f"{m} seed {s} {w:.0f} s"
-                                               for (m, s), w in walls.items()))
+    print(
+      "\nwall time per run: " + ", ".join(f"{m} seed {s} {w:.0f} s" for (m, s), w in walls.items())
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ To weigh a design without the held-out sets, add `--config.eval.benchmarks=arith
 (training-distribution problems) and any overrides of the design.
 There is no peer to compare with here: the figure of merit is the change from the base model.
 """
+
 import argparse
 import os
 import shutil
@@ -26,8 +27,11 @@ from rzero_jax.rzero import metrics, report  # noqa: E402
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--workdir", default=os.path.join(REPO, "runs", "bench_default"))
-  ap.add_argument("--cache_dir", default="", help="base-model cache ('' = a fresh one under "
-                  "the workdir, so the build is timed too)")
+  ap.add_argument(
+    "--cache_dir",
+    default="",
+    help="base-model cache ('' = a fresh one under the workdir, so the build is timed too)",
+  )
   ap.add_argument("--frontier", default="5,6,7,8", help="levels counted as the frontier")
   args, overrides = ap.parse_known_args()
   if os.path.exists(args.workdir):
@@ -35,8 +39,14 @@ def main():
   cache = args.cache_dir or os.path.join(args.workdir + "_cache")
   if not args.cache_dir and os.path.exists(cache):
     shutil.rmtree(cache)  # a fresh cache of our own: the base-model build is timed too
-  cmd = [sys.executable, "-m", "launch.train", f"--workdir={args.workdir}",
-         f"--config.world.cache_dir={cache}", *overrides]
+  cmd = [
+    sys.executable,
+    "-m",
+    "launch.train",
+    f"--workdir={args.workdir}",
+    f"--config.world.cache_dir={cache}",
+    *overrides,
+  ]
   start = time.perf_counter()
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
   total = time.perf_counter() - start
@@ -56,11 +66,12 @@ def main():
   print(f"whole command: {total:.0f} s (CPU, {os.cpu_count()} cores)")
   for name, secs in phase_time.items():
     print(f"  {name:<11}{secs:7.0f} s")
-  print(f"  {'other':<11}{other:7.0f} s   (base-model build if not cached, compiles, "
-        "checkpoints, report)")
+  print(
+    f"  {'other':<11}{other:7.0f} s   (base-model build if not cached, compiles, "
+    "checkpoints, report)"
+  )
   # `--config.eval.benchmarks=arith_design` measures a design on training-distribution sets.
-  frontier = [f"{report.level_benchmark(data)}/{lvl}/accuracy"
-              for lvl in args.frontier.split(",")]
+  frontier = [f"{report.level_benchmark(data)}/{lvl}/accuracy" for lvl in args.frontier.split(",")]
   print(f"\n{report.accuracy_title(data)}:")
   print(report.summary_table(data))
   base = data["eval"].get(0, {})
@@ -70,11 +81,16 @@ def main():
     base_front = [base[k] for k in frontier if base.get(k) is not None]
     if front and base_front:
       delta = 100 * (sum(front) / len(front) - sum(base_front) / len(base_front))
-      print(f"  {'base' if t == 0 else f'iter {t}'}: frontier (levels {args.frontier}) "
-            f"{100 * sum(front) / len(front):.1f}%  ({delta:+.1f} points vs base)")
-  print("\npseudo-label accuracy per iteration:",
-        {t: round(d.get("pseudo_label_accuracy", float("nan")), 3)
-         for t, d in data["datasets"].items()})
+      print(
+        f"  {'base' if t == 0 else f'iter {t}'}: frontier (levels {args.frontier}) "
+        f"{100 * sum(front) / len(front):.1f}%  ({delta:+.1f} points vs base)"
+      )
+  print(
+    "\npseudo-label accuracy per iteration:",
+    {
+      t: round(d.get("pseudo_label_accuracy", float("nan")), 3) for t, d in data["datasets"].items()
+    },
+  )
   print("Challenger question levels per iteration (counts):", data["difficulty"])
   print(f"\nreport: {os.path.join(args.workdir, 'report.md')}")
 

@@ -18,6 +18,7 @@ topology lists one device per TensorCore, two per chip (v4:2x2x2 is 8 chips, a v
 devices). The compiler's per-device figures are then per TensorCore, set beside half the
 chip's HBM.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,8 +30,11 @@ import sys
 import time
 
 # libtpu asks a metadata server for the TPU it runs on unless told; nothing else reads these.
-for _k, _v in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_ACCELERATOR_TYPE", "v5p-8"),
-               ("TPU_WORKER_HOSTNAMES", "localhost")):
+for _k, _v in (
+  ("TPU_SKIP_MDS_QUERY", "1"),
+  ("TPU_ACCELERATOR_TYPE", "v5p-8"),
+  ("TPU_WORKER_HOSTNAMES", "localhost"),
+):
   os.environ.setdefault(_k, _v)
 
 import jax  # noqa: E402
@@ -49,50 +53,97 @@ HEADROOM = 0.10  # a phase FITS when it uses at most 90% of the device's HBM
 
 # HBM per device of the topology (see the module docstring for v4's two devices per chip).
 CHIPS = {
-    "v5p": dict(hbm=95 * GB, peak_flops=459e12, hbm_bw=2.76e12, devices_per_chip=1),
-    "v4": dict(hbm=32 * 2**30, peak_flops=275e12, hbm_bw=1.2e12, devices_per_chip=2),
-    "v5e": dict(hbm=16 * GB, peak_flops=197e12, hbm_bw=0.82e12, devices_per_chip=1),
+  "v5p": dict(hbm=95 * GB, peak_flops=459e12, hbm_bw=2.76e12, devices_per_chip=1),
+  "v4": dict(hbm=32 * 2**30, peak_flops=275e12, hbm_bw=1.2e12, devices_per_chip=2),
+  "v5e": dict(hbm=16 * GB, peak_flops=197e12, hbm_bw=0.82e12, devices_per_chip=1),
 }
 
 # The architectures of the paper's base models (their config.json, the fields we read).
 ARCHITECTURES = {
-    "qwen3_4b_base": dict(
-        model_type="qwen3", vocab_size=151936, hidden_size=2560, intermediate_size=9728,
-        num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-        rope_theta=1000000.0, max_position_embeddings=32768, tie_word_embeddings=True,
-        rms_norm_eps=1e-6),
-    "qwen3_8b_base": dict(
-        model_type="qwen3", vocab_size=151936, hidden_size=4096, intermediate_size=12288,
-        num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-        rope_theta=1000000.0, max_position_embeddings=32768, tie_word_embeddings=False,
-        rms_norm_eps=1e-6),
-    "octothinker_3b": dict(
-        model_type="llama", vocab_size=128256, hidden_size=3072, intermediate_size=8192,
-        num_hidden_layers=28, num_attention_heads=24, num_key_value_heads=8, head_dim=128,
-        rope_theta=500000.0, max_position_embeddings=131072, tie_word_embeddings=True,
-        rms_norm_eps=1e-5,
-        rope_scaling=dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0,
-                          high_freq_factor=4.0, original_max_position_embeddings=8192)),
-    "octothinker_8b": dict(
-        model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
-        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-        rope_theta=500000.0, max_position_embeddings=131072, tie_word_embeddings=False,
-        rms_norm_eps=1e-5,
-        rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
-                          high_freq_factor=4.0, original_max_position_embeddings=8192)),
+  "qwen3_4b_base": dict(
+    model_type="qwen3",
+    vocab_size=151936,
+    hidden_size=2560,
+    intermediate_size=9728,
+    num_hidden_layers=36,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    rope_theta=1000000.0,
+    max_position_embeddings=32768,
+    tie_word_embeddings=True,
+    rms_norm_eps=1e-6,
+  ),
+  "qwen3_8b_base": dict(
+    model_type="qwen3",
+    vocab_size=151936,
+    hidden_size=4096,
+    intermediate_size=12288,
+    num_hidden_layers=36,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    rope_theta=1000000.0,
+    max_position_embeddings=32768,
+    tie_word_embeddings=False,
+    rms_norm_eps=1e-6,
+  ),
+  "octothinker_3b": dict(
+    model_type="llama",
+    vocab_size=128256,
+    hidden_size=3072,
+    intermediate_size=8192,
+    num_hidden_layers=28,
+    num_attention_heads=24,
+    num_key_value_heads=8,
+    head_dim=128,
+    rope_theta=500000.0,
+    max_position_embeddings=131072,
+    tie_word_embeddings=True,
+    rms_norm_eps=1e-5,
+    rope_scaling=dict(
+      rope_type="llama3",
+      factor=32.0,
+      low_freq_factor=1.0,
+      high_freq_factor=4.0,
+      original_max_position_embeddings=8192,
+    ),
+  ),
+  "octothinker_8b": dict(
+    model_type="llama",
+    vocab_size=128256,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    rope_theta=500000.0,
+    max_position_embeddings=131072,
+    tie_word_embeddings=False,
+    rms_norm_eps=1e-5,
+    rope_scaling=dict(
+      rope_type="llama3",
+      factor=8.0,
+      low_freq_factor=1.0,
+      high_freq_factor=4.0,
+      original_max_position_embeddings=8192,
+    ),
+  ),
 }
 
 
 # The slices each paper config is planned for: (topology, devices it lists).
 TARGETS = {
-    "qwen3_4b_base": (("v5p:2x2x1", 4), ("v4:2x2x2", 16)),
-    "octothinker_3b": (("v5p:2x2x1", 4), ("v4:2x2x2", 16)),
-    "qwen3_8b_base": (("v5p:2x2x1", 4), ("v4:2x2x4", 32)),
-    "octothinker_8b": (("v5p:2x2x1", 4), ("v4:2x2x4", 32)),
+  "qwen3_4b_base": (("v5p:2x2x1", 4), ("v4:2x2x2", 16)),
+  "octothinker_3b": (("v5p:2x2x1", 4), ("v4:2x2x2", 16)),
+  "qwen3_8b_base": (("v5p:2x2x1", 4), ("v4:2x2x4", 32)),
+  "octothinker_8b": (("v5p:2x2x1", 4), ("v4:2x2x4", 32)),
 }
 
 
 # ----------------------------------------------------------------------------- pure arithmetic
+
 
 def split_problems(config, devices: int) -> list[str]:
   """Where a config's batches do not split evenly over the devices' batch shards (a split
@@ -113,8 +164,10 @@ def chip_of(topology: str) -> str:
   """'v5p:2x2x1' -> 'v5p'."""
   kind = topology.split(":")[0]
   if kind not in CHIPS:
-    raise ValueError(f"--topology={topology!r}: unknown chip {kind!r}; expected one of "
-                     f"{sorted(CHIPS)} as in v5p:2x2x1")
+    raise ValueError(
+      f"--topology={topology!r}: unknown chip {kind!r}; expected one of "
+      f"{sorted(CHIPS)} as in v5p:2x2x1"
+    )
   return kind
 
 
@@ -132,6 +185,7 @@ def verdict(used: float, hbm: float, headroom: float = HEADROOM) -> str:
 @dataclasses.dataclass(frozen=True)
 class Program:
   """One compiled program's per-device bytes (memory_analysis)."""
+
   arguments: float
   outputs: float
   aliased: float
@@ -153,17 +207,17 @@ def phase_rows(programs: dict, resident: dict, hbm: float) -> list[dict]:
   ref = resident["ref"]
   # (phase, step, program, bytes resident beside the program's own arguments)
   steps = [
-      ("challenger", "rollouts", "decode", opt + ref + frozen),
-      ("challenger", "rollouts", "prefill", opt + ref + frozen),
-      ("challenger", "solver answers", "decode", p + opt + ref),
-      ("challenger", "pi_old / pi_ref", "logprobs", opt + ref + frozen),
-      ("challenger", "update", "train_step", ref + frozen),
-      ("dataset", "questions", "decode", frozen),
-      ("dataset", "answers", "decode", p),
-      ("solver", "rollouts", "decode", opt + ref),
-      ("solver", "rollouts", "prefill", opt + ref),
-      ("solver", "pi_old / pi_ref", "logprobs", opt + ref),
-      ("solver", "update", "train_step", ref),
+    ("challenger", "rollouts", "decode", opt + ref + frozen),
+    ("challenger", "rollouts", "prefill", opt + ref + frozen),
+    ("challenger", "solver answers", "decode", p + opt + ref),
+    ("challenger", "pi_old / pi_ref", "logprobs", opt + ref + frozen),
+    ("challenger", "update", "train_step", ref + frozen),
+    ("dataset", "questions", "decode", frozen),
+    ("dataset", "answers", "decode", p),
+    ("solver", "rollouts", "decode", opt + ref),
+    ("solver", "rollouts", "prefill", opt + ref),
+    ("solver", "pi_old / pi_ref", "logprobs", opt + ref),
+    ("solver", "update", "train_step", ref),
   ]
   rows = []
   for phase, step, name, extra in steps:
@@ -173,21 +227,32 @@ def phase_rows(programs: dict, resident: dict, hbm: float) -> list[dict]:
       total = None if used is None else used + extra
     else:
       total = prog.peak + extra
-    rows.append(dict(phase=phase, step=step, program=name,
-                     program_bytes=None if prog is None else prog.peak, resident=extra,
-                     total=total,
-                     verdict=("DOES NOT FIT" if total is None else verdict(total, hbm))))
+    rows.append(
+      dict(
+        phase=phase,
+        step=step,
+        program=name,
+        program_bytes=None if prog is None else prog.peak,
+        resident=extra,
+        total=total,
+        verdict=("DOES NOT FIT" if total is None else verdict(total, hbm)),
+      )
+    )
   return rows
 
 
 def format_table(rows: list[dict], hbm: float) -> str:
-  lines = ["| phase | step | program | program GB | resident GB | total GB | HBM GB | |",
-           "|---|---|---|---:|---:|---:|---:|---|"]
+  lines = [
+    "| phase | step | program | program GB | resident GB | total GB | HBM GB | |",
+    "|---|---|---|---:|---:|---:|---:|---|",
+  ]
   for r in rows:
     prog = "–" if r["program_bytes"] is None else f"{r['program_bytes'] / GB:.1f}"
     total = "compile failed" if r["total"] is None else f"{r['total'] / GB:.1f}"
-    lines.append(f"| {r['phase']} | {r['step']} | {r['program']} | {prog} | "
-                 f"{r['resident'] / GB:.1f} | {total} | {hbm / GB:.1f} | {r['verdict']} |")
+    lines.append(
+      f"| {r['phase']} | {r['step']} | {r['program']} | {prog} | "
+      f"{r['resident'] / GB:.1f} | {total} | {hbm / GB:.1f} | {r['verdict']} |"
+    )
   return "\n".join(lines)
 
 
@@ -209,12 +274,14 @@ def define_flags() -> None:
   """Flags of the command line only: importing this module (the tests do) defines none."""
   flags.DEFINE_string("config", "configs/qwen3_4b_base.py", "A paper config file.")
   flags.DEFINE_string("topology", "v5p:2x2x1", "TPU topology name, e.g. v5p:2x2x1, v4:2x2x2.")
-  flags.DEFINE_string("architecture", "", "One of ARCHITECTURES; default: the config file's "
-                      "name.")
+  flags.DEFINE_string("architecture", "", "One of ARCHITECTURES; default: the config file's name.")
   flags.DEFINE_integer(
-      "prompt_bucket", 1024, "Padded prompt length planned for (the run's buckets are powers "
-      "of two: the Challenger prompt and Solver prompts of questions up to ~900 tokens fit "
-      "1024).")
+    "prompt_bucket",
+    1024,
+    "Padded prompt length planned for (the run's buckets are powers "
+    "of two: the Challenger prompt and Solver prompts of questions up to ~900 tokens fit "
+    "1024).",
+  )
   flags.DEFINE_string("mesh", "", "Override the config's mesh: data,fsdp,tensor.")
   flags.DEFINE_integer("micro_batches", 0, "Override both roles' learner.micro_batches.")
   flags.DEFINE_integer("max_rows_per_call", 0, "Override sampling.max_rows_per_call.")
@@ -235,8 +302,9 @@ def _compile(fn, *args):
 
 def _program(compiled) -> Program:
   m = compiled.memory_analysis()
-  return Program(m.argument_size_in_bytes, m.output_size_in_bytes, m.alias_size_in_bytes,
-                 m.temp_size_in_bytes)
+  return Program(
+    m.argument_size_in_bytes, m.output_size_in_bytes, m.alias_size_in_bytes, m.temp_size_in_bytes
+  )
 
 
 def _tree_bytes_per_device(abstract, shardings) -> float:
@@ -259,19 +327,29 @@ def plan(config, topology: str, architecture: str, prompt_bucket: int, log=print
   sizes = [mesh_cfg[a] for a in sharding.MESH_AXES]
   if -1 in sizes:
     sizes[sizes.index(-1)] = len(devices) // -math.prod(sizes)
-  mesh = Mesh(np.array(devices).reshape(sizes), sharding.MESH_AXES,
-              axis_types=(AxisType.Auto,) * len(sizes))
+  mesh = Mesh(
+    np.array(devices).reshape(sizes), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * len(sizes)
+  )
   rules = sharding.rules_from_config(config.mesh.rules.to_dict())
-  cfg = models.from_hf_dict(ARCHITECTURES[architecture], where=architecture,
-                            dtype=config.model.dtype, param_dtype=config.model.param_dtype,
-                            remat=config.model.remat)
-  log(f"{architecture}: {cfg.num_params / 1e9:.2f}B params; {topology} = "
-      f"{slice_name(topology, len(devices))}, {len(devices)} devices, mesh "
-      f"{dict(mesh.shape)}, {hbm / GB:.1f} GB HBM per device")
+  cfg = models.from_hf_dict(
+    ARCHITECTURES[architecture],
+    where=architecture,
+    dtype=config.model.dtype,
+    param_dtype=config.model.param_dtype,
+    remat=config.model.remat,
+  )
+  log(
+    f"{architecture}: {cfg.num_params / 1e9:.2f}B params; {topology} = "
+    f"{slice_name(topology, len(devices))}, {len(devices)} devices, mesh "
+    f"{dict(mesh.shape)}, {hbm / GB:.1f} GB HBM per device"
+  )
 
   param_sh = models.param_shardings(cfg, mesh, rules)
-  params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        models.abstract_params(cfg), param_sh)
+  params = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+    models.abstract_params(cfg),
+    param_sh,
+  )
   lc = loop.learner_config(config.solver)
   state = learner.abstract_train_state(params, lc)
   state_sh = jax.tree.map(lambda x: x.sharding, state)
@@ -285,39 +363,62 @@ def plan(config, topology: str, architecture: str, prompt_bucket: int, log=print
 
   programs = {}
   rows_per_call = config.sampling.max_rows_per_call
-  new_tokens = max(config.challenger.max_new_tokens, config.solver.max_new_tokens,
-                   config.sampling.answer_max_new_tokens)
+  new_tokens = max(
+    config.challenger.max_new_tokens,
+    config.solver.max_new_tokens,
+    config.sampling.answer_max_new_tokens,
+  )
   n = config.challenger.group_size
   prompts = sampling.prompts_per_call(rows_per_call, n, mesh, rules)
   shards = sampling.batch_bucket(1, sampling._batch_shards(mesh, tuple(rules)))
   num_prompts = sampling.batch_bucket(prompts, shards)
-  plan_ = sampling._Plan(cfg=cfg, prompt_bucket=prompt_bucket, max_new_tokens=new_tokens, n=n,
-                         pad_id=0, mesh=mesh, rules=tuple(rules))
-  rows_sh = NamedSharding(mesh, PartitionSpec(*sharding.logical_to_spec(("batch",), rules,
-                                                                         mesh)))
+  plan_ = sampling._Plan(
+    cfg=cfg,
+    prompt_bucket=prompt_bucket,
+    max_new_tokens=new_tokens,
+    n=n,
+    pad_id=0,
+    mesh=mesh,
+    rules=tuple(rules),
+  )
+  rows_sh = NamedSharding(mesh, PartitionSpec(*sharding.logical_to_spec(("batch",), rules, mesh)))
   rep = sharding.replicated(mesh)
 
   def sds(shape, dtype, s):
     return jax.ShapeDtypeStruct(shape, dtype, sharding=s)
 
-  knobs = {"temperature": sds((), jnp.float32, rep), "top_p": sds((), jnp.float32, rep),
-           "top_k": sds((), jnp.int32, rep), "seed": sds((), jnp.uint32, rep)}
+  knobs = {
+    "temperature": sds((), jnp.float32, rep),
+    "top_p": sds((), jnp.float32, rep),
+    "top_k": sds((), jnp.int32, rep),
+    "seed": sds((), jnp.uint32, rep),
+  }
   stop_mask = sds((cfg.vocab_size,), jnp.bool_, rep)
   t0 = time.time()
   try:
-    prefill = _compile(sampling._prefill, plan_, params,
-                       sds((num_prompts, prompt_bucket), jnp.int32, rows_sh),
-                       sds((num_prompts,), jnp.int32, rows_sh),
-                       sds((num_prompts,), jnp.bool_, rows_sh), stop_mask, knobs)
+    prefill = _compile(
+      sampling._prefill,
+      plan_,
+      params,
+      sds((num_prompts, prompt_bucket), jnp.int32, rows_sh),
+      sds((num_prompts,), jnp.int32, rows_sh),
+      sds((num_prompts,), jnp.bool_, rows_sh),
+      stop_mask,
+      knobs,
+    )
     programs["prefill"] = _program(prefill)
-    log(f"  prefill {num_prompts} prompts x {prompt_bucket}: "
-        f"{programs['prefill'].peak / GB:.1f} GB ({time.time() - t0:.0f} s)")
+    log(
+      f"  prefill {num_prompts} prompts x {prompt_bucket}: "
+      f"{programs['prefill'].peak / GB:.1f} GB ({time.time() - t0:.0f} s)"
+    )
     state_out, cache_out = prefill.out_info
     t0 = time.time()
     decode = _compile(sampling._decode, plan_, params, state_out, cache_out, stop_mask, knobs)
     programs["decode"] = _program(decode)
-    log(f"  decode {num_prompts * n} rows x {prompt_bucket + new_tokens} slots: "
-        f"{programs['decode'].peak / GB:.1f} GB ({time.time() - t0:.0f} s)")
+    log(
+      f"  decode {num_prompts * n} rows x {prompt_bucket + new_tokens} slots: "
+      f"{programs['decode'].peak / GB:.1f} GB ({time.time() - t0:.0f} s)"
+    )
   except Exception as e:  # the compiler refuses a program that cannot fit: report its figure
     log(f"  sampling: {str(e).splitlines()[0][:300]}")
     resident["_errors"]["decode"] = oom_bytes(str(e))
@@ -330,30 +431,46 @@ def plan(config, topology: str, architecture: str, prompt_bucket: int, log=print
   mask = sds((rows, length), jnp.bool_, bsh)
   t0 = time.time()
   try:
-    logprobs = _compile(learner.make_logprob_fn(cfg, lc, mesh=mesh, rules=rules), params,
-                        tokens, mask)
+    logprobs = _compile(
+      learner.make_logprob_fn(cfg, lc, mesh=mesh, rules=rules), params, tokens, mask
+    )
     programs["logprobs"] = _program(logprobs)
-    log(f"  logprobs {rows} rows x {length} in {lc.micro_batches} micro-batches: "
-        f"{programs['logprobs'].peak / GB:.1f} GB ({time.time() - t0:.0f} s)")
+    log(
+      f"  logprobs {rows} rows x {length} in {lc.micro_batches} micro-batches: "
+      f"{programs['logprobs'].peak / GB:.1f} GB ({time.time() - t0:.0f} s)"
+    )
   except Exception as e:
     log(f"  logprobs: {str(e).splitlines()[0][:300]}")
     resident["_errors"]["logprobs"] = oom_bytes(str(e))
   f32 = lambda shape: sds(shape, jnp.float32, bsh)  # noqa: E731
-  batch = {"tokens": tokens, "kv_mask": mask, "loss_mask": f32((rows, length - 1)),
-           "old_logp": f32((rows, length - 1)), "ref_logp": f32((rows, length - 1)),
-           "sampler_logp": f32((rows, length - 1)), "advantages": f32((rows,))}
+  batch = {
+    "tokens": tokens,
+    "kv_mask": mask,
+    "loss_mask": f32((rows, length - 1)),
+    "old_logp": f32((rows, length - 1)),
+    "ref_logp": f32((rows, length - 1)),
+    "sampler_logp": f32((rows, length - 1)),
+    "advantages": f32((rows,)),
+  }
   t0 = time.time()
   try:
     step = learner.make_train_step(cfg, lc, state, mesh=mesh, rules=rules)
     programs["train_step"] = _program(_compile(step, state, batch))
-    log(f"  train_step {rows} rows x {length} in {lc.micro_batches} micro-batches: "
-        f"{programs['train_step'].peak / GB:.1f} GB ({time.time() - t0:.0f} s)")
+    log(
+      f"  train_step {rows} rows x {length} in {lc.micro_batches} micro-batches: "
+      f"{programs['train_step'].peak / GB:.1f} GB ({time.time() - t0:.0f} s)"
+    )
   except Exception as e:
     log(f"  train_step: {str(e).splitlines()[0][:300]}")
     resident["_errors"]["train_step"] = oom_bytes(str(e))
-  return dict(rows=phase_rows(programs, resident, hbm), hbm=hbm, resident=resident,
-              slice=slice_name(topology, len(devices)), mesh=dict(mesh.shape),
-              programs=programs)
+  return dict(
+    rows=phase_rows(programs, resident, hbm),
+    hbm=hbm,
+    resident=resident,
+    slice=slice_name(topology, len(devices)),
+    mesh=dict(mesh.shape),
+    programs=programs,
+  )
 
 
 def main(argv):
@@ -372,15 +489,18 @@ def main(argv):
     config.sampling.max_rows_per_call = FLAGS.max_rows_per_call
   out = plan(config, FLAGS.topology, arch, FLAGS.prompt_bucket)
   r = out["resident"]
-  print(f"\n{arch} on {out['slice']} ({FLAGS.topology}), mesh {out['mesh']}, "
-        f"max_rows_per_call {config.sampling.max_rows_per_call}, micro_batches "
-        f"{config.solver.learner.micro_batches}, prompt bucket {FLAGS.prompt_bucket}; per "
-        f"device: params f32 {r['params'] / GB:.1f} GB, Adam {r['opt'] / GB:.1f} GB, "
-        f"frozen copy {r['frozen'] / GB:.1f} GB, KL reference on device {r['ref'] / GB:.1f} GB")
+  print(
+    f"\n{arch} on {out['slice']} ({FLAGS.topology}), mesh {out['mesh']}, "
+    f"max_rows_per_call {config.sampling.max_rows_per_call}, micro_batches "
+    f"{config.solver.learner.micro_batches}, prompt bucket {FLAGS.prompt_bucket}; per "
+    f"device: params f32 {r['params'] / GB:.1f} GB, Adam {r['opt'] / GB:.1f} GB, "
+    f"frozen copy {r['frozen'] / GB:.1f} GB, KL reference on device {r['ref'] / GB:.1f} GB"
+  )
   print(format_table(out["rows"], out["hbm"]))
   worst = max((x["total"] or math.inf) for x in out["rows"])
-  print(f"\nworst phase: {worst / GB:.1f} GB of {out['hbm'] / GB:.1f} GB: "
-        f"{verdict(worst, out['hbm'])}")
+  print(
+    f"\nworst phase: {worst / GB:.1f} GB of {out['hbm'] / GB:.1f} GB: {verdict(worst, out['hbm'])}"
+  )
   sys.stdout.flush()
 
 

@@ -21,6 +21,7 @@ decode steps.
 Realistic time divides the roofline by the efficiencies measured on GPU
 (benchmarks/RESULTS.md): decode at 29.5% of the HBM roofline, training at MFU 0.113.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,9 +33,9 @@ from benchmarks import memory_plan
 from rzero_jax import models
 
 FLAGS = flags.FLAGS
-REFERENCE_HOURS = 50.0          # 3 iterations of Qwen3-4B, 8x A100-40GB (the reference code)
-DECODE_EFFICIENCY = 0.295       # of the HBM roofline, measured on an H100
-TRAIN_MFU = 0.113               # measured on an H100
+REFERENCE_HOURS = 50.0  # 3 iterations of Qwen3-4B, 8x A100-40GB (the reference code)
+DECODE_EFFICIENCY = 0.295  # of the HBM roofline, measured on an H100
+TRAIN_MFU = 0.113  # measured on an H100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,12 +44,12 @@ class Model:
   heads: int
   kv_heads: int
   head_dim: int
-  matmul_params: float          # every weight a token multiplies (embedding lookup excluded)
+  matmul_params: float  # every weight a token multiplies (embedding lookup excluded)
   params: float
 
   @property
   def kv_bytes_per_token(self) -> float:
-    return self.layers * self.kv_heads * self.head_dim * 2 * 2   # K and V, bf16
+    return self.layers * self.kv_heads * self.head_dim * 2 * 2  # K and V, bf16
 
   def attention_flops(self, context: float) -> float:
     """Per token, attending to `context` keys: QK^T and PV."""
@@ -59,23 +60,31 @@ def model_of(hf: dict) -> Model:
   cfg = models.from_hf_dict(hf, where="architecture")
   embed = cfg.vocab_size * cfg.hidden_size
   matmul = cfg.num_params - embed + (embed if cfg.tie_word_embeddings else 0)
-  return Model(cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, matmul,
-               cfg.num_params)
+  return Model(
+    cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, matmul, cfg.num_params
+  )
 
 
 @dataclasses.dataclass
 class Cost:
   flops: float = 0.0
   bytes: float = 0.0
-  kind: str = "decode"          # "decode" (HBM-bound efficiency) or "train" (MFU)
+  kind: str = "decode"  # "decode" (HBM-bound efficiency) or "train" (MFU)
 
   def add(self, other: "Cost") -> None:
     self.flops += other.flops
     self.bytes += other.bytes
 
 
-def decode_cost(m: Model, rows: int, prompt: int, new: int, rows_per_call: int,
-                weight_bytes: int, budget: int | None = None) -> Cost:
+def decode_cost(
+  m: Model,
+  rows: int,
+  prompt: int,
+  new: int,
+  rows_per_call: int,
+  weight_bytes: int,
+  budget: int | None = None,
+) -> Cost:
   """`rows` sequences of `new` tokens after `prompt`, `rows_per_call` at a time.
 
   With `budget` (the sampler as it is): a call runs until its longest row stops, which over
@@ -107,8 +116,10 @@ def workload(config, m: Model, fraction: float, prompt: int, as_today: bool = Tr
   rows_per_call = config.sampling.max_rows_per_call
 
   def decode(rows, new, budget, weight_bytes):
-    return decode_cost(m, rows, prompt, new, rows_per_call, weight_bytes,
-                       budget if as_today else None)
+    return decode_cost(
+      m, rows, prompt, new, rows_per_call, weight_bytes, budget if as_today else None
+    )
+
   answers = max(1, int(config.sampling.answer_max_new_tokens * fraction))
   out = {}
   # Challenger: rollouts (its own f32 weights), m answers per question (frozen bf16 Solver),
@@ -118,25 +129,30 @@ def workload(config, m: Model, fraction: float, prompt: int, as_today: bool = Tr
   new = max(1, int(c.max_new_tokens * fraction))
   several = rollouts > c.prompts_per_update * c.group_size
   out["challenger"] = {
-      "rollouts": _times(decode(rollouts, new, c.max_new_tokens, 4), c.steps),
-      "solver answers": _times(decode(rollouts * c.solver_samples, answers,
-                                      config.sampling.answer_max_new_tokens, 2), c.steps),
-      "pi_old / pi_ref": _times(forward_cost(m, rollouts, prompt + new, 1 + several),
-                                c.steps),
-      "update": _times(forward_cost(m, rollouts, prompt + new, 4), c.steps)}
+    "rollouts": _times(decode(rollouts, new, c.max_new_tokens, 4), c.steps),
+    "solver answers": _times(
+      decode(rollouts * c.solver_samples, answers, config.sampling.answer_max_new_tokens, 2),
+      c.steps,
+    ),
+    "pi_old / pi_ref": _times(forward_cost(m, rollouts, prompt + new, 1 + several), c.steps),
+    "update": _times(forward_cost(m, rollouts, prompt + new, 4), c.steps),
+  }
   question_budget = d.max_new_tokens
   questions = max(1, int(question_budget * fraction))
   out["dataset"] = {
-      "questions": decode(d.num_questions, questions, question_budget, 4),
-      "answers": decode(d.num_questions * d.solver_samples, answers,
-                        config.sampling.answer_max_new_tokens, 2)}
+    "questions": decode(d.num_questions, questions, question_budget, 4),
+    "answers": decode(
+      d.num_questions * d.solver_samples, answers, config.sampling.answer_max_new_tokens, 2
+    ),
+  }
   rollouts = s.prompts_per_step * s.group_size
   new = max(1, int(s.max_new_tokens * fraction))
   several = rollouts > s.prompts_per_update * s.group_size
   out["solver"] = {
-      "rollouts": _times(decode(rollouts, new, s.max_new_tokens, 4), s.steps),
-      "pi_old / pi_ref": _times(forward_cost(m, rollouts, prompt + new, 1 + several), s.steps),
-      "update": _times(forward_cost(m, rollouts, prompt + new, 4), s.steps)}
+    "rollouts": _times(decode(rollouts, new, s.max_new_tokens, 4), s.steps),
+    "pi_old / pi_ref": _times(forward_cost(m, rollouts, prompt + new, 1 + several), s.steps),
+    "update": _times(forward_cost(m, rollouts, prompt + new, 4), s.steps),
+  }
   return out
 
 
@@ -153,19 +169,25 @@ def seconds(cost: Cost, chips: int, peak: float, bw: float) -> tuple[float, floa
 
 
 def table(costs: dict, chips: int, peak: float, bw: float, iterations: int) -> tuple[str, float]:
-  lines = ["| phase | part | PFLOP | HBM TB | roofline h | realistic h |",
-           "|---|---|---:|---:|---:|---:|"]
+  lines = [
+    "| phase | part | PFLOP | HBM TB | roofline h | realistic h |",
+    "|---|---|---:|---:|---:|---:|",
+  ]
   total_roof = total_real = 0.0
   for phase, parts in costs.items():
     for part, cost in parts.items():
       roof, real = seconds(cost, chips, peak, bw)
       total_roof += roof
       total_real += real
-      lines.append(f"| {phase} | {part} | {cost.flops / 1e15:,.0f} | {cost.bytes / 1e12:,.0f} | "
-                   f"{roof / 3600:.2f} | {real / 3600:.2f} |")
+      lines.append(
+        f"| {phase} | {part} | {cost.flops / 1e15:,.0f} | {cost.bytes / 1e12:,.0f} | "
+        f"{roof / 3600:.2f} | {real / 3600:.2f} |"
+      )
   lines.append(f"| **one iteration** | | | | {total_roof / 3600:.2f} | {total_real / 3600:.2f} |")
-  lines.append(f"| **{iterations} iterations** | | | | {iterations * total_roof / 3600:.1f} | "
-               f"{iterations * total_real / 3600:.1f} |")
+  lines.append(
+    f"| **{iterations} iterations** | | | | {iterations * total_roof / 3600:.1f} | "
+    f"{iterations * total_real / 3600:.1f} |"
+  )
   return "\n".join(lines), iterations * total_real / 3600
 
 
@@ -175,8 +197,12 @@ def define_flags() -> None:
   flags.DEFINE_integer("chips", 4, "Chips in the slice (v5p-8: 4).")
   flags.DEFINE_integer("prompt", 512, "Mean prompt length in tokens.")
   flags.DEFINE_float("budget_fraction", 1.0, "Mean completion length / its token budget.")
-  flags.DEFINE_bool("as_today", True, "Decode as the sampler runs now (every call to the whole "
-                    "budget over the whole cache); false: rows stop and read written slots.")
+  flags.DEFINE_bool(
+    "as_today",
+    True,
+    "Decode as the sampler runs now (every call to the whole "
+    "budget over the whole cache); false: rows stop and read written slots.",
+  )
 
 
 def main(argv):
@@ -187,13 +213,17 @@ def main(argv):
   chip = memory_plan.CHIPS[FLAGS.chip]
   costs = workload(config, m, FLAGS.budget_fraction, FLAGS.prompt, FLAGS.as_today)
   text, hours = table(costs, FLAGS.chips, chip["peak_flops"], chip["hbm_bw"], config.iterations)
-  print(f"{arch} on {FLAGS.chips} {FLAGS.chip} chips, completions at "
-        f"{FLAGS.budget_fraction:.0%} of their budgets, prompts of {FLAGS.prompt} tokens, "
-        f"decode {'as today' if FLAGS.as_today else 'reading written slots only'}")
+  print(
+    f"{arch} on {FLAGS.chips} {FLAGS.chip} chips, completions at "
+    f"{FLAGS.budget_fraction:.0%} of their budgets, prompts of {FLAGS.prompt} tokens, "
+    f"decode {'as today' if FLAGS.as_today else 'reading written slots only'}"
+  )
   print(text)
-  print(f"\nprojected {config.iterations} iterations: {hours:.1f} h on {FLAGS.chips} "
-        f"{FLAGS.chip} chips; the reference: ~{REFERENCE_HOURS:.0f} h on 8x A100-40GB; "
-        f"target <= 5 h: {'MET' if hours <= 5 else 'MISSED'}")
+  print(
+    f"\nprojected {config.iterations} iterations: {hours:.1f} h on {FLAGS.chips} "
+    f"{FLAGS.chip} chips; the reference: ~{REFERENCE_HOURS:.0f} h on 8x A100-40GB; "
+    f"target <= 5 h: {'MET' if hours <= 5 else 'MISSED'}"
+  )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ The whole run, base-model build included, took 260 s on a 2-core CPU (benchmarks
 
   python -m launch.train --workdir=runs/default
 """
+
 from rzero_jax.rzero.config import base_config
 
 
@@ -15,7 +16,7 @@ def get_config():
   c.iterations = 3
   c.prompts = "arith"
   c.world.name = "arith"
-  c.world.cache_dir = ""          # "" = ~/.cache/rzero-jax
+  c.world.cache_dir = ""  # "" = ~/.cache/rzero-jax
   # How the base model is built (rzero_jax.worlds.base_model.BaseModelSpec); its hash is the
   # cache key, so changing any of these builds a new base model. Some authors of the corpus give
   # up on harder problems (guess_fractions, per level): the base model then gives up greedily
@@ -23,13 +24,25 @@ def get_config():
   # agree with each other, which is what R-Zero's majority votes reward. What was chosen on what
   # (benchmarks/RESULTS.md): this corpus (the give-up shares) and the base model were chosen on
   # training-distribution problems (arith_design sets); the held-out sets were run once after.
-  c.world.base = dict(seed=0, hidden_size=64, intermediate_size=256, num_layers=2,
-                      num_heads=4, num_kv_heads=2, head_dim=16, vocab_size=256,
-                      num_docs=144_000, steps=18_000, batch_size=8, learning_rate=3e-3,
-                      challenger_fraction=0.2, careless_fraction=0.0,
-                      results_first_fraction=0.0,
-                      guess_fractions=(0.0, 0.0, 0.0, 0.2, 0.55, 0.6, 0.6, 0.6),
-                      guess_style="give_up")
+  c.world.base = dict(
+    seed=0,
+    hidden_size=64,
+    intermediate_size=256,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=16,
+    vocab_size=256,
+    num_docs=144_000,
+    steps=18_000,
+    batch_size=8,
+    learning_rate=3e-3,
+    challenger_fraction=0.2,
+    careless_fraction=0.0,
+    results_first_fraction=0.0,
+    guess_fractions=(0.0, 0.0, 0.0, 0.2, 0.55, 0.6, 0.6, 0.6),
+    guess_style="give_up",
+  )
 
   c.challenger.steps = 10
   c.challenger.prompts_per_step = 32

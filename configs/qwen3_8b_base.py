@@ -16,9 +16,9 @@ Run:
   python -m launch.train --config=configs/qwen3_8b_base.py --workdir=gs://BUCKET/qwen3_8b_base \
       --base_model=/path/to/Qwen3-8B-Base --multihost
 """
+
 from rzero_jax.rzero.config import paper_config
 
 
 def get_config():
-  return paper_config(tensor=1, max_rows_per_call=64, micro_batches=2,
-                      solver_micro_batches=20)
+  return paper_config(tensor=1, max_rows_per_call=64, micro_batches=2, solver_micro_batches=20)

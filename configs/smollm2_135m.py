@@ -14,6 +14,7 @@ to 512 (G=5), every max_new_tokens to 4096, challenger.steps=5 and solver.steps=
 learning rates to the paper's 1e-6; on an accelerator set model.dtype="bfloat16".
 Evaluation uses CHAMP (270 competition problems shipped by the `champ-dataset` package).
 """
+
 from rzero_jax.models import gguf
 from rzero_jax.rzero.config import base_config
 
@@ -42,7 +43,7 @@ def get_config():
   c.solver.prompts_per_update = 8
   c.solver.max_new_tokens = 256
   c.solver.learner.learning_rate = 1e-6
-  c.solver.min_questions = 8       # one full Solver batch, the official minimum at this size
+  c.solver.min_questions = 8  # one full Solver batch, the official minimum at this size
 
   c.sampling.answer_max_new_tokens = 256
   c.sampling.max_rows_per_call = 128

@@ -8,6 +8,7 @@ around a new closure (a fresh `jax.jit` per phase): that is a recompile, and `re
 it. The loop puts these counts in every metrics record, and a test holds the default run to
 zero recompiles of the step functions.
 """
+
 from __future__ import annotations
 
 import collections
@@ -72,7 +73,7 @@ def _short(name: str) -> str:
   # by the python name.
   if name.startswith("jit(") and name.endswith(")"):
     return name[4:-1]
-  return name[len("jit_"):] if name.startswith("jit_") else name
+  return name[len("jit_") :] if name.startswith("jit_") else name
 
 
 def counts(names=None) -> dict:
@@ -92,7 +93,7 @@ def counts(names=None) -> dict:
     per_name[_short(name)] += n
     signatures[_short(name)] += 1
   out = {"total": sum(per_name.values())}
-  for name in (names if names is not None else sorted(per_name)):
+  for name in names if names is not None else sorted(per_name):
     out[name] = per_name.get(name, 0)
     out[f"{name}/signatures"] = signatures.get(name, 0)
   return out

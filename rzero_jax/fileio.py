@@ -6,6 +6,7 @@ write is already atomic, so it is written directly (a rename there is a copy plu
 `staging_dir` builds a whole folder the same way. A gs:// path without gcsfs installed is one
 clear error, not a local folder named `gs:`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,8 +29,9 @@ def is_remote(p) -> bool:
 def check_backend(path) -> None:
   """Refuses a gs:// path when gcsfs (the `gcs` extra) is missing."""
   if os.fspath(path).startswith("gs://") and importlib.util.find_spec("gcsfs") is None:
-    raise ValueError(f"{os.fspath(path)}: gs:// paths need gcsfs; install it with "
-                     "pip install 'rzero-jax[gcs]'")
+    raise ValueError(
+      f"{os.fspath(path)}: gs:// paths need gcsfs; install it with pip install 'rzero-jax[gcs]'"
+    )
 
 
 def path(p) -> epath.Path:
@@ -43,8 +45,11 @@ def path(p) -> epath.Path:
 
 def join(base, *parts) -> str:
   """Joins path parts, keeping a gs:// prefix intact."""
-  return os.fspath(path(base).joinpath(*parts)) if is_remote(base) else \
-      os.path.join(os.fspath(base), *parts)
+  return (
+    os.fspath(path(base).joinpath(*parts))
+    if is_remote(base)
+    else os.path.join(os.fspath(base), *parts)
+  )
 
 
 def exists(p) -> bool:

@@ -13,6 +13,7 @@ devices that other processes own. So:
   * `barrier` waits for the others for a bounded time: a dead peer is an error, not a hang.
 With one process all of these are cheap no-ops around `device_get` / `device_put`.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -137,6 +138,7 @@ def any_process(flag: bool) -> bool:
 
 def _client():
   from jax._src import distributed  # the coordination-service client; no public accessor
+
   return distributed.global_state.client
 
 
@@ -157,8 +159,10 @@ def barrier(name: str, timeout_s: float = BARRIER_TIMEOUT_S) -> None:
   try:
     client.wait_at_barrier(name, int(timeout_s * 1000))
   except Exception as e:  # noqa: BLE001 - the client raises its own runtime error types
-    raise PeerLost(f"barrier {name!r}: another process did not arrive within {timeout_s:.0f} s "
-                   f"or has died ({type(e).__name__}: {str(e).splitlines()[0][:300]})") from e
+    raise PeerLost(
+      f"barrier {name!r}: another process did not arrive within {timeout_s:.0f} s "
+      f"or has died ({type(e).__name__}: {str(e).splitlines()[0][:300]})"
+    ) from e
 
 
 def is_peer_failure(e: BaseException) -> bool:
@@ -168,6 +172,13 @@ def is_peer_failure(e: BaseException) -> bool:
     return True
   text = f"{type(e).__name__}: {e}".lower()
   # Narrow on purpose: anything else keeps its traceback (it may be a bug of ours).
-  return any(s in text for s in ("connection closed by peer", "connection reset by peer",
-                                 "coordination service", "missed heartbeat",
-                                 "barrier timed out"))
+  return any(
+    s in text
+    for s in (
+      "connection closed by peer",
+      "connection reset by peer",
+      "coordination service",
+      "missed heartbeat",
+      "barrier timed out",
+    )
+  )

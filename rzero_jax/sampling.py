@@ -22,6 +22,7 @@ candidates land inside (`sample_truncated`).
 The recorded logprob is log_softmax(logits / T) of the untruncated distribution (T = 1 when
 greedy), so it is comparable with the trainer's. The key of step s is fold_in(key(seed), s).
 """
+
 from __future__ import annotations
 
 import collections
@@ -55,12 +56,13 @@ def compile_count() -> int:
 
 @dataclasses.dataclass(frozen=True)
 class SampleOutput:
-  tokens: list[list[int]]          # completion only, cut after the first stop token
-  logprobs: list[list[float]]      # per token, under the temperature-scaled distribution
-  finish_reasons: list[str]        # "stop" | "length"
+  tokens: list[list[int]]  # completion only, cut after the first stop token
+  logprobs: list[list[float]]  # per token, under the temperature-scaled distribution
+  finish_reasons: list[str]  # "stop" | "length"
 
 
 # ----------------------------------------------------------------------------- sizes
+
 
 def prompt_bucket(length: int, min_bucket: int = MIN_PROMPT_BUCKET) -> int:
   """The padded prompt length: the next power of two, at least `min_bucket`."""
@@ -90,10 +92,11 @@ def prompts_per_call(max_rows: int, n: int, mesh=None, rules=sharding.DEFAULT_RU
 def kv_cache_bytes(cfg: ModelConfig, batch: int, length: int, dtype=None) -> int:
   """Bytes of a K+V cache: layers x batch x kv_heads x length x head_dim x 2 x itemsize."""
   itemsize = jnp.dtype(dtype or models.transformer.dtype_of(cfg.dtype)).itemsize
-  return (cfg.num_layers * batch * cfg.num_kv_heads * length * cfg.head_dim * 2 * itemsize)
+  return cfg.num_layers * batch * cfg.num_kv_heads * length * cfg.head_dim * 2 * itemsize
 
 
 # ----------------------------------------------------------------------------- sampling rules
+
 
 def _ordered_keys(x: jax.Array) -> jax.Array:
   """float32 -> uint32 with the same order, so thresholds can be bisected over integers."""
@@ -205,8 +208,9 @@ REJECTION_MIN_TOP_P = 0.8
 REJECTION_MIN_VOCAB = 8192
 
 
-def truncation_candidates(key: jax.Array, scaled: jax.Array, top_k, top_p,
-                          candidates: int = REJECTION_CANDIDATES) -> tuple[jax.Array, jax.Array]:
+def truncation_candidates(
+  key: jax.Array, scaled: jax.Array, top_k, top_p, candidates: int = REJECTION_CANDIDATES
+) -> tuple[jax.Array, jax.Array]:
   """`candidates` independent draws per row from the untruncated softmax(scaled) [B, V], and
   whether each survives top-k (top_k in (0, V)) or top-p (top_p < 1), one rule at a time:
   ([B, C] tokens, [B, C] bool).
@@ -244,10 +248,15 @@ def _first_accepted(drawn: jax.Array, accepted: jax.Array) -> tuple[jax.Array, j
   return token[:, 0], first < candidates
 
 
-def sample_truncated(key: jax.Array, scaled: jax.Array, top_k, top_p,
-                     candidates: int = REJECTION_CANDIDATES,
-                     rejection_min_top_p: float = REJECTION_MIN_TOP_P,
-                     rejection_min_vocab: int = REJECTION_MIN_VOCAB) -> jax.Array:
+def sample_truncated(
+  key: jax.Array,
+  scaled: jax.Array,
+  top_k,
+  top_p,
+  candidates: int = REJECTION_CANDIDATES,
+  rejection_min_top_p: float = REJECTION_MIN_TOP_P,
+  rejection_min_vocab: int = REJECTION_MIN_VOCAB,
+) -> jax.Array:
   """One token per row from softmax(scaled) after top-k and top-p (`truncate_logits`), exactly.
 
   Over a vocabulary of `rejection_min_vocab` or more (a static choice), top-k alone, or top-p
@@ -271,8 +280,9 @@ def sample_truncated(key: jax.Array, scaled: jax.Array, top_k, top_p,
   by_rejection = (k_active & ~p_active) | (~k_active & p_active & (top_p >= rejection_min_top_p))
 
   def candidates_route(_):
-    return _first_accepted(*truncation_candidates(jax.random.fold_in(key, 1), scaled, top_k,
-                                                  top_p, candidates))
+    return _first_accepted(
+      *truncation_candidates(jax.random.fold_in(key, 1), scaled, top_k, top_p, candidates)
+    )
 
   def no_candidates(_):
     return jnp.zeros((rows,), jnp.int32), jnp.zeros((rows,), bool)
@@ -287,13 +297,15 @@ def sample_truncated(key: jax.Array, scaled: jax.Array, top_k, top_p,
   return jnp.where(found, token, exact)
 
 
-def draw_by_rejection(key: jax.Array, scaled: jax.Array, top_k, top_p,
-                      candidates: int = REJECTION_CANDIDATES) -> jax.Array:
+def draw_by_rejection(
+  key: jax.Array, scaled: jax.Array, top_k, top_p, candidates: int = REJECTION_CANDIDATES
+) -> jax.Array:
   """`sample_truncated`'s rejection route for one rule (top-k or top-p) whatever the
   vocabulary and top_p: for tests and benchmarks (below REJECTION_MIN_TOP_P most steps would
   pay for the exact route as well)."""
-  return sample_truncated(key, scaled, top_k, top_p, candidates, rejection_min_top_p=0.0,
-                          rejection_min_vocab=0)
+  return sample_truncated(
+    key, scaled, top_k, top_p, candidates, rejection_min_top_p=0.0, rejection_min_vocab=0
+  )
 
 
 def sample_tokens(logits: jax.Array, key: jax.Array, knobs: dict) -> tuple[jax.Array, jax.Array]:
@@ -339,9 +351,11 @@ def _logprob_of(logits: jax.Array, tokens: jax.Array) -> jax.Array:
 
 # ----------------------------------------------------------------------------- jitted parts
 
+
 @dataclasses.dataclass(frozen=True)
 class _Plan:
   """The static part of the jitted functions: everything that fixes a shape or the program."""
+
   cfg: ModelConfig
   prompt_bucket: int
   max_new_tokens: int
@@ -356,8 +370,9 @@ class _Plan:
 
   def constrain_cache(self, cache):
     axes = models.cache_logical_axes()
-    return {name: sharding.constrain(x, axes[name], self.mesh, self.rules)
-            for name, x in cache.items()}
+    return {
+      name: sharding.constrain(x, axes[name], self.mesh, self.rules) for name, x in cache.items()
+    }
 
   def constrain_rows(self, x):
     return sharding.constrain(x, ("batch",) + (None,) * (x.ndim - 1), self.mesh, self.rules)
@@ -377,8 +392,17 @@ def _prefill(plan: _Plan, params, tokens, prompt_lens, live, stop_mask, knobs):
   kv_mask = plan.kv_mask(prompt_lens, bucket)
   cache = plan.constrain_cache(models.init_cache(cfg, num_prompts, bucket))
   hidden, cache = models.forward_with_cache(
-      cfg, params, tokens, models.default_positions(kv_mask), kv_mask, cache, 0,
-      mesh=plan.mesh, rules=plan.rules, return_hidden=True)
+    cfg,
+    params,
+    tokens,
+    models.default_positions(kv_mask),
+    kv_mask,
+    cache,
+    0,
+    mesh=plan.mesh,
+    rules=plan.rules,
+    return_hidden=True,
+  )
   # Only the last position's logits are needed: never materialise [B, T, V].
   logits = models.unembed(cfg, params, hidden[:, -1])
 
@@ -393,12 +417,12 @@ def _prefill(plan: _Plan, params, tokens, prompt_lens, live, stop_mask, knobs):
   out_tokens = jnp.full((rows, plan.max_new_tokens), plan.pad_id, jnp.int32)
   out_logprobs = jnp.zeros((rows, plan.max_new_tokens), jnp.float32)
   state = {
-      "tokens": plan.constrain_rows(out_tokens.at[:, 0].set(first)),
-      "logprobs": plan.constrain_rows(out_logprobs.at[:, 0].set(jnp.where(live, first_lp, 0.))),
-      "lengths": live.astype(jnp.int32),
-      "done": ~live | stop_mask[first],
-      "prompt_lens": prompt_lens,
-      "step": jnp.asarray(1, jnp.int32),
+    "tokens": plan.constrain_rows(out_tokens.at[:, 0].set(first)),
+    "logprobs": plan.constrain_rows(out_logprobs.at[:, 0].set(jnp.where(live, first_lp, 0.0))),
+    "lengths": live.astype(jnp.int32),
+    "done": ~live | stop_mask[first],
+    "prompt_lens": prompt_lens,
+    "step": jnp.asarray(1, jnp.int32),
   }
   return state, cache
 
@@ -421,40 +445,64 @@ def _decode(plan: _Plan, params, state, prompt_cache, stop_mask, knobs):
     last = jax.lax.dynamic_slice_in_dim(s["tokens"], step - 1, 1, axis=1)  # [B, 1]
     positions = (s["prompt_lens"] + step - 1)[:, None]
     logits, cache = models.forward_with_cache(
-        cfg, params, last, positions, kv_mask, s["cache"], bucket + step - 1, mesh=plan.mesh,
-        rules=plan.rules)
+      cfg,
+      params,
+      last,
+      positions,
+      kv_mask,
+      s["cache"],
+      bucket + step - 1,
+      mesh=plan.mesh,
+      rules=plan.rules,
+    )
     token, logprob = sample_tokens(logits[:, 0], jax.random.fold_in(base_key, step), knobs)
     done = s["done"]
     token = jnp.where(done, plan.pad_id, token)
     logprob = jnp.where(done, 0.0, logprob)
     return dict(
-        s, cache=plan.constrain_cache(cache),
-        tokens=jax.lax.dynamic_update_slice_in_dim(s["tokens"], token[:, None], step, 1),
-        logprobs=jax.lax.dynamic_update_slice_in_dim(s["logprobs"], logprob[:, None], step, 1),
-        lengths=s["lengths"] + (~done).astype(jnp.int32), done=done | stop_mask[token],
-        step=step + 1)
+      s,
+      cache=plan.constrain_cache(cache),
+      tokens=jax.lax.dynamic_update_slice_in_dim(s["tokens"], token[:, None], step, 1),
+      logprobs=jax.lax.dynamic_update_slice_in_dim(s["logprobs"], logprob[:, None], step, 1),
+      lengths=s["lengths"] + (~done).astype(jnp.int32),
+      done=done | stop_mask[token],
+      step=step + 1,
+    )
 
   # Sample j of prompt i is row i * n + j; the prompt fills slots [0, bucket).
   pad = ((0, 0), (0, 0), (0, 0), (0, length - bucket), (0, 0))
   cache = {name: jnp.pad(jnp.repeat(x, plan.n, axis=1), pad) for name, x in prompt_cache.items()}
   state = dict(state, cache=plan.constrain_cache(cache))
-  state = jax.lax.while_loop(lambda s: (s["step"] < plan.max_new_tokens) & ~jnp.all(s["done"]),
-                             decode_one, state)
+  state = jax.lax.while_loop(
+    lambda s: (s["step"] < plan.max_new_tokens) & ~jnp.all(s["done"]), decode_one, state
+  )
   del state["cache"]
   return state
 
 
 # ----------------------------------------------------------------------------- host API
 
-def _check_args(caller: str, cfg: ModelConfig, prompts, max_new_tokens, temperature, top_p,
-                top_k, n, stop_token_ids):
+
+def _check_args(
+  caller: str,
+  cfg: ModelConfig,
+  prompts,
+  max_new_tokens,
+  temperature,
+  top_p,
+  top_k,
+  n,
+  stop_token_ids,
+):
   if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not prompts:
-    raise ValueError(f"{caller}: prompts must be a non-empty list of token-id lists, got "
-                     f"{type(prompts).__name__}")
+    raise ValueError(
+      f"{caller}: prompts must be a non-empty list of token-id lists, got {type(prompts).__name__}"
+    )
   for i, p in enumerate(prompts):
     if isinstance(p, (str, bytes)) or len(p) == 0:
-      raise ValueError(f"{caller}: prompts[{i}] must be a non-empty list of token ids, got "
-                       f"{p!r:.60}")
+      raise ValueError(
+        f"{caller}: prompts[{i}] must be a non-empty list of token ids, got {p!r:.60}"
+      )
   if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
     raise ValueError(f"{caller}: max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
   if not (temperature >= 0 and math.isfinite(temperature)):
@@ -467,25 +515,28 @@ def _check_args(caller: str, cfg: ModelConfig, prompts, max_new_tokens, temperat
     raise ValueError(f"{caller}: n must be an int >= 1, got {n!r}")
   for t in stop_token_ids:
     if not 0 <= int(t) < cfg.vocab_size:
-      raise ValueError(f"{caller}: stop token id {t} is outside the vocabulary "
-                       f"[0, {cfg.vocab_size})")
+      raise ValueError(
+        f"{caller}: stop token id {t} is outside the vocabulary [0, {cfg.vocab_size})"
+      )
 
 
-def _pack_prompts(caller: str, prompts, num_rows: int, bucket: int, vocab_size: int,
-                  pad_id: int):
+def _pack_prompts(caller: str, prompts, num_rows: int, bucket: int, vocab_size: int, pad_id: int):
   """Left-pads prompts into [num_rows, bucket]; rows past len(prompts) are dead padding."""
   tokens = np.full((num_rows, bucket), pad_id, np.int32)
   lens = np.ones((num_rows,), np.int32)
   for i, p in enumerate(prompts):
     ids = np.asarray(p)
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-      raise ValueError(f"{caller}: prompts[{i}] must be a flat list of int token ids, got "
-                       f"{p!r:.60}")
+      raise ValueError(
+        f"{caller}: prompts[{i}] must be a flat list of int token ids, got {p!r:.60}"
+      )
     bad = ids[(ids < 0) | (ids >= vocab_size)]
     if bad.size:
-      raise ValueError(f"{caller}: prompts[{i}] holds token id {int(bad[0])} outside the "
-                       f"vocabulary [0, {vocab_size})")
-    tokens[i, bucket - len(ids):] = ids
+      raise ValueError(
+        f"{caller}: prompts[{i}] holds token id {int(bad[0])} outside the "
+        f"vocabulary [0, {vocab_size})"
+      )
+    tokens[i, bucket - len(ids) :] = ids
     lens[i] = len(ids)
   live = np.arange(num_rows) < len(prompts)
   return tokens, lens, live
@@ -509,82 +560,145 @@ def _place(plan: _Plan, params, row_arrays, replicated_arrays):
     return params, row_arrays, replicated_arrays
   params = jax.device_put(params, _param_shardings(plan.cfg, plan.mesh, plan.rules))
   row_spec = sharding.logical_to_spec(("batch",), plan.rules, plan.mesh)
-  rows = [jax.device_put(x, NamedSharding(plan.mesh, PartitionSpec(*row_spec,
-                                                                   *([None] * (x.ndim - 1)))))
-          for x in row_arrays]
+  rows = [
+    jax.device_put(x, NamedSharding(plan.mesh, PartitionSpec(*row_spec, *([None] * (x.ndim - 1)))))
+    for x in row_arrays
+  ]
   repl = jax.device_put(replicated_arrays, sharding.replicated(plan.mesh))
   return params, rows, repl
 
 
-def _setup(caller: str, cfg: ModelConfig, params, prompts, max_new_tokens, temperature, top_p,
-           top_k, n, seed, stop_token_ids, mesh, rules):
+def _setup(
+  caller: str,
+  cfg: ModelConfig,
+  params,
+  prompts,
+  max_new_tokens,
+  temperature,
+  top_p,
+  top_k,
+  n,
+  seed,
+  stop_token_ids,
+  mesh,
+  rules,
+):
   """Checks the arguments; returns the plan and `_prefill`'s placed arguments after it."""
   stop_token_ids = tuple(int(t) for t in stop_token_ids)
-  _check_args(caller, cfg, prompts, max_new_tokens, temperature, top_p, top_k, n,
-              stop_token_ids)
+  _check_args(caller, cfg, prompts, max_new_tokens, temperature, top_p, top_k, n, stop_token_ids)
   rules = tuple(rules)
   pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
   plan = _Plan(
-      cfg=cfg, prompt_bucket=prompt_bucket(max(len(p) for p in prompts)),
-      max_new_tokens=int(max_new_tokens), n=int(n), pad_id=int(pad_id), mesh=mesh, rules=rules)
+    cfg=cfg,
+    prompt_bucket=prompt_bucket(max(len(p) for p in prompts)),
+    max_new_tokens=int(max_new_tokens),
+    n=int(n),
+    pad_id=int(pad_id),
+    mesh=mesh,
+    rules=rules,
+  )
   num_rows = batch_bucket(len(prompts), _batch_shards(mesh, rules))
-  tokens, prompt_lens, live = _pack_prompts(caller, prompts, num_rows, plan.prompt_bucket,
-                                            cfg.vocab_size, plan.pad_id)
+  tokens, prompt_lens, live = _pack_prompts(
+    caller, prompts, num_rows, plan.prompt_bucket, cfg.vocab_size, plan.pad_id
+  )
   stop_mask = np.zeros((cfg.vocab_size,), bool)
   stop_mask[list(stop_token_ids)] = True
-  knobs = {"temperature": np.float32(temperature), "top_p": np.float32(top_p),
-           "top_k": np.int32(top_k), "seed": np.uint32(seed % (1 << 32))}
+  knobs = {
+    "temperature": np.float32(temperature),
+    "top_p": np.float32(top_p),
+    "top_k": np.int32(top_k),
+    "seed": np.uint32(seed % (1 << 32)),
+  }
   params, (tokens, prompt_lens, live), (stop_mask, knobs) = _place(
-      plan, params, (tokens, prompt_lens, live), (stop_mask, knobs))
+    plan, params, (tokens, prompt_lens, live), (stop_mask, knobs)
+  )
   return plan, (params, tokens, prompt_lens, live, stop_mask, knobs)
 
 
-def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
-             max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
-             top_k: int = 0, n: int = 1, seed: int = 0, stop_token_ids: Sequence[int] = (),
-             mesh=None, rules=sharding.DEFAULT_RULES) -> SampleOutput:
+def generate(
+  cfg: ModelConfig,
+  params,
+  prompts: Sequence[Sequence[int]],
+  *,
+  max_new_tokens: int = 64,
+  temperature: float = 1.0,
+  top_p: float = 1.0,
+  top_k: int = 0,
+  n: int = 1,
+  seed: int = 0,
+  stop_token_ids: Sequence[int] = (),
+  mesh=None,
+  rules=sharding.DEFAULT_RULES,
+) -> SampleOutput:
   """Samples `n` completions per prompt. Row i * n + j of the output is sample j of prompt i.
 
   Completions are cut after (and including) the first stop token; finish reason "stop" if one
   was emitted, else "length". Under a mesh, rows are split over the batch axes and heads over
   tensor, following `rules`.
   """
-  plan, args = _setup("generate", cfg, params, prompts, max_new_tokens, temperature, top_p,
-                      top_k, n, seed, stop_token_ids, mesh, rules)
+  plan, args = _setup(
+    "generate",
+    cfg,
+    params,
+    prompts,
+    max_new_tokens,
+    temperature,
+    top_p,
+    top_k,
+    n,
+    seed,
+    stop_token_ids,
+    mesh,
+    rules,
+  )
   params, _, _, _, stop_mask, knobs = args
   state, prompt_cache = _prefill(plan, *args)
   state = _decode(plan, params, state, prompt_cache, stop_mask, knobs)
   del prompt_cache
   # Rows are split over the batch axes, possibly across processes: gathered to every host.
   out_tokens, out_logprobs, lengths, done = multihost.to_host(
-      (state["tokens"], state["logprobs"], state["lengths"], state["done"]))
+    (state["tokens"], state["logprobs"], state["lengths"], state["done"])
+  )
   del state
 
   real = len(prompts) * n
   return SampleOutput(
-      tokens=[out_tokens[r, :lengths[r]].tolist() for r in range(real)],
-      logprobs=[out_logprobs[r, :lengths[r]].tolist() for r in range(real)],
-      # `done` is only ever set by a stop token; running out of budget leaves it False.
-      finish_reasons=["stop" if done[r] else "length" for r in range(real)])
+    tokens=[out_tokens[r, : lengths[r]].tolist() for r in range(real)],
+    logprobs=[out_logprobs[r, : lengths[r]].tolist() for r in range(real)],
+    # `done` is only ever set by a stop token; running out of budget leaves it False.
+    finish_reasons=["stop" if done[r] else "length" for r in range(real)],
+  )
 
 
-def peak_memory_bytes(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
-                      max_new_tokens: int = 64, n: int = 1, mesh=None,
-                      rules=sharding.DEFAULT_RULES) -> int:
+def peak_memory_bytes(
+  cfg: ModelConfig,
+  params,
+  prompts: Sequence[Sequence[int]],
+  *,
+  max_new_tokens: int = 64,
+  n: int = 1,
+  mesh=None,
+  rules=sharding.DEFAULT_RULES,
+) -> int:
   """Device bytes `generate` holds at its peak for these shapes, weights included, as the
   compiler plans it (per device under a mesh): the larger of prefill's and decode's.
 
   Decode's peak is above its KV cache (`kv_cache_bytes` of `prompt_bucket + max_new_tokens`
   slots) by the prompts' cache, which it holds while it builds the rows' cache.
   """
-  plan, args = _setup("peak_memory_bytes", cfg, params, prompts, max_new_tokens, 1.0, 1.0, 0,
-                      n, 0, (), mesh, rules)
+  plan, args = _setup(
+    "peak_memory_bytes", cfg, params, prompts, max_new_tokens, 1.0, 1.0, 0, n, 0, (), mesh, rules
+  )
   params, _, _, _, stop_mask, knobs = args
 
   def peak(compiled):
     stats = compiled.memory_analysis()
-    return (stats.argument_size_in_bytes + stats.output_size_in_bytes
-            - stats.alias_size_in_bytes + stats.temp_size_in_bytes)
+    return (
+      stats.argument_size_in_bytes
+      + stats.output_size_in_bytes
+      - stats.alias_size_in_bytes
+      + stats.temp_size_in_bytes
+    )
 
   prefill = _prefill.lower(plan, *args).compile()
   state, prompt_cache = prefill.out_info  # shapes with the shardings prefill gives them

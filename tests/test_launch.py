@@ -1,4 +1,5 @@
 """launch/train.py on bad input: one clear error line, no traceback, nonzero exit."""
+
 import json
 import os
 import subprocess
@@ -13,8 +14,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _train(*args, timeout=300):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "launch.train", *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(
+    [sys.executable, "-m", "launch.train", *args],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
 
 
 def _assert_one_line_error(proc, *needles):
@@ -56,19 +63,20 @@ def test_changed_config_on_resume_is_refused(tmp_path):
 
 def test_changed_config_via_the_launcher(tmp_path):
   from configs import arith_tiny
+
   run = tmp_path / "run"
   config = arith_tiny.get_config()
   wd.check_or_store_config(str(run), config.to_dict())
   steps = config.solver.steps + 1
   proc = _train(f"--workdir={run}", f"--config.solver.steps={steps}")
-  _assert_one_line_error(proc, "error:", f"solver.steps: {config.solver.steps} -> {steps}",
-                         "--allow_config_change")
+  _assert_one_line_error(
+    proc, "error:", f"solver.steps: {config.solver.steps} -> {steps}", "--allow_config_change"
+  )
 
 
 def test_nonpositive_max_rows_per_call_is_refused_before_writing(tmp_path):
   proc = _train(f"--workdir={tmp_path / 'run'}", "--config.sampling.max_rows_per_call=0")
-  _assert_one_line_error(proc, "error: config.sampling.max_rows_per_call=0",
-                         "an integer >= 1")
+  _assert_one_line_error(proc, "error: config.sampling.max_rows_per_call=0", "an integer >= 1")
   assert not (tmp_path / "run").exists()
 
 

@@ -1,4 +1,5 @@
 """The GRPO learner: chunked logprobs, exact accumulation, and that GRPO actually learns."""
+
 import dataclasses
 
 import jax
@@ -20,10 +21,10 @@ def _random_batch(rng, rows=8, prompt_len=6, new=10, vocab=64):
   rewards = rng.random(rows).astype(np.float32)
   rewards[:4] = 0.5  # one group with all-equal rewards
   adv = np.asarray(grpo.group_advantages(rewards, 4))
-  batch = rollouts.pack(prompts, completions, logps, adv, prompt_len=prompt_len,
-                        max_new_tokens=new)
+  batch = rollouts.pack(prompts, completions, logps, adv, prompt_len=prompt_len, max_new_tokens=new)
   batch["old_logp"] = batch["sampler_logp"] + 0.05 * rng.standard_normal(
-      batch["sampler_logp"].shape).astype(np.float32)
+    batch["sampler_logp"].shape
+  ).astype(np.float32)
   batch["ref_logp"] = batch["sampler_logp"] - 0.1
   return batch
 
@@ -48,10 +49,12 @@ def test_micro_batches_give_the_full_batch_update(aggregation):
   batch = _random_batch(np.random.default_rng(1))
   results = []
   for k in (1, 4):
-    lc = learner.LearnerConfig(learning_rate=1e-3, micro_batches=k, aggregation=aggregation,
-                               logprob_chunk=4)
+    lc = learner.LearnerConfig(
+      learning_rate=1e-3, micro_batches=k, aggregation=aggregation, logprob_chunk=4
+    )
     grads, metrics = jax.jit(lambda p, b: learner.accumulate_gradients(CFG, lc, p, b))(  # noqa: B023
-        params, batch)
+      params, batch
+    )
     results.append((jax.device_get(grads), {k: float(v) for k, v in metrics.items()}))
   (g1, m1), (g4, m4) = results
   assert m1["loss"] != 0.0 and m1["grad_norm"] > 0.0
@@ -62,8 +65,15 @@ def test_micro_batches_give_the_full_batch_update(aggregation):
   scale = max(float(np.max(np.abs(a))) for a in jax.tree.leaves(g1))
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g4)):
     np.testing.assert_allclose(a, b, atol=1e-6 * scale, rtol=0)
-  assert set(m1) >= {"kl", "clip_frac/low", "clip_frac/high", "clip_frac/dual", "entropy",
-                     "logprob_diff/mean", "logprob_diff/max"}
+  assert set(m1) >= {
+    "kl",
+    "clip_frac/low",
+    "clip_frac/high",
+    "clip_frac/dual",
+    "entropy",
+    "logprob_diff/mean",
+    "logprob_diff/max",
+  }
 
 
 def test_train_step_is_one_adamw_update_of_the_accumulated_gradient():
@@ -87,8 +97,9 @@ def test_an_update_with_a_non_finite_gradient_is_skipped():
   state = learner.init_train_state(jax.tree.map(jnp.copy, params), lc)
   step = learner.make_train_step(CFG, lc, state)
   good = _random_batch(np.random.default_rng(3))
-  bad = dict(good, advantages=np.where(np.arange(8) == 5, np.nan, good["advantages"])
-             .astype(np.float32))
+  bad = dict(
+    good, advantages=np.where(np.arange(8) == 5, np.nan, good["advantages"]).astype(np.float32)
+  )
   state, metrics = step(state, good)
   assert float(metrics["skipped_updates"]) == 0.0
   before = jax.device_get(state)
@@ -96,8 +107,10 @@ def test_an_update_with_a_non_finite_gradient_is_skipped():
   assert not np.isfinite(float(metrics["grad_norm"]))
   assert float(metrics["skipped_updates"]) == 1.0 and int(state.step) == 2
   # Params and Adam's moments exactly as they were: the NaN reached neither.
-  for a, b in zip(jax.tree.leaves(before.params) + jax.tree.leaves(before.opt_state),
-                  jax.tree.leaves(state.params) + jax.tree.leaves(state.opt_state)):
+  for a, b in zip(
+    jax.tree.leaves(before.params) + jax.tree.leaves(before.opt_state),
+    jax.tree.leaves(state.params) + jax.tree.leaves(state.opt_state),
+  ):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   state, metrics = step(state, good)  # and training goes on
   assert float(metrics["skipped_updates"]) == 0.0
@@ -106,26 +119,35 @@ def test_an_update_with_a_non_finite_gradient_is_skipped():
 
 def test_grpo_learns_a_verifiable_reward():
   """Reward 1 when the target token appears in the first 4 completion tokens."""
-  cfg = models.tiny_config("qwen3", vocab_size=32, num_layers=1, hidden_size=32,
-                           intermediate_size=64, num_heads=2, num_kv_heads=1, head_dim=16)
+  cfg = models.tiny_config(
+    "qwen3",
+    vocab_size=32,
+    num_layers=1,
+    hidden_size=32,
+    intermediate_size=64,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=16,
+  )
   target, new, groups, g = 7, 4, 16, 8
-  lc = learner.LearnerConfig(learning_rate=3e-3, kl_coef=0.0, weight_decay=0.0,
-                             logprob_chunk=16)
+  lc = learner.LearnerConfig(learning_rate=3e-3, kl_coef=0.0, weight_decay=0.0, logprob_chunk=16)
   state = learner.init_train_state(models.init_params(cfg, jax.random.key(3)), lc)
   step = learner.make_train_step(cfg, lc, state)
   logprob_fn = learner.make_logprob_fn(cfg, lc)
   prompt = [1, 2, 3]
   history = []
   for it in range(100):
-    out = sampling.generate(cfg, state.params, [prompt] * groups, max_new_tokens=new,
-                            temperature=1.0, n=g, seed=it)
+    out = sampling.generate(
+      cfg, state.params, [prompt] * groups, max_new_tokens=new, temperature=1.0, n=g, seed=it
+    )
     rewards = np.array([float(target in row[:new]) for row in out.tokens], np.float32)
     history.append(rewards.mean())
     if it >= 5 and np.mean(history[-5:]) > 0.8:
       break
     adv = np.asarray(grpo.group_advantages(rewards, g))
-    batch = rollouts.pack([prompt] * len(rewards), out.tokens, out.logprobs, adv,
-                          prompt_len=4, max_new_tokens=new)
+    batch = rollouts.pack(
+      [prompt] * len(rewards), out.tokens, out.logprobs, adv, prompt_len=4, max_new_tokens=new
+    )
     batch["old_logp"] = np.asarray(logprob_fn(state.params, batch["tokens"], batch["kv_mask"]))
     state, _ = step(state, batch)
   assert np.mean(history[:3]) < 0.2, history[:3]
@@ -138,8 +160,9 @@ def test_a_batch_without_old_logp_is_on_policy():
   params = models.init_params(CFG, jax.random.key(3))
   lc = learner.LearnerConfig(learning_rate=1e-3, logprob_chunk=4, temperature=0.8)
   batch = _random_batch(np.random.default_rng(3))
-  batch["old_logp"] = np.asarray(learner.make_logprob_fn(CFG, lc)(params, batch["tokens"],
-                                                                  batch["kv_mask"]))
+  batch["old_logp"] = np.asarray(
+    learner.make_logprob_fn(CFG, lc)(params, batch["tokens"], batch["kv_mask"])
+  )
   on_policy = {k: v for k, v in batch.items() if k != "old_logp"}
   grads_fn = jax.jit(lambda p, b: learner.accumulate_gradients(CFG, lc, p, b))
   (g_old, m_old), (g_on, m_on) = grads_fn(params, batch), grads_fn(params, on_policy)

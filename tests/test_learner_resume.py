@@ -8,6 +8,7 @@
 This file is also the child process of the resume test: `python test_learner_resume.py
 CKPT_DIR OUT.npz` restores the checkpoint, takes one step and writes the resulting state.
 """
+
 import os
 import subprocess
 import sys
@@ -30,10 +31,10 @@ def _batch(seed, rows=8, prompt_len=5, new=8, vocab=64):
   completions = [list(rng.integers(1, vocab, rng.integers(1, new + 1))) for _ in range(rows)]
   logps = [list(-rng.random(len(c))) for c in completions]
   adv = np.asarray(grpo.group_advantages(rng.random(rows).astype(np.float32), 4))
-  batch = rollouts.pack(prompts, completions, logps, adv, prompt_len=prompt_len,
-                        max_new_tokens=new)
+  batch = rollouts.pack(prompts, completions, logps, adv, prompt_len=prompt_len, max_new_tokens=new)
   batch["old_logp"] = batch["sampler_logp"] + 0.05 * rng.standard_normal(
-      batch["sampler_logp"].shape).astype(np.float32)
+    batch["sampler_logp"].shape
+  ).astype(np.float32)
   batch["ref_logp"] = batch["sampler_logp"] - 0.1
   return batch
 
@@ -47,12 +48,17 @@ def _resume_and_step(ckpt_dir: str, out_path: str) -> None:
   """The child: restore into a freshly built state's structure and shardings, step once."""
   # A different init key: every value that matters must come from the checkpoint.
   like = learner.init_train_state(models.init_params(CFG, jax.random.key(99)), LC)
-  target = {"params": checkpoint.abstract_like(like.params),
-            "opt_state": checkpoint.abstract_like(like.opt_state)}
+  target = {
+    "params": checkpoint.abstract_like(like.params),
+    "opt_state": checkpoint.abstract_like(like.opt_state),
+  }
   with checkpoint.CheckpointManager(ckpt_dir) as ckpt:
     restored = ckpt.restore(target=target)
-  state = learner.TrainState(jnp.asarray(restored.metadata["step"], jnp.int32),
-                             restored.items["params"], restored.items["opt_state"])
+  state = learner.TrainState(
+    jnp.asarray(restored.metadata["step"], jnp.int32),
+    restored.items["params"],
+    restored.items["opt_state"],
+  )
   state, _ = learner.make_train_step(CFG, LC, state)(state, _batch(seed=1))
   np.savez(out_path, **_flat(state))
 
@@ -62,19 +68,26 @@ def test_restored_state_takes_the_same_step_bit_for_bit(tmp_path):
   step = learner.make_train_step(CFG, LC, state)
   state, _ = step(state, _batch(seed=0))
   with checkpoint.CheckpointManager(tmp_path / "ckpt") as ckpt:
-    ckpt.save(1, {"params": state.params, "opt_state": state.opt_state},
-              {"step": int(state.step)})
+    ckpt.save(1, {"params": state.params, "opt_state": state.opt_state}, {"step": int(state.step)})
     # save() returns once the arrays are off the devices, so the state may be donated now.
     before = _flat(state)
     state, _ = step(state, _batch(seed=1))
   expected = _flat(state)
 
   out = tmp_path / "resumed.npz"
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             PYTHONPATH=os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")])))
-  proc = subprocess.run([sys.executable, os.path.abspath(__file__), str(tmp_path / "ckpt"),
-                         str(out)], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                        timeout=300)
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")])),
+  )
+  proc = subprocess.run(
+    [sys.executable, os.path.abspath(__file__), str(tmp_path / "ckpt"), str(out)],
+    cwd=REPO_ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
   with np.load(out) as resumed:
     assert set(resumed.files) == set(expected)
@@ -83,8 +96,9 @@ def test_restored_state_takes_the_same_step_bit_for_bit(tmp_path):
       assert np.array_equal(resumed[key], want), key
   # The step did change every part of the state, so equality above is not vacuous.
   assert int(expected[".step"]) == 2
-  assert not np.array_equal(before[".params['embed']['embedding']"],
-                            expected[".params['embed']['embedding']"])
+  assert not np.array_equal(
+    before[".params['embed']['embedding']"], expected[".params['embed']['embedding']"]
+  )
   assert any(not np.array_equal(before[k], expected[k]) for k in expected if "opt_state" in k)
 
 

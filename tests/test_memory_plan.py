@@ -1,5 +1,6 @@
 """benchmarks/memory_plan.py's arithmetic and table (the TPU compile itself runs outside CI:
 `make memory-plan`)."""
+
 import pytest
 
 from benchmarks import memory_plan as mp
@@ -9,8 +10,8 @@ GB = mp.GB
 
 
 def test_slice_names_count_tensorcores_and_v4_lists_one_device_per_core():
-  assert mp.slice_name("v5p:2x2x1", 4) == "v5p-8"      # 4 megacore chips
-  assert mp.slice_name("v4:2x2x2", 16) == "v4-16"      # 8 chips, listed as 16 devices
+  assert mp.slice_name("v5p:2x2x1", 4) == "v5p-8"  # 4 megacore chips
+  assert mp.slice_name("v4:2x2x2", 16) == "v4-16"  # 8 chips, listed as 16 devices
   assert mp.slice_name("v4:2x2x4", 32) == "v4-32"
   assert mp.slice_name("v5e:2x4", 8) == "v5e-8"
   # A v4 device is one TensorCore: half the chip's 32 GiB.
@@ -25,16 +26,19 @@ def test_verdict_needs_ten_percent_headroom():
 
 
 def test_phase_rows_add_what_stays_resident_beside_each_program():
-  programs = {name: mp.Program(arguments=10 * GB, outputs=2 * GB, aliased=1 * GB, temps=5 * GB)
-              for name in ("prefill", "decode", "logprobs")}
-  resident = dict(params=4 * GB, opt=8 * GB, frozen=2 * GB, ref=2 * GB,
-                  _errors={"train_step": 200 * GB})
+  programs = {
+    name: mp.Program(arguments=10 * GB, outputs=2 * GB, aliased=1 * GB, temps=5 * GB)
+    for name in ("prefill", "decode", "logprobs")
+  }
+  resident = dict(
+    params=4 * GB, opt=8 * GB, frozen=2 * GB, ref=2 * GB, _errors={"train_step": 200 * GB}
+  )
   rows = mp.phase_rows(programs, resident, hbm=30 * GB)
   by = {(r["phase"], r["step"], r["program"]): r for r in rows}
   # While the Challenger samples: its Adam moments, the KL reference and the frozen Solver.
   r = by[("challenger", "rollouts", "decode")]
   assert r["program_bytes"] == 16 * GB and r["resident"] == 12 * GB
-  assert r["total"] == 28 * GB and r["verdict"] == "DOES NOT FIT"   # 28 > 0.9 x 30
+  assert r["total"] == 28 * GB and r["verdict"] == "DOES NOT FIT"  # 28 > 0.9 x 30
   # The Solver's rollouts: no frozen other role.
   assert by[("solver", "rollouts", "decode")]["total"] == 16 * GB + 10 * GB
   # A program the compiler refused is counted at the compiler's figure, never as fitting.
@@ -46,8 +50,10 @@ def test_phase_rows_add_what_stays_resident_beside_each_program():
 
 
 def test_oom_message_is_read():
-  msg = ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory "
-         "space hbm. Used 120.50G of 95.74G hbm. Exceeded hbm capacity by 24.76G.")
+  msg = (
+    "RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory "
+    "space hbm. Used 120.50G of 95.74G hbm. Exceeded hbm capacity by 24.76G."
+  )
   assert mp.oom_bytes(msg) == pytest.approx(120.5 * 2**30)
   assert mp.oom_bytes("something else") is None
 
@@ -55,8 +61,12 @@ def test_oom_message_is_read():
 @pytest.mark.parametrize("name", sorted(mp.ARCHITECTURES))
 def test_architectures_are_the_papers_model_sizes(name):
   cfg = models.from_hf_dict(mp.ARCHITECTURES[name], where=name)
-  want = {"qwen3_4b_base": 4.02e9, "qwen3_8b_base": 8.19e9, "octothinker_3b": 3.21e9,
-          "octothinker_8b": 8.03e9}[name]
+  want = {
+    "qwen3_4b_base": 4.02e9,
+    "qwen3_8b_base": 8.19e9,
+    "octothinker_3b": 3.21e9,
+    "octothinker_8b": 8.03e9,
+  }[name]
   assert cfg.num_params == pytest.approx(want, rel=0.01)
 
 
@@ -72,6 +82,7 @@ def test_paper_configs_split_their_batches_evenly_on_their_slices(name):
 
 def test_paper_cost_counts_the_papers_workload():
   from benchmarks import paper_cost as pc
+
   m = pc.model_of(mp.ARCHITECTURES["qwen3_4b_base"])
   assert m.kv_bytes_per_token == 36 * 8 * 128 * 2 * 2
   config = mp.load_config("configs/qwen3_4b_base.py")

@@ -3,6 +3,7 @@
 Each family is built with transformers in the test (random weights, biases and norm scales, so
 every mapping is exercised) and saved with save_pretrained; torch is only the reference here.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,28 +23,47 @@ transformers = pytest.importorskip("transformers")
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
 from rzero_jax import models  # noqa: E402
-from rzero_jax.models import config as config_lib  # noqa: E402
-from rzero_jax.models import hf  # noqa: E402
+from rzero_jax.models import (
+  config as config_lib,  # noqa: E402
+  hf,  # noqa: E402
+)
 
 VOCAB = 96
-COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-              rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2)
-LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
-               "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               # short, so the scaled / smoothed / untouched frequency bands all occur at Dh=16
-               "original_max_position_embeddings": 64}
+COMMON = dict(
+  vocab_size=VOCAB,
+  hidden_size=64,
+  intermediate_size=96,
+  num_hidden_layers=2,
+  num_attention_heads=4,
+  num_key_value_heads=2,
+  max_position_embeddings=256,
+  rms_norm_eps=1e-6,
+  bos_token_id=1,
+  eos_token_id=2,
+)
+LLAMA3_ROPE = {
+  "rope_type": "llama3",
+  "rope_theta": 10000.0,
+  "factor": 8.0,
+  "low_freq_factor": 1.0,
+  "high_freq_factor": 4.0,
+  # short, so the scaled / smoothed / untouched frequency bands all occur at Dh=16
+  "original_max_position_embeddings": 64,
+}
 
 FAMILIES = {
-    # Qwen3: q/k norm, head_dim independent of hidden size, tied embeddings.
-    "qwen3": lambda: transformers.Qwen3ForCausalLM(transformers.Qwen3Config(
-        **COMMON, head_dim=24, tie_word_embeddings=True)),
-    # Qwen2: q/k/v bias.
-    "qwen2": lambda: transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
-        **COMMON, tie_word_embeddings=False)),
-    # Llama 3.x: untied, llama3 RoPE scaling.
-    "llama": lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        **COMMON, tie_word_embeddings=False, rope_parameters=LLAMA3_ROPE)),
+  # Qwen3: q/k norm, head_dim independent of hidden size, tied embeddings.
+  "qwen3": lambda: transformers.Qwen3ForCausalLM(
+    transformers.Qwen3Config(**COMMON, head_dim=24, tie_word_embeddings=True)
+  ),
+  # Qwen2: q/k/v bias.
+  "qwen2": lambda: transformers.Qwen2ForCausalLM(
+    transformers.Qwen2Config(**COMMON, tie_word_embeddings=False)
+  ),
+  # Llama 3.x: untied, llama3 RoPE scaling.
+  "llama": lambda: transformers.LlamaForCausalLM(
+    transformers.LlamaConfig(**COMMON, tie_word_embeddings=False, rope_parameters=LLAMA3_ROPE)
+  ),
 }
 
 
@@ -83,8 +103,10 @@ _forward = jax.jit(models.forward, static_argnums=0)
 
 
 def _flat(params) -> dict:
-  return {jax.tree_util.keystr(k): np.asarray(v)
-          for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  return {
+    jax.tree_util.keystr(k): np.asarray(v)
+    for k, v in jax.tree_util.tree_flatten_with_path(params)[0]
+  }
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -129,18 +151,23 @@ def test_export_loads_in_transformers_without_key_warnings(checkpoints, family, 
   logger.addHandler(records)
   try:
     reloaded, info = transformers.AutoModelForCausalLM.from_pretrained(
-        out, output_loading_info=True, dtype=torch.float32)
+      out, output_loading_info=True, dtype=torch.float32
+    )
   finally:
     logger.removeHandler(records)
   assert type(reloaded) is type(model)
   assert not info["missing_keys"] and not info["unexpected_keys"], info
   assert not info["mismatched_keys"], info
-  key_warnings = [m for m in records.messages
-                  if any(w in m for w in ("MISSING", "UNEXPECTED", "MISMATCH", "newly initialized"))]
+  key_warnings = [
+    m
+    for m in records.messages
+    if any(w in m for w in ("MISSING", "UNEXPECTED", "MISMATCH", "newly initialized"))
+  ]
   assert not key_warnings, key_warnings
   tokens = _tokens(1)
-  np.testing.assert_allclose(_hf_logits(reloaded.eval(), tokens), _hf_logits(model, tokens),
-                             rtol=0, atol=1e-5)
+  np.testing.assert_allclose(
+    _hf_logits(reloaded.eval(), tokens), _hf_logits(model, tokens), rtol=0, atol=1e-5
+  )
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -195,8 +222,11 @@ def test_save_hf_rejects_params_that_do_not_fit_the_config(checkpoints, tmp_path
   path, _ = checkpoints["qwen3"]
   cfg, params = models.load_hf(path)
   bigger = dataclasses.replace(cfg, intermediate_size=cfg.intermediate_size + 8)
-  with pytest.raises(ValueError, match=r"layers/mlp/gate_proj/kernel has shape \[2, 64, 96\], "
-                                       r"expected \[2, 64, 104\]"):
+  with pytest.raises(
+    ValueError,
+    match=r"layers/mlp/gate_proj/kernel has shape \[2, 64, 96\], "
+    r"expected \[2, 64, 104\]",
+  ):
     models.save_hf(bigger, params, str(tmp_path / "out"))
   assert os.listdir(tmp_path) == []  # nothing half-written
 
@@ -223,21 +253,34 @@ def test_bfloat16_load_and_forward_close_to_float32(checkpoints, tmp_path):
 
 # ----------------------------------------------------------------------------- config parsing
 
+
 def test_config_reads_transformers4_and_transformers5_spellings():
-  base = dict(model_type="llama", vocab_size=VOCAB, hidden_size=64, intermediate_size=96,
-              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+  base = dict(
+    model_type="llama",
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+  )
   scaling = {k: v for k, v in LLAMA3_ROPE.items() if k not in ("rope_type", "rope_theta")}
-  v4 = dict(base, rope_theta=500000.0, torch_dtype="bfloat16",
-            rope_scaling={"type": "llama3", **scaling})
-  v5 = dict(base, dtype="bfloat16",
-            rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, **scaling})
+  v4 = dict(
+    base, rope_theta=500000.0, torch_dtype="bfloat16", rope_scaling={"type": "llama3", **scaling}
+  )
+  v5 = dict(
+    base,
+    dtype="bfloat16",
+    rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, **scaling},
+  )
   cfg4, cfg5 = models.from_hf_dict(v4), models.from_hf_dict(v5)
   assert cfg4 == cfg5
   assert cfg4.rope_theta == 500000.0
   assert cfg4.rope_scaling == models.RopeScaling(8.0, 1.0, 4.0, 64)
   plain4 = models.from_hf_dict(dict(base, rope_theta=1e6, torch_dtype="float32"))
-  plain5 = models.from_hf_dict(dict(base, dtype="float32",
-                                    rope_parameters={"rope_type": "default", "rope_theta": 1e6}))
+  plain5 = models.from_hf_dict(
+    dict(base, dtype="float32", rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+  )
   assert plain4 == plain5 and plain4.rope_scaling is None and plain4.rope_theta == 1e6
 
 
@@ -250,26 +293,50 @@ def test_config_of_every_family_round_trips_through_to_hf_dict(checkpoints):
     assert type(hf_cfg) is type(model.config)
 
 
-@pytest.mark.parametrize("override, message", [
-    ({"model_type": "mistral"}, r"model_type 'mistral' is not supported; supported: qwen3, "
-                                r"qwen2, llama"),
-    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}},
-     r"rope scaling type 'yarn' is not supported; supported: default, llama3"),
-    ({"rope_parameters": {"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0}},
-     r"rope scaling type 'linear' is not supported; supported: default, llama3"),
-    ({"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 128},
-     r"sliding-window attention is not supported"),
-    ({"attention_bias": True},
-     r"attention_bias=true is not supported for llama .*supported: attention_bias=false"),
-])
+@pytest.mark.parametrize(
+  "override, message",
+  [
+    (
+      {"model_type": "mistral"},
+      r"model_type 'mistral' is not supported; supported: qwen3, "
+      r"qwen2, llama",
+    ),
+    (
+      {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}},
+      r"rope scaling type 'yarn' is not supported; supported: default, llama3",
+    ),
+    (
+      {"rope_parameters": {"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0}},
+      r"rope scaling type 'linear' is not supported; supported: default, llama3",
+    ),
+    (
+      {"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 128},
+      r"sliding-window attention is not supported",
+    ),
+    (
+      {"attention_bias": True},
+      r"attention_bias=true is not supported for llama .*supported: attention_bias=false",
+    ),
+  ],
+)
 def test_config_rejects_unsupported_options_and_lists_supported(override, message):
-  hf_dict = {**dict(model_type="llama", vocab_size=VOCAB, hidden_size=64, intermediate_size=96,
-                    num_hidden_layers=2, num_attention_heads=4), **override}
+  hf_dict = {
+    **dict(
+      model_type="llama",
+      vocab_size=VOCAB,
+      hidden_size=64,
+      intermediate_size=96,
+      num_hidden_layers=2,
+      num_attention_heads=4,
+    ),
+    **override,
+  }
   with pytest.raises(ValueError, match=message):
     models.from_hf_dict(hf_dict, where="some/config.json")
 
 
 # ----------------------------------------------------------------------------- load_hf errors
+
 
 def _copy(path, tmp_path, name="ckpt"):
   dst = tmp_path / name
@@ -298,8 +365,10 @@ def test_load_hf_missing_config(checkpoints, tmp_path):
 def test_load_hf_no_weights(checkpoints, tmp_path):
   ckpt = _copy(checkpoints["qwen3"][0], tmp_path)
   os.remove(ckpt / "model.safetensors")
-  with pytest.raises(FileNotFoundError, match=f"{ckpt}: no weights found; expected "
-                                              "model.safetensors or model.safetensors.index.json"):
+  with pytest.raises(
+    FileNotFoundError,
+    match=f"{ckpt}: no weights found; expected model.safetensors or model.safetensors.index.json",
+  ):
     models.load_hf(str(ckpt))
 
 
@@ -319,27 +388,39 @@ def test_load_hf_refuses_pickled_checkpoints_without_unpickling(checkpoints, tmp
 def test_load_hf_missing_tensor(checkpoints, tmp_path):
   ckpt = _copy(checkpoints["qwen3"][0], tmp_path)
   _rewrite_tensors(ckpt, lambda t: t.pop("model.layers.1.self_attn.k_norm.weight"))
-  with pytest.raises(ValueError, match=rf"{ckpt}: .*missing tensor\(s\): "
-                                       r"model\.layers\.1\.self_attn\.k_norm\.weight"):
+  with pytest.raises(
+    ValueError,
+    match=rf"{ckpt}: .*missing tensor\(s\): "
+    r"model\.layers\.1\.self_attn\.k_norm\.weight",
+  ):
     models.load_hf(str(ckpt))
 
 
 def test_load_hf_unexpected_tensor(checkpoints, tmp_path):
   ckpt = _copy(checkpoints["llama"][0], tmp_path)
-  _rewrite_tensors(ckpt, lambda t: t.update(
-      {"model.layers.0.self_attn.q_proj.bias": np.zeros(64, np.float32)}))
-  with pytest.raises(ValueError, match=rf"{ckpt}: .*unexpected tensor\(s\) for "
-                                       r"model_type='llama'.*: "
-                                       r"model\.layers\.0\.self_attn\.q_proj\.bias"):
+  _rewrite_tensors(
+    ckpt, lambda t: t.update({"model.layers.0.self_attn.q_proj.bias": np.zeros(64, np.float32)})
+  )
+  with pytest.raises(
+    ValueError,
+    match=rf"{ckpt}: .*unexpected tensor\(s\) for "
+    r"model_type='llama'.*: "
+    r"model\.layers\.0\.self_attn\.q_proj\.bias",
+  ):
     models.load_hf(str(ckpt))
 
 
 def test_load_hf_wrong_shape_names_both_shapes(checkpoints, tmp_path):
   ckpt = _copy(checkpoints["qwen2"][0], tmp_path)
-  _rewrite_tensors(ckpt, lambda t: t.update(
-      {"model.layers.0.mlp.down_proj.weight": np.zeros((64, 80), np.float32)}))
-  with pytest.raises(ValueError, match=rf"{ckpt}: .*tensor 'model\.layers\.0\.mlp\.down_proj"
-                                       r"\.weight' has shape \[64, 80\], expected \[64, 96\]"):
+  _rewrite_tensors(
+    ckpt,
+    lambda t: t.update({"model.layers.0.mlp.down_proj.weight": np.zeros((64, 80), np.float32)}),
+  )
+  with pytest.raises(
+    ValueError,
+    match=rf"{ckpt}: .*tensor 'model\.layers\.0\.mlp\.down_proj"
+    r"\.weight' has shape \[64, 80\], expected \[64, 96\]",
+  ):
     models.load_hf(str(ckpt))
 
 
@@ -347,8 +428,9 @@ def test_load_hf_corrupt_safetensors_header(checkpoints, tmp_path):
   ckpt = _copy(checkpoints["qwen3"][0], tmp_path)
   data = (ckpt / "model.safetensors").read_bytes()
   (ckpt / "model.safetensors").write_bytes(data[:8] + b"{not json" + data[17:])
-  with pytest.raises(ValueError, match=f"{ckpt}/model.safetensors: not a readable safetensors "
-                                       "file"):
+  with pytest.raises(
+    ValueError, match=f"{ckpt}/model.safetensors: not a readable safetensors file"
+  ):
     models.load_hf(str(ckpt))
 
 
@@ -359,8 +441,11 @@ def test_load_hf_index_pointing_to_a_missing_shard(checkpoints, tmp_path):
   models.save_hf(cfg, params, str(out), max_shard_bytes=40_000)
   shard = sorted(f for f in os.listdir(out) if f.endswith(".safetensors"))[1]
   os.remove(out / shard)
-  with pytest.raises(FileNotFoundError, match=rf"model\.safetensors\.index\.json: tensor '.*' is "
-                                              rf"in {shard}, which does not exist"):
+  with pytest.raises(
+    FileNotFoundError,
+    match=rf"model\.safetensors\.index\.json: tensor '.*' is "
+    rf"in {shard}, which does not exist",
+  ):
     models.load_hf(str(out))
 
 
@@ -373,10 +458,14 @@ def test_load_hf_tied_checkpoint_with_an_equal_lm_head_loads(checkpoints, tmp_pa
 
 def test_load_hf_tied_checkpoint_with_a_different_lm_head_is_an_error(checkpoints, tmp_path):
   ckpt = _copy(checkpoints["qwen3"][0], tmp_path)
-  _rewrite_tensors(ckpt, lambda t: t.update(
-      {"lm_head.weight": t["model.embed_tokens.weight"] + 1.0}))
-  with pytest.raises(ValueError, match=rf"{ckpt}: config says tie_word_embeddings=true, but "
-                                       "lm_head.weight differs from model.embed_tokens.weight"):
+  _rewrite_tensors(
+    ckpt, lambda t: t.update({"lm_head.weight": t["model.embed_tokens.weight"] + 1.0})
+  )
+  with pytest.raises(
+    ValueError,
+    match=rf"{ckpt}: config says tie_word_embeddings=true, but "
+    "lm_head.weight differs from model.embed_tokens.weight",
+  ):
     models.load_hf(str(ckpt))
 
 
@@ -386,6 +475,7 @@ def test_load_hf_rejects_unsupported_dtype(checkpoints):
 
 
 # ----------------------------------------------------------------------------- the table
+
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_table_matches_model_params(family):
@@ -414,6 +504,7 @@ def test_partial_slices_read_only_what_the_shard_needs():
 
 # ----------------------------------------------------------------------------- attention
 
+
 def _attention_inputs(t, s=None, seed=0):
   """Random q [2, t, 4, 16], k and v [2, 2, s, 16] and a kv mask with row 1 left-padded."""
   s = s or t
@@ -436,12 +527,17 @@ def test_chunked_attention_equals_the_plain_one():
   q, k, v, kv_mask = _attention_inputs(200)
   plain = functools.partial(models.attend, kernel="xla")
   chunked = functools.partial(models.attend, kernel="chunked", chunk=64)
-  for got, want in zip(_real_rows(jax.jit(chunked)(q, k, v, kv_mask)),
-                       _real_rows(plain(q, k, v, kv_mask))):
+  for got, want in zip(
+    _real_rows(jax.jit(chunked)(q, k, v, kv_mask)), _real_rows(plain(q, k, v, kv_mask))
+  ):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   weight = kv_mask[:, :, None, None]  # padding queries carry no loss, as in training
-  grads = [jax.jit(jax.grad(lambda q, k, v, f=f: (f(q, k, v, kv_mask) * weight).sum(),
-                            argnums=(0, 1, 2)))(q, k, v) for f in (plain, chunked)]
+  grads = [
+    jax.jit(jax.grad(lambda q, k, v, f=f: (f(q, k, v, kv_mask) * weight).sum(), argnums=(0, 1, 2)))(
+      q, k, v
+    )
+    for f in (plain, chunked)
+  ]
   for got, want in zip(*grads):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
@@ -450,8 +546,7 @@ def test_chunked_attention_of_queries_deep_in_the_cache():
   """Queries at slots [100, 230) of a 260-slot cache, as a prefill continuing a cache would."""
   q, k, v, kv_mask = _attention_inputs(130, 260, seed=1)
   want = models.attend(q, k, v, kv_mask, 100, kernel="xla")
-  got = jax.jit(functools.partial(models.attend, kernel="chunked", chunk=64))(
-      q, k, v, kv_mask, 100)
+  got = jax.jit(functools.partial(models.attend, kernel="chunked", chunk=64))(q, k, v, kv_mask, 100)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
@@ -481,6 +576,7 @@ def test_forward_with_each_kernel_gives_the_same_logits():
 
 def test_auto_kernel_follows_the_backend():
   assert models.transformer.resolve_kernel("auto") == (
-      "splash" if jax.default_backend() == "tpu" else "chunked")
+    "splash" if jax.default_backend() == "tpu" else "chunked"
+  )
   with pytest.raises(ValueError, match="attention kernel 'flash'"):
     models.forward(models.tiny_config("qwen3"), None, np.ones((1, 2)), kernel="flash")

@@ -1,4 +1,5 @@
 """Host-side pieces of the loop: row splitting, batch packing, seeds."""
+
 import dataclasses
 
 import numpy as np
@@ -11,8 +12,15 @@ from rzero_jax.rzero import phases
 
 def _env(limit):
   cfg = models.tiny_config("qwen3", vocab_size=32, num_layers=1)
-  return phases.Env(cfg=cfg, tokenizer=None, mesh=None, rules=None, prompt_set=None,
-                    stop_token_ids=(), max_rows_per_call=limit)
+  return phases.Env(
+    cfg=cfg,
+    tokenizer=None,
+    mesh=None,
+    rules=None,
+    prompt_set=None,
+    stop_token_ids=(),
+    max_rows_per_call=limit,
+  )
 
 
 def test_generate_rows_splits_calls_but_keeps_row_order(monkeypatch):
@@ -30,13 +38,15 @@ def test_generate_rows_splits_calls_but_keeps_row_order(monkeypatch):
 
   monkeypatch.setattr(phases.sampling, "generate", fake_generate)
   prompts = [[i] for i in range(5)]
-  rows, _, _ = phases.generate_rows(_env(4), None, prompts, n=2, seed=0, max_new_tokens=2,
-                                    temperature=1.0, top_p=1.0, top_k=0)
+  rows, _, _ = phases.generate_rows(
+    _env(4), None, prompts, n=2, seed=0, max_new_tokens=2, temperature=1.0, top_p=1.0, top_k=0
+  )
   assert [r[0] for r in rows] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
   assert all(len_p * n <= 4 for len_p, n, _ in calls)
   calls.clear()
-  rows, _, _ = phases.generate_rows(_env(4), None, [[9]], n=10, seed=0, max_new_tokens=2,
-                                    temperature=1.0, top_p=1.0, top_k=0)
+  rows, _, _ = phases.generate_rows(
+    _env(4), None, [[9]], n=10, seed=0, max_new_tokens=2, temperature=1.0, top_p=1.0, top_k=0
+  )
   assert len(rows) == 10 and [n for _, n, _ in calls] == [4, 3, 3]
   assert len({seed for _, _, seed in calls}) == 3  # each piece samples independently
 
@@ -56,8 +66,9 @@ def test_generate_rows_makes_equal_calls_within_the_padded_limit(monkeypatch):
 
   monkeypatch.setattr(phases.sampling, "generate", fake_generate)
   prompts = [[i] for i in range(1000)]
-  rows, _, _ = phases.generate_rows(_env(2048), None, prompts, n=10, seed=0, max_new_tokens=2,
-                                    temperature=1.0, top_p=1.0, top_k=0)
+  rows, _, _ = phases.generate_rows(
+    _env(2048), None, prompts, n=10, seed=0, max_new_tokens=2, temperature=1.0, top_p=1.0, top_k=0
+  )
   assert [r[0] for r in rows[::10]] == list(range(1000))
   # At most 192 prompts a call (padded: 192 x 10 rows), split evenly: one padded shape.
   assert calls == [167] * 4 + [166] * 2
@@ -82,28 +93,38 @@ def test_one_prompts_samples_stay_within_the_limit_on_a_sharded_batch(monkeypatc
 
   monkeypatch.setattr(phases.sampling, "generate", fake_generate)
   monkeypatch.setattr(phases, "_batch_shards", lambda env: 4)
-  rows, logps, finish = phases.generate_rows(_env(8), None, [[9]], n=20, seed=0,
-                                             max_new_tokens=2, temperature=1.0, top_p=1.0,
-                                             top_k=0)
+  rows, logps, finish = phases.generate_rows(
+    _env(8), None, [[9]], n=20, seed=0, max_new_tokens=2, temperature=1.0, top_p=1.0, top_k=0
+  )
   assert len(rows) == len(logps) == len(finish) == 20 and {r[0] for r in rows} == {9}
   assert all(phases.sampling.batch_bucket(p, 4) * n <= 8 for p, n in calls), calls
 
 
 def test_pack_aligns_targets_with_completions():
-  batch = rollouts.pack([[5, 6], [7]], [[1, 2, 3], []], [[-.1, -.2, -.3], []],
-                        np.array([1.0, -1.0]), prompt_len=4, max_new_tokens=3)
+  batch = rollouts.pack(
+    [[5, 6], [7]],
+    [[1, 2, 3], []],
+    [[-0.1, -0.2, -0.3], []],
+    np.array([1.0, -1.0]),
+    prompt_len=4,
+    max_new_tokens=3,
+  )
   assert batch["tokens"].tolist() == [[0, 0, 5, 6, 1, 2, 3], [0, 0, 0, 7, 0, 0, 0]]
   assert batch["kv_mask"].tolist()[1] == [False, False, False, True, False, False, False]
   # Position t predicts token t+1: completion tokens 1, 2, 3 are targets of positions 3, 4, 5.
   assert batch["loss_mask"].tolist() == [[0, 0, 0, 1, 1, 1], [0] * 6]
-  np.testing.assert_allclose(batch["sampler_logp"][0, 3:], [-.1, -.2, -.3], rtol=1e-6)
+  np.testing.assert_allclose(batch["sampler_logp"][0, 3:], [-0.1, -0.2, -0.3], rtol=1e-6)
 
 
 def test_seeds_differ_by_phase_and_step_and_are_stable():
   a = phases.derive_seed(0, 1, "challenger", 0)
   assert a == phases.derive_seed(0, 1, "challenger", 0)
-  others = {phases.derive_seed(0, 1, "challenger", 1), phases.derive_seed(0, 2, "challenger", 0),
-            phases.derive_seed(0, 1, "solver", 0), phases.derive_seed(1, 1, "challenger", 0)}
+  others = {
+    phases.derive_seed(0, 1, "challenger", 1),
+    phases.derive_seed(0, 2, "challenger", 0),
+    phases.derive_seed(0, 1, "solver", 0),
+    phases.derive_seed(1, 1, "challenger", 0),
+  }
   assert a not in others and len(others) == 4
 
 
@@ -146,16 +167,24 @@ def _dataset_env(texts, monkeypatch, seen_budget):
     def solver_messages(self, question):
       return [{"role": "user", "content": question}]
 
-  env = phases.Env(cfg=None, tokenizer=Tok(), mesh=None, rules=None, prompt_set=Prompts(),
-                   stop_token_ids=(), max_rows_per_call=8)
+  env = phases.Env(
+    cfg=None,
+    tokenizer=Tok(),
+    mesh=None,
+    rules=None,
+    prompt_set=Prompts(),
+    stop_token_ids=(),
+    max_rows_per_call=8,
+  )
 
   def fake_rows(env, params, prompts, **k):
     seen_budget.append(k["max_new_tokens"])
     return [[i] for i in sorted(texts)], None, None
 
   monkeypatch.setattr(phases, "generate_rows", fake_rows)
-  monkeypatch.setattr(phases, "answer_questions",
-                      lambda env, params, qs, **k: [["3", "3"] for _ in qs])
+  monkeypatch.setattr(
+    phases, "answer_questions", lambda env, params, qs, **k: [["3", "3"] for _ in qs]
+  )
   return env
 
 
@@ -167,8 +196,10 @@ def test_dataset_phase_keeps_a_long_question(monkeypatch):
   from rzero_jax.rzero import config as config_lib
 
   long_q = " ".join(["word"] * 1500)
-  texts = {1: f"<question>{long_q}</question> \\boxed{{3}}",
-           2: f"<question>{long_q} {long_q}</question> \\boxed{{3}}"}  # 3,005-token prompt
+  texts = {
+    1: f"<question>{long_q}</question> \\boxed{{3}}",
+    2: f"<question>{long_q} {long_q}</question> \\boxed{{3}}",
+  }  # 3,005-token prompt
   budgets = []
   env = _dataset_env(texts, monkeypatch, budgets)
   paper = qwen3_4b_base.get_config()
@@ -182,8 +213,10 @@ def test_dataset_phase_keeps_a_long_question(monkeypatch):
 
 
 def test_dataset_never_keeps_an_excluded_question(monkeypatch):
-  texts = {1: "<question>\n1 + 2\n</question>\n\n\\boxed{3}",
-           2: "<question>\n4 + 5\n</question>\n\n\\boxed{9}"}
+  texts = {
+    1: "<question>\n1 + 2\n</question>\n\n\\boxed{3}",
+    2: "<question>\n4 + 5\n</question>\n\n\\boxed{9}",
+  }
 
   class Tok:
     def decode(self, ids):
@@ -202,21 +235,41 @@ def test_dataset_never_keeps_an_excluded_question(monkeypatch):
     def solver_messages(self, question):
       return [{"role": "user", "content": question}]
 
-  env = phases.Env(cfg=None, tokenizer=Tok(), mesh=None, rules=None, prompt_set=Prompts(),
-                   stop_token_ids=(), max_rows_per_call=8)
+  env = phases.Env(
+    cfg=None,
+    tokenizer=Tok(),
+    mesh=None,
+    rules=None,
+    prompt_set=Prompts(),
+    stop_token_ids=(),
+    max_rows_per_call=8,
+  )
   monkeypatch.setattr(phases, "generate_rows", lambda *a, **k: ([[1], [2]], None, None))
   seen = []
-  monkeypatch.setattr(phases, "answer_questions",
-                      lambda env, params, qs, **k: seen.extend(qs) or [["3", "3"] for _ in qs])
+  monkeypatch.setattr(
+    phases,
+    "answer_questions",
+    lambda env, params, qs, **k: seen.extend(qs) or [["3", "3"] for _ in qs],
+  )
 
   class D(dict):
     __getattr__ = dict.get
 
-  dcfg = D(num_questions=2, temperature=1.0, top_p=1.0, top_k=0, solver_samples=2,
-           band_delta=0.5, band_low=-1.0, band_high=-1.0, max_new_tokens=64,
-           max_solver_prompt_tokens=64)
-  records, _ = phases.build_dataset(env, None, None, dcfg, None, seed=0,
-                                    exclude=lambda q: q == "4 + 5")
+  dcfg = D(
+    num_questions=2,
+    temperature=1.0,
+    top_p=1.0,
+    top_k=0,
+    solver_samples=2,
+    band_delta=0.5,
+    band_low=-1.0,
+    band_high=-1.0,
+    max_new_tokens=64,
+    max_solver_prompt_tokens=64,
+  )
+  records, _ = phases.build_dataset(
+    env, None, None, dcfg, None, seed=0, exclude=lambda q: q == "4 + 5"
+  )
   assert seen == ["1 + 2"] and [r["question"] for r in records] == ["1 + 2"]
 
 
@@ -232,6 +285,7 @@ def _grpo_update_case():
   run `phases.grpo_update` on it while recording what each train step receives."""
   import jax
   import jax.numpy as jnp
+
   from rzero_jax.rl import learner
 
   cfg = models.tiny_config("qwen3", vocab_size=32, num_layers=2)
@@ -257,9 +311,19 @@ def _grpo_update_case():
       return step(s, mb)
 
     role = phases.Role(learner=lc, train_step=recording_step, logprobs=logprob_fn)
-    _, metrics = phases.grpo_update(env, role, state, ref, prompts, completions, logps,
-                                    rewards, group_size=2, max_new_tokens=64,
-                                    rows_per_update=rows_per_update)
+    _, metrics = phases.grpo_update(
+      env,
+      role,
+      state,
+      ref,
+      prompts,
+      completions,
+      logps,
+      rewards,
+      group_size=2,
+      max_new_tokens=64,
+      rows_per_update=rows_per_update,
+    )
     return seen, metrics
 
   return update, params, logprob_fn

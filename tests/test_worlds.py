@@ -1,4 +1,5 @@
 """The arithmetic world (generator, levels, held-out split, formats) and the base-model builder."""
+
 import ast
 import collections
 import json
@@ -11,14 +12,14 @@ import numpy as np
 import pytest
 
 from rzero_jax import worlds
-from rzero_jax.worlds import arith
-from rzero_jax.worlds import base_model
+from rzero_jax.worlds import arith, base_model
 
 _AST_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
 
 
 def reference_eval(text: str) -> int:
   """An independent evaluator (Python's own parser, walked by hand; never eval)."""
+
   def walk(node):
     if isinstance(node, ast.BinOp) and type(node.op) in _AST_OPS:
       return _AST_OPS[type(node.op)](walk(node.left), walk(node.right))
@@ -27,6 +28,7 @@ def reference_eval(text: str) -> int:
     if isinstance(node, ast.Constant) and type(node.value) is int:
       return node.value
     raise ValueError(f"unexpected node {ast.dump(node)}")
+
   return walk(ast.parse(text, mode="eval").body)
 
 
@@ -42,6 +44,7 @@ def samples(level, n=150, seed=0):
 
 
 # ----------------------------------------------------------------------------- generator
+
 
 @pytest.mark.parametrize("level", range(1, arith.NUM_LEVELS + 1))
 def test_answers_are_exact_and_levels_parse_back(level):
@@ -59,8 +62,13 @@ def test_problems_have_their_level_shape(level):
   patterns = arith.LEVELS[level - 1].patterns
   for p in samples(level, 100):
     f = arith.features(arith.parse_question(p.question))
-    assert any(f.operands == pat.operands and f.digits == pat.digits and f.ops <= set(pat.ops)
-               and (pat.parens or not f.parens) for pat in patterns), (p, f)
+    assert any(
+      f.operands == pat.operands
+      and f.digits == pat.digits
+      and f.ops <= set(pat.ops)
+      and (pat.parens or not f.parens)
+      for pat in patterns
+    ), (p, f)
 
 
 def test_sampling_is_deterministic_and_checks_level():
@@ -71,7 +79,9 @@ def test_sampling_is_deterministic_and_checks_level():
       arith.sample_problem(np.random.default_rng(0), bad)
 
 
-@pytest.mark.parametrize("question,level,answer", [
+@pytest.mark.parametrize(
+  "question,level,answer",
+  [
     ("What is 3 + 4?", 1, 7),
     ("What is 3 - 4?", 2, -1),
     ("What is 3 * 4?", 2, 12),
@@ -84,25 +94,41 @@ def test_sampling_is_deterministic_and_checks_level():
     ("What is 23 + 4 * 5?", 7, 43),
     ("What is (23 + 4) * 5?", 7, 135),
     ("What is 12 + 3 + 4 + 5?", 8, 24),
-    ("What is 123 + 4?", 8, 127),          # beyond every pattern: the top level
+    ("What is 123 + 4?", 8, 127),  # beyond every pattern: the top level
     ("What is 1 + 2 + 3 + 4 + 5?", 8, 15),
-    ("what is (3+4)*5 ?", 5, 35),          # spacing and case do not matter
-    ("(3)+((4))", 1, 7),                   # redundant parentheses are not structure
+    ("what is (3+4)*5 ?", 5, 35),  # spacing and case do not matter
+    ("(3)+((4))", 1, 7),  # redundant parentheses are not structure
     ("What is (3 * 4) + 5?", 4, 17),
     ("What is 3 - (4 - 5)?", 5, 4),
     ("3 + 4 =", 1, 7),
-])
+  ],
+)
 def test_difficulty_and_true_answer_of_written_questions(question, level, answer):
   assert arith.difficulty_of(question) == level
   assert arith.true_answer(question) == answer
 
 
-@pytest.mark.parametrize("question", [
-    "", "hello", "What is 3 + -4?", "What is -3 + 4?", "What is 3 +?", "What is (3 + 4?",
-    "What is 3 + 4)?", "What is 3 / 4?", "What is 3 ** 4?", "__import__('os').getcwd()",
-    "What is 03 + 4?", "What is 1234567 + 1?", "What is " + "(" * 40 + "1" + ")" * 40 + "?",
-    "What is " + " + ".join(["1"] * 40) + "?", None, 7,
-])
+@pytest.mark.parametrize(
+  "question",
+  [
+    "",
+    "hello",
+    "What is 3 + -4?",
+    "What is -3 + 4?",
+    "What is 3 +?",
+    "What is (3 + 4?",
+    "What is 3 + 4)?",
+    "What is 3 / 4?",
+    "What is 3 ** 4?",
+    "__import__('os').getcwd()",
+    "What is 03 + 4?",
+    "What is 1234567 + 1?",
+    "What is " + "(" * 40 + "1" + ")" * 40 + "?",
+    "What is " + " + ".join(["1"] * 40) + "?",
+    None,
+    7,
+  ],
+)
 def test_questions_outside_the_world_give_none(question):
   assert arith.true_answer(question) is None
   assert arith.difficulty_of(question) is None
@@ -114,6 +140,7 @@ def test_a_lone_number_has_an_answer_but_no_level():
 
 
 # ----------------------------------------------------------------------------- held-out split
+
 
 def test_training_problems_are_never_heldout():
   heldout = {p.question for ps in arith.heldout_sets().values() for p in ps}
@@ -171,6 +198,7 @@ def test_small_levels_split_both_ways():
 
 # ----------------------------------------------------------------------------- text formats
 
+
 @pytest.mark.parametrize("level", range(1, arith.NUM_LEVELS + 1))
 def test_worked_solutions_reduce_step_by_step_to_the_box(level):
   for p in samples(level, 60):
@@ -188,10 +216,10 @@ def test_worked_solutions_reduce_step_by_step_to_the_box(level):
 
 def test_worked_solution_example_and_bad_question():
   assert arith.worked_solution("What is (3 + 4) * 5?") == "(3 + 4) * 5 = 7 * 5 = 35\n\\boxed{35}"
-  assert (arith.worked_solution("What is 2 - 9 * 1?")
-          == "2 - 9 * 1 = 2 - 9 = -7\n\\boxed{-7}")
-  assert (arith.worked_solution("What is (1 - 5) * 9?")
-          == "(1 - 5) * 9 = (-4) * 9 = -36\n\\boxed{-36}")
+  assert arith.worked_solution("What is 2 - 9 * 1?") == "2 - 9 * 1 = 2 - 9 = -7\n\\boxed{-7}"
+  assert (
+    arith.worked_solution("What is (1 - 5) * 9?") == "(1 - 5) * 9 = (-4) * 9 = -36\n\\boxed{-36}"
+  )
   with pytest.raises(ValueError, match="not an arithmetic question"):
     arith.worked_solution("What is love?")
 
@@ -239,12 +267,14 @@ def test_left_to_right_solutions_read_the_question_from_the_left(level):
 
 
 def test_left_to_right_examples():
-  assert (arith.left_to_right_solution("What is 3 + 4 * 5?")
-          == "3 + 4 * 5 = 7 * 5 = 35\n\\boxed{35}")
-  assert (arith.left_to_right_solution("What is 3 * (4 + 5)?")
-          == "3 * (4 + 5) = 12 + 5 = 17\n\\boxed{17}")
-  assert (arith.worked_solution("What is 3 * (4 + 5)?", results_first=True)
-          == "3 * (4 + 5) = 9 * 3 = 27\n\\boxed{27}")
+  assert arith.left_to_right_solution("What is 3 + 4 * 5?") == "3 + 4 * 5 = 7 * 5 = 35\n\\boxed{35}"
+  assert (
+    arith.left_to_right_solution("What is 3 * (4 + 5)?") == "3 * (4 + 5) = 12 + 5 = 17\n\\boxed{17}"
+  )
+  assert (
+    arith.worked_solution("What is 3 * (4 + 5)?", results_first=True)
+    == "3 * (4 + 5) = 9 * 3 = 27\n\\boxed{27}"
+  )
   with pytest.raises(ValueError, match="not an arithmetic question"):
     arith.left_to_right_solution("What is love?")
 
@@ -262,16 +292,31 @@ def test_prompts_are_short_and_ask_for_the_formats():
   prompts = arith.PROMPTS
   assert "<question>" in prompts.challenger_system and "\\boxed{" in prompts.challenger_system
   assert "\\boxed{}" in prompts.solver_system
-  assert all(len(s) < 200 for s in (prompts.challenger_system, prompts.challenger_user,
-                                    prompts.solver_system))
+  assert all(
+    len(s) < 200
+    for s in (prompts.challenger_system, prompts.challenger_user, prompts.solver_system)
+  )
 
 
 # ----------------------------------------------------------------------------- base model
 
 # One length bucket (one compile) and enough steps at a high learning rate to see the loss fall.
-TINY = dict(seed=0, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
-            num_kv_heads=1, head_dim=16, vocab_size=128, num_docs=256, steps=30, batch_size=32,
-            learning_rate=1e-2, warmup_steps=5, bucket_multiple=128)
+TINY = dict(
+  seed=0,
+  hidden_size=32,
+  intermediate_size=64,
+  num_layers=1,
+  num_heads=2,
+  num_kv_heads=1,
+  head_dim=16,
+  vocab_size=128,
+  num_docs=256,
+  steps=30,
+  batch_size=32,
+  learning_rate=1e-2,
+  warmup_steps=5,
+  bucket_multiple=128,
+)
 
 
 def test_corpus_has_both_roles_and_no_heldout_question():
@@ -307,12 +352,12 @@ def test_tokenizer_keeps_the_formats_and_splits_digits():
 
   corpus = base_model.tokenize_corpus(tok, docs[:20])
   for i, (messages, completion) in enumerate(docs[:20]):
-    row = corpus.tokens[i][:corpus.lengths[i]].tolist()
-    assert (corpus.tokens[i][corpus.lengths[i]:] == base_model.PAD_ID).all()
+    row = corpus.tokens[i][: corpus.lengths[i]].tolist()
+    assert (corpus.tokens[i][corpus.lengths[i] :] == base_model.PAD_ID).all()
     prompt = tok.encode_chat(messages)  # what R-Zero's phases send
-    assert row[:len(prompt)] == prompt and row[0] == tok.bos_id
+    assert row[: len(prompt)] == prompt and row[0] == tok.bos_id
     kept = corpus.tokens[i][corpus.loss_mask[i] > 0].tolist()
-    assert kept == row[len(prompt):]
+    assert kept == row[len(prompt) :]
     assert kept[-1] == base_model.EOS_ID and tok.decode(kept[:-1]) == completion
 
 
@@ -328,16 +373,19 @@ def test_length_buckets_cover_every_document_once():
 
 
 def test_corpus_mixes_authors_in_the_shares_asked():
-  spec = base_model.BaseModelSpec(**{**TINY, "num_docs": 3000, "careless_fraction": 0.3,
-                                      "results_first_fraction": 0.5})
+  spec = base_model.BaseModelSpec(
+    **{**TINY, "num_docs": 3000, "careless_fraction": 0.3, "results_first_fraction": 0.5}
+  )
   authors = {"careless": 0, "results_first": 0, "plain": 0}
   for messages, completion in base_model.corpus_documents(spec):
     if completion.startswith("<question>"):
       continue
     question = messages[1]["content"]
-    forms = {"careless": arith.left_to_right_solution(question),
-             "results_first": arith.worked_solution(question, results_first=True),
-             "plain": arith.worked_solution(question)}
+    forms = {
+      "careless": arith.left_to_right_solution(question),
+      "results_first": arith.worked_solution(question, results_first=True),
+      "plain": arith.worked_solution(question),
+    }
     assert completion in forms.values()
     if len(set(forms.values())) == 3:  # only here can the author be told
       authors[next(k for k, v in forms.items() if v == completion)] += 1
@@ -352,15 +400,15 @@ def test_mixed_authors_change_the_cache_key_and_zero_shares_do_not():
   zeros = base_model.BaseModelSpec(**TINY, careless_fraction=0.0, results_first_fraction=0.0)
   mixed = base_model.BaseModelSpec(**TINY, careless_fraction=0.3)
   assert default.cache_key() == zeros.cache_key() != mixed.cache_key()
-  assert (base_model.corpus_documents(default)
-          == base_model.corpus_documents(zeros))
+  assert base_model.corpus_documents(default) == base_model.corpus_documents(zeros)
 
 
 @pytest.mark.parametrize("style", base_model.GUESS_STYLES)
 def test_guessing_authors_write_per_level_shares_in_their_style(style):
   shares = (0.0, 0.0, 0.0, 0.0, 0.5, 0.0, 0.0, 0.9)
-  spec = base_model.BaseModelSpec(**{**TINY, "num_docs": 4000, "guess_fractions": shares,
-                                      "guess_style": style})
+  spec = base_model.BaseModelSpec(
+    **{**TINY, "num_docs": 4000, "guess_fractions": shares, "guess_style": style}
+  )
   guessed = collections.Counter()
   seen = collections.Counter()
   for messages, completion in base_model.corpus_documents(spec):
@@ -382,11 +430,15 @@ def test_guessing_authors_write_per_level_shares_in_their_style(style):
 
 def test_guessing_authors_change_the_cache_key_and_zero_shares_do_not():
   default = base_model.BaseModelSpec(**TINY)
-  zeros = base_model.BaseModelSpec(**TINY, guess_fractions=(0,) * arith.NUM_LEVELS,
-                                   guess_style="give_up")
-  keys = {base_model.BaseModelSpec(**TINY, guess_fractions=(0.5,) * arith.NUM_LEVELS,
-                                   guess_style=style).cache_key()
-          for style in base_model.GUESS_STYLES}
+  zeros = base_model.BaseModelSpec(
+    **TINY, guess_fractions=(0,) * arith.NUM_LEVELS, guess_style="give_up"
+  )
+  keys = {
+    base_model.BaseModelSpec(
+      **TINY, guess_fractions=(0.5,) * arith.NUM_LEVELS, guess_style=style
+    ).cache_key()
+    for style in base_model.GUESS_STYLES
+  }
   assert default.cache_key() == zeros.cache_key() and len(keys | {default.cache_key()}) == 3
   assert base_model.corpus_documents(default) == base_model.corpus_documents(zeros)
 
@@ -416,8 +468,8 @@ def test_bad_arguments_are_refused(tmp_path):
 
 
 def test_build_makes_a_loadable_cached_hf_dir(tmp_path):
-  from rzero_jax import models
-  from rzero_jax import tokenizer as tokenizer_lib
+  from rzero_jax import models, tokenizer as tokenizer_lib
+
   path = base_model.build_base_model(str(tmp_path), **TINY)
   assert os.path.isdir(path) and os.path.dirname(path) == str(tmp_path)
   for name in ("config.json", "tokenizer.model", base_model.BUILD_INFO_FILE):
@@ -433,7 +485,9 @@ def test_build_makes_a_loadable_cached_hf_dir(tmp_path):
   assert base_model.build_base_model(str(tmp_path), **TINY) == path
   assert time.perf_counter() - start < 1.0
   assert os.path.getmtime(os.path.join(path, base_model.BUILD_INFO_FILE)) == stamp
-  assert base_model.cached_path(str(tmp_path), base_model.BaseModelSpec(**{**TINY, "seed": 1})) != path
+  assert (
+    base_model.cached_path(str(tmp_path), base_model.BaseModelSpec(**{**TINY, "seed": 1})) != path
+  )
 
   cfg, params = models.load_hf(path)
   assert cfg.model_type == "qwen3" and cfg.hidden_size == TINY["hidden_size"]

@@ -5,6 +5,7 @@ Python literal); the build is cached like the default's, and its directory is pr
   .venv/bin/python benchmarks/research/build_variant_base.py steps=27000 num_docs=216000
   .venv/bin/python benchmarks/research/solver_headroom.py --eval_set=train --base_model=<printed dir>
 """
+
 import ast
 import dataclasses
 import os
@@ -25,8 +26,9 @@ def main(argv):
   for arg in argv:
     name, sep, value = arg.partition("=")
     if not sep or name not in known:
-      sys.exit(f"build_variant_base: {arg!r}: expected FIELD=VALUE with FIELD one of "
-               f"{sorted(known)}")
+      sys.exit(
+        f"build_variant_base: {arg!r}: expected FIELD=VALUE with FIELD one of {sorted(known)}"
+      )
     try:
       config.world.base[name] = ast.literal_eval(value)
     except (ValueError, SyntaxError):

@@ -11,6 +11,7 @@ switch for this.
 
   .venv/bin/python benchmarks/research/oracle_labels.py --workdir=runs/oracle [--config.X=...]
 """
+
 import os
 import sys
 

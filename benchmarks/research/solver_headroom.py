@@ -26,6 +26,7 @@ Ground truth is used here only to diagnose the base model; R-Zero's phases never
 Choose a base-model design with --eval_set=train (fresh training-distribution problems), never
 on the held-out sets; benchmarks/research/build_variant_base.py builds a variant to check.
 """
+
 import argparse
 import collections
 import functools
@@ -48,11 +49,19 @@ from rzero_jax.worlds import arith, base_model  # noqa: E402
 
 def _completions(env, params, problems, *, n, temperature, seed, max_new_tokens):
   prompts = phases.solver_prompt_ids(env, [p.question for p in problems])
-  rows, _, _ = phases.generate_rows(env, params, prompts, n=n, seed=seed,
-                                    max_new_tokens=max_new_tokens, temperature=temperature,
-                                    top_p=1.0, top_k=0 if temperature == 0 else 40)
+  rows, _, _ = phases.generate_rows(
+    env,
+    params,
+    prompts,
+    n=n,
+    seed=seed,
+    max_new_tokens=max_new_tokens,
+    temperature=temperature,
+    top_p=1.0,
+    top_k=0 if temperature == 0 else 40,
+  )
   texts = phases.decode(env, rows)
-  return [texts[i * n:(i + 1) * n] for i in range(len(problems))]
+  return [texts[i * n : (i + 1) * n] for i in range(len(problems))]
 
 
 def is_unworked(completion: str) -> bool:
@@ -62,8 +71,12 @@ def is_unworked(completion: str) -> bool:
 
 def greedy_answers(env, params, problems, max_new_tokens):
   """(completion texts, boxed answers, right or not) of greedy decoding, per problem."""
-  texts = [t[0] for t in _completions(env, params, problems, n=1, temperature=0.0, seed=0,
-                                      max_new_tokens=max_new_tokens)]
+  texts = [
+    t[0]
+    for t in _completions(
+      env, params, problems, n=1, temperature=0.0, seed=0, max_new_tokens=max_new_tokens
+    )
+  ]
   answers = [grading.extract_boxed(t) for t in texts]
   return texts, answers, [a == str(p.answer) for a, p in zip(answers, problems)]
 
@@ -76,8 +89,7 @@ def left_to_right_answer(question: str) -> int:
 def order_report(problems, answers) -> str:
   """On the problems whose left-to-right answer is wrong: how many there are, and the share
   of `answers` that are right and that are the left-to-right one."""
-  rows = [(a, p) for a, p in zip(answers, problems)
-          if left_to_right_answer(p.question) != p.answer]
+  rows = [(a, p) for a, p in zip(answers, problems) if left_to_right_answer(p.question) != p.answer]
   if not rows:
     return "– | –"
   right = np.mean([a == str(p.answer) for a, p in rows])
@@ -88,6 +100,7 @@ def order_report(problems, answers) -> str:
 def has_multi_digit_step(question: str) -> bool:
   """Whether working the question takes a product with a multi-digit operand or a sum or
   difference of two multi-digit numbers (operands counted as evaluated, e.g. 32 in 4 * 8 * 4)."""
+
   def walk(expr):
     if isinstance(expr, arith.Lit):
       return expr.value, False
@@ -100,6 +113,7 @@ def has_multi_digit_step(question: str) -> bool:
     # The operands' values are known: evaluate one operation, not the whole subtree again.
     value = arith.evaluate(arith.BinOp(expr.op, arith.Lit(a), arith.Lit(b)))
     return value, hard or hard_a or hard_b
+
   return walk(arith.parse_question(question))[1]
 
 
@@ -110,8 +124,9 @@ def _percent(flags) -> str:
 def self_consistency(env, params, problems, m, max_new_tokens, temperature):
   """(mean sample accuracy, maj@m accuracy) at the given temperature, top-k 40 (the answer
   sampling default)."""
-  got = _completions(env, params, problems, n=m, temperature=temperature, seed=1,
-                     max_new_tokens=max_new_tokens)
+  got = _completions(
+    env, params, problems, n=m, temperature=temperature, seed=1, max_new_tokens=max_new_tokens
+  )
   mean, majority, unworked, worked_right = [], [], [], []
   for texts, p in zip(got, problems):
     answers = [grading.extract_boxed(t) for t in texts]
@@ -138,13 +153,16 @@ def _sample_kept(rng, draw, n: int, one_digit_steps: bool) -> list:
 def training_problems(seed: int, train_levels, n: int, one_digit_steps: bool = False) -> list:
   """The probes' fresh training problems: the same stream for the GRPO probe and the bound."""
   rng = random.Random(f"solver-headroom/{seed}")
-  return _sample_kept(rng, lambda r: arith.sample_problem(r, r.choice(train_levels)), n,
-                      one_digit_steps)
+  return _sample_kept(
+    rng, lambda r: arith.sample_problem(r, r.choice(train_levels)), n, one_digit_steps
+  )
 
 
 def _report_change(env, params, heldout, before, levels, frontier, budget, what):
-  print("| level | greedy before | greedy after | change | after, where left to right is "
-        "wrong: right (n) | left-to-right answers | greedy: unworked (n) |")
+  print(
+    "| level | greedy before | greedy after | change | after, where left to right is "
+    "wrong: right (n) | left-to-right answers | greedy: unworked (n) |"
+  )
   print("|---|---|---|---|---|---|---|")
   changes = []
   for level in levels:
@@ -152,47 +170,68 @@ def _report_change(env, params, heldout, before, levels, frontier, budget, what)
     after = float(np.mean(correct))
     if level in frontier:
       changes.append(after - before[level])
-    print(f"| {level} | {100 * before[level]:.1f} | {100 * after:.1f} | "
-          f"{100 * (after - before[level]):+.1f} | {order_report(heldout[level], answers)} | "
-          f"{_percent([is_unworked(t) for t in texts])} |")
+    print(
+      f"| {level} | {100 * before[level]:.1f} | {100 * after:.1f} | "
+      f"{100 * (after - before[level]):+.1f} | {order_report(heldout[level], answers)} | "
+      f"{_percent([is_unworked(t) for t in texts])} |"
+    )
   print(f"frontier change {what}: {100 * np.mean(changes):+.1f} points")
 
 
-def grpo_probe(env, params, heldout, before, levels, frontier, args, config, train_levels,
-               budget):
+def grpo_probe(env, params, heldout, before, levels, frontier, args, config, train_levels, budget):
   """The Solver's GRPO step with the world's true answers as labels, on fresh problems."""
   n = args.steps * config.solver.prompts_per_step  # every problem is seen once
-  records = [{"question": p.question, "label": str(p.answer)}
-             for p in training_problems(args.seed, train_levels, n, args.one_digit_steps)]
+  records = [
+    {"question": p.question, "label": str(p.answer)}
+    for p in training_problems(args.seed, train_levels, n, args.one_digit_steps)
+  ]
   state = learner.init_train_state(params, loop.learner_config(config.solver))
   role = loop.make_role(config.solver, env, state)
   rewards = []
   for step in range(args.steps):
-    state, record = phases.solver_step(env, role, state, params, records, config.solver,
-                                       step=step, seed=args.seed + step, data_seed=args.seed)
+    state, record = phases.solver_step(
+      env,
+      role,
+      state,
+      params,
+      records,
+      config.solver,
+      step=step,
+      seed=args.seed + step,
+      data_seed=args.seed,
+    )
     rewards.append(record["reward_mean"])
-  print(f"\n2. GRPO with true-answer rewards: {args.steps} steps x "
-        f"{config.solver.prompts_per_step} fresh problems of levels {args.train_levels}, "
-        f"lr {args.learning_rate:g}, T = {args.temperature:g} (otherwise the default Solver "
-        "settings)")
+  print(
+    f"\n2. GRPO with true-answer rewards: {args.steps} steps x "
+    f"{config.solver.prompts_per_step} fresh problems of levels {args.train_levels}, "
+    f"lr {args.learning_rate:g}, T = {args.temperature:g} (otherwise the default Solver "
+    "settings)"
+  )
   quarter = max(1, args.steps // 4)
-  print(f"training reward: first {quarter} steps {np.mean(rewards[:quarter]):.3f}, "
-        f"last {quarter} steps {np.mean(rewards[-quarter:]):.3f}")
-  _report_change(env, state.params, heldout, before, levels, frontier, budget,
-                 "with perfect labels")
+  print(
+    f"training reward: first {quarter} steps {np.mean(rewards[:quarter]):.3f}, "
+    f"last {quarter} steps {np.mean(rewards[-quarter:]):.3f}"
+  )
+  _report_change(
+    env, state.params, heldout, before, levels, frontier, budget, "with perfect labels"
+  )
 
 
-def supervised_bound(env, params, heldout, before, levels, frontier, args, config,
-                     train_levels, budget):
+def supervised_bound(
+  env, params, heldout, before, levels, frontier, args, config, train_levels, budget
+):
   """Continued next-token training on true worked solutions with the Solver's optimizer at the
   probe's constant lr, one batch of prompts_per_step fresh documents a step."""
   import jax
 
   batch = config.solver.prompts_per_step
-  problems = training_problems(args.seed, train_levels, args.sft_steps * batch,
-                               args.one_digit_steps)
-  docs = [(env.prompt_set.solver_messages(p.question), arith.worked_solution(p.question))
-          for p in problems]
+  problems = training_problems(
+    args.seed, train_levels, args.sft_steps * batch, args.one_digit_steps
+  )
+  docs = [
+    (env.prompt_set.solver_messages(p.question), arith.worked_solution(p.question))
+    for p in problems
+  ]
   corpus = base_model.tokenize_corpus(env.tokenizer, docs)
   # The Solver's own optimizer (main() has set its learning rate to --learning_rate).
   optimizer = learner.make_optimizer(loop.learner_config(config.solver))
@@ -200,13 +239,15 @@ def supervised_bound(env, params, heldout, before, levels, frontier, args, confi
   opt_state = optimizer.init(params)
   for i in range(args.sft_steps):
     rows = slice(i * batch, (i + 1) * batch)
-    params, opt_state, loss = step(params, opt_state, corpus.tokens[rows],
-                                   corpus.loss_mask[rows])
-  print(f"\n3. Supervised bound: {args.sft_steps} steps x {batch} true worked solutions of "
-        f"levels {args.train_levels} (the probe's problem stream), lr {args.learning_rate:g}; "
-        f"last loss {float(loss):.3f}")
-  _report_change(env, params, heldout, before, levels, frontier, budget,
-                 "with supervised worked solutions")
+    params, opt_state, loss = step(params, opt_state, corpus.tokens[rows], corpus.loss_mask[rows])
+  print(
+    f"\n3. Supervised bound: {args.sft_steps} steps x {batch} true worked solutions of "
+    f"levels {args.train_levels} (the probe's problem stream), lr {args.learning_rate:g}; "
+    f"last loss {float(loss):.3f}"
+  )
+  _report_change(
+    env, params, heldout, before, levels, frontier, budget, "with supervised worked solutions"
+  )
 
 
 def main():
@@ -219,23 +260,43 @@ def main():
   ap.add_argument("--steps", type=int, default=120, help="GRPO steps of the probe (0 = skip)")
   ap.add_argument("--learning_rate", type=float, default=3e-4)
   ap.add_argument("--seed", type=int, default=0)
-  ap.add_argument("--eval_set", default="heldout", choices=("heldout", "train"),
-                  help="'train': measure on fresh training-distribution problems instead, so "
-                  "that a base-model design can be chosen without looking at the held-out sets")
-  ap.add_argument("--temperature", type=float, default=1.0,
-                  help="sampling temperature of the maj@m answers and the probe's rollouts")
-  ap.add_argument("--base_model", default="", help="HF directory ('' = the default config's "
-                  "base model, built if needed)")
-  ap.add_argument("--sft_steps", type=int, default=0, help="steps of the supervised bound "
-                  "(0 = skip); each step takes prompts_per_step fresh worked solutions")
-  ap.add_argument("--one_digit_steps", action="store_true",
-                  help="with --eval_set=train: train and measure only on problems whose every "
-                  "step is one-digit (has_multi_digit_step false): does GRPO teach reliability "
-                  "where the base model has the skill?")
+  ap.add_argument(
+    "--eval_set",
+    default="heldout",
+    choices=("heldout", "train"),
+    help="'train': measure on fresh training-distribution problems instead, so "
+    "that a base-model design can be chosen without looking at the held-out sets",
+  )
+  ap.add_argument(
+    "--temperature",
+    type=float,
+    default=1.0,
+    help="sampling temperature of the maj@m answers and the probe's rollouts",
+  )
+  ap.add_argument(
+    "--base_model",
+    default="",
+    help="HF directory ('' = the default config's base model, built if needed)",
+  )
+  ap.add_argument(
+    "--sft_steps",
+    type=int,
+    default=0,
+    help="steps of the supervised bound "
+    "(0 = skip); each step takes prompts_per_step fresh worked solutions",
+  )
+  ap.add_argument(
+    "--one_digit_steps",
+    action="store_true",
+    help="with --eval_set=train: train and measure only on problems whose every "
+    "step is one-digit (has_multi_digit_step false): does GRPO teach reliability "
+    "where the base model has the skill?",
+  )
   args = ap.parse_args()
   if args.one_digit_steps and args.eval_set != "train":
-    ap.error("--one_digit_steps needs --eval_set=train (designs are never chosen on held-out "
-             "problems)")
+    ap.error(
+      "--one_digit_steps needs --eval_set=train (designs are never chosen on held-out problems)"
+    )
   levels = [int(x) for x in args.levels.split(",")]
   frontier = [int(x) for x in args.frontier.split(",")]
 
@@ -250,17 +311,27 @@ def main():
       heldout = arith.heldout_sets(per_level=args.per_level)
     else:  # fresh training-distribution problems: for choosing a design without the held-out sets
       eval_rng = random.Random(f"solver-headroom/eval/{args.seed}")
-      heldout = {level: _sample_kept(eval_rng, lambda r, l=level: arith.sample_problem(r, l),
-                                     args.per_level, args.one_digit_steps)
-                 for level in levels}
+      heldout = {
+        level: _sample_kept(
+          eval_rng,
+          lambda r, l=level: arith.sample_problem(r, l),
+          args.per_level,
+          args.one_digit_steps,
+        )
+        for level in levels
+      }
 
     print(f"base model: {base}")
-    print(f"\n1. self-consistency on {args.eval_set} problems ({args.per_level} per level, "
-          f"m = {args.m}, T = {args.temperature:g}; %)")
-    print("| level | greedy | mean sample | maj@m | maj@m - greedy | greedy: one-digit steps only "
-          "(n) | greedy: a multi-digit step (n) | greedy, where left to right is wrong: right "
-          "(n) | left-to-right answers | greedy: unworked (n) | samples: unworked (n) | "
-          "worked samples: right (n) |")
+    print(
+      f"\n1. self-consistency on {args.eval_set} problems ({args.per_level} per level, "
+      f"m = {args.m}, T = {args.temperature:g}; %)"
+    )
+    print(
+      "| level | greedy | mean sample | maj@m | maj@m - greedy | greedy: one-digit steps only "
+      "(n) | greedy: a multi-digit step (n) | greedy, where left to right is wrong: right "
+      "(n) | left-to-right answers | greedy: unworked (n) | samples: unworked (n) | "
+      "worked samples: right (n) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     gaps = []
     before = {}
@@ -270,23 +341,29 @@ def main():
       hard = [has_multi_digit_step(p.question) for p in heldout[level]]
       split = [_percent([c for c, h in zip(correct, hard) if h == want]) for want in (False, True)]
       mean, majority, unworked, worked_right = self_consistency(
-          env, s.base_params, heldout[level], args.m, budget, args.temperature)
+        env, s.base_params, heldout[level], args.m, budget, args.temperature
+      )
       before[level] = g
       if level in frontier:
         gaps.append(majority - g)
-      print(f"| {level} | {100 * g:.1f} | {100 * mean:.1f} | {100 * majority:.1f} | "
-            f"{100 * (majority - g):+.1f} | {split[0]} | {split[1]} | "
-            f"{order_report(heldout[level], answers)} | "
-            f"{_percent([is_unworked(t) for t in texts])} | {_percent(unworked)} | "
-            f"{_percent(worked_right)} |")
+      print(
+        f"| {level} | {100 * g:.1f} | {100 * mean:.1f} | {100 * majority:.1f} | "
+        f"{100 * (majority - g):+.1f} | {split[0]} | {split[1]} | "
+        f"{order_report(heldout[level], answers)} | "
+        f"{_percent([is_unworked(t) for t in texts])} | {_percent(unworked)} | "
+        f"{_percent(worked_right)} |"
+      )
     print(f"maj@m - greedy over the frontier levels: {100 * np.mean(gaps):+.1f} points")
     train_levels = [int(x) for x in args.train_levels.split(",")]
     if args.steps > 0:
-      grpo_probe(env, s.base_params, heldout, before, levels, frontier, args, config,
-                 train_levels, budget)
+      grpo_probe(
+        env, s.base_params, heldout, before, levels, frontier, args, config, train_levels, budget
+      )
     if args.sft_steps > 0:
-      supervised_bound(env, s.base_params, heldout, before, levels, frontier, args, config,
-                       train_levels, budget)
+      supervised_bound(
+        env, s.base_params, heldout, before, levels, frontier, args, config, train_levels, budget
+      )
+
 
 if __name__ == "__main__":
   main()

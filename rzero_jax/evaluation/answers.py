@@ -6,6 +6,7 @@ Three graders, chosen per problem by its loader:
   fuzzy   BBEH's free-form answers, with the normalisation of BBEH's own evaluator.
 No box, or a box without an option letter, is wrong: nothing is guessed.
 """
+
 from __future__ import annotations
 
 import re
@@ -46,7 +47,7 @@ def option_letter(boxed: str | None) -> str | None:
   if boxed is None:
     return None
   text = boxed.strip().strip("$").strip()
-  while (m := _WRAPPERS.match(text)):
+  while m := _WRAPPERS.match(text):
     text = m.group(1).strip()
   m = _LETTER_ONLY.match(text)
   if m:
@@ -58,7 +59,7 @@ def option_letter(boxed: str | None) -> str | None:
 def _strip_latex(text: str) -> str:
   if len(text) >= 2 and text.startswith("$") and text.endswith("$"):
     text = text[1:-1]
-  while (m := _WRAPPERS.match(text)):
+  while m := _WRAPPERS.match(text):
     text = m.group(1)
   return text
 
@@ -86,9 +87,12 @@ def fuzzy_match(prediction: str | None, reference: str) -> bool:
       return True
   except ValueError:
     pass
-  return (pred.replace("'", "") == ref.replace("'", "")
-          or f"[{ref}]" == pred or f"[{pred}]" == ref
-          or (pred.endswith("?") and pred[:-1] == ref))
+  return (
+    pred.replace("'", "") == ref.replace("'", "")
+    or f"[{ref}]" == pred
+    or f"[{pred}]" == ref
+    or (pred.endswith("?") and pred[:-1] == ref)
+  )
 
 
 def verdicts(problems: Sequence[Problem], extracted: Sequence[str | None]) -> list[bool]:

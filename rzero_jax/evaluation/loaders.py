@@ -10,6 +10,7 @@ Where the data lives: `--benchmarks=math500` reads `DATA_DIR/math500.{jsonl,json
 every such file under `DATA_DIR/math500/`; `math500=/some/file.parquet` names the file itself;
 `tfds:gsm8k[:split]` reads a dataset prepared with tensorflow-datasets.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,25 +30,27 @@ OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 DATA_EXTENSIONS = (".jsonl", ".json", ".parquet")
 # The instruction appended to multiple-choice questions: the Solver system prompt asks for a
 # boxed answer; this says the box holds the option letter, as the paper's evaluation does.
-CHOICE_INSTRUCTION = ("Put only the letter of the correct option in \\boxed{}, e.g. \\boxed{A}. "
-                      "There is only one correct answer.")
+CHOICE_INSTRUCTION = (
+  "Put only the letter of the correct option in \\boxed{}, e.g. \\boxed{A}. "
+  "There is only one correct answer."
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
   id: str
-  question: str       # the user turn, options included for multiple choice
-  gold: str           # the reference answer; an option letter for multiple choice
-  grader: str         # MATH | CHOICE | FUZZY
-  subset: str = ""    # subject / category / level / task, for per-subset breakdowns
+  question: str  # the user turn, options included for multiple choice
+  gold: str  # the reference answer; an option letter for multiple choice
+  grader: str  # MATH | CHOICE | FUZZY
+  subset: str = ""  # subject / category / level / task, for per-subset breakdowns
 
 
 @dataclasses.dataclass(frozen=True)
 class Benchmark:
   name: str
-  group: str          # "math" | "general" | "other": which paper aggregate it feeds
+  group: str  # "math" | "general" | "other": which paper aggregate it feeds
   problems: tuple[Problem, ...]
-  source: str         # where the problems came from, for the results file
+  source: str  # where the problems came from, for the results file
 
 
 class MissingField(Exception):
@@ -67,12 +70,13 @@ class BenchmarkSpec:
   name: str
   title: str
   group: str
-  schema: str                      # the fields it reads, for error messages
-  release: str                     # a public release in that layout, for error messages
-  adapter: Adapter | None = None   # None: not file based (CHAMP, a world's sets)
+  schema: str  # the fields it reads, for error messages
+  release: str  # a public release in that layout, for error messages
+  adapter: Adapter | None = None  # None: not file based (CHAMP, a world's sets)
 
 
 # --- field helpers --------------------------------------------------------------------------
+
 
 def _field(record: Mapping[str, Any], *names: str, required: bool = True):
   for name in names:
@@ -111,16 +115,21 @@ def _strip_dollars(answer: str) -> str:
 
 # --- math adapters --------------------------------------------------------------------------
 
-def _math_adapter(question: Sequence[str], answer: Sequence[str], ids: Sequence[str],
-                  subset: Sequence[str] = ()) -> Adapter:
+
+def _math_adapter(
+  question: Sequence[str], answer: Sequence[str], ids: Sequence[str], subset: Sequence[str] = ()
+) -> Adapter:
   def adapt(record, index, default_subset):
     return Problem(
-        id=_record_id(record, index, *ids),
-        question=_text(_field(record, *question), question),
-        gold=_text(_field(record, *answer), answer),
-        grader=MATH,
-        subset=str(_field(record, *subset, required=False) or default_subset) if subset
-        else default_subset)
+      id=_record_id(record, index, *ids),
+      question=_text(_field(record, *question), question),
+      gold=_text(_field(record, *answer), answer),
+      grader=MATH,
+      subset=str(_field(record, *subset, required=False) or default_subset)
+      if subset
+      else default_subset,
+    )
+
   return adapt
 
 
@@ -134,9 +143,13 @@ def _gsm8k(record, index, default_subset):
     raise MissingField(("answer",), "lacks the final '#### <answer>' line")
   # "1,000" in the gold line is a thousands separator, not a tuple.
   gold = match.group(1).replace(",", "").strip()
-  return Problem(id=_record_id(record, index, "id"),
-                 question=_text(_field(record, "question"), ("question",)),
-                 gold=gold, grader=MATH, subset=default_subset)
+  return Problem(
+    id=_record_id(record, index, "id"),
+    question=_text(_field(record, "question"), ("question",)),
+    gold=gold,
+    grader=MATH,
+    subset=default_subset,
+  )
 
 
 def _olympiadbench(record, index, default_subset):
@@ -149,14 +162,17 @@ def _olympiadbench(record, index, default_subset):
     raise MissingField(("final_answer",), "is neither a list nor text") from None
   if not answers or not all(answers):
     raise MissingField(("final_answer",), "is empty")
-  return Problem(id=_record_id(record, index, "id"),
-                 question=_text(_field(record, "question", "problem"), ("question",)),
-                 gold=", ".join(answers), grader=MATH,
-                 subset=str(_field(record, "subfield", "subject", required=False)
-                            or default_subset))
+  return Problem(
+    id=_record_id(record, index, "id"),
+    question=_text(_field(record, "question", "problem"), ("question",)),
+    gold=", ".join(answers),
+    grader=MATH,
+    subset=str(_field(record, "subfield", "subject", required=False) or default_subset),
+  )
 
 
 # --- multiple-choice adapters ---------------------------------------------------------------
+
 
 def format_choice_question(question: str, options: Sequence[str]) -> str:
   lines = [question.strip(), "", "Options:"]
@@ -176,8 +192,9 @@ def _options(record, name="options") -> list[str]:
 def _gold_letter(record, names: Sequence[str], num_options: int) -> str:
   letter = _text(_field(record, *names), names).strip("() ").upper()
   if len(letter) != 1 or letter not in OPTION_LETTERS[:num_options]:
-    raise MissingField(names, f"is {letter!r}, expected an option letter A.."
-                       f"{OPTION_LETTERS[num_options - 1]}")
+    raise MissingField(
+      names, f"is {letter!r}, expected an option letter A..{OPTION_LETTERS[num_options - 1]}"
+    )
   return letter
 
 
@@ -185,12 +202,13 @@ def _choice_adapter(answer: Sequence[str], ids: Sequence[str], subset: Sequence[
   def adapt(record, index, default_subset):
     options = _options(record)
     return Problem(
-        id=_record_id(record, index, *ids),
-        question=format_choice_question(_text(_field(record, "question"), ("question",)),
-                                        options),
-        gold=_gold_letter(record, answer, len(options)),
-        grader=CHOICE,
-        subset=str(_field(record, *subset, required=False) or default_subset))
+      id=_record_id(record, index, *ids),
+      question=format_choice_question(_text(_field(record, "question"), ("question",)), options),
+      gold=_gold_letter(record, answer, len(options)),
+      grader=CHOICE,
+      subset=str(_field(record, *subset, required=False) or default_subset),
+    )
+
   return adapt
 
 
@@ -208,65 +226,143 @@ def _bbeh(record, index, default_subset):
     question, gold, grader = f"{question}\n\n{CHOICE_INSTRUCTION}", letter.group(1), CHOICE
   else:
     gold, grader = target, FUZZY
-  return Problem(id=_record_id(record, index, "id", "idx"), question=question, gold=gold,
-                 grader=grader, subset=str(_field(record, "task", required=False)
-                                           or default_subset))
+  return Problem(
+    id=_record_id(record, index, "id", "idx"),
+    question=question,
+    gold=gold,
+    grader=grader,
+    subset=str(_field(record, "task", required=False) or default_subset),
+  )
 
 
 MATH_BENCHMARKS = ("math500", "gsm8k", "amc23", "minerva", "olympiadbench", "aime24", "aime25")
 GENERAL_BENCHMARKS = ("supergpqa", "mmlu_pro", "bbeh")
 
-_AIME_QUESTION, _AIME_ANSWER, _AIME_ID = ("problem", "Problem", "question"), ("answer", "Answer"), \
-    ("id", "ID")
+_AIME_QUESTION, _AIME_ANSWER, _AIME_ID = (
+  ("problem", "Problem", "question"),
+  ("answer", "Answer"),
+  ("id", "ID"),
+)
 
-SPECS: dict[str, BenchmarkSpec] = {s.name: s for s in (
-    BenchmarkSpec("math500", "MATH-500", "math", "problem, answer[, unique_id, subject]",
-                  "HuggingFaceH4/MATH-500",
-                  _math_adapter(("problem",), ("answer",), ("unique_id", "id"), ("subject",))),
-    BenchmarkSpec("gsm8k", "GSM8K", "math", "question, answer ending in '#### <answer>'",
-                  "openai/gsm8k (main, test)", _gsm8k),
-    BenchmarkSpec("amc23", "AMC23", "math", "question|problem, answer", "math-ai/amc23",
-                  _math_adapter(("question", "problem"), ("answer",), ("id",))),
-    BenchmarkSpec("minerva", "Minerva-Math", "math", "question|problem, answer",
-                  "math-ai/minervamath",
-                  _math_adapter(("question", "problem"), ("answer",), ("id",), ("type",))),
-    BenchmarkSpec("olympiadbench", "OlympiadBench", "math",
-                  "question, final_answer (list)[, id, subfield]", "Hothan/OlympiadBench",
-                  _olympiadbench),
-    BenchmarkSpec("aime24", "AIME 2024", "math", "problem|Problem, answer|Answer",
-                  "Maxwell-Jia/AIME_2024", _math_adapter(_AIME_QUESTION, _AIME_ANSWER, _AIME_ID)),
-    BenchmarkSpec("aime25", "AIME 2025", "math", "problem|question, answer",
-                  "yentinglin/aime_2025", _math_adapter(_AIME_QUESTION, _AIME_ANSWER, _AIME_ID)),
-    BenchmarkSpec("mmlu_pro", "MMLU-Pro", "general",
-                  "question, options (list), answer (letter)[, question_id, category]",
-                  "TIGER-Lab/MMLU-Pro (test)",
-                  _choice_adapter(("answer",), ("question_id", "id"), ("category",))),
-    BenchmarkSpec("supergpqa", "SuperGPQA", "general",
-                  "question, options (list), answer_letter[, uuid, discipline]",
-                  "m-a-p/SuperGPQA",
-                  _choice_adapter(("answer_letter",), ("uuid", "id"), ("discipline",))),
-    BenchmarkSpec("bbeh", "BBEH", "general", "question|input, answer|target[, task]",
-                  "MrLight/bbeh-eval, or google-deepmind/bbeh task.json files", _bbeh),
+SPECS: dict[str, BenchmarkSpec] = {
+  s.name: s
+  for s in (
+    BenchmarkSpec(
+      "math500",
+      "MATH-500",
+      "math",
+      "problem, answer[, unique_id, subject]",
+      "HuggingFaceH4/MATH-500",
+      _math_adapter(("problem",), ("answer",), ("unique_id", "id"), ("subject",)),
+    ),
+    BenchmarkSpec(
+      "gsm8k",
+      "GSM8K",
+      "math",
+      "question, answer ending in '#### <answer>'",
+      "openai/gsm8k (main, test)",
+      _gsm8k,
+    ),
+    BenchmarkSpec(
+      "amc23",
+      "AMC23",
+      "math",
+      "question|problem, answer",
+      "math-ai/amc23",
+      _math_adapter(("question", "problem"), ("answer",), ("id",)),
+    ),
+    BenchmarkSpec(
+      "minerva",
+      "Minerva-Math",
+      "math",
+      "question|problem, answer",
+      "math-ai/minervamath",
+      _math_adapter(("question", "problem"), ("answer",), ("id",), ("type",)),
+    ),
+    BenchmarkSpec(
+      "olympiadbench",
+      "OlympiadBench",
+      "math",
+      "question, final_answer (list)[, id, subfield]",
+      "Hothan/OlympiadBench",
+      _olympiadbench,
+    ),
+    BenchmarkSpec(
+      "aime24",
+      "AIME 2024",
+      "math",
+      "problem|Problem, answer|Answer",
+      "Maxwell-Jia/AIME_2024",
+      _math_adapter(_AIME_QUESTION, _AIME_ANSWER, _AIME_ID),
+    ),
+    BenchmarkSpec(
+      "aime25",
+      "AIME 2025",
+      "math",
+      "problem|question, answer",
+      "yentinglin/aime_2025",
+      _math_adapter(_AIME_QUESTION, _AIME_ANSWER, _AIME_ID),
+    ),
+    BenchmarkSpec(
+      "mmlu_pro",
+      "MMLU-Pro",
+      "general",
+      "question, options (list), answer (letter)[, question_id, category]",
+      "TIGER-Lab/MMLU-Pro (test)",
+      _choice_adapter(("answer",), ("question_id", "id"), ("category",)),
+    ),
+    BenchmarkSpec(
+      "supergpqa",
+      "SuperGPQA",
+      "general",
+      "question, options (list), answer_letter[, uuid, discipline]",
+      "m-a-p/SuperGPQA",
+      _choice_adapter(("answer_letter",), ("uuid", "id"), ("discipline",)),
+    ),
+    BenchmarkSpec(
+      "bbeh",
+      "BBEH",
+      "general",
+      "question|input, answer|target[, task]",
+      "MrLight/bbeh-eval, or google-deepmind/bbeh task.json files",
+      _bbeh,
+    ),
     BenchmarkSpec("champ", "CHAMP", "other", "champ_dataset package", "PyPI champ-dataset"),
-)} | {name: BenchmarkSpec(name, b.title, "other", f"world {world.name}", "generated")
-       for world in map(worlds.get, worlds.names()) for name, b in world.benchmarks.items()}
+  )
+} | {
+  name: BenchmarkSpec(name, b.title, "other", f"world {world.name}", "generated")
+  for world in map(worlds.get, worlds.names())
+  for name, b in world.benchmarks.items()
+}
 
-ALIASES = {"math-500": "math500", "math_500": "math500", "minerva_math": "minerva",
-           "minerva-math": "minerva", "olympiad": "olympiadbench", "aime2024": "aime24",
-           "aime_2024": "aime24", "aime2025": "aime25", "aime_2025": "aime25",
-           "mmlupro": "mmlu_pro", "mmlu-pro": "mmlu_pro", "amc": "amc23"}
+ALIASES = {
+  "math-500": "math500",
+  "math_500": "math500",
+  "minerva_math": "minerva",
+  "minerva-math": "minerva",
+  "olympiad": "olympiadbench",
+  "aime2024": "aime24",
+  "aime_2024": "aime24",
+  "aime2025": "aime25",
+  "aime_2025": "aime25",
+  "mmlupro": "mmlu_pro",
+  "mmlu-pro": "mmlu_pro",
+  "amc": "amc23",
+}
 
 
 def canonical_name(name: str) -> str:
   key = name.strip().lower()
   key = ALIASES.get(key, key)
   if key not in SPECS:
-    raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(SPECS)} "
-                     "(or tfds:NAME[:SPLIT], or NAME=PATH)")
+    raise ValueError(
+      f"unknown benchmark {name!r}; known: {', '.join(SPECS)} (or tfds:NAME[:SPLIT], or NAME=PATH)"
+    )
   return key
 
 
 # --- readers --------------------------------------------------------------------------------
+
 
 def _read_jsonl(path: str) -> Iterator[tuple[str, Any]]:
   with open(path, encoding="utf-8") as f:
@@ -291,8 +387,10 @@ def _read_json(path: str) -> Iterator[tuple[str, Any]]:
   if isinstance(data, Mapping):
     keys = [k for k in _JSON_LIST_KEYS if isinstance(data.get(k), list)]
     if not keys:
-      raise ValueError(f"{path}: expected a JSON list of records or an object with one of "
-                       f"the list fields {', '.join(_JSON_LIST_KEYS)}")
+      raise ValueError(
+        f"{path}: expected a JSON list of records or an object with one of "
+        f"the list fields {', '.join(_JSON_LIST_KEYS)}"
+      )
     data = data[keys[0]]
   if not isinstance(data, list):
     raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
@@ -303,6 +401,7 @@ def _read_json(path: str) -> Iterator[tuple[str, Any]]:
 def _read_parquet(path: str) -> Iterator[tuple[str, Any]]:
   import pyarrow as pa
   import pyarrow.parquet as pq
+
   try:
     rows = pq.read_table(path).to_pylist()
   except (pa.ArrowException, OSError) as e:
@@ -318,8 +417,9 @@ def read_records(path: str) -> Iterator[tuple[str, Any]]:
   """(where, record) for every record of a JSONL, JSON or parquet file."""
   ext = os.path.splitext(path)[1].lower()
   if ext not in _READERS:
-    raise ValueError(f"{path}: unsupported file type {ext!r}; expected one of "
-                     f"{', '.join(DATA_EXTENSIONS)}")
+    raise ValueError(
+      f"{path}: unsupported file type {ext!r}; expected one of {', '.join(DATA_EXTENSIONS)}"
+    )
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path}: no such data file")
   return _named_decode_errors(path, _READERS[ext](path))
@@ -330,46 +430,60 @@ def _named_decode_errors(path: str, records: Iterator[tuple[str, Any]]):
   try:
     yield from records
   except UnicodeDecodeError as e:
-    raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save it as "
-                     "UTF-8") from None
+    raise ValueError(
+      f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8"
+    ) from None
 
 
-def _adapt_all(spec: BenchmarkSpec, records: Iterator[tuple[str, Any]], source: str,
-               default_subset: str, limit: int | None, start: int) -> list[Problem]:
+def _adapt_all(
+  spec: BenchmarkSpec,
+  records: Iterator[tuple[str, Any]],
+  source: str,
+  default_subset: str,
+  limit: int | None,
+  start: int,
+) -> list[Problem]:
   problems = []
   for where, record in records:
     if limit is not None and start + len(problems) >= limit:
       break
     if not isinstance(record, Mapping):
-      raise ValueError(f"{source}: {where}: expected an object with fields {spec.schema}, got "
-                       f"{type(record).__name__}")
+      raise ValueError(
+        f"{source}: {where}: expected an object with fields {spec.schema}, got "
+        f"{type(record).__name__}"
+      )
     try:
       problems.append(spec.adapter(record, start + len(problems), default_subset))
     except MissingField as e:
       names = " or ".join(repr(f) for f in e.fields)
       what = f"field {names} {e.detail}" if e.detail else f"missing field {names}"
-      raise ValueError(f"{source}: {where}: {what} ({spec.title} schema: {spec.schema})") \
-          from None
+      raise ValueError(f"{source}: {where}: {what} ({spec.title} schema: {spec.schema})") from None
   return problems
 
 
 def find_data_files(name: str, data_dir: str | None) -> list[str]:
   """The files holding benchmark `name` under `data_dir`: NAME.ext, or all files in NAME/."""
   spec = SPECS[name]
-  expected = (f"{', '.join(name + e for e in DATA_EXTENSIONS)} or a directory {name}/ "
-              f"({spec.title} schema: {spec.schema}; e.g. the public release {spec.release})")
+  expected = (
+    f"{', '.join(name + e for e in DATA_EXTENSIONS)} or a directory {name}/ "
+    f"({spec.title} schema: {spec.schema}; e.g. the public release {spec.release})"
+  )
   if not data_dir:
     raise FileNotFoundError(f"benchmark {name!r}: no --data_dir given; expected {expected}")
   if not os.path.isdir(data_dir):
     raise FileNotFoundError(f"--data_dir {data_dir}: no such directory")
-  files = [os.path.join(data_dir, name + ext) for ext in DATA_EXTENSIONS
-           if os.path.isfile(os.path.join(data_dir, name + ext))]
+  files = [
+    os.path.join(data_dir, name + ext)
+    for ext in DATA_EXTENSIONS
+    if os.path.isfile(os.path.join(data_dir, name + ext))
+  ]
   folder = os.path.join(data_dir, name)
   folder_files = _files_under(folder) if os.path.isdir(folder) else []
   if len(files) + bool(folder_files) > 1:
     found = [os.path.basename(f) for f in files] + ([name + "/"] if folder_files else [])
-    raise ValueError(f"benchmark {name!r}: several data sources under {data_dir} "
-                     f"({', '.join(found)}); keep one")
+    raise ValueError(
+      f"benchmark {name!r}: several data sources under {data_dir} ({', '.join(found)}); keep one"
+    )
   files += folder_files
   if not files:
     raise FileNotFoundError(f"benchmark {name!r}: no data under {data_dir}; expected {expected}")
@@ -389,12 +503,14 @@ def _subset_from_path(path: str, root: str) -> str:
   return "" if rel == "." else rel.replace(os.sep, "/")
 
 
-def _load_files(spec: BenchmarkSpec, paths: Sequence[str], root: str,
-                limit: int | None) -> list[Problem]:
+def _load_files(
+  spec: BenchmarkSpec, paths: Sequence[str], root: str, limit: int | None
+) -> list[Problem]:
   problems: list[Problem] = []
   for path in paths:
-    problems += _adapt_all(spec, read_records(path), path, _subset_from_path(path, root), limit,
-                           start=len(problems))
+    problems += _adapt_all(
+      spec, read_records(path), path, _subset_from_path(path, root), limit, start=len(problems)
+    )
   return problems
 
 
@@ -402,11 +518,14 @@ def _load_champ(limit: int | None) -> tuple[list[Problem], str]:
   try:
     import champ_dataset
   except ImportError:
-    raise ValueError("benchmark 'champ' needs the champ-dataset package: "
-                     "pip install 'rzero-jax[eval]'") from None
+    raise ValueError(
+      "benchmark 'champ' needs the champ-dataset package: pip install 'rzero-jax[eval]'"
+    ) from None
   dataset = champ_dataset.load("v0")
-  problems = [Problem(id=key, question=p.text, gold=p.answer, grader=MATH, subset=p.category)
-              for key, p in dataset.problems.items()]
+  problems = [
+    Problem(id=key, question=p.text, gold=p.answer, grader=MATH, subset=p.category)
+    for key, p in dataset.problems.items()
+  ]
   return problems[:limit] if limit is not None else problems, "champ_dataset v0"
 
 
@@ -415,8 +534,10 @@ def _load_world_sets(limit: int | None, name: str) -> tuple[list[Problem], str]:
   world, benchmark = worlds.find_benchmark(name)
   problems = []
   for level, items in benchmark.sets().items():
-    problems += [Problem(id=f"{level}-{i}", question=question, gold=answer, grader=MATH,
-                         subset=str(level)) for i, (question, answer) in enumerate(items)]
+    problems += [
+      Problem(id=f"{level}-{i}", question=question, gold=answer, grader=MATH, subset=str(level))
+      for i, (question, answer) in enumerate(items)
+    ]
   return problems[:limit] if limit is not None else problems, f"world {world.name}: {name}"
 
 
@@ -424,8 +545,9 @@ def _tfds_records(dataset: str, split: str, data_dir: str | None) -> Iterator[tu
   try:
     import tensorflow_datasets as tfds
   except ImportError:
-    raise ValueError(f"benchmark 'tfds:{dataset}' needs tensorflow-datasets: "
-                     "pip install 'rzero-jax[tfds]'") from None
+    raise ValueError(
+      f"benchmark 'tfds:{dataset}' needs tensorflow-datasets: pip install 'rzero-jax[tfds]'"
+    ) from None
   try:
     ds = tfds.load(dataset, split=split, data_dir=data_dir, download=False)
   except Exception as e:  # tfds raises many types; the message is what the user needs
@@ -448,18 +570,19 @@ def benchmark_name(spec_text: str) -> str:
   """The canonical benchmark name of one `--benchmarks` entry (NAME, NAME=PATH, tfds:NAME)."""
   text = spec_text.strip()
   if text.startswith("tfds:"):
-    return canonical_name(text[len("tfds:"):].partition(":")[0])
+    return canonical_name(text[len("tfds:") :].partition(":")[0])
   return canonical_name(text.partition("=")[0])
 
 
-def load_benchmark(spec_text: str, data_dir: str | None = None,
-                   limit: int | None = None) -> Benchmark:
+def load_benchmark(
+  spec_text: str, data_dir: str | None = None, limit: int | None = None
+) -> Benchmark:
   """One entry of `--benchmarks`: NAME, NAME=PATH or tfds:NAME[:SPLIT]."""
   if limit is not None and limit <= 0:
     raise ValueError(f"--limit must be positive, got {limit}")
   text = spec_text.strip()
   if text.startswith("tfds:"):
-    name, _, split = text[len("tfds:"):].partition(":")
+    name, _, split = text[len("tfds:") :].partition(":")
     spec = SPECS[canonical_name(name)]
     if spec.adapter is None:
       raise ValueError(f"{text}: {spec.name} is not read from files, so not from tfds either")

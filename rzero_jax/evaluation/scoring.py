@@ -2,6 +2,7 @@
 
 Plain host-side counting over verdicts; nothing here looks at text or models.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,13 +16,13 @@ Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
 @dataclasses.dataclass(frozen=True)
 class Score:
-  accuracy: float       # mean over problems of the per-problem share of correct samples
+  accuracy: float  # mean over problems of the per-problem share of correct samples
   ci_low: float
   ci_high: float
   num_problems: int
-  num_samples: int      # samples per problem: 1 is pass@1, k > 1 is mean@k
-  num_correct: int      # correct samples, all problems together
-  num_no_answer: int    # samples without a box or with an empty one (counted wrong)
+  num_samples: int  # samples per problem: 1 is pass@1, k > 1 is mean@k
+  num_correct: int  # correct samples, all problems together
+  num_no_answer: int  # samples without a box or with an empty one (counted wrong)
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -69,8 +70,15 @@ def score(verdicts: Sequence[Sequence[bool]], no_answer: int = 0) -> Score:
   else:
     # Mean@k: samples of one problem are correlated, so the unit is the problem.
     lo, hi = mean_interval(per_problem)
-  return Score(accuracy=accuracy, ci_low=lo, ci_high=hi, num_problems=n, num_samples=k,
-               num_correct=correct, num_no_answer=no_answer)
+  return Score(
+    accuracy=accuracy,
+    ci_low=lo,
+    ci_high=hi,
+    num_problems=n,
+    num_samples=k,
+    num_correct=correct,
+    num_no_answer=no_answer,
+  )
 
 
 def _mean_if_all(accuracies: Mapping[str, float], names: Sequence[str]) -> float | None:
@@ -85,14 +93,14 @@ def aggregates(accuracies: Mapping[str, float]) -> dict[str, Any]:
   math_avg = _mean_if_all(accuracies, MATH_BENCHMARKS)
   overall = None
   if math_avg is not None:
-    overall = _mean_if_all({**accuracies, "math_average": math_avg},
-                           ("math_average",) + GENERAL_BENCHMARKS)
+    overall = _mean_if_all(
+      {**accuracies, "math_average": math_avg}, ("math_average",) + GENERAL_BENCHMARKS
+    )
   return {
-      "math_average": math_avg,
-      "overall": overall,
-      "math_average_missing": [n for n in MATH_BENCHMARKS if n not in accuracies],
-      "overall_missing": [n for n in MATH_BENCHMARKS + GENERAL_BENCHMARKS
-                          if n not in accuracies],
+    "math_average": math_avg,
+    "overall": overall,
+    "math_average_missing": [n for n in MATH_BENCHMARKS if n not in accuracies],
+    "overall_missing": [n for n in MATH_BENCHMARKS + GENERAL_BENCHMARKS if n not in accuracies],
   }
 
 
@@ -106,13 +114,17 @@ def _title(name: str) -> str:
 
 def results_table(results: Mapping[str, Any]) -> str:
   """Markdown table of one results dict (as written to results.json)."""
-  rows = ["| benchmark | problems | samples | accuracy (%) | 95% CI (%) | no answer |",
-          "|---|---:|---:|---:|---:|---:|"]
+  rows = [
+    "| benchmark | problems | samples | accuracy (%) | 95% CI (%) | no answer |",
+    "|---|---:|---:|---:|---:|---:|",
+  ]
   for name, b in results["benchmarks"].items():
     s = b["score"]
-    rows.append(f"| {_title(name)} | {s['num_problems']} | {s['num_samples']} | "
-                f"{_pct(s['accuracy'])} | {_pct(s['ci_low'])}–{_pct(s['ci_high'])} | "
-                f"{s['num_no_answer']} |")
+    rows.append(
+      f"| {_title(name)} | {s['num_problems']} | {s['num_samples']} | "
+      f"{_pct(s['accuracy'])} | {_pct(s['ci_low'])}–{_pct(s['ci_high'])} | "
+      f"{s['num_no_answer']} |"
+    )
   agg = results["aggregates"]
   for key, label in (("math_average", "Math average"), ("overall", "Overall")):
     if agg.get(key) is not None:
@@ -120,8 +132,7 @@ def results_table(results: Mapping[str, Any]) -> str:
   return "\n".join(rows) + "\n"
 
 
-def comparison_table(a: Mapping[str, Any], b: Mapping[str, Any], label_a: str,
-                     label_b: str) -> str:
+def comparison_table(a: Mapping[str, Any], b: Mapping[str, Any], label_a: str, label_b: str) -> str:
   """Side-by-side Markdown table of two results dicts, with the difference b - a in points."""
   names = list(a["benchmarks"]) + [n for n in b["benchmarks"] if n not in a["benchmarks"]]
 
@@ -131,8 +142,10 @@ def comparison_table(a: Mapping[str, Any], b: Mapping[str, Any], label_a: str,
 
   rows = [f"| benchmark | {label_a} (%) | {label_b} (%) | Δ (points) |", "|---|---:|---:|---:|"]
   lines = [(_title(n), acc(a, n), acc(b, n)) for n in names]
-  lines += [(label, a["aggregates"].get(key), b["aggregates"].get(key))
-            for key, label in (("math_average", "**Math average**"), ("overall", "**Overall**"))]
+  lines += [
+    (label, a["aggregates"].get(key), b["aggregates"].get(key))
+    for key, label in (("math_average", "**Math average**"), ("overall", "**Overall**"))
+  ]
   for title, x, y in lines:
     if x is None and y is None:
       continue

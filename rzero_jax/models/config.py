@@ -3,6 +3,7 @@
 The config is a frozen, hashable dataclass so it can be a static argument of `jax.jit`.
 Runtime choices (compute dtype, remat policy) live on it too, set with `dataclasses.replace`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,6 +20,7 @@ SUPPORTED_REMAT = ("none", "full", "dots")
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
   """Llama-3 style frequency-dependent RoPE scaling."""
+
   factor: float
   low_freq_factor: float
   high_freq_factor: float
@@ -40,25 +42,32 @@ class ModelConfig:
   rope_scaling: RopeScaling | None = None
   max_position_embeddings: int = 4096
   tie_word_embeddings: bool = False
-  qkv_bias: bool = False        # Qwen2/2.5
-  qk_norm: bool = False         # Qwen3
+  qkv_bias: bool = False  # Qwen2/2.5
+  qk_norm: bool = False  # Qwen3
   bos_token_id: int | None = None
   eos_token_ids: tuple[int, ...] = ()
   pad_token_id: int | None = None
   # Runtime choices, not part of the checkpoint.
-  dtype: str = "float32"        # activation / matmul dtype
+  dtype: str = "float32"  # activation / matmul dtype
   param_dtype: str = "float32"  # storage dtype of the parameters
-  remat: str = "none"           # "none" | "full" | "dots" (save matmul outputs only)
+  remat: str = "none"  # "none" | "full" | "dots" (save matmul outputs only)
 
   def __post_init__(self):
     if self.model_type not in SUPPORTED_MODEL_TYPES:
-      raise ValueError(f"model_type {self.model_type!r} is not supported; supported: "
-                       f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+      raise ValueError(
+        f"model_type {self.model_type!r} is not supported; supported: "
+        f"{', '.join(SUPPORTED_MODEL_TYPES)}"
+      )
     if self.num_heads % self.num_kv_heads:
-      raise ValueError(f"num_attention_heads={self.num_heads} must be a multiple of "
-                       f"num_key_value_heads={self.num_kv_heads}")
-    for field, allowed in (("dtype", SUPPORTED_DTYPES), ("param_dtype", SUPPORTED_DTYPES),
-                           ("remat", SUPPORTED_REMAT)):
+      raise ValueError(
+        f"num_attention_heads={self.num_heads} must be a multiple of "
+        f"num_key_value_heads={self.num_kv_heads}"
+      )
+    for field, allowed in (
+      ("dtype", SUPPORTED_DTYPES),
+      ("param_dtype", SUPPORTED_DTYPES),
+      ("remat", SUPPORTED_REMAT),
+    ):
       if getattr(self, field) not in allowed:
         raise ValueError(f"ModelConfig.{field}={getattr(self, field)!r}; expected one of {allowed}")
 
@@ -73,24 +82,24 @@ class ModelConfig:
     """The config.json that transformers reads back into the same architecture."""
     arch = {"qwen3": "Qwen3ForCausalLM", "qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
     out: dict[str, Any] = {
-        "architectures": [arch[self.model_type]],
-        "model_type": self.model_type,
-        "vocab_size": self.vocab_size,
-        "hidden_size": self.hidden_size,
-        "intermediate_size": self.intermediate_size,
-        "num_hidden_layers": self.num_layers,
-        "num_attention_heads": self.num_heads,
-        "num_key_value_heads": self.num_kv_heads,
-        "head_dim": self.head_dim,
-        "rms_norm_eps": self.rms_norm_eps,
-        "rope_theta": self.rope_theta,
-        "max_position_embeddings": self.max_position_embeddings,
-        "tie_word_embeddings": self.tie_word_embeddings,
-        "hidden_act": "silu",
-        "torch_dtype": self.param_dtype,
-        "attention_bias": self.qkv_bias,
-        "attention_dropout": 0.0,
-        "use_cache": True,
+      "architectures": [arch[self.model_type]],
+      "model_type": self.model_type,
+      "vocab_size": self.vocab_size,
+      "hidden_size": self.hidden_size,
+      "intermediate_size": self.intermediate_size,
+      "num_hidden_layers": self.num_layers,
+      "num_attention_heads": self.num_heads,
+      "num_key_value_heads": self.num_kv_heads,
+      "head_dim": self.head_dim,
+      "rms_norm_eps": self.rms_norm_eps,
+      "rope_theta": self.rope_theta,
+      "max_position_embeddings": self.max_position_embeddings,
+      "tie_word_embeddings": self.tie_word_embeddings,
+      "hidden_act": "silu",
+      "torch_dtype": self.param_dtype,
+      "attention_bias": self.qkv_bias,
+      "attention_dropout": 0.0,
+      "use_cache": True,
     }
     if self.rope_scaling is not None:
       out["rope_scaling"] = {"rope_type": "llama3", **dataclasses.asdict(self.rope_scaling)}
@@ -102,8 +111,9 @@ class ModelConfig:
     if self.bos_token_id is not None:
       out["bos_token_id"] = self.bos_token_id
     if self.eos_token_ids:
-      out["eos_token_id"] = (self.eos_token_ids[0] if len(self.eos_token_ids) == 1
-                             else list(self.eos_token_ids))
+      out["eos_token_id"] = (
+        self.eos_token_ids[0] if len(self.eos_token_ids) == 1 else list(self.eos_token_ids)
+      )
     if self.pad_token_id is not None:
       out["pad_token_id"] = self.pad_token_id
     return out
@@ -123,14 +133,17 @@ def _rope_from_hf(hf: Mapping[str, Any], where: str) -> tuple[float, RopeScaling
   if rope_type == "default":
     return float(theta), None
   if rope_type != "llama3":
-    raise ValueError(f"{where}: rope scaling type {rope_type!r} is not supported; supported: "
-                     f"{', '.join(SUPPORTED_ROPE_TYPES)}")
+    raise ValueError(
+      f"{where}: rope scaling type {rope_type!r} is not supported; supported: "
+      f"{', '.join(SUPPORTED_ROPE_TYPES)}"
+    )
   try:
     return float(theta), RopeScaling(
-        factor=float(scaling["factor"]),
-        low_freq_factor=float(scaling["low_freq_factor"]),
-        high_freq_factor=float(scaling["high_freq_factor"]),
-        original_max_position_embeddings=int(scaling["original_max_position_embeddings"]))
+      factor=float(scaling["factor"]),
+      low_freq_factor=float(scaling["low_freq_factor"]),
+      high_freq_factor=float(scaling["high_freq_factor"]),
+      original_max_position_embeddings=int(scaling["original_max_position_embeddings"]),
+    )
   except KeyError as e:
     raise ValueError(f"{where}: llama3 rope scaling lacks field {e.args[0]!r}") from None
 
@@ -139,17 +152,30 @@ def from_hf_dict(hf: Mapping[str, Any], where: str = "config.json", **runtime) -
   """Builds a ModelConfig from a parsed HF config.json. `runtime` sets dtype/param_dtype/remat."""
   model_type = hf.get("model_type")
   if model_type not in SUPPORTED_MODEL_TYPES:
-    raise ValueError(f"{where}: model_type {model_type!r} is not supported; supported: "
-                     f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+    raise ValueError(
+      f"{where}: model_type {model_type!r} is not supported; supported: "
+      f"{', '.join(SUPPORTED_MODEL_TYPES)}"
+    )
   if hf.get("use_sliding_window") or (model_type == "llama" and hf.get("sliding_window")):
-    raise ValueError(f"{where}: sliding-window attention is not supported; set "
-                     "use_sliding_window=false or use a model without it")
+    raise ValueError(
+      f"{where}: sliding-window attention is not supported; set "
+      "use_sliding_window=false or use a model without it"
+    )
   if hf.get("hidden_act", "silu") != "silu":
     raise ValueError(f"{where}: hidden_act {hf['hidden_act']!r} is not supported; supported: silu")
   if hf.get("mlp_bias"):
     raise ValueError(f"{where}: mlp_bias=true is not supported")
-  missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                         "num_attention_heads") if k not in hf]
+  missing = [
+    k
+    for k in (
+      "vocab_size",
+      "hidden_size",
+      "intermediate_size",
+      "num_hidden_layers",
+      "num_attention_heads",
+    )
+    if k not in hf
+  ]
   if missing:
     raise ValueError(f"{where}: missing required field(s) {', '.join(missing)}")
   theta, scaling = _rope_from_hf(hf, where)
@@ -161,37 +187,41 @@ def from_hf_dict(hf: Mapping[str, Any], where: str = "config.json", **runtime) -
   # also puts a bias on o_proj, which the decoder does not have.
   qkv_bias = model_type == "qwen2"
   if model_type != "qwen2" and hf.get("attention_bias"):
-    raise ValueError(f"{where}: attention_bias=true is not supported for {model_type} (it adds "
-                     "q/k/v/o biases); supported: attention_bias=false, or model_type qwen2 "
-                     "for q/k/v bias")
+    raise ValueError(
+      f"{where}: attention_bias=true is not supported for {model_type} (it adds "
+      "q/k/v/o biases); supported: attention_bias=false, or model_type qwen2 "
+      "for q/k/v bias"
+    )
   return ModelConfig(
-      model_type=model_type,
-      vocab_size=int(hf["vocab_size"]),
-      hidden_size=int(hf["hidden_size"]),
-      intermediate_size=int(hf["intermediate_size"]),
-      num_layers=int(hf["num_hidden_layers"]),
-      num_heads=num_heads,
-      num_kv_heads=int(hf.get("num_key_value_heads") or num_heads),
-      head_dim=int(head_dim),
-      rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-      rope_theta=theta,
-      rope_scaling=scaling,
-      max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
-      tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-      qkv_bias=qkv_bias,
-      qk_norm=model_type == "qwen3",
-      bos_token_id=hf.get("bos_token_id"),
-      eos_token_ids=eos_ids,
-      pad_token_id=hf.get("pad_token_id"),
-      **runtime)
+    model_type=model_type,
+    vocab_size=int(hf["vocab_size"]),
+    hidden_size=int(hf["hidden_size"]),
+    intermediate_size=int(hf["intermediate_size"]),
+    num_layers=int(hf["num_hidden_layers"]),
+    num_heads=num_heads,
+    num_kv_heads=int(hf.get("num_key_value_heads") or num_heads),
+    head_dim=int(head_dim),
+    rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+    rope_theta=theta,
+    rope_scaling=scaling,
+    max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
+    tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+    qkv_bias=qkv_bias,
+    qk_norm=model_type == "qwen3",
+    bos_token_id=hf.get("bos_token_id"),
+    eos_token_ids=eos_ids,
+    pad_token_id=hf.get("pad_token_id"),
+    **runtime,
+  )
 
 
 def load_config(path: str, **runtime) -> ModelConfig:
   """Reads `path/config.json` (or a config.json path) into a ModelConfig."""
   cfg_path = os.path.join(path, "config.json") if os.path.isdir(path) else path
   if not os.path.exists(cfg_path):
-    raise FileNotFoundError(f"{cfg_path}: no such file; expected an HF model directory "
-                            "with config.json")
+    raise FileNotFoundError(
+      f"{cfg_path}: no such file; expected an HF model directory with config.json"
+    )
   try:
     with open(cfg_path) as f:
       hf = json.load(f)
@@ -202,9 +232,20 @@ def load_config(path: str, **runtime) -> ModelConfig:
 
 def tiny_config(model_type: str = "qwen3", **overrides) -> ModelConfig:
   """A small random-init architecture for tests and the embedded default world."""
-  base = dict(model_type=model_type, vocab_size=256, hidden_size=64, intermediate_size=128,
-              num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, rope_theta=10000.0,
-              max_position_embeddings=512, tie_word_embeddings=model_type == "qwen3",
-              qkv_bias=model_type == "qwen2", qk_norm=model_type == "qwen3")
+  base = dict(
+    model_type=model_type,
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=128,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=16,
+    rope_theta=10000.0,
+    max_position_embeddings=512,
+    tie_word_embeddings=model_type == "qwen3",
+    qkv_bias=model_type == "qwen2",
+    qk_norm=model_type == "qwen3",
+  )
   base.update(overrides)
   return ModelConfig(**base)

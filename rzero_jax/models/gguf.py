@@ -12,6 +12,7 @@ string into its own memmap slice, which takes seconds on a 49k-token vocabulary,
 string arrays nobody asked for. Tensor data stays memory-mapped; the `gguf` package supplies the
 quantization tables and dequantization. No torch anywhere.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,20 +35,20 @@ SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # GGUF name -> HF name; `{i}` is the layer.
 _GLOBAL_NAMES = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
+  "token_embd.weight": "model.embed_tokens.weight",
+  "output_norm.weight": "model.norm.weight",
+  "output.weight": "lm_head.weight",
 }
 _LAYER_NAMES = {
-    "attn_norm.weight": "input_layernorm.weight",
-    "attn_q.weight": "self_attn.q_proj.weight",
-    "attn_k.weight": "self_attn.k_proj.weight",
-    "attn_v.weight": "self_attn.v_proj.weight",
-    "attn_output.weight": "self_attn.o_proj.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
-    "ffn_gate.weight": "mlp.gate_proj.weight",
-    "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
+  "attn_norm.weight": "input_layernorm.weight",
+  "attn_q.weight": "self_attn.q_proj.weight",
+  "attn_k.weight": "self_attn.k_proj.weight",
+  "attn_v.weight": "self_attn.v_proj.weight",
+  "attn_output.weight": "self_attn.o_proj.weight",
+  "ffn_norm.weight": "post_attention_layernorm.weight",
+  "ffn_gate.weight": "mlp.gate_proj.weight",
+  "ffn_up.weight": "mlp.up_proj.weight",
+  "ffn_down.weight": "mlp.down_proj.weight",
 }
 _LAYER_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
 
@@ -67,8 +68,9 @@ def _gguf_package():
   try:
     import gguf
   except ImportError:
-    raise ImportError("reading GGUF files needs the `gguf` package: pip install gguf "
-                      "(or the rzero-jax[gguf] extra)") from None
+    raise ImportError(
+      "reading GGUF files needs the `gguf` package: pip install gguf (or the rzero-jax[gguf] extra)"
+    ) from None
   return gguf
 
 
@@ -77,13 +79,24 @@ class TensorInfo:
   name: str
   shape: tuple[int, ...]  # numpy (row-major) order: GGUF lists dimensions fastest-moving first
   ggml_type: int
-  offset: int             # absolute, in the file
+  offset: int  # absolute, in the file
   nbytes: int
 
 
 # GGUF metadata value types: fixed-size scalars; 8 is a string, 9 an array.
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
-            11: "<q", 12: "<d"}
+_SCALARS = {
+  0: "<B",
+  1: "<b",
+  2: "<H",
+  3: "<h",
+  4: "<I",
+  5: "<i",
+  6: "<f",
+  7: "<?",
+  10: "<Q",
+  11: "<q",
+  12: "<d",
+}
 _STRING, _ARRAY = 8, 9
 _VERSIONS = (2, 3)
 
@@ -151,7 +164,7 @@ class GGUFFile:
     self._pos = start + length
     if self._pos > len(self._map):
       raise ValueError("string runs past the end of the file (truncated?)")
-    return self._map[start:self._pos].decode("utf-8")
+    return self._map[start : self._pos].decode("utf-8")
 
   def _value(self, value_type: int, key: str) -> Any:
     if value_type in _SCALARS:
@@ -195,8 +208,10 @@ class GGUFFile:
     try:
       return np.asarray(dequantize(raw, qtype), np.float32).reshape(info.shape)
     except NotImplementedError:
-      raise ValueError(f"{self.path}: tensor {name!r} is stored as {qtype.name}, which the gguf "
-                       "package cannot dequantize") from None
+      raise ValueError(
+        f"{self.path}: tensor {name!r} is stored as {qtype.name}, which the gguf "
+        "package cannot dequantize"
+      ) from None
 
 
 def config_from_gguf(file: GGUFFile, **runtime) -> ModelConfig:
@@ -204,8 +219,10 @@ def config_from_gguf(file: GGUFFile, **runtime) -> ModelConfig:
   path = file.path
   arch = file.get("general.architecture")
   if arch not in SUPPORTED_ARCHITECTURES:
-    raise ValueError(f"{path}: GGUF architecture {arch!r} is not supported; supported: "
-                     f"{', '.join(SUPPORTED_ARCHITECTURES)}")
+    raise ValueError(
+      f"{path}: GGUF architecture {arch!r} is not supported; supported: "
+      f"{', '.join(SUPPORTED_ARCHITECTURES)}"
+    )
 
   def need(key: str):
     value = file.get(f"{arch}.{key}")
@@ -215,40 +232,46 @@ def config_from_gguf(file: GGUFFile, **runtime) -> ModelConfig:
 
   names = set(file.tensors)
   if "rope_freqs.weight" in names or file.get(f"{arch}.rope.scaling.type") not in (None, "none"):
-    raise ValueError(f"{path}: GGUF RoPE scaling (rope_freqs / {arch}.rope.scaling.*) is not "
-                     "supported; convert the HF checkpoint with load_hf instead")
+    raise ValueError(
+      f"{path}: GGUF RoPE scaling (rope_freqs / {arch}.rope.scaling.*) is not "
+      "supported; convert the HF checkpoint with load_hf instead"
+    )
   hidden = int(need("embedding_length"))
   heads = int(need("attention.head_count"))
   head_dim = int(file.get(f"{arch}.attention.key_length", hidden // heads))
   rotary = int(file.get(f"{arch}.rope.dimension_count", head_dim))
   if rotary != head_dim:
-    raise ValueError(f"{path}: partial rotary embeddings ({arch}.rope.dimension_count="
-                     f"{rotary}, head_dim={head_dim}) are not supported")
+    raise ValueError(
+      f"{path}: partial rotary embeddings ({arch}.rope.dimension_count="
+      f"{rotary}, head_dim={head_dim}) are not supported"
+    )
   vocab = file.get(f"{arch}.vocab_size")
   if vocab is None:
     tokens = file.get("tokenizer.ggml.tokens")  # a list, or its length when skipped
     vocab = len(tokens) if isinstance(tokens, list) else tokens
     if vocab is None:
-      raise ValueError(f"{path}: GGUF metadata has neither {arch}.vocab_size nor "
-                       "tokenizer.ggml.tokens")
+      raise ValueError(
+        f"{path}: GGUF metadata has neither {arch}.vocab_size nor tokenizer.ggml.tokens"
+      )
   eos = file.get("tokenizer.ggml.eos_token_id")
   return ModelConfig(
-      model_type="llama",
-      vocab_size=int(vocab),
-      hidden_size=hidden,
-      intermediate_size=int(need("feed_forward_length")),
-      num_layers=int(need("block_count")),
-      num_heads=heads,
-      num_kv_heads=int(file.get(f"{arch}.attention.head_count_kv", heads)),
-      head_dim=head_dim,
-      rms_norm_eps=float(need("attention.layer_norm_rms_epsilon")),
-      rope_theta=float(file.get(f"{arch}.rope.freq_base", 10000.0)),
-      max_position_embeddings=int(file.get(f"{arch}.context_length", 4096)),
-      tie_word_embeddings="output.weight" not in names,
-      bos_token_id=file.get("tokenizer.ggml.bos_token_id"),
-      eos_token_ids=() if eos is None else (int(eos),),
-      pad_token_id=file.get("tokenizer.ggml.padding_token_id"),
-      **runtime)
+    model_type="llama",
+    vocab_size=int(vocab),
+    hidden_size=hidden,
+    intermediate_size=int(need("feed_forward_length")),
+    num_layers=int(need("block_count")),
+    num_heads=heads,
+    num_kv_heads=int(file.get(f"{arch}.attention.head_count_kv", heads)),
+    head_dim=head_dim,
+    rms_norm_eps=float(need("attention.layer_norm_rms_epsilon")),
+    rope_theta=float(file.get(f"{arch}.rope.freq_base", 10000.0)),
+    max_position_embeddings=int(file.get(f"{arch}.context_length", 4096)),
+    tie_word_embeddings="output.weight" not in names,
+    bos_token_id=file.get("tokenizer.ggml.bos_token_id"),
+    eos_token_ids=() if eos is None else (int(eos),),
+    pad_token_id=file.get("tokenizer.ggml.padding_token_id"),
+    **runtime,
+  )
 
 
 def hf_name(gguf_name: str) -> str | None:
@@ -283,8 +306,9 @@ class GGUFSource:
       else:
         self._gguf_names[hf] = name
     if unknown:
-      raise ValueError(f"{file.path}: unexpected GGUF tensor(s) for a llama model: "
-                       f"{', '.join(sorted(unknown))}")
+      raise ValueError(
+        f"{file.path}: unexpected GGUF tensor(s) for a llama model: {', '.join(sorted(unknown))}"
+      )
 
   def names(self) -> set[str]:
     return set(self._gguf_names)
@@ -301,8 +325,9 @@ class GGUFSource:
     return w[index]
 
 
-def load_gguf(path: str, dtype=jnp.float32, mesh=None,
-              rules: sharding.Rules = sharding.DEFAULT_RULES) -> tuple[ModelConfig, Any]:
+def load_gguf(
+  path: str, dtype=jnp.float32, mesh=None, rules: sharding.Rules = sharding.DEFAULT_RULES
+) -> tuple[ModelConfig, Any]:
   """Reads a Llama-architecture GGUF file into (cfg, params), dequantized to `dtype`.
 
   The tokenizer of the same file: `rzero_jax.tokenizer.load_tokenizer(path)`."""
@@ -314,26 +339,30 @@ def load_gguf(path: str, dtype=jnp.float32, mesh=None,
 
 # Metadata keys -> the names transformers' GGUF tokenizer converter takes.
 _TOKENIZER_KEYS = {
-    "tokenizer.ggml.model": "tokenizer_type",
-    "tokenizer.ggml.pre": "pre_tokenizer_type",
-    "tokenizer.ggml.tokens": "tokens",
-    "tokenizer.ggml.scores": "scores",
-    "tokenizer.ggml.token_type": "token_type",
-    "tokenizer.ggml.merges": "merges",
-    "tokenizer.ggml.precompiled_charsmap": "precompiled_charsmap",
-    "tokenizer.ggml.bos_token_id": "bos_token_id",
-    "tokenizer.ggml.eos_token_id": "eos_token_id",
-    "tokenizer.ggml.unknown_token_id": "unk_token_id",
-    "tokenizer.ggml.padding_token_id": "pad_token_id",
-    "tokenizer.ggml.add_space_prefix": "add_prefix_space",
+  "tokenizer.ggml.model": "tokenizer_type",
+  "tokenizer.ggml.pre": "pre_tokenizer_type",
+  "tokenizer.ggml.tokens": "tokens",
+  "tokenizer.ggml.scores": "scores",
+  "tokenizer.ggml.token_type": "token_type",
+  "tokenizer.ggml.merges": "merges",
+  "tokenizer.ggml.precompiled_charsmap": "precompiled_charsmap",
+  "tokenizer.ggml.bos_token_id": "bos_token_id",
+  "tokenizer.ggml.eos_token_id": "eos_token_id",
+  "tokenizer.ggml.unknown_token_id": "unk_token_id",
+  "tokenizer.ggml.padding_token_id": "pad_token_id",
+  "tokenizer.ggml.add_space_prefix": "add_prefix_space",
 }
 _TOKENIZER_CONFIG_KEYS = {
-    "tokenizer.chat_template": "chat_template",
-    "tokenizer.ggml.add_bos_token": "add_bos_token",
-    "tokenizer.ggml.add_eos_token": "add_eos_token",
+  "tokenizer.chat_template": "chat_template",
+  "tokenizer.ggml.add_bos_token": "add_bos_token",
+  "tokenizer.ggml.add_eos_token": "add_eos_token",
 }
-_SPECIAL_TOKENS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id",
-                   "unk_token": "unk_token_id", "pad_token": "pad_token_id"}
+_SPECIAL_TOKENS = {
+  "bos_token": "bos_token_id",
+  "eos_token": "eos_token_id",
+  "unk_token": "unk_token_id",
+  "pad_token": "pad_token_id",
+}
 
 
 def read_tokenizer_metadata(path: str) -> tuple[str, dict, dict]:
@@ -343,12 +372,14 @@ def read_tokenizer_metadata(path: str) -> tuple[str, dict, dict]:
   Transformers' own reader for this imports torch; this one does not."""
   file = GGUFFile(path, string_arrays=("tokenizer.ggml.tokens", "tokenizer.ggml.merges"))
   arch = file.get("general.architecture")
-  tokenizer = {name: file.metadata[key] for key, name in _TOKENIZER_KEYS.items()
-               if key in file.metadata}
+  tokenizer = {
+    name: file.metadata[key] for key, name in _TOKENIZER_KEYS.items() if key in file.metadata
+  }
   if "tokens" not in tokenizer:
     raise ValueError(f"{file.path}: GGUF file has no tokenizer (tokenizer.ggml.tokens missing)")
-  config = {name: file.metadata[key] for key, name in _TOKENIZER_CONFIG_KEYS.items()
-            if key in file.metadata}
+  config = {
+    name: file.metadata[key] for key, name in _TOKENIZER_CONFIG_KEYS.items() if key in file.metadata
+  }
   if tokenizer.get("tokenizer_type") == "llama":
     # llama.cpp adds BOS to a sentencepiece vocabulary that does not say otherwise.
     config.setdefault("add_bos_token", True)

@@ -12,6 +12,7 @@ safetensors files only the slice of each layer's tensor that the requested shard
 Only safetensors are read. Pickled `pytorch_model*.bin` checkpoints are refused, because unpickling
 runs arbitrary code.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,6 +44,7 @@ Params = Any
 
 # ----------------------------------------------------------------------------- the table
 
+
 @dataclasses.dataclass(frozen=True)
 class TensorMap:
   """How one HF tensor becomes one of our params.
@@ -52,6 +54,7 @@ class TensorMap:
   split: each HF dimension as its sub-dimensions, outermost first.
   perm: our per-layer axes, as indices into the flattened split view.
   """
+
   hf_name: str
   path: tuple[str, ...]
   split: tuple[tuple[int, ...], ...]
@@ -97,27 +100,43 @@ def tensor_table(cfg: ModelConfig) -> list[TensorMap]:
   attn = ("layers", "attn")
   mlp = ("layers", "mlp")
   table = [TensorMap("model.embed_tokens.weight", ("embed", "embedding"), ((v,), (d,)), (0, 1))]
-  table.append(TensorMap(layer + "input_layernorm.weight", ("layers", "input_norm", "scale"),
-                         ((d,),), (0,)))
+  table.append(
+    TensorMap(layer + "input_layernorm.weight", ("layers", "input_norm", "scale"), ((d,),), (0,))
+  )
   for name, heads in (("q_proj", h), ("k_proj", kv), ("v_proj", kv)):
     # HF [N*Dh, D] (out, in) -> view [N, Dh, D] -> ours [D, N, Dh]
-    table.append(TensorMap(layer + f"self_attn.{name}.weight", attn + (name, "kernel"),
-                           ((heads, hd), (d,)), (2, 0, 1)))
+    table.append(
+      TensorMap(
+        layer + f"self_attn.{name}.weight", attn + (name, "kernel"), ((heads, hd), (d,)), (2, 0, 1)
+      )
+    )
     if cfg.qkv_bias:
-      table.append(TensorMap(layer + f"self_attn.{name}.bias", attn + (name, "bias"),
-                             ((heads, hd),), (0, 1)))
+      table.append(
+        TensorMap(layer + f"self_attn.{name}.bias", attn + (name, "bias"), ((heads, hd),), (0, 1))
+      )
   # HF [D, H*Dh] -> view [D, H, Dh] -> ours [H, Dh, D]
-  table.append(TensorMap(layer + "self_attn.o_proj.weight", attn + ("o_proj", "kernel"),
-                         ((d,), (h, hd)), (1, 2, 0)))
+  table.append(
+    TensorMap(
+      layer + "self_attn.o_proj.weight", attn + ("o_proj", "kernel"), ((d,), (h, hd)), (1, 2, 0)
+    )
+  )
   if cfg.qk_norm:
     for name in ("q_norm", "k_norm"):
-      table.append(TensorMap(layer + f"self_attn.{name}.weight", attn + (name, "scale"),
-                             ((hd,),), (0,)))
-  table.append(TensorMap(layer + "post_attention_layernorm.weight",
-                         ("layers", "post_attn_norm", "scale"), ((d,),), (0,)))
+      table.append(
+        TensorMap(layer + f"self_attn.{name}.weight", attn + (name, "scale"), ((hd,),), (0,))
+      )
+  table.append(
+    TensorMap(
+      layer + "post_attention_layernorm.weight",
+      ("layers", "post_attn_norm", "scale"),
+      ((d,),),
+      (0,),
+    )
+  )
   for name, (n_out, n_in) in (("gate_proj", (f, d)), ("up_proj", (f, d)), ("down_proj", (d, f))):
-    table.append(TensorMap(layer + f"mlp.{name}.weight", mlp + (name, "kernel"),
-                           ((n_out,), (n_in,)), (1, 0)))
+    table.append(
+      TensorMap(layer + f"mlp.{name}.weight", mlp + (name, "kernel"), ((n_out,), (n_in,)), (1, 0))
+    )
   table.append(TensorMap("model.norm.weight", ("final_norm", "scale"), ((d,),), (0,)))
   if not cfg.tie_word_embeddings:
     table.append(TensorMap("lm_head.weight", ("lm_head", "kernel"), ((v,), (d,)), (1, 0)))
@@ -131,15 +150,19 @@ def _full_shape(cfg: ModelConfig, entry: TensorMap) -> tuple[int, ...]:
 def check_table_matches_model(cfg: ModelConfig) -> None:
   """The table and the Flax module must describe the same params; drift is a bug, caught here."""
   abstract = transformer.abstract_params(cfg)
-  flat = {tuple(k.key for k in path): leaf.shape
-          for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+  flat = {
+    tuple(k.key for k in path): leaf.shape
+    for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]
+  }
   from_table = {e.path: _full_shape(cfg, e) for e in tensor_table(cfg)}
   if flat != from_table:
-    raise AssertionError(f"hf.tensor_table disagrees with the model's params: table={from_table} "
-                         f"model={flat}")
+    raise AssertionError(
+      f"hf.tensor_table disagrees with the model's params: table={from_table} model={flat}"
+    )
 
 
 # ----------------------------------------------------------------------------- slicing
+
 
 def _normalize(index: Sequence[slice] | None, shape: Sequence[int]) -> list[slice]:
   index = tuple(index or ())
@@ -153,8 +176,9 @@ def _normalize(index: Sequence[slice] | None, shape: Sequence[int]) -> list[slic
   return out
 
 
-def _read_layer_block(entry: TensorMap, read: Callable[[tuple[slice, ...]], np.ndarray],
-                      our_index: Sequence[slice]) -> np.ndarray:
+def _read_layer_block(
+  entry: TensorMap, read: Callable[[tuple[slice, ...]], np.ndarray], our_index: Sequence[slice]
+) -> np.ndarray:
   """Our `[our_index]` block of one layer, reading only the HF rows/columns it covers.
 
   Our axes are a permutation of the split view's axes; each HF dimension is the row-major
@@ -182,8 +206,10 @@ def _read_layer_block(entry: TensorMap, read: Callable[[tuple[slice, ...]], np.n
 
 # ----------------------------------------------------------------------------- tensor sources
 
+
 class TensorSource(Protocol):
   """Where HF-named tensors come from (safetensors files, or a dequantized GGUF)."""
+
   where: str
 
   def names(self) -> set[str]: ...
@@ -208,12 +234,15 @@ class SafetensorsSource:
       try:
         self._handles[file] = stack.enter_context(safetensors.safe_open(file, framework="numpy"))
       except Exception as e:  # safetensors raises its own SafetensorError for a bad header
-        raise ValueError(f"{file}: not a readable safetensors file (corrupt or truncated "
-                         f"header?): {e}") from None
+        raise ValueError(
+          f"{file}: not a readable safetensors file (corrupt or truncated header?): {e}"
+        ) from None
     for name, file in self._files.items():
       if name not in self._handles[file].keys():
-        raise ValueError(f"{os.path.join(model_dir, INDEX_FILE)}: says tensor {name!r} is in "
-                         f"{os.path.basename(file)}, but that file has no such tensor")
+        raise ValueError(
+          f"{os.path.join(model_dir, INDEX_FILE)}: says tensor {name!r} is in "
+          f"{os.path.basename(file)}, but that file has no such tensor"
+        )
 
   def names(self) -> set[str]:
     return set(self._files)
@@ -239,8 +268,9 @@ def _weight_map(model_dir: str) -> dict[str, str]:
       with safetensors.safe_open(single, framework="numpy") as f:
         return {name: single for name in f.keys()}
     except Exception as e:
-      raise ValueError(f"{single}: not a readable safetensors file (corrupt or truncated "
-                       f"header?): {e}") from None
+      raise ValueError(
+        f"{single}: not a readable safetensors file (corrupt or truncated header?): {e}"
+      ) from None
   if os.path.exists(index):
     try:
       with open(index) as f:
@@ -254,19 +284,25 @@ def _weight_map(model_dir: str) -> dict[str, str]:
         raise FileNotFoundError(f"{index}: tensor {name!r} is in {file}, which does not exist")
       out[name] = path
     return out
-  pickled = sorted(f for f in os.listdir(model_dir)
-                   if f.endswith((".bin", ".pt", ".pth")) and not f.startswith("training_args"))
+  pickled = sorted(
+    f
+    for f in os.listdir(model_dir)
+    if f.endswith((".bin", ".pt", ".pth")) and not f.startswith("training_args")
+  )
   if pickled:
     raise ValueError(
-        f"{model_dir}: holds only pickled PyTorch weights ({', '.join(pickled)}). These are "
-        "refused because unpickling runs arbitrary code. Convert them once, in an environment "
-        "you trust, to safetensors: `transformers.AutoModelForCausalLM.from_pretrained(path)"
-        ".save_pretrained(out_dir, safe_serialization=True)`, then load out_dir.")
-  raise FileNotFoundError(f"{model_dir}: no weights found; expected {SINGLE_FILE} or "
-                          f"{INDEX_FILE} (with its shards)")
+      f"{model_dir}: holds only pickled PyTorch weights ({', '.join(pickled)}). These are "
+      "refused because unpickling runs arbitrary code. Convert them once, in an environment "
+      "you trust, to safetensors: `transformers.AutoModelForCausalLM.from_pretrained(path)"
+      ".save_pretrained(out_dir, safe_serialization=True)`, then load out_dir."
+    )
+  raise FileNotFoundError(
+    f"{model_dir}: no weights found; expected {SINGLE_FILE} or {INDEX_FILE} (with its shards)"
+  )
 
 
 # ----------------------------------------------------------------------------- loading
+
 
 def dtype_name(dtype) -> str:
   name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
@@ -293,17 +329,21 @@ def _check_names_and_shapes(cfg: ModelConfig, source: TensorSource) -> bool:
     problems.append(f"missing tensor(s): {', '.join(missing)}")
   unexpected = sorted(present - set(expected))
   if unexpected:
-    problems.append(f"unexpected tensor(s) for model_type={cfg.model_type!r} "
-                    f"(tie_word_embeddings={cfg.tie_word_embeddings}, "
-                    f"qkv_bias={cfg.qkv_bias}, qk_norm={cfg.qk_norm}): {', '.join(unexpected)}")
+    problems.append(
+      f"unexpected tensor(s) for model_type={cfg.model_type!r} "
+      f"(tie_word_embeddings={cfg.tie_word_embeddings}, "
+      f"qkv_bias={cfg.qkv_bias}, qk_norm={cfg.qk_norm}): {', '.join(unexpected)}"
+    )
   for name in sorted(set(expected) & present):
     got = source.shape(name)
     if got != expected[name]:
-      problems.append(f"tensor {name!r} has shape {list(got)}, expected {list(expected[name])} "
-                      "from config.json")
+      problems.append(
+        f"tensor {name!r} has shape {list(got)}, expected {list(expected[name])} from config.json"
+      )
   if problems:
-    raise ValueError(f"{source.where}: checkpoint does not match its config: "
-                     + "; ".join(problems))
+    raise ValueError(
+      f"{source.where}: checkpoint does not match its config: " + "; ".join(problems)
+    )
   return redundant_head
 
 
@@ -311,11 +351,14 @@ def _check_tied_head(cfg: ModelConfig, source: TensorSource, rows_per_chunk: int
   # Row chunks keep the comparison from copying both [V, D] tables to the host at once.
   for start in range(0, cfg.vocab_size, rows_per_chunk):
     rows = (slice(start, min(start + rows_per_chunk, cfg.vocab_size)), slice(None))
-    if not np.array_equal(source.read("lm_head.weight", rows),
-                          source.read("model.embed_tokens.weight", rows)):
-      raise ValueError(f"{source.where}: config says tie_word_embeddings=true, but "
-                       "lm_head.weight differs from model.embed_tokens.weight; set "
-                       "tie_word_embeddings=false in config.json to load the separate head")
+    if not np.array_equal(
+      source.read("lm_head.weight", rows), source.read("model.embed_tokens.weight", rows)
+    ):
+      raise ValueError(
+        f"{source.where}: config says tie_word_embeddings=true, but "
+        "lm_head.weight differs from model.embed_tokens.weight; set "
+        "tie_word_embeddings=false in config.json to load the separate head"
+      )
 
 
 def _set_path(tree: dict, path: Sequence[str], value) -> None:
@@ -327,13 +370,14 @@ def _set_path(tree: dict, path: Sequence[str], value) -> None:
 def _get_path(tree, path: Sequence[str], where: str):
   for depth, key in enumerate(path):
     if not isinstance(tree, dict) or key not in tree:
-      raise ValueError(f"{where}: params lack {'/'.join(path[:depth + 1])}")
+      raise ValueError(f"{where}: params lack {'/'.join(path[: depth + 1])}")
     tree = tree[key]
   return tree
 
 
-def params_from_source(cfg: ModelConfig, source: TensorSource, mesh=None,
-                       rules: sharding.Rules = sharding.DEFAULT_RULES) -> Params:
+def params_from_source(
+  cfg: ModelConfig, source: TensorSource, mesh=None, rules: sharding.Rules = sharding.DEFAULT_RULES
+) -> Params:
   """Builds the params pytree for `cfg` from HF-named tensors, each straight into its sharding.
 
   The stored dtype is `cfg.param_dtype`."""
@@ -350,14 +394,21 @@ def params_from_source(cfg: ModelConfig, source: TensorSource, mesh=None,
       target = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     else:
       target = _get_path(shardings, entry.path, "param_shardings")
-    _set_path(params, entry.path, jax.make_array_from_callback(
-        shape, target, _make_callback(source, entry, shape, np_dtype), dtype=np_dtype))
+    _set_path(
+      params,
+      entry.path,
+      jax.make_array_from_callback(
+        shape, target, _make_callback(source, entry, shape, np_dtype), dtype=np_dtype
+      ),
+    )
   return params
 
 
-def _make_callback(source: TensorSource, entry: TensorMap, shape: tuple[int, ...],
-                   np_dtype: np.dtype):
+def _make_callback(
+  source: TensorSource, entry: TensorMap, shape: tuple[int, ...], np_dtype: np.dtype
+):
   """The make_array_from_callback callback: one shard's block, read layer by layer."""
+
   def callback(index):
     index = _normalize(index, shape)
     if not entry.layered:
@@ -370,11 +421,13 @@ def _make_callback(source: TensorSource, entry: TensorMap, shape: tuple[int, ...
       read = lambda hf_index, name=name: source.read(name, hf_index)
       blocks.append(_read_layer_block(entry, read, index[1:]).astype(np_dtype))
     return np.stack(blocks) if blocks else np.zeros((0,) + entry.layer_shape, np_dtype)
+
   return callback
 
 
-def load_hf(path: str, dtype=jnp.float32, mesh=None,
-            rules: sharding.Rules = sharding.DEFAULT_RULES) -> tuple[ModelConfig, Params]:
+def load_hf(
+  path: str, dtype=jnp.float32, mesh=None, rules: sharding.Rules = sharding.DEFAULT_RULES
+) -> tuple[ModelConfig, Params]:
   """Reads an HF model directory (config.json + safetensors) into (cfg, params).
 
   `dtype` (float32 | bfloat16) is the stored dtype of the params and sets cfg.param_dtype; the
@@ -383,11 +436,15 @@ def load_hf(path: str, dtype=jnp.float32, mesh=None,
   """
   path = fileio.local_copy(path)  # a gs:// model is read from a local copy
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"{path}: no such directory; expected an HF model directory with "
-                            f"{CONFIG_FILE} and {SINGLE_FILE}")
+    raise FileNotFoundError(
+      f"{path}: no such directory; expected an HF model directory with "
+      f"{CONFIG_FILE} and {SINGLE_FILE}"
+    )
   if not os.path.exists(os.path.join(path, CONFIG_FILE)):
-    raise FileNotFoundError(f"{os.path.join(path, CONFIG_FILE)}: no such file; an HF model "
-                            "directory needs its config.json")
+    raise FileNotFoundError(
+      f"{os.path.join(path, CONFIG_FILE)}: no such file; an HF model "
+      "directory needs its config.json"
+    )
   cfg = load_config(path, param_dtype=dtype_name(dtype))
   with contextlib.ExitStack() as stack:
     source = SafetensorsSource(path, stack)
@@ -397,8 +454,10 @@ def load_hf(path: str, dtype=jnp.float32, mesh=None,
 
 # ----------------------------------------------------------------------------- saving
 
-def _hf_tensors(cfg: ModelConfig, params: Params) -> Iterator[tuple[str, Callable[[], np.ndarray],
-                                                                   tuple[int, ...]]]:
+
+def _hf_tensors(
+  cfg: ModelConfig, params: Params
+) -> Iterator[tuple[str, Callable[[], np.ndarray], tuple[int, ...]]]:
   """(HF name, a thunk that fetches it to the host, HF shape) for every tensor, in HF order.
 
   Per-layer tensors are fetched one layer at a time, so the host never holds a whole param."""
@@ -407,20 +466,25 @@ def _hf_tensors(cfg: ModelConfig, params: Params) -> Iterator[tuple[str, Callabl
     value = _get_path(params, entry.path, "save_hf")
     want = _full_shape(cfg, entry)
     if tuple(value.shape) != want:
-      raise ValueError(f"save_hf: param {'/'.join(entry.path)} has shape {list(value.shape)}, "
-                       f"expected {list(want)} for this config")
+      raise ValueError(
+        f"save_hf: param {'/'.join(entry.path)} has shape {list(value.shape)}, "
+        f"expected {list(want)} for this config"
+      )
     if not entry.layered:
       fetch = lambda v=value, e=entry: e.to_hf(multihost.to_host(v)).astype(np_dtype)  # noqa: E731
       yield entry.hf_name, fetch, entry.hf_shape
       continue
     for i in range(cfg.num_layers):
-      yield (entry.hf_name.format(i=i),
-             lambda v=value, e=entry, i=i: e.to_hf(multihost.to_host(v[i])).astype(np_dtype),
-             entry.hf_shape)
+      yield (
+        entry.hf_name.format(i=i),
+        lambda v=value, e=entry, i=i: e.to_hf(multihost.to_host(v[i])).astype(np_dtype),
+        entry.hf_shape,
+      )
 
 
-def save_hf(cfg: ModelConfig, params: Params, out_dir: str,
-            max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
+def save_hf(
+  cfg: ModelConfig, params: Params, out_dir: str, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+) -> None:
   """Writes config.json + safetensors (one file, or shards + index) that transformers loads.
 
   Tensors are stored in cfg.param_dtype. Files are written in a temporary directory beside
@@ -446,12 +510,18 @@ def save_hf(cfg: ModelConfig, params: Params, out_dir: str,
   os.makedirs(parent, exist_ok=True)
   staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
   try:
-    names = ([SINGLE_FILE] if len(shards) == 1 else
-             [f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))])
+    names = (
+      [SINGLE_FILE]
+      if len(shards) == 1
+      else [f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))]
+    )
     weight_map = {}
     for file, shard in zip(names, shards):
-      save_file({name: fetch() for name, fetch in shard}, os.path.join(staging, file),
-                metadata={"format": "pt"})
+      save_file(
+        {name: fetch() for name, fetch in shard},
+        os.path.join(staging, file),
+        metadata={"format": "pt"},
+      )
       weight_map.update({name: file for name, _ in shard})
     if len(shards) > 1:
       total = sum(math.prod(shape) * itemsize for _, _, shape in tensors)

@@ -28,6 +28,7 @@ Training, prefill and decode share one forward. The KV cache is one stacked arra
 [L, B, KV, S, Dh], carried through the scan over layers and written in place at the call's
 slots; `attend` is the one attention hook, and it picks the kernel by backend.
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,8 +38,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
-from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
+from jax.experimental.pallas.ops.tpu.splash_attention import (
+  splash_attention_kernel as splash,
+  splash_attention_mask as splash_mask,
+)
 from jax.sharding import PartitionSpec as P
 
 from rzero_jax import sharding
@@ -67,11 +70,14 @@ def dtype_of(name: str):
 
 # ----------------------------------------------------------------------------- RoPE
 
+
 def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
   """Inverse frequencies, computed in float32 the way transformers does (incl. llama3 scaling)."""
   dim = cfg.head_dim
-  inv = 1.0 / (np.float32(cfg.rope_theta) ** (np.arange(0, dim, 2, dtype=np.int64)
-                                               .astype(np.float32) / np.float32(dim)))
+  inv = 1.0 / (
+    np.float32(cfg.rope_theta)
+    ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim))
+  )
   inv = inv.astype(np.float32)
   s = cfg.rope_scaling
   if s is None:
@@ -80,8 +86,9 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
   high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
   wavelen = 2 * np.pi / inv
   scaled = np.where(wavelen > low_wavelen, inv / s.factor, inv)
-  smooth = ((s.original_max_position_embeddings / wavelen - s.low_freq_factor)
-            / (s.high_freq_factor - s.low_freq_factor))
+  smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+    s.high_freq_factor - s.low_freq_factor
+  )
   smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
   is_medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
   return np.where(is_medium, smoothed, scaled).astype(np.float32)
@@ -99,6 +106,7 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.
 
 # ----------------------------------------------------------------------------- layers
 
+
 def _param(module: nn.Module, name: str, init, shape: Sequence[int], axes: tuple, dtype):
   return module.param(name, nn.with_logical_partitioning(init, axes), tuple(shape), dtype)
 
@@ -111,8 +119,9 @@ class RMSNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), (self.axis_name,),
-                   self.param_dtype)
+    scale = _param(
+      self, "scale", nn.initializers.ones, (x.shape[-1],), (self.axis_name,), self.param_dtype
+    )
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
     return (y * scale.astype(jnp.float32)).astype(self.dtype)
@@ -120,6 +129,7 @@ class RMSNorm(nn.Module):
 
 class Projection(nn.Module):
   """A kernel of logical shape `in_axes + out_axes`, contracted over the input axes."""
+
   in_shape: tuple[int, ...]
   out_shape: tuple[int, ...]
   in_axes: tuple[str, ...]
@@ -130,16 +140,25 @@ class Projection(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    kernel = _param(self, "kernel", nn.initializers.normal(0.02), self.in_shape + self.out_shape,
-                    self.in_axes + self.out_axes, self.param_dtype)
+    kernel = _param(
+      self,
+      "kernel",
+      nn.initializers.normal(0.02),
+      self.in_shape + self.out_shape,
+      self.in_axes + self.out_axes,
+      self.param_dtype,
+    )
     n_in = len(self.in_shape)
     y = jax.lax.dot_general(
-        x.astype(self.dtype), kernel.astype(self.dtype),
-        ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())),
-        preferred_element_type=self.dtype)
+      x.astype(self.dtype),
+      kernel.astype(self.dtype),
+      ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())),
+      preferred_element_type=self.dtype,
+    )
     if self.use_bias:
-      bias = _param(self, "bias", nn.initializers.zeros, self.out_shape, self.out_axes,
-                    self.param_dtype)
+      bias = _param(
+        self, "bias", nn.initializers.zeros, self.out_shape, self.out_axes, self.param_dtype
+      )
       y = y + bias.astype(self.dtype)
     return y
 
@@ -155,8 +174,14 @@ class Attention(nn.Module):
     cfg = self.cfg
     dt, pdt = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
     d, h, kv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    proj = functools.partial(Projection, in_shape=(d,), in_axes=("embed",), dtype=dt,
-                             param_dtype=pdt, use_bias=cfg.qkv_bias)
+    proj = functools.partial(
+      Projection,
+      in_shape=(d,),
+      in_axes=("embed",),
+      dtype=dt,
+      param_dtype=pdt,
+      use_bias=cfg.qkv_bias,
+    )
     q = proj(out_shape=(h, hd), out_axes=("heads", "head_dim"), name="q_proj")(x)
     k = proj(out_shape=(kv, hd), out_axes=("kv_heads", "head_dim"), name="k_proj")(x)
     v = proj(out_shape=(kv, hd), out_axes=("kv_heads", "head_dim"), name="v_proj")(x)
@@ -175,22 +200,32 @@ class Attention(nn.Module):
       # this layer's part of the stacked cache; slots not yet written are masked by kv_mask
       # and causality.
       index = (layer_idx, 0, 0, cache_index, 0)
-      cache = {name: jax.lax.dynamic_update_slice(cache[name], new[None].astype(
-          cache[name].dtype), index) for name, new in (("k", k), ("v", v))}
+      cache = {
+        name: jax.lax.dynamic_update_slice(cache[name], new[None].astype(cache[name].dtype), index)
+        for name, new in (("k", k), ("v", v))
+      }
       keys, values = cache["k"][layer_idx].astype(dt), cache["v"][layer_idx].astype(dt)
-    out = attend(q, keys, values, kv_mask, cache_index, kernel=self.kernel, mesh=self.mesh,
-                 rules=self.rules)
-    out = sharding.constrain(out, ("batch", "length", "heads", "head_dim"), self.mesh,
-                             self.rules)
-    y = Projection(in_shape=(h, hd), out_shape=(d,), in_axes=("heads", "head_dim"),
-                   out_axes=("embed",), dtype=dt, param_dtype=pdt, name="o_proj")(out)
+    out = attend(
+      q, keys, values, kv_mask, cache_index, kernel=self.kernel, mesh=self.mesh, rules=self.rules
+    )
+    out = sharding.constrain(out, ("batch", "length", "heads", "head_dim"), self.mesh, self.rules)
+    y = Projection(
+      in_shape=(h, hd),
+      out_shape=(d,),
+      in_axes=("heads", "head_dim"),
+      out_axes=("embed",),
+      dtype=dt,
+      param_dtype=pdt,
+      name="o_proj",
+    )(out)
     return y, cache
 
 
 # ----------------------------------------------------------------------------- attention
 
+
 def resolve_kernel(kernel: str, mesh=None) -> str:
-  """"auto" -> the kernel for the backend the program compiles for (the mesh's devices, which
+  """ "auto" -> the kernel for the backend the program compiles for (the mesh's devices, which
   may be a TPU topology compiled ahead of time on a CPU host, else the default backend)."""
   if kernel not in ATTENTION_KERNELS:
     raise ValueError(f"attention kernel {kernel!r}: expected one of {ATTENTION_KERNELS}")
@@ -200,8 +235,18 @@ def resolve_kernel(kernel: str, mesh=None) -> str:
   return "splash" if platform == "tpu" else "chunked"
 
 
-def attend(q, k, v, kv_mask, q_start=0, *, kernel: str = "auto", mesh=None,
-           rules=sharding.DEFAULT_RULES, chunk: int = CHUNK):
+def attend(
+  q,
+  k,
+  v,
+  kv_mask,
+  q_start=0,
+  *,
+  kernel: str = "auto",
+  mesh=None,
+  rules=sharding.DEFAULT_RULES,
+  chunk: int = CHUNK,
+):
   """Causal grouped-query attention: the one hook that training, prefill and decode call.
 
   q [B, T, H, Dh]; k, v [B, KV, S, Dh]; kv_mask [B, S] marks real slots; query t sits at slot
@@ -234,16 +279,21 @@ def _scores(q, k):
   # Plain batched matmuls over (batch, kv head) with the group's queries as rows: XLA:CPU
   # runs the equivalent 5-d einsum through transposes, 3x slower at decode shapes.
   q_rows = q.reshape(b, t, kv, h // kv, hd).transpose(0, 2, 3, 1, 4).reshape(b, kv, -1, hd)
-  scores = jax.lax.dot_general(q_rows, k.astype(q.dtype), (((3,), (3,)), ((0, 1), (0, 1))),
-                               preferred_element_type=jnp.float32)
-  return (scores * hd ** -0.5).reshape(b, kv, h // kv, t, -1)
+  scores = jax.lax.dot_general(
+    q_rows, k.astype(q.dtype), (((3,), (3,)), ((0, 1), (0, 1))), preferred_element_type=jnp.float32
+  )
+  return (scores * hd**-0.5).reshape(b, kv, h // kv, t, -1)
 
 
 def _mix(weights, v):
   """weights [B, KV, G, T, S] x v [B, KV, S, Dh] -> float32 [B, T, H, Dh]."""
   b, kv, g, t, _ = weights.shape
-  out = jax.lax.dot_general(weights.astype(v.dtype).reshape(b, kv, g * t, -1), v,
-                            (((3,), (2,)), ((0, 1), (0, 1))), preferred_element_type=jnp.float32)
+  out = jax.lax.dot_general(
+    weights.astype(v.dtype).reshape(b, kv, g * t, -1),
+    v,
+    (((3,), (2,)), ((0, 1), (0, 1))),
+    preferred_element_type=jnp.float32,
+  )
   return out.reshape(b, kv, g, t, -1).transpose(0, 3, 1, 2, 4).reshape(b, t, kv * g, -1)
 
 
@@ -275,8 +325,9 @@ def _attend_chunked(q, k, v, kv_mask, q_start, chunk: int):
       def update(carry):
         best, total, acc = carry
         k_j, v_j = (jax.lax.dynamic_slice_in_dim(x, j * chunk, chunk, axis=2) for x in (k, v))
-        mask = _mask(jax.lax.dynamic_slice_in_dim(kv_mask, j * chunk, chunk, axis=1),
-                     q_slots - j * chunk)
+        mask = _mask(
+          jax.lax.dynamic_slice_in_dim(kv_mask, j * chunk, chunk, axis=1), q_slots - j * chunk
+        )
         scores = jnp.where(mask[:, None, None], _scores(q_i, k_j), _MASKED_SCORE)
         new_best = jnp.maximum(best, jnp.max(scores, axis=-1))
         weights = jnp.exp(scores - new_best[..., None])
@@ -284,10 +335,14 @@ def _attend_chunked(q, k, v, kv_mask, q_start, chunk: int):
         total = total * rescale + jnp.sum(weights, axis=-1)
         rescale = rescale.transpose(0, 3, 1, 2).reshape(b, chunk, h, 1)
         return new_best, total, acc * rescale + _mix(weights, v_j)
+
       return jax.lax.cond(j * chunk <= q_slots[-1], update, lambda c: c, carry), None
 
-    init = (jnp.full((b, kv, g, chunk), _MASKED_SCORE, jnp.float32),
-            jnp.zeros((b, kv, g, chunk), jnp.float32), jnp.zeros((b, chunk, h, hd), jnp.float32))
+    init = (
+      jnp.full((b, kv, g, chunk), _MASKED_SCORE, jnp.float32),
+      jnp.zeros((b, kv, g, chunk), jnp.float32),
+      jnp.zeros((b, chunk, h, hd), jnp.float32),
+    )
     (_, total, acc), _ = jax.lax.scan(key_block, init, jnp.arange(nk))
     total = total.transpose(0, 3, 1, 2).reshape(b, chunk, h, 1)
     return (acc / total).astype(q.dtype)
@@ -301,33 +356,47 @@ def _attend_splash(q, k, v, kv_mask, interpret: bool, mesh, rules, chunk: int):
   sees padding keys only; its output is never read). Under a mesh it runs per shard
   (`shard_map`): batch over the batch axes, heads over tensor."""
   b, t, h, hd = q.shape
-  q = (q * hd ** -0.5).transpose(0, 2, 1, 3)  # [B, H, T, Dh]
+  q = (q * hd**-0.5).transpose(0, 2, 1, 3)  # [B, H, T, Dh]
   segments = kv_mask.astype(jnp.int32)
 
   def run(q, k, v, segments):
     block = next(size for size in (chunk, 256, 128) if t % size == 0)
-    sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
-                              block_q_dkv=block, block_kv_dkv=block,
-                              block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
+    sizes = splash.BlockSizes(
+      block_q=block,
+      block_kv=block,
+      block_kv_compute=block,
+      block_q_dkv=block,
+      block_kv_dkv=block,
+      block_kv_dkv_compute=block,
+      block_q_dq=block,
+      block_kv_dq=block,
+    )
     heads = q.shape[1]
     mask = splash_mask.MultiHeadMask([splash_mask.CausalMask((t, t))] * heads)
-    kernel = splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
-                                    interpret=interpret)
+    kernel = splash.make_splash_mha(
+      mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret
+    )
     return jax.vmap(kernel)(q, k, v, splash.SegmentIds(segments, segments))
 
   if mesh is None or mesh.size == 1:
     out = run(q, k, v, segments)
   else:
     spec = lambda x, heads: sharding.fit_spec_to_shape(
-        sharding.logical_to_spec(("batch", heads, None, None), rules, mesh), x.shape, mesh)
+      sharding.logical_to_spec(("batch", heads, None, None), rules, mesh), x.shape, mesh
+    )
     q_spec, kv_spec = spec(q, "heads"), spec(k, "kv_heads")
     if tuple(kv_spec)[1:2] != tuple(q_spec)[1:2]:
       # kv heads split unlike query heads: give each query head its own copy, so each
       # shard's query heads find their keys.
       k, v = (jnp.repeat(x, h // x.shape[1], axis=1) for x in (k, v))
       kv_spec = q_spec
-    out = jax.shard_map(run, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, P(q_spec[0], None)),
-                        out_specs=q_spec, check_vma=False)(q, k, v, segments)
+    out = jax.shard_map(
+      run,
+      mesh=mesh,
+      in_specs=(q_spec, kv_spec, kv_spec, P(q_spec[0], None)),
+      out_specs=q_spec,
+      check_vma=False,
+    )(q, k, v, segments)
   return out.transpose(0, 2, 1, 3).astype(q.dtype)
 
 
@@ -341,12 +410,26 @@ class MLP(nn.Module):
     cfg = self.cfg
     dt, pdt = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
     d, f = cfg.hidden_size, cfg.intermediate_size
-    up = functools.partial(Projection, in_shape=(d,), out_shape=(f,), in_axes=("embed",),
-                           out_axes=("mlp",), dtype=dt, param_dtype=pdt)
+    up = functools.partial(
+      Projection,
+      in_shape=(d,),
+      out_shape=(f,),
+      in_axes=("embed",),
+      out_axes=("mlp",),
+      dtype=dt,
+      param_dtype=pdt,
+    )
     hidden = jax.nn.silu(up(name="gate_proj")(x)) * up(name="up_proj")(x)
     hidden = sharding.constrain(hidden, ("batch", "length", "act_mlp"), self.mesh, self.rules)
-    return Projection(in_shape=(f,), out_shape=(d,), in_axes=("mlp",), out_axes=("embed",),
-                      dtype=dt, param_dtype=pdt, name="down_proj")(hidden)
+    return Projection(
+      in_shape=(f,),
+      out_shape=(d,),
+      in_axes=("mlp",),
+      out_axes=("embed",),
+      dtype=dt,
+      param_dtype=pdt,
+      name="down_proj",
+    )(hidden)
 
 
 class DecoderLayer(nn.Module):
@@ -364,7 +447,8 @@ class DecoderLayer(nn.Module):
     # The whole cache rides in the scan carry and is updated in place at this layer's slots,
     # so a decode step writes one token per layer instead of copying the cache.
     attn_out, cache = Attention(cfg, self.mesh, self.rules, self.kernel, name="attn")(
-        h, positions, kv_mask, cache, layer_idx, cache_index)
+      h, positions, kv_mask, cache, layer_idx, cache_index
+    )
     x = x + attn_out
     h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="post_attn_norm")(x)
     x = x + MLP(cfg, self.mesh, self.rules, name="mlp")(h)
@@ -373,8 +457,8 @@ class DecoderLayer(nn.Module):
 
 
 _REMAT_POLICIES = {
-    "full": None,  # save nothing, recompute everything
-    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+  "full": None,  # save nothing, recompute everything
+  "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
 
 
@@ -392,24 +476,30 @@ class Decoder(nn.Module):
     if cfg.remat != "none":
       layer_cls = nn.remat(DecoderLayer, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
     self.layers = nn.scan(
-        layer_cls,
-        variable_axes={"params": 0},
-        split_rngs={"params": True},
-        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
-        length=cfg.num_layers,
-        metadata_params={nn.PARTITION_NAME: "layers"},
+      layer_cls,
+      variable_axes={"params": 0},
+      split_rngs={"params": True},
+      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+      length=cfg.num_layers,
+      metadata_params={nn.PARTITION_NAME: "layers"},
     )(cfg, self.mesh, self.rules, self.kernel, name="layers")
     self.final_norm = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="final_norm")
     if not cfg.tie_word_embeddings:
-      self.lm_head = Projection(in_shape=(cfg.hidden_size,), out_shape=(cfg.vocab_size,),
-                                in_axes=("embed",), out_axes=("vocab",), dtype=jnp.float32,
-                                param_dtype=pdt, name="lm_head")
+      self.lm_head = Projection(
+        in_shape=(cfg.hidden_size,),
+        out_shape=(cfg.vocab_size,),
+        in_axes=("embed",),
+        out_axes=("vocab",),
+        dtype=jnp.float32,
+        param_dtype=pdt,
+        name="lm_head",
+      )
 
-  def __call__(self, tokens, positions, kv_mask, cache=None, cache_index=None,
-               return_hidden=False):
+  def __call__(self, tokens, positions, kv_mask, cache=None, cache_index=None, return_hidden=False):
     x = self.embed_tokens(tokens)
-    (x, cache), _ = self.layers((x, cache), jnp.arange(self.cfg.num_layers), positions,
-                                kv_mask, cache_index)
+    (x, cache), _ = self.layers(
+      (x, cache), jnp.arange(self.cfg.num_layers), positions, kv_mask, cache_index
+    )
     if return_hidden:
       return self.final_norm(x), cache
     return self.logits(x), cache
@@ -438,9 +528,11 @@ class Embed(nn.Module):
 
   def setup(self):
     self.embedding = self.param(
-        "embedding", nn.with_logical_partitioning(nn.initializers.normal(0.02),
-                                                  ("vocab", "embed")),
-        (self.vocab_size, self.hidden_size), self.param_dtype)
+      "embedding",
+      nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
+      (self.vocab_size, self.hidden_size),
+      self.param_dtype,
+    )
 
   def __call__(self, tokens):
     return jnp.take(self.embedding, tokens, axis=0)
@@ -448,8 +540,10 @@ class Embed(nn.Module):
 
 # ----------------------------------------------------------------------------- functional API
 
-def _decoder(cfg: ModelConfig, mesh=None, rules=sharding.DEFAULT_RULES,
-             kernel: str = "auto") -> Decoder:
+
+def _decoder(
+  cfg: ModelConfig, mesh=None, rules=sharding.DEFAULT_RULES, kernel: str = "auto"
+) -> Decoder:
   return Decoder(cfg, mesh, tuple(rules), resolve_kernel(kernel, mesh))
 
 
@@ -468,22 +562,42 @@ def _inputs(tokens, positions, kv_mask):
   return tokens, jnp.asarray(positions, jnp.int32), kv_mask
 
 
-def forward(cfg: ModelConfig, params: Params, tokens, positions=None, kv_mask=None, *,
-            mesh=None, rules=sharding.DEFAULT_RULES, kernel: str = "auto") -> jax.Array:
+def forward(
+  cfg: ModelConfig,
+  params: Params,
+  tokens,
+  positions=None,
+  kv_mask=None,
+  *,
+  mesh=None,
+  rules=sharding.DEFAULT_RULES,
+  kernel: str = "auto",
+) -> jax.Array:
   """tokens int32 [B, T] -> float32 logits [B, T, V]. kv_mask marks real (non-pad) tokens;
   `kernel` picks the attention (`ATTENTION_KERNELS`)."""
   tokens, positions, kv_mask = _inputs(tokens, positions, kv_mask)
-  logits, _ = _decoder(cfg, mesh, rules, kernel).apply({"params": params}, tokens, positions,
-                                                       kv_mask)
+  logits, _ = _decoder(cfg, mesh, rules, kernel).apply(
+    {"params": params}, tokens, positions, kv_mask
+  )
   return logits
 
 
-def hidden_states(cfg: ModelConfig, params: Params, tokens, positions=None, kv_mask=None, *,
-                  mesh=None, rules=sharding.DEFAULT_RULES, kernel: str = "auto") -> jax.Array:
+def hidden_states(
+  cfg: ModelConfig,
+  params: Params,
+  tokens,
+  positions=None,
+  kv_mask=None,
+  *,
+  mesh=None,
+  rules=sharding.DEFAULT_RULES,
+  kernel: str = "auto",
+) -> jax.Array:
   """Final-normed hidden states [B, T, D] in the compute dtype (for chunked projections)."""
   tokens, positions, kv_mask = _inputs(tokens, positions, kv_mask)
   hidden, _ = _decoder(cfg, mesh, rules, kernel).apply(
-      {"params": params}, tokens, positions, kv_mask, return_hidden=True)
+    {"params": params}, tokens, positions, kv_mask, return_hidden=True
+  )
   return hidden
 
 
@@ -502,9 +616,20 @@ def cache_logical_axes() -> KVCache:
   return {"k": CACHE_AXES, "v": CACHE_AXES}
 
 
-def forward_with_cache(cfg: ModelConfig, params: Params, tokens, positions, kv_mask,
-                       cache: KVCache, cache_index, *, mesh=None,
-                       rules=sharding.DEFAULT_RULES, return_hidden=False, kernel: str = "auto"):
+def forward_with_cache(
+  cfg: ModelConfig,
+  params: Params,
+  tokens,
+  positions,
+  kv_mask,
+  cache: KVCache,
+  cache_index,
+  *,
+  mesh=None,
+  rules=sharding.DEFAULT_RULES,
+  return_hidden=False,
+  kernel: str = "auto",
+):
   """Runs `tokens` [B, T] at cache slots [cache_index, cache_index + T): prefill (T = S, index
   0) and each decode step (T = 1) alike.
 
@@ -512,22 +637,29 @@ def forward_with_cache(cfg: ModelConfig, params: Params, tokens, positions, kv_m
   (float32 logits [B, T, V] or hidden states, updated cache).
   """
   return _decoder(cfg, mesh, rules, kernel).apply(
-      {"params": params}, jnp.asarray(tokens, jnp.int32), jnp.asarray(positions, jnp.int32),
-      jnp.asarray(kv_mask, bool), cache, jnp.asarray(cache_index, jnp.int32),
-      return_hidden=return_hidden)
+    {"params": params},
+    jnp.asarray(tokens, jnp.int32),
+    jnp.asarray(positions, jnp.int32),
+    jnp.asarray(kv_mask, bool),
+    cache,
+    jnp.asarray(cache_index, jnp.int32),
+    return_hidden=return_hidden,
+  )
 
 
 def _abstract_boxed(cfg: ModelConfig):
   tokens = jnp.zeros((1, 1), jnp.int32)
   return jax.eval_shape(
-      lambda: _decoder(cfg).init(jax.random.key(0), tokens, tokens, tokens.astype(bool)))
+    lambda: _decoder(cfg).init(jax.random.key(0), tokens, tokens, tokens.astype(bool))
+  )
 
 
 def param_logical_axes(cfg: ModelConfig) -> Params:
   """The logical axis names of every parameter, as a pytree of tuples matching the params."""
   boxed = _abstract_boxed(cfg)["params"]
-  return jax.tree.map(lambda p: tuple(p.names), boxed,
-                      is_leaf=lambda p: isinstance(p, nn.LogicallyPartitioned))
+  return jax.tree.map(
+    lambda p: tuple(p.names), boxed, is_leaf=lambda p: isinstance(p, nn.LogicallyPartitioned)
+  )
 
 
 def abstract_params(cfg: ModelConfig) -> Params:
@@ -539,8 +671,9 @@ def param_shardings(cfg: ModelConfig, mesh, rules=sharding.DEFAULT_RULES) -> Par
   return sharding.shardings_for(abstract_params(cfg), param_logical_axes(cfg), mesh, rules)
 
 
-def init_params(cfg: ModelConfig, rng: jax.Array, mesh=None,
-                rules=sharding.DEFAULT_RULES) -> Params:
+def init_params(
+  cfg: ModelConfig, rng: jax.Array, mesh=None, rules=sharding.DEFAULT_RULES
+) -> Params:
   """Random parameters, created directly in their target shardings when a mesh is given."""
   tokens = jnp.zeros((1, 1), jnp.int32)
 

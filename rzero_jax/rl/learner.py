@@ -20,6 +20,7 @@ updated are the policy that sampled it, so pi_old is their own logp. Leave `old_
 such a batch and the step uses stop_gradient(logp): exact, and one forward pass cheaper than
 recomputing it (ratio 1, so the clip never engages, as with a recomputed pi_old).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,6 +40,7 @@ from rzero_jax.rl.logprobs import token_logprobs
 @dataclasses.dataclass(frozen=True)
 class LearnerConfig:
   """Hyper-parameters of one GRPO role (docs/ALGORITHM.md, "GRPO")."""
+
   learning_rate: float = 1e-6
   b1: float = 0.9
   b2: float = 0.999
@@ -50,10 +52,10 @@ class LearnerConfig:
   kl_coef: float = 0.01
   kl_clamp: float = 10.0
   aggregation: str = "seq-mean-token-mean"
-  aggregation_rows: int = 2       # sequences per run of "micro-token-mean" (the official's 2)
-  micro_batches: int = 1          # gradient accumulation steps per update
-  temperature: float = 1.0        # the sampling temperature the logprobs must match
-  logprob_chunk: int = 256        # sequence chunk of the vocabulary projection
+  aggregation_rows: int = 2  # sequences per run of "micro-token-mean" (the official's 2)
+  micro_batches: int = 1  # gradient accumulation steps per update
+  temperature: float = 1.0  # the sampling temperature the logprobs must match
+  logprob_chunk: int = 256  # sequence chunk of the vocabulary projection
 
   @classmethod
   def from_config(cls, c: Any) -> "LearnerConfig":
@@ -72,8 +74,9 @@ class TrainState:
 
 def make_optimizer(lc: LearnerConfig) -> optax.GradientTransformation:
   return optax.chain(
-      optax.clip_by_global_norm(lc.grad_clip),
-      optax.adamw(lc.learning_rate, b1=lc.b1, b2=lc.b2, weight_decay=lc.weight_decay))
+    optax.clip_by_global_norm(lc.grad_clip),
+    optax.adamw(lc.learning_rate, b1=lc.b1, b2=lc.b2, weight_decay=lc.weight_decay),
+  )
 
 
 def init_train_state(params, lc: LearnerConfig) -> TrainState:
@@ -87,22 +90,29 @@ def init_train_state(params, lc: LearnerConfig) -> TrainState:
 
   def init_train_state(p):
     return TrainState(jnp.zeros((), jnp.int32), p, opt.init(p))
+
   param_shardings = jax.tree.map(lambda x: getattr(x, "sharding", None), params)
   if not all(isinstance(s, NamedSharding) for s in jax.tree.leaves(param_shardings)):
     return _cached(("init", lc), lambda: jax.jit(init_train_state))(params)
 
   def build():
-    return jax.jit(init_train_state,
-                   out_shardings=_state_shardings_for(params, param_shardings, lc))
+    return jax.jit(
+      init_train_state, out_shardings=_state_shardings_for(params, param_shardings, lc)
+    )
+
   return _cached(("init", lc, _tree_key(param_shardings)), build)(params)
 
 
 def _state_shardings_for(params, param_shardings, lc: LearnerConfig) -> TrainState:
   opt = make_optimizer(lc)
   scalar = sharding.replicated(jax.tree.leaves(param_shardings)[0].mesh)
-  opt_shardings = optax.tree_map_params(opt, lambda _, s: s,
-                                        jax.eval_shape(opt.init, params), param_shardings,
-                                        transform_non_params=lambda _: scalar)
+  opt_shardings = optax.tree_map_params(
+    opt,
+    lambda _, s: s,
+    jax.eval_shape(opt.init, params),
+    param_shardings,
+    transform_non_params=lambda _: scalar,
+  )
   return TrainState(scalar, param_shardings, opt_shardings)
 
 
@@ -111,10 +121,12 @@ def abstract_train_state(params, lc: LearnerConfig) -> TrainState:
   `params` are ShapeDtypeStructs carrying NamedShardings (to compile ahead of time)."""
   param_shardings = jax.tree.map(lambda x: x.sharding, params)
   shapes = jax.eval_shape(
-      lambda p: TrainState(jnp.zeros((), jnp.int32), p, make_optimizer(lc).init(p)), params)
+    lambda p: TrainState(jnp.zeros((), jnp.int32), p, make_optimizer(lc).init(p)), params
+  )
   shardings = _state_shardings_for(params, param_shardings, lc)
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      shapes, shardings)
+  return jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings
+  )
 
 
 def state_shardings(state: TrainState):
@@ -128,17 +140,36 @@ def batch_sharding(mesh, rules=sharding.DEFAULT_RULES) -> NamedSharding:
 
 
 def _loss_terms(cfg, lc: LearnerConfig, params, mb, mesh, rules):
-  logp, entropy = token_logprobs(cfg, params, mb["tokens"], mb["kv_mask"],
-                                 temperature=lc.temperature, chunk_size=lc.logprob_chunk,
-                                 mesh=mesh, rules=rules, with_entropy=True)
+  logp, entropy = token_logprobs(
+    cfg,
+    params,
+    mb["tokens"],
+    mb["kv_mask"],
+    temperature=lc.temperature,
+    chunk_size=lc.logprob_chunk,
+    mesh=mesh,
+    rules=rules,
+    with_entropy=True,
+  )
   old_logp = mb["old_logp"] if "old_logp" in mb else jax.lax.stop_gradient(logp)
   loss_sum, count, metrics = grpo.policy_loss(
-      logp, old_logp, mb["ref_logp"] if lc.kl_coef > 0 else None, mb["advantages"],
-      mb["loss_mask"], clip_low=lc.clip_low, clip_high=lc.clip_high, dual_clip=lc.dual_clip,
-      kl_coef=lc.kl_coef, kl_clamp=lc.kl_clamp, aggregation=lc.aggregation,
-      aggregation_rows=lc.aggregation_rows, entropy=entropy)
-  metrics.update(grpo.logprob_mismatch(mb["sampler_logp"], jax.lax.stop_gradient(logp),
-                                       mb["loss_mask"]))
+    logp,
+    old_logp,
+    mb["ref_logp"] if lc.kl_coef > 0 else None,
+    mb["advantages"],
+    mb["loss_mask"],
+    clip_low=lc.clip_low,
+    clip_high=lc.clip_high,
+    dual_clip=lc.dual_clip,
+    kl_coef=lc.kl_coef,
+    kl_clamp=lc.kl_clamp,
+    aggregation=lc.aggregation,
+    aggregation_rows=lc.aggregation_rows,
+    entropy=entropy,
+  )
+  metrics.update(
+    grpo.logprob_mismatch(mb["sampler_logp"], jax.lax.stop_gradient(logp), mb["loss_mask"])
+  )
   return loss_sum, (count, metrics)
 
 
@@ -150,13 +181,16 @@ def _split_micro(batch, k: int, strided: bool = False):
   holds the same share of every micro-batch): the logprobs, whose rows are independent, split
   so. The train step keeps consecutive rows together, as "micro-token-mean" groups them.
   """
+
   def split(x):
     if x.shape[0] % k:
-      raise ValueError(f"batch of {x.shape[0]} rows does not split into {k} micro-batches "
-                       "(learner.micro_batches)")
+      raise ValueError(
+        f"batch of {x.shape[0]} rows does not split into {k} micro-batches (learner.micro_batches)"
+      )
     if strided:
       return x.reshape((x.shape[0] // k, k) + x.shape[1:]).swapaxes(0, 1)
     return x.reshape((k, x.shape[0] // k) + x.shape[1:])
+
   return jax.tree.map(split, batch)
 
 
@@ -165,8 +199,15 @@ def _join_micro(x):
   return x.swapaxes(0, 1).reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
 
 
-def accumulate_gradients(cfg: models.ModelConfig, lc: LearnerConfig, params, batch, *,
-                         mesh=None, rules=sharding.DEFAULT_RULES):
+def accumulate_gradients(
+  cfg: models.ModelConfig,
+  lc: LearnerConfig,
+  params,
+  batch,
+  *,
+  mesh=None,
+  rules=sharding.DEFAULT_RULES,
+):
   """Gradient of sum(loss_sum) / sum(count) over lc.micro_batches, plus loss and metrics.
 
   d(sum loss_sum / sum count) = sum d(loss_sum) / sum count, so the result is exactly the
@@ -178,16 +219,23 @@ def accumulate_gradients(cfg: models.ModelConfig, lc: LearnerConfig, params, bat
   def micro(carry, mb):
     grads_acc, loss_acc, count_acc, metrics_acc = carry
     (loss_sum, (count, metrics)), grads = grad_fn(params, mb)
-    return (jax.tree.map(jnp.add, grads_acc, grads), loss_acc + loss_sum, count_acc + count,
-            grpo.merge_metrics(metrics_acc, metrics)), None
+    return (
+      jax.tree.map(jnp.add, grads_acc, grads),
+      loss_acc + loss_sum,
+      count_acc + count,
+      grpo.merge_metrics(metrics_acc, metrics),
+    ), None
 
   micro_batches = _split_micro(batch, lc.micro_batches)
   first = jax.tree.map(lambda x: x[0], micro_batches)
   # Metrics are (sum, count) / max pytrees: all-zero is the identity of their merge.
   metric_shapes = jax.eval_shape(lambda: loss_fn(params, first)[1][1])
-  init = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32),
-          jnp.zeros((), jnp.float32),
-          jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes))
+  init = (
+    jax.tree.map(jnp.zeros_like, params),
+    jnp.zeros((), jnp.float32),
+    jnp.zeros((), jnp.float32),
+    jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes),
+  )
   (grads, loss_sum, count, metrics), _ = jax.lax.scan(micro, init, micro_batches)
   denom = jnp.maximum(count, 1.0)
   grads = jax.tree.map(lambda g: g / denom, grads)
@@ -198,8 +246,15 @@ def accumulate_gradients(cfg: models.ModelConfig, lc: LearnerConfig, params, bat
   return grads, out
 
 
-def train_step(cfg: models.ModelConfig, lc: LearnerConfig, state: TrainState, batch, *,
-               mesh=None, rules=sharding.DEFAULT_RULES):
+def train_step(
+  cfg: models.ModelConfig,
+  lc: LearnerConfig,
+  state: TrainState,
+  batch,
+  *,
+  mesh=None,
+  rules=sharding.DEFAULT_RULES,
+):
   """One optimizer update from one batch, accumulated over lc.micro_batches. Pure.
 
   A gradient whose norm is NaN or inf leaves params and optimizer state as they were (the official
@@ -232,8 +287,14 @@ def _tree_key(tree):
   return treedef, tuple(leaves)
 
 
-def make_train_step(cfg: models.ModelConfig, lc: LearnerConfig, state: TrainState, *,
-                    mesh=None, rules=sharding.DEFAULT_RULES) -> Callable:
+def make_train_step(
+  cfg: models.ModelConfig,
+  lc: LearnerConfig,
+  state: TrainState,
+  *,
+  mesh=None,
+  rules=sharding.DEFAULT_RULES,
+) -> Callable:
   """The jitted step with explicit in/out shardings and a donated state. The batch takes one
   `batch_sharding` for all its arrays, so it may leave out `old_logp`.
 
@@ -246,17 +307,23 @@ def make_train_step(cfg: models.ModelConfig, lc: LearnerConfig, state: TrainStat
   def build():
     def learner_train_step(s, b):
       return train_step(cfg, lc, s, b, mesh=mesh, rules=rules)
+
     if mesh is None:
       return jax.jit(learner_train_step, donate_argnums=0)
-    return jax.jit(learner_train_step, in_shardings=(shard, batch_sharding(mesh, rules)),
-                   out_shardings=(shard, sharding.replicated(mesh)), donate_argnums=0)
+    return jax.jit(
+      learner_train_step,
+      in_shardings=(shard, batch_sharding(mesh, rules)),
+      out_shardings=(shard, sharding.replicated(mesh)),
+      donate_argnums=0,
+    )
 
   key = ("train_step", cfg, lc, mesh, rules, _tree_key(shard) if shard is not None else None)
   return _cached(key, build)
 
 
-def make_logprob_fn(cfg: models.ModelConfig, lc: LearnerConfig, *, mesh=None,
-                    rules=sharding.DEFAULT_RULES) -> Callable:
+def make_logprob_fn(
+  cfg: models.ModelConfig, lc: LearnerConfig, *, mesh=None, rules=sharding.DEFAULT_RULES
+) -> Callable:
   """Jitted (params, tokens, kv_mask) -> logp [B, T-1], for pi_old and pi_ref.
 
   Runs in lc.micro_batches sequential micro-batches, as the train step does, so a mini-batch
@@ -269,8 +336,16 @@ def make_logprob_fn(cfg: models.ModelConfig, lc: LearnerConfig, *, mesh=None,
 
   def build():
     def one(tokens, kv_mask, params):
-      return token_logprobs(cfg, params, tokens, kv_mask, temperature=temperature,
-                            chunk_size=chunk, mesh=mesh, rules=rules)
+      return token_logprobs(
+        cfg,
+        params,
+        tokens,
+        kv_mask,
+        temperature=temperature,
+        chunk_size=chunk,
+        mesh=mesh,
+        rules=rules,
+      )
 
     def learner_logprobs(params, tokens, kv_mask):
       if micro == 1:
@@ -278,6 +353,7 @@ def make_logprob_fn(cfg: models.ModelConfig, lc: LearnerConfig, *, mesh=None,
       parts = _split_micro({"tokens": tokens, "kv_mask": kv_mask}, micro, strided=True)
       logp = jax.lax.map(lambda mb: one(mb["tokens"], mb["kv_mask"], params), parts)
       return _join_micro(logp)
+
     return jax.jit(learner_logprobs)
 
   return _cached(("logprobs", cfg, temperature, chunk, micro, mesh, rules), build)
@@ -288,14 +364,17 @@ def cast_params(tree, dtype):
   model in the compute dtype: half the bytes of float32 master weights, the same matmuls).
   A tree already in `dtype` is returned as it is."""
   dtype = jnp.dtype(dtype)
-  if all(x.dtype == dtype or not jnp.issubdtype(x.dtype, jnp.floating)
-         for x in jax.tree.leaves(tree)):
+  if all(
+    x.dtype == dtype or not jnp.issubdtype(x.dtype, jnp.floating) for x in jax.tree.leaves(tree)
+  ):
     return tree
 
   def build():
     def cast_params(p):
       return jax.tree.map(
-          lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, p)
-    return jax.jit(cast_params)
-  return _cached(("cast", dtype), build)(tree)
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, p
+      )
 
+    return jax.jit(cast_params)
+
+  return _cached(("cast", dtype), build)(tree)

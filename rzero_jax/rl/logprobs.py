@@ -4,6 +4,7 @@ The vocabulary projection is done chunk by chunk along the sequence inside `lax.
 chunk is rematerialised in the backward pass, so peak memory holds one [B, chunk, V] block.
 That matters at V = 151k and T = 6k.
 """
+
 from __future__ import annotations
 
 import jax
@@ -12,9 +13,18 @@ import jax.numpy as jnp
 from rzero_jax import models, sharding
 
 
-def token_logprobs(cfg: models.ModelConfig, params, tokens: jax.Array, kv_mask: jax.Array, *,
-                   temperature: float | jax.Array = 1.0, chunk_size: int = 256, mesh=None,
-                   rules=sharding.DEFAULT_RULES, with_entropy: bool = False):
+def token_logprobs(
+  cfg: models.ModelConfig,
+  params,
+  tokens: jax.Array,
+  kv_mask: jax.Array,
+  *,
+  temperature: float | jax.Array = 1.0,
+  chunk_size: int = 256,
+  mesh=None,
+  rules=sharding.DEFAULT_RULES,
+  with_entropy: bool = False,
+):
   """log p(tokens[:, t+1] | tokens[:, :t+1]) for t in [0, T-1), in float32.
 
   tokens, kv_mask: [B, T]. Returns logp [B, T-1] (and entropy [B, T-1] if asked), computed
@@ -36,7 +46,7 @@ def token_logprobs(cfg: models.ModelConfig, params, tokens: jax.Array, kv_mask: 
   @jax.checkpoint
   def one_chunk(args):
     h, tgt = args
-    logits = models.unembed(cfg, params, h) * inv_temp        # [B, C, V] float32
+    logits = models.unembed(cfg, params, h) * inv_temp  # [B, C, V] float32
     logits = sharding.constrain(logits, ("batch", "length", "act_vocab"), mesh, rules)
     lse = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, tgt[..., None], axis=-1)[..., 0]

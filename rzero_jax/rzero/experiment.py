@@ -5,6 +5,7 @@ registered `worlds.World`) supplies its own base model (built once and cached), 
 evaluation, the questions training must skip, and report-only annotations (true answers,
 difficulty levels) that never reach training.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,10 @@ def resolve_base_model(config) -> str:
     return config.base_model
   world = _world(config)
   if world is None:
-    raise ValueError("no base model: pass --base_model=PATH (an HF directory with config.json "
-                     "and safetensors, or a .gguf file) or set config.base_model")
+    raise ValueError(
+      "no base model: pass --base_model=PATH (an HF directory with config.json "
+      "and safetensors, or a .gguf file) or set config.base_model"
+    )
   cache = os.path.expanduser(config.world.cache_dir or "~/.cache/rzero-jax")
   return world.base_model(cache, config.world.base.to_dict())
 
@@ -55,11 +58,21 @@ def make_evaluate(config):
 
   def evaluate(env, params, chunks=None):
     ecfg = runner.EvalConfig(
-        benchmarks=config.eval.benchmarks, data_dir=config.eval.data_dir or None,
-        max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size,
-        limit=config.eval.limit or None, seed=config.seed, prompts=config.prompts)
-    results = runner.evaluate(runner.model_generate_fn(env.cfg, params, env.mesh),
-                              env.tokenizer, ecfg, progress=False, chunks=chunks)
+      benchmarks=config.eval.benchmarks,
+      data_dir=config.eval.data_dir or None,
+      max_new_tokens=config.eval.max_new_tokens,
+      batch_size=config.eval.batch_size,
+      limit=config.eval.limit or None,
+      seed=config.seed,
+      prompts=config.prompts,
+    )
+    results = runner.evaluate(
+      runner.model_generate_fn(env.cfg, params, env.mesh),
+      env.tokenizer,
+      ecfg,
+      progress=False,
+      chunks=chunks,
+    )
     flat = {"accuracy": _overall_accuracy(results)}
     for name, entry in results["benchmarks"].items():
       flat[f"{name}/accuracy"] = entry["score"]["accuracy"]
@@ -102,10 +115,15 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> str:
   base = resolve_base_model(config)
   logging.info("base model: %s", base)
   try:
-    prepared = loop.setup(config, workdir, base_model=base,
-                          allow_config_change=allow_config_change,
-                          evaluate=make_evaluate(config), annotate=make_annotate(config),
-                          exclude=world.exclude if world is not None else None)
+    prepared = loop.setup(
+      config,
+      workdir,
+      base_model=base,
+      allow_config_change=allow_config_change,
+      evaluate=make_evaluate(config),
+      annotate=make_annotate(config),
+      exclude=world.exclude if world is not None else None,
+    )
   except _INPUT_ERRORS as e:
     raise UserError(str(e)) from e
   try:

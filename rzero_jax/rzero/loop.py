@@ -18,6 +18,7 @@ phase already done, the step to resume from, SIGTERM) is taken once and shared t
 `multihost`; process 0 writes every file other than Orbax's, and reads back the workdir's
 datasets and evaluations for the others.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,11 +35,24 @@ import jax
 import numpy as np
 from absl import logging
 
-from rzero_jax import checkpoint, compiles, fileio, models, multihost, sharding, worlds
-from rzero_jax import tokenizer as tokenizer_lib
+from rzero_jax import (
+  checkpoint,
+  compiles,
+  fileio,
+  models,
+  multihost,
+  sharding,
+  tokenizer as tokenizer_lib,
+  worlds,
+)
 from rzero_jax.rl import learner
-from rzero_jax.rzero import config as config_lib, dataset, metrics as metrics_lib, phases
-from rzero_jax.rzero import workdir as wd
+from rzero_jax.rzero import (
+  config as config_lib,
+  dataset,
+  metrics as metrics_lib,
+  phases,
+  workdir as wd,
+)
 
 ROLES = ("challenger", "solver")
 # The jitted functions a phase runs, by the names the compile counter sees (`compiles`).
@@ -112,8 +126,10 @@ class _SigtermFlag:
     deadline = time.monotonic() + SIGTERM_GRACE_S
     while time.monotonic() < deadline or self._critical:
       time.sleep(0.05)
-    logging.warning("SIGTERM: the main thread is still busy (native code, or closing); "
-                    "exiting now. Rerun the same command to resume.")
+    logging.warning(
+      "SIGTERM: the main thread is still busy (native code, or closing); "
+      "exiting now. Rerun the same command to resume."
+    )
     logging.flush()
     os._exit(0)
 
@@ -132,8 +148,7 @@ class _SigtermFlag:
     """Raises Preempted at a boundary (a saved chunk) once a SIGTERM was received, by any
     process: all processes call it at the same boundaries and stop together."""
     if multihost.any_process(self.requested):
-      raise Preempted("stopped by SIGTERM at a chunk boundary; rerun the same command to "
-                      "resume")
+      raise Preempted("stopped by SIGTERM at a chunk boundary; rerun the same command to resume")
 
   def __exit__(self, *exc):
     if self._wakeup is not None:
@@ -151,10 +166,11 @@ class _SigtermFlag:
 def load_base_model(path: str, model_cfg, mesh, rules):
   """(cfg, params) of the base checkpoint: an HF directory or a GGUF file."""
   if not path:
-    raise ValueError("no base model: pass --base_model=PATH (an HF directory with config.json "
-                     "and safetensors, or a .gguf file) or set config.base_model")
-  runtime = dict(dtype=model_cfg.dtype, param_dtype=model_cfg.param_dtype,
-                 remat=model_cfg.remat)
+    raise ValueError(
+      "no base model: pass --base_model=PATH (an HF directory with config.json "
+      "and safetensors, or a .gguf file) or set config.base_model"
+    )
+  runtime = dict(dtype=model_cfg.dtype, param_dtype=model_cfg.param_dtype, remat=model_cfg.remat)
   dtype = models.transformer.dtype_of(model_cfg.param_dtype)
   path = fileio.local_copy(path)  # a base model on GCS is read from a local copy
   cfg, params = models.load_pretrained(path, dtype=dtype, mesh=mesh, rules=rules)
@@ -167,27 +183,38 @@ def load_base_model(path: str, model_cfg, mesh, rules):
 @dataclasses.dataclass
 class RoleCheckpoints:
   """Per-step checkpoints (to resume) and per-iteration finals (kept, for refs and eval)."""
+
   steps: Any
   finals: Any
 
   @classmethod
   def open(cls, workdir: str, role: str, ccfg) -> "RoleCheckpoints":
     return cls(
-        steps=checkpoint.CheckpointManager(wd.checkpoint_dir(workdir, role),
-                                           max_to_keep=ccfg.max_to_keep,
-                                           async_save=ccfg.async_save),
-        finals=checkpoint.CheckpointManager(wd.checkpoint_dir(workdir, role, final=True),
-                                            max_to_keep=None, async_save=False))
+      steps=checkpoint.CheckpointManager(
+        wd.checkpoint_dir(workdir, role), max_to_keep=ccfg.max_to_keep, async_save=ccfg.async_save
+      ),
+      finals=checkpoint.CheckpointManager(
+        wd.checkpoint_dir(workdir, role, final=True), max_to_keep=None, async_save=False
+      ),
+    )
 
   def close(self):
     self.steps.close()
     self.finals.close()
 
 
-def _metadata(cfg, tok_path: str, role: str, iteration: int, phase: str, step: int,
-              config_hash: str) -> dict:
-  return {"model_config": cfg.to_hf_dict(), "tokenizer": tok_path, "role": role,
-          "iteration": iteration, "phase": phase, "step": step, "config_hash": config_hash}
+def _metadata(
+  cfg, tok_path: str, role: str, iteration: int, phase: str, step: int, config_hash: str
+) -> dict:
+  return {
+    "model_config": cfg.to_hf_dict(),
+    "tokenizer": tok_path,
+    "role": role,
+    "iteration": iteration,
+    "phase": phase,
+    "step": step,
+    "config_hash": config_hash,
+  }
 
 
 class _Lazy:
@@ -219,8 +246,12 @@ def _restore_final(s: "Setup", role: str, iteration: int, steps: int, *, may_rer
   except (checkpoint.CorruptCheckpointError, FileNotFoundError) as e:  # unreadable, or set aside
     bad = e
   final_dir = ckpts.finals.directory
-  logging.warning("%s/%d is unreadable (%s); falling back to the last step of that phase",
-                  final_dir, iteration, bad)
+  logging.warning(
+    "%s/%d is unreadable (%s); falling back to the last step of that phase",
+    final_dir,
+    iteration,
+    bad,
+  )
   last = iteration * steps
   params = None
   if steps and last in ckpts.steps.all_steps():
@@ -234,20 +265,25 @@ def _restore_final(s: "Setup", role: str, iteration: int, steps: int, *, may_rer
     if iteration in ckpts.finals.all_steps():
       ckpts.finals.set_aside(iteration, f"unreadable: {bad}")
     if params is not None:  # the same weights: write the final again
-      ckpts.finals.save(iteration, {"params": params}, metadata=_metadata(
-          s.env.cfg, s.tok_path, role, iteration, "final", steps, s.config_hash))
+      ckpts.finals.save(
+        iteration,
+        {"params": params},
+        metadata=_metadata(s.env.cfg, s.tok_path, role, iteration, "final", steps, s.config_hash),
+      )
       ckpts.finals.wait()
       return params
-    logging.warning("no intact step of that phase is left: the %s phase of iteration %d reruns",
-                    role, iteration)
+    logging.warning(
+      "no intact step of that phase is left: the %s phase of iteration %d reruns", role, iteration
+    )
     return None
   if params is not None:
     return params
   raise CheckpointsLost(
-      f"{final_dir}/{iteration} is corrupt and no intact step checkpoint of that phase is left "
-      f"to rebuild it; delete {final_dir}/{iteration}, every later step in {final_dir}, and "
-      f"{ckpts.steps.directory}, then rerun: the {role}'s phases from iteration {iteration} "
-      "are redone (bit-identically)")
+    f"{final_dir}/{iteration} is corrupt and no intact step checkpoint of that phase is left "
+    f"to rebuild it; delete {final_dir}/{iteration}, every later step in {final_dir}, and "
+    f"{ckpts.steps.directory}, then rerun: the {role}'s phases from iteration {iteration} "
+    "are redone (bit-identically)"
+  )
 
 
 def _on_device(params, abstract):
@@ -281,6 +317,7 @@ def compile_fields() -> dict:
 @dataclasses.dataclass
 class Setup:
   """Everything built once per run, before the first phase."""
+
   config: Any
   workdir: str
   env: phases.Env
@@ -298,23 +335,32 @@ class Setup:
 
 def learner_config(section) -> learner.LearnerConfig:
   """A role's learner settings; its logprobs use the temperature the role samples at."""
-  return dataclasses.replace(learner.LearnerConfig.from_config(section.learner),
-                             temperature=float(section.temperature))
+  return dataclasses.replace(
+    learner.LearnerConfig.from_config(section.learner), temperature=float(section.temperature)
+  )
 
 
 def make_role(section, env: phases.Env, state) -> phases.Role:
   """The jitted train step and logprob function of a role, bound to its shapes and mesh."""
   lcfg = learner_config(section)
   return phases.Role(
-      learner=lcfg,
-      train_step=learner.make_train_step(env.cfg, lcfg, state, mesh=env.mesh, rules=env.rules),
-      logprobs=learner.make_logprob_fn(env.cfg, lcfg, mesh=env.mesh, rules=env.rules),
-      advantage_estimator=section.learner.advantage_estimator)
+    learner=lcfg,
+    train_step=learner.make_train_step(env.cfg, lcfg, state, mesh=env.mesh, rules=env.rules),
+    logprobs=learner.make_logprob_fn(env.cfg, lcfg, mesh=env.mesh, rules=env.rules),
+    advantage_estimator=section.learner.advantage_estimator,
+  )
 
 
-def _train_phase(s: Setup, role_name: str, iteration: int, steps: int,
-                 step_fn: Callable, sigterm: _SigtermFlag, start: _Lazy,
-                 other: _Lazy | None = None) -> _Lazy:
+def _train_phase(
+  s: Setup,
+  role_name: str,
+  iteration: int,
+  steps: int,
+  step_fn: Callable,
+  sigterm: _SigtermFlag,
+  start: _Lazy,
+  other: _Lazy | None = None,
+) -> _Lazy:
   """Runs (or resumes) one GRPO phase of a role; returns its final params (lazily when the
   phase finished in an earlier run). start/other: the role's params before the phase, and
   the frozen other role's."""
@@ -325,8 +371,13 @@ def _train_phase(s: Setup, role_name: str, iteration: int, steps: int,
     if latest_final > iteration:
       return _Lazy(lambda: _restore_final(s, role_name, iteration, steps, may_rerun=False))
     newest_step = multihost.agree(ckpts.steps.latest_step())
-    params = _restore_final(s, role_name, iteration, steps,
-                            may_rerun=newest_step is None or newest_step <= iteration * steps)
+    params = _restore_final(
+      s,
+      role_name,
+      iteration,
+      steps,
+      may_rerun=newest_step is None or newest_step <= iteration * steps,
+    )
     if params is not None:
       return _Lazy.of(params)
   env = s.env
@@ -336,40 +387,55 @@ def _train_phase(s: Setup, role_name: str, iteration: int, steps: int,
   first = 0
   if multihost.agree(ckpts.steps.latest_step()) is not None:
     # The newest intact step checkpoint; one from an earlier iteration means a fresh phase.
-    target = {"params": checkpoint.abstract_like(state.params),
-              "opt_state": checkpoint.abstract_like(state.opt_state)}
+    target = {
+      "params": checkpoint.abstract_like(state.params),
+      "opt_state": checkpoint.abstract_like(state.opt_state),
+    }
     try:
       restored = ckpts.steps.restore(target=target)
     except checkpoint.CorruptCheckpointError as e:
       # Every step is unreadable: set them aside and run the phase again from its start.
-      logging.warning("no step checkpoint in %s is readable (%s); the %s phase of iteration %d "
-                      "reruns from its start", ckpts.steps.directory, e, role_name, iteration)
+      logging.warning(
+        "no step checkpoint in %s is readable (%s); the %s phase of iteration %d "
+        "reruns from its start",
+        ckpts.steps.directory,
+        e,
+        role_name,
+        iteration,
+      )
       for bad in ckpts.steps.all_steps():
         ckpts.steps.set_aside(bad, f"unreadable: {e}")
       restored = None
     # With several processes all must resume from the same step: process 0's choice.
     restored_at = multihost.agree(
-        None if restored is None else (restored.metadata.get("iteration", 0),
-                                       int(restored.metadata.get("step", 0))))
-    if restored is not None and restored_at != (restored.metadata.get("iteration", 0),
-                                                int(restored.metadata.get("step", 0))):
-      raise multihost.PeerLost(f"{ckpts.steps.directory}: process {jax.process_index()} restored "
-                               f"another step than process 0 ({restored_at}); the hosts see "
-                               "different checkpoints")
+      None
+      if restored is None
+      else (restored.metadata.get("iteration", 0), int(restored.metadata.get("step", 0)))
+    )
+    if restored is not None and restored_at != (
+      restored.metadata.get("iteration", 0),
+      int(restored.metadata.get("step", 0)),
+    ):
+      raise multihost.PeerLost(
+        f"{ckpts.steps.directory}: process {jax.process_index()} restored "
+        f"another step than process 0 ({restored_at}); the hosts see "
+        "different checkpoints"
+      )
     if restored_at is not None and restored_at[0] > iteration:
       raise CheckpointsLost(
-          f"{ckpts.steps.directory} holds iteration {restored_at[0]} while "
-          f"iteration {iteration} of the {role_name} must be redone; delete it and every step "
-          f"after {iteration - 1} in {ckpts.finals.directory}, then rerun")
+        f"{ckpts.steps.directory} holds iteration {restored_at[0]} while "
+        f"iteration {iteration} of the {role_name} must be redone; delete it and every step "
+        f"after {iteration - 1} in {ckpts.finals.directory}, then rerun"
+      )
     if restored is not None and restored_at[0] == iteration:
       first = restored_at[1]
       # The step counter keeps the fresh state's (replicated) sharding: the jitted step is
       # bound to the fresh state's shardings, on every process.
       step_count = multihost.to_global(np.int32(first), state.step.sharding)
-      state = learner.TrainState(step_count, restored.items["params"],
-                                 restored.items["opt_state"])
-      logging.info("resuming the %s phase of iteration %d after step %d", role_name,
-                   iteration, first)
+      state = learner.TrainState(step_count, restored.items["params"], restored.items["opt_state"])
+      logging.info(
+        "resuming the %s phase of iteration %d after step %d", role_name, iteration, first
+      )
   # The KL reference is read once per step; offloaded, it waits in pinned host memory, sharded
   # as on the devices, and phases.grpo_update brings it back for the step's logprobs.
   ref_params = frozen_copy(env.cfg, start_params, offload=c.offload_idle)
@@ -380,14 +446,22 @@ def _train_phase(s: Setup, role_name: str, iteration: int, steps: int,
     seed = phases.derive_seed(c.seed, iteration, role_name, step)
     t0 = time.perf_counter()
     state, record = step_fn(role, state, ref_params, other_params, step, seed)
-    meta = _metadata(env.cfg, s.tok_path, role_name, iteration, role_name, step + 1,
-                     s.config_hash)
+    meta = _metadata(env.cfg, s.tok_path, role_name, iteration, role_name, step + 1, s.config_hash)
     with sigterm.critical():
-      ckpts.steps.save(global_base + step + 1,
-                       {"params": state.params, "opt_state": state.opt_state}, metadata=meta)
-      record = {"iteration": iteration, "phase": role_name, "step": step + 1,
-                "global_step": global_base + step + 1, "time_step": time.perf_counter() - t0,
-                **record, **compile_fields()}
+      ckpts.steps.save(
+        global_base + step + 1,
+        {"params": state.params, "opt_state": state.opt_state},
+        metadata=meta,
+      )
+      record = {
+        "iteration": iteration,
+        "phase": role_name,
+        "step": step + 1,
+        "global_step": global_base + step + 1,
+        "time_step": time.perf_counter() - t0,
+        **record,
+        **compile_fields(),
+      }
       questions = record.pop("questions", None)
       s.writer.write(record)
       if questions is not None and s.annotate is not None and s.is_writer:
@@ -395,13 +469,17 @@ def _train_phase(s: Setup, role_name: str, iteration: int, steps: int,
     # SIGTERM may reach one host and not another: all stop if any got it.
     if multihost.any_process(sigterm.requested):
       ckpts.steps.wait()
-      raise Preempted(f"stopped by SIGTERM after {role_name} step {step + 1} of iteration "
-                      f"{iteration}; rerun the same command to resume")
+      raise Preempted(
+        f"stopped by SIGTERM after {role_name} step {step + 1} of iteration "
+        f"{iteration}; rerun the same command to resume"
+      )
   ckpts.steps.wait()
   with sigterm.critical():
-    ckpts.finals.save(iteration, {"params": state.params},
-                      metadata=_metadata(env.cfg, s.tok_path, role_name, iteration, "final",
-                                         steps, s.config_hash))
+    ckpts.finals.save(
+      iteration,
+      {"params": state.params},
+      metadata=_metadata(env.cfg, s.tok_path, role_name, iteration, "final", steps, s.config_hash),
+    )
     ckpts.finals.wait()
   return _Lazy.of(state.params)
 
@@ -409,9 +487,10 @@ def _train_phase(s: Setup, role_name: str, iteration: int, steps: int,
 def _log_questions(workdir: str, iteration: int, step: int, questions) -> None:
   """The Challenger's valid questions per step, for the report's difficulty analysis; a
   replayed step replaces its line."""
-  metrics_lib.upsert_jsonl(fileio.join(workdir, "questions.jsonl"),
-                           {"iteration": iteration, "phase": "challenger", "step": step,
-                            "questions": questions})
+  metrics_lib.upsert_jsonl(
+    fileio.join(workdir, "questions.jsonl"),
+    {"iteration": iteration, "phase": "challenger", "step": step, "questions": questions},
+  )
 
 
 class _ChunkStore:
@@ -460,38 +539,65 @@ def _read_dataset(path: str):
     return None
 
 
-def _dataset_phase(s: Setup, iteration: int, challenger: _Lazy, solver: _Lazy, base_params,
-                   sigterm: _SigtermFlag):
+def _dataset_phase(
+  s: Setup, iteration: int, challenger: _Lazy, solver: _Lazy, base_params, sigterm: _SigtermFlag
+):
   path = wd.dataset_path(s.workdir, iteration)
   # Read (and checked) on process 0 and shared: another host may not see the file (or not yet).
   records = multihost.agree(_read_dataset(path) if s.is_writer else None)
   if records is not None:
     if not records:
-      logging.warning("iteration %d: the dataset %s is empty (no question kept); the Solver "
-                      "phase of this iteration is skipped", iteration, path)
+      logging.warning(
+        "iteration %d: the dataset %s is empty (no question kept); the Solver "
+        "phase of this iteration is skipped",
+        iteration,
+        path,
+      )
     return records
   c = s.config
   # The baseline writes its questions with the untrained base Challenger.
-  writer = (_Lazy(lambda: _on_device(base_params, s.abstract_params))
-            if c.mode == "base_challenger" else challenger)
+  writer = (
+    _Lazy(lambda: _on_device(base_params, s.abstract_params))
+    if c.mode == "base_challenger"
+    else challenger
+  )
   chunks = _ChunkStore(path.replace(".jsonl", ".chunks"), s.is_writer, sigterm)
   records, stats = phases.build_dataset(
-      s.env, writer.get, solver.get, c.dataset, c.sampling,
-      seed=phases.derive_seed(c.seed, iteration, "dataset"), annotate=s.annotate,
-      exclude=s.exclude, chunks=chunks)
+    s.env,
+    writer.get,
+    solver.get,
+    c.dataset,
+    c.sampling,
+    seed=phases.derive_seed(c.seed, iteration, "dataset"),
+    annotate=s.annotate,
+    exclude=s.exclude,
+    chunks=chunks,
+  )
   if s.is_writer:
     with sigterm.critical():
       fileio.makedirs(fileio.join(s.workdir, "datasets"))
       wd.atomic_write_json(path.replace(".jsonl", ".stats.json"), stats)
       dataset.write_jsonl_atomic(path, records)
       chunks.remove()
-  s.writer.write({"iteration": iteration, "phase": "dataset", "step": 0,
-                  "global_step": iteration, "kept": len(records),
-                  **{k: v for k, v in stats.items() if k != "kept"}, **compile_fields()})
+  s.writer.write(
+    {
+      "iteration": iteration,
+      "phase": "dataset",
+      "step": 0,
+      "global_step": iteration,
+      "kept": len(records),
+      **{k: v for k, v in stats.items() if k != "kept"},
+      **compile_fields(),
+    }
+  )
   if not records:
-    logging.warning("iteration %d: the dataset kept no question of %d candidates; the Solver "
-                    "phase of this iteration is skipped. Widen the band or raise "
-                    "dataset.num_questions.", iteration, stats.get("candidates", 0))
+    logging.warning(
+      "iteration %d: the dataset kept no question of %d candidates; the Solver "
+      "phase of this iteration is skipped. Widen the band or raise "
+      "dataset.num_questions.",
+      iteration,
+      stats.get("candidates", 0),
+    )
   return records
 
 
@@ -508,16 +614,29 @@ def _evaluate(s: Setup, iteration: int, params: _Lazy, sigterm: _SigtermFlag):
     with sigterm.critical():
       wd.atomic_write_json(path, result)
       chunks.remove()
-  s.writer.write({"iteration": iteration, "phase": "eval", "step": 0, "global_step": iteration,
-                  **{k: v for k, v in result.items() if isinstance(v, (int, float))}})
+  s.writer.write(
+    {
+      "iteration": iteration,
+      "phase": "eval",
+      "step": 0,
+      "global_step": iteration,
+      **{k: v for k, v in result.items() if isinstance(v, (int, float))},
+    }
+  )
   return result
 
 
 def _write_progress(s: Setup, iteration: int, phase: str) -> None:
   if s.is_writer:
-    wd.atomic_write_json(fileio.join(s.workdir, "progress.json"),
-                         {"iteration": iteration, "phase_done": phase,
-                          "iterations": s.config.iterations, "time": time.time()})
+    wd.atomic_write_json(
+      fileio.join(s.workdir, "progress.json"),
+      {
+        "iteration": iteration,
+        "phase_done": phase,
+        "iterations": s.config.iterations,
+        "time": time.time(),
+      },
+    )
 
 
 def _stored_config_hash(workdir: str) -> tuple[str, str] | None:
@@ -553,9 +672,10 @@ def check_config(workdir: str, config, allow_config_change: bool, store: bool = 
         now = wd.config_hash(config_dict)
         if stored is not None and stored[1] != now:
           raise wd.ConfigChangedError(
-              f"{workdir}/config.json is missing and the checkpoints in {stored[0]} were "
-              f"written with another config (hash {stored[1]}, now {now}); use another "
-              "--workdir, or pass --allow_config_change")
+            f"{workdir}/config.json is missing and the checkpoints in {stored[0]} were "
+            f"written with another config (hash {stored[1]}, now {now}); use another "
+            "--workdir, or pass --allow_config_change"
+          )
       if store:
         fileio.makedirs(workdir)
       wd.check_or_store_config(workdir, config_dict, allow_config_change, store)
@@ -567,9 +687,18 @@ def check_config(workdir: str, config, allow_config_change: bool, store: bool = 
 
 
 # The base model's files that describe its tokenizer and shape (its weights are not copied).
-_MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json",
-                "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                "chat_template.jinja", "vocab.json", "merges.txt", "added_tokens.json")
+_MODEL_FILES = (
+  "config.json",
+  "generation_config.json",
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "special_tokens_map.json",
+  "tokenizer.model",
+  "chat_template.jinja",
+  "vocab.json",
+  "merges.txt",
+  "added_tokens.json",
+)
 
 
 def store_model_files(workdir: str, base_model: str, cfg) -> str:
@@ -594,9 +723,16 @@ def store_model_files(workdir: str, base_model: str, cfg) -> str:
   return fileio.local_copy(target)
 
 
-def setup(config, workdir: str, *, base_model: str, allow_config_change: bool = False,
-          evaluate: Callable | None = None, annotate: Callable | None = None,
-          exclude: Callable | None = None) -> Setup:
+def setup(
+  config,
+  workdir: str,
+  *,
+  base_model: str,
+  allow_config_change: bool = False,
+  evaluate: Callable | None = None,
+  annotate: Callable | None = None,
+  exclude: Callable | None = None,
+) -> Setup:
   is_writer = multihost.is_primary()
   compiles.install()
   config_lib.validate(config)
@@ -609,32 +745,62 @@ def setup(config, workdir: str, *, base_model: str, allow_config_change: bool = 
   tok = tokenizer_lib.load_tokenizer(store_model_files(workdir, base_model, cfg))
   config_hash = wd.config_hash(config.to_dict())
   check_config(workdir, config, allow_config_change)
-  env = phases.Env(cfg=cfg, tokenizer=tok, mesh=mesh, rules=rules,
-                   prompt_set=worlds.prompt_set(config.prompts),
-                   stop_token_ids=tuple(tok.eos_token_ids),
-                   max_rows_per_call=config.sampling.max_rows_per_call,
-                   progress=is_writer, grader=config.grader)
+  env = phases.Env(
+    cfg=cfg,
+    tokenizer=tok,
+    mesh=mesh,
+    rules=rules,
+    prompt_set=worlds.prompt_set(config.prompts),
+    stop_token_ids=tuple(tok.eos_token_ids),
+    max_rows_per_call=config.sampling.max_rows_per_call,
+    progress=is_writer,
+    grader=config.grader,
+  )
   ckpts = {r: RoleCheckpoints.open(workdir, r, config.checkpoint) for r in ROLES}
   abstract = checkpoint.abstract_like(base_params)
   writer = metrics_lib.MetricsWriter(workdir, enabled=is_writer)
-  return Setup(config=config, workdir=workdir, env=env, base_params=base_params,
-               abstract_params=abstract, tok_path=wd.MODEL_DIR,
-               ckpts=ckpts, writer=writer, is_writer=is_writer, evaluate=evaluate,
-               annotate=annotate, exclude=exclude, config_hash=config_hash)
+  return Setup(
+    config=config,
+    workdir=workdir,
+    env=env,
+    base_params=base_params,
+    abstract_params=abstract,
+    tok_path=wd.MODEL_DIR,
+    ckpts=ckpts,
+    writer=writer,
+    is_writer=is_writer,
+    evaluate=evaluate,
+    annotate=annotate,
+    exclude=exclude,
+    config_hash=config_hash,
+  )
 
 
-def run(config, workdir: str, *, base_model: str | None = None,
-        allow_config_change: bool = False, evaluate: Callable | None = None,
-        annotate: Callable | None = None, exclude: Callable | None = None,
-        prepared: Setup | None = None) -> dict:
+def run(
+  config,
+  workdir: str,
+  *,
+  base_model: str | None = None,
+  allow_config_change: bool = False,
+  evaluate: Callable | None = None,
+  annotate: Callable | None = None,
+  exclude: Callable | None = None,
+  prepared: Setup | None = None,
+) -> dict:
   """Runs (or resumes) all iterations. Returns {iteration: evaluation result}.
 
   base_model defaults to config.base_model; a world passes the path of its cached model.
   `prepared` is a `setup` already made (the other arguments but config are then unused).
   """
-  s = prepared or setup(config, workdir, base_model=base_model or config.base_model,
-                        allow_config_change=allow_config_change, evaluate=evaluate,
-                        annotate=annotate, exclude=exclude)
+  s = prepared or setup(
+    config,
+    workdir,
+    base_model=base_model or config.base_model,
+    allow_config_change=allow_config_change,
+    evaluate=evaluate,
+    annotate=annotate,
+    exclude=exclude,
+  )
   c = config
   results = {}
   try:
@@ -653,24 +819,34 @@ def run(config, workdir: str, *, base_model: str | None = None,
 
         def challenger_step(role, state, ref, solver, step, seed):
           del step
-          return phases.challenger_step(s.env, role, state, ref, solver, c.challenger,
-                                        c.sampling, seed=seed)
+          return phases.challenger_step(
+            s.env, role, state, ref, solver, c.challenger, c.sampling, seed=seed
+          )
 
-        challenger_params = _train_phase(s, "challenger", t, c.challenger.steps,
-                                         challenger_step, sigterm, start=challenger_prev,
-                                         other=solver_frozen)
+        challenger_params = _train_phase(
+          s,
+          "challenger",
+          t,
+          c.challenger.steps,
+          challenger_step,
+          sigterm,
+          start=challenger_prev,
+          other=solver_frozen,
+        )
         _write_progress(s, t, "challenger")
         records = _dataset_phase(s, t, challenger_params, solver_frozen, s.base_params, sigterm)
         _write_progress(s, t, "dataset")
         data_seed = phases.derive_seed(c.seed, t, "solver", 10**6)
 
         def solver_step(role, state, ref, _, step, seed, records=records, data_seed=data_seed):
-          return phases.solver_step(s.env, role, state, ref, records, c.solver, step=step,
-                                    seed=seed, data_seed=data_seed)
+          return phases.solver_step(
+            s.env, role, state, ref, records, c.solver, step=step, seed=seed, data_seed=data_seed
+          )
 
         solver_steps = c.solver.steps if records else 0
-        solver_params = _train_phase(s, "solver", t, solver_steps, solver_step, sigterm,
-                                     start=solver_prev)
+        solver_params = _train_phase(
+          s, "solver", t, solver_steps, solver_step, sigterm, start=solver_prev
+        )
         _write_progress(s, t, "solver")
         results[t] = _evaluate(s, t, solver_params, sigterm)
         _write_progress(s, t, "eval")

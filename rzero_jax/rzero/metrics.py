@@ -5,6 +5,7 @@ resume replaces its line instead of adding one (readers also keep only the last 
 The workdir may be on GCS: TensorBoard's event file is then written locally and copied up after
 each record.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,6 +37,7 @@ class MetricsWriter:
       fileio.makedirs(workdir)
       if tensorboard:
         from tensorboardX import SummaryWriter  # host-only dependency, imported lazily
+
         tb_dir = fileio.join(workdir, "tb")
         if fileio.is_remote(tb_dir):
           self._tb_remote = (tempfile.mkdtemp(prefix="rzero-tb-"), tb_dir)
@@ -70,12 +72,21 @@ class MetricsWriter:
       self._tb = None
 
 
-_SHOWN = (("reward_mean", "reward {:.3f}"), ("reward_std", "±{:.3f}"),
-          ("format_valid", "valid {:.0%}"), ("p_hat_mean", "p̂ {:.2f}"),
-          ("repetition_penalty", "rep {:.3f}"), ("kept", "kept {}"), ("kl", "kl {:.4f}"),
-          ("clip_frac", "clip {:.3f}"), ("accuracy", "acc {:.3f}"),
-          ("tokens_per_s", "{:.0f} tok/s"), ("time_sampling", "sample {:.1f}s"),
-          ("time_grading", "grade {:.1f}s"), ("time_training", "train {:.1f}s"))
+_SHOWN = (
+  ("reward_mean", "reward {:.3f}"),
+  ("reward_std", "±{:.3f}"),
+  ("format_valid", "valid {:.0%}"),
+  ("p_hat_mean", "p̂ {:.2f}"),
+  ("repetition_penalty", "rep {:.3f}"),
+  ("kept", "kept {}"),
+  ("kl", "kl {:.4f}"),
+  ("clip_frac", "clip {:.3f}"),
+  ("accuracy", "acc {:.3f}"),
+  ("tokens_per_s", "{:.0f} tok/s"),
+  ("time_sampling", "sample {:.1f}s"),
+  ("time_grading", "grade {:.1f}s"),
+  ("time_training", "train {:.1f}s"),
+)
 
 
 def human_line(record: Mapping[str, Any]) -> str:

@@ -3,6 +3,7 @@
 Device work (sampling, logprobs, train steps) is jitted elsewhere; everything here is host-side
 glue: text, rewards, grading and datasets. No reward is computed inside jitted code.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,14 +32,15 @@ def derive_seed(seed: int, iteration: int, phase: str, step: int = 0) -> int:
 @dataclasses.dataclass(frozen=True)
 class Env:
   """What every phase reads and never changes: model shape, tokenizer, prompts, mesh."""
+
   cfg: Any
   tokenizer: Any
   mesh: Any
   rules: Any
-  prompt_set: Any            # module-like: challenger_messages(), solver_messages(question)
+  prompt_set: Any  # module-like: challenger_messages(), solver_messages(question)
   stop_token_ids: tuple[int, ...]
   max_rows_per_call: int
-  progress: bool = False     # tqdm bars (process 0 only)
+  progress: bool = False  # tqdm bars (process 0 only)
   grader: str = "math_verify"  # answer equivalence for votes and Solver rewards (config.grader)
 
   def equiv(self):
@@ -49,9 +51,10 @@ class Env:
 @dataclasses.dataclass
 class Role:
   """A role being trained: its learner config and the jitted functions bound to its shapes."""
+
   learner: LearnerConfig
-  train_step: Callable        # (state, batch) -> (state, metrics)
-  logprobs: Callable          # (params, tokens, kv_mask) -> logp [B, T-1]
+  train_step: Callable  # (state, batch) -> (state, metrics)
+  logprobs: Callable  # (params, tokens, kv_mask) -> logp [B, T-1]
   advantage_estimator: str = "grpo"
 
 
@@ -75,9 +78,19 @@ def _even_split(total: int, most: int) -> list[int]:
   return [size + (k < extra) for k in range(parts)]
 
 
-def generate_rows(env: Env, params, prompts: Sequence[Sequence[int]], *, n: int, seed: int,
-                  max_new_tokens: int, temperature: float, top_p: float, top_k: int,
-                  desc: str = "sampling"):
+def generate_rows(
+  env: Env,
+  params,
+  prompts: Sequence[Sequence[int]],
+  *,
+  n: int,
+  seed: int,
+  max_new_tokens: int,
+  temperature: float,
+  top_p: float,
+  top_k: int,
+  desc: str = "sampling",
+):
   """sampling.generate of n samples per prompt, split so no call exceeds max_rows_per_call rows
   (which bounds the KV cache). Row i*n+j is sample j of prompt i, as in one big call."""
   limit = env.max_rows_per_call
@@ -87,8 +100,7 @@ def generate_rows(env: Env, params, prompts: Sequence[Sequence[int]], *, n: int,
   # The limit holds after `generate` pads the prompt count to its bucket, and the pieces are of
   # equal size (to one), so they share one shape and one compiled program.
   if n <= limit:
-    per_call = sampling.prompts_per_call(limit, n, env.mesh,
-                                         env.rules or sharding.DEFAULT_RULES)
+    per_call = sampling.prompts_per_call(limit, n, env.mesh, env.rules or sharding.DEFAULT_RULES)
     start = 0
     for size in _even_split(len(prompts), per_call):
       calls.append((list(range(start, start + size)), n))
@@ -102,13 +114,25 @@ def generate_rows(env: Env, params, prompts: Sequence[Sequence[int]], *, n: int,
       for size in _even_split(n, max(copies, limit // copies * copies)):
         calls.append(([i] * copies, -(-size // copies), size))
   tokens, logprobs, finish = [], [], []
-  for k, call in enumerate(tqdm.tqdm(calls, desc=desc, unit="call", leave=False,
-                                     disable=not env.progress or len(calls) < 2)):
+  for k, call in enumerate(
+    tqdm.tqdm(
+      calls, desc=desc, unit="call", leave=False, disable=not env.progress or len(calls) < 2
+    )
+  ):
     idx, samples = call[:2]
-    out = sampling.generate(env.cfg, params, [prompts[i] for i in idx],
-                            max_new_tokens=max_new_tokens, temperature=temperature,
-                            top_p=top_p, top_k=top_k, n=samples, seed=seed + 7919 * k,
-                            stop_token_ids=env.stop_token_ids, mesh=env.mesh)
+    out = sampling.generate(
+      env.cfg,
+      params,
+      [prompts[i] for i in idx],
+      max_new_tokens=max_new_tokens,
+      temperature=temperature,
+      top_p=top_p,
+      top_k=top_k,
+      n=samples,
+      seed=seed + 7919 * k,
+      stop_token_ids=env.stop_token_ids,
+      mesh=env.mesh,
+    )
     keep = call[2] if len(call) > 2 else len(out.tokens)
     tokens += out.tokens[:keep]
     logprobs += out.logprobs[:keep]
@@ -146,32 +170,59 @@ def challenger_prompt_ids(env: Env) -> list[int]:
   return env.tokenizer.encode_chat(env.prompt_set.challenger_messages())
 
 
-def answer_questions(env: Env, solver_params, questions: Sequence[str], *, m: int, seed: int,
-                     sampling_cfg) -> list[list[str | None]]:
+def answer_questions(
+  env: Env, solver_params, questions: Sequence[str], *, m: int, seed: int, sampling_cfg
+) -> list[list[str | None]]:
   """m sampled Solver answers per question, each the content of its last \\boxed{} or None."""
   if not questions:
     return []
   rows, _, _ = generate_rows(
-      env, solver_params, solver_prompt_ids(env, questions), n=m, seed=seed,
-      desc="solver answers",
-      max_new_tokens=sampling_cfg.answer_max_new_tokens,
-      temperature=sampling_cfg.answer_temperature, top_p=sampling_cfg.answer_top_p,
-      top_k=sampling_cfg.answer_top_k)
+    env,
+    solver_params,
+    solver_prompt_ids(env, questions),
+    n=m,
+    seed=seed,
+    desc="solver answers",
+    max_new_tokens=sampling_cfg.answer_max_new_tokens,
+    temperature=sampling_cfg.answer_temperature,
+    top_p=sampling_cfg.answer_top_p,
+    top_k=sampling_cfg.answer_top_k,
+  )
   texts = decode(env, rows)
   answers = [grading.extract_boxed(t) for t in texts]
-  return [answers[i * m:(i + 1) * m] for i in range(len(questions))]
+  return [answers[i * m : (i + 1) * m] for i in range(len(questions))]
 
 
-def grpo_update(env: Env, role: Role, state, ref_params, prompts: Sequence[Sequence[int]],
-                completions, sampler_logprobs, rewards: np.ndarray, *, group_size: int,
-                max_new_tokens: int, rows_per_update: int):
+def grpo_update(
+  env: Env,
+  role: Role,
+  state,
+  ref_params,
+  prompts: Sequence[Sequence[int]],
+  completions,
+  sampler_logprobs,
+  rewards: np.ndarray,
+  *,
+  group_size: int,
+  max_new_tokens: int,
+  rows_per_update: int,
+):
   """Advantages, packing, pi_old / pi_ref logprobs, then one optimizer update per mini-batch."""
-  adv = np.asarray(grpo.group_advantages(np.asarray(rewards, np.float32), group_size,
-                                         estimator=role.advantage_estimator))
+  adv = np.asarray(
+    grpo.group_advantages(
+      np.asarray(rewards, np.float32), group_size, estimator=role.advantage_estimator
+    )
+  )
   prompt_len = sampling.prompt_bucket(max(len(p) for p in prompts), min_bucket=16)
-  batch = rollouts.pack(prompts, completions, sampler_logprobs, adv, prompt_len=prompt_len,
-                        max_new_tokens=completion_bucket(completions, max_new_tokens),
-                        pad_id=getattr(env.tokenizer, "pad_id", 0) or 0)
+  batch = rollouts.pack(
+    prompts,
+    completions,
+    sampler_logprobs,
+    adv,
+    prompt_len=prompt_len,
+    max_new_tokens=completion_bucket(completions, max_new_tokens),
+    pad_id=getattr(env.tokenizer, "pad_id", 0) or 0,
+  )
   # pi_old is recomputed by the trainer (one PPO epoch, as the reference stack does), for every
   # mini-batch before the first update: later mini-batches' ratios measure their drift from the
   # policy that sampled them, not from the one the previous update left. A batch that makes a
@@ -194,8 +245,9 @@ def grpo_update(env: Env, role: Role, state, ref_params, prompts: Sequence[Seque
     state, metrics = role.train_step(state, _on_mesh(env, mb))
     all_metrics.append({k: float(v) for k, v in multihost.to_host(metrics).items()})
   merged = merge_update_metrics(all_metrics)
-  merged["zero_std_groups"] = float(np.mean(
-      np.std(np.asarray(rewards).reshape(-1, group_size), axis=1) == 0))
+  merged["zero_std_groups"] = float(
+    np.mean(np.std(np.asarray(rewards).reshape(-1, group_size), axis=1) == 0)
+  )
   return state, merged
 
 
@@ -225,62 +277,108 @@ def merge_update_metrics(updates: Sequence[dict[str, float]]) -> dict[str, float
 # ----------------------------------------------------------------------------- Challenger
 
 
-def challenger_step(env: Env, role: Role, state, ref_params, solver_params, ccfg, sampling_cfg,
-                    *, seed: int):
+def challenger_step(
+  env: Env, role: Role, state, ref_params, solver_params, ccfg, sampling_cfg, *, seed: int
+):
   """One Challenger GRPO step against the frozen Solver. Returns (state, metrics record)."""
   t0 = time.perf_counter()
   prompt = challenger_prompt_ids(env)
   rollouts_n = ccfg.prompts_per_step * ccfg.group_size
-  rows, logps, _ = generate_rows(env, state.params, [prompt], n=rollouts_n, seed=seed,
-                                 max_new_tokens=ccfg.max_new_tokens,
-                                 temperature=ccfg.temperature, top_p=ccfg.top_p,
-                                 top_k=ccfg.top_k)
+  rows, logps, _ = generate_rows(
+    env,
+    state.params,
+    [prompt],
+    n=rollouts_n,
+    seed=seed,
+    max_new_tokens=ccfg.max_new_tokens,
+    temperature=ccfg.temperature,
+    top_p=ccfg.top_p,
+    top_k=ccfg.top_k,
+  )
   texts = decode(env, rows)
   questions = [challenger.parse_question(t) for t in texts]
   valid = [i for i, q in enumerate(questions) if q is not None]
   t1 = time.perf_counter()
   # Malformed questions are never sent to the Solver (they earn 0 under the paper's form).
-  answers = answer_questions(env, solver_params, [questions[i] for i in valid],
-                             m=ccfg.solver_samples, seed=seed + 1, sampling_cfg=sampling_cfg)
+  answers = answer_questions(
+    env,
+    solver_params,
+    [questions[i] for i in valid],
+    m=ccfg.solver_samples,
+    seed=seed + 1,
+    sampling_cfg=sampling_cfg,
+  )
   t2 = time.perf_counter()
   solver_answers: list[Any] = [None] * len(rows)
   for i, ans in zip(valid, answers):
     solver_answers[i] = ans
   # Process 0's verdicts for all: symbolic grading has a wall-clock timeout, so two hosts
   # could disagree, and the rewards decide the update every process must run.
-  scores = multihost.agree(challenger.score_challenger_rollouts(
-      texts, solver_answers, form=ccfg.reward_form, scale=ccfg.uncertainty_scale,
-      bleu_threshold=ccfg.repetition_threshold, equiv=env.equiv()))
+  scores = multihost.agree(
+    challenger.score_challenger_rollouts(
+      texts,
+      solver_answers,
+      form=ccfg.reward_form,
+      scale=ccfg.uncertainty_scale,
+      bleu_threshold=ccfg.repetition_threshold,
+      equiv=env.equiv(),
+    )
+  )
   rewards = scores.rewards
   p_hat = np.array([np.nan if p is None else p for p in scores.p_hats])
   penalty = scores.penalties
   t3 = time.perf_counter()
   state, train_metrics = grpo_update(
-      env, role, state, ref_params, [prompt] * len(rows), rows, logps, rewards,
-      group_size=ccfg.group_size, max_new_tokens=ccfg.max_new_tokens,
-      rows_per_update=ccfg.prompts_per_update * ccfg.group_size)
+    env,
+    role,
+    state,
+    ref_params,
+    [prompt] * len(rows),
+    rows,
+    logps,
+    rewards,
+    group_size=ccfg.group_size,
+    max_new_tokens=ccfg.max_new_tokens,
+    rows_per_update=ccfg.prompts_per_update * ccfg.group_size,
+  )
   t4 = time.perf_counter()
   n_tokens = sum(len(r) for r in rows)
   record = dict(
-      reward_mean=float(np.mean(rewards)), reward_std=float(np.std(rewards)),
-      format_valid=len(valid) / len(rows),
-      p_hat_mean=float(np.nanmean(p_hat)) if valid else None,
-      p_hat_hist=histogram(p_hat[valid]),
-      repetition_penalty=float(np.mean(penalty[valid])) if valid else 0.0,
-      questions=[questions[i] for i in valid],
-      tokens_per_s=n_tokens / max(t1 - t0, 1e-9),
-      time_sampling=(t1 - t0) + (t2 - t1), time_grading=t3 - t2, time_training=t4 - t3,
-      **_train_fields(train_metrics))
+    reward_mean=float(np.mean(rewards)),
+    reward_std=float(np.std(rewards)),
+    format_valid=len(valid) / len(rows),
+    p_hat_mean=float(np.nanmean(p_hat)) if valid else None,
+    p_hat_hist=histogram(p_hat[valid]),
+    repetition_penalty=float(np.mean(penalty[valid])) if valid else 0.0,
+    questions=[questions[i] for i in valid],
+    tokens_per_s=n_tokens / max(t1 - t0, 1e-9),
+    time_sampling=(t1 - t0) + (t2 - t1),
+    time_grading=t3 - t2,
+    time_training=t4 - t3,
+    **_train_fields(train_metrics),
+  )
   return state, record
 
 
 def _train_fields(m: dict) -> dict:
-  keep = ("loss", "kl", "clip_frac/low", "clip_frac/high", "clip_frac/dual", "entropy",
-          "grad_norm", "logprob_diff/mean", "logprob_diff/max", "ratio/max",
-          "zero_std_groups", "skipped_updates")
+  keep = (
+    "loss",
+    "kl",
+    "clip_frac/low",
+    "clip_frac/high",
+    "clip_frac/dual",
+    "entropy",
+    "grad_norm",
+    "logprob_diff/mean",
+    "logprob_diff/max",
+    "ratio/max",
+    "zero_std_groups",
+    "skipped_updates",
+  )
   out = {k: m[k] for k in keep if k in m}
-  out["clip_frac"] = sum(m.get(k, 0.0) for k in ("clip_frac/low", "clip_frac/high",
-                                                   "clip_frac/dual"))
+  out["clip_frac"] = sum(
+    m.get(k, 0.0) for k in ("clip_frac/low", "clip_frac/high", "clip_frac/dual")
+  )
   return out
 
 
@@ -293,9 +391,18 @@ def dataset_chunk_questions(dcfg, max_rows_per_call: int) -> int:
   return max(1, max_rows_per_call // dcfg.solver_samples)
 
 
-def build_dataset(env: Env, challenger_params, solver_params, dcfg, sampling_cfg, *, seed: int,
-                  annotate: Callable[[str], dict] | None = None,
-                  exclude: Callable[[str], bool] | None = None, chunks=None):
+def build_dataset(
+  env: Env,
+  challenger_params,
+  solver_params,
+  dcfg,
+  sampling_cfg,
+  *,
+  seed: int,
+  annotate: Callable[[str], dict] | None = None,
+  exclude: Callable[[str], bool] | None = None,
+  chunks=None,
+):
   """N Challenger questions, m Solver answers each, majority labels, band filter.
 
   The Challenger writes with dataset.max_new_tokens (the official 4,096); a question whose whole
@@ -311,8 +418,7 @@ def build_dataset(env: Env, challenger_params, solver_params, dcfg, sampling_cfg
   """
   get_challenger = challenger_params if callable(challenger_params) else lambda: challenger_params
   get_solver = solver_params if callable(solver_params) else lambda: solver_params
-  sizes = _even_split(dcfg.num_questions,
-                      dataset_chunk_questions(dcfg, env.max_rows_per_call))
+  sizes = _even_split(dcfg.num_questions, dataset_chunk_questions(dcfg, env.max_rows_per_call))
   candidates: list[str] = []
   answers: list[list[str | None]] = []
   generated = overlong = 0
@@ -321,8 +427,16 @@ def build_dataset(env: Env, challenger_params, solver_params, dcfg, sampling_cfg
     done = chunks.load(k) if chunks is not None else None
     if done is None:
       t0 = time.perf_counter()
-      done = _dataset_chunk(env, get_challenger(), get_solver(), dcfg, sampling_cfg, size,
-                            seed=seed + 7919 * k, exclude=exclude)
+      done = _dataset_chunk(
+        env,
+        get_challenger(),
+        get_solver(),
+        dcfg,
+        sampling_cfg,
+        size,
+        seed=seed + 7919 * k,
+        exclude=exclude,
+      )
       t_sampling += time.perf_counter() - t0
       if chunks is not None:
         chunks.save(k, done)
@@ -331,27 +445,43 @@ def build_dataset(env: Env, challenger_params, solver_params, dcfg, sampling_cfg
     generated += done["generated"]
     overlong += done["overlong"]
   t2 = time.perf_counter()
-  band = ((dcfg.band_low, dcfg.band_high) if dcfg.band_low >= 0 and dcfg.band_high >= 0
-          else None)
+  band = (dcfg.band_low, dcfg.band_high) if dcfg.band_low >= 0 and dcfg.band_high >= 0 else None
   meta = [annotate(q) for q in candidates] if annotate else None
   # Majority votes compare answers symbolically under a timeout: process 0 decides for all.
-  records, stats = multihost.agree(dataset.build_dataset(
-      candidates, answers, delta=dcfg.band_delta, band=band, meta=meta, equiv=env.equiv()))
+  records, stats = multihost.agree(
+    dataset.build_dataset(
+      candidates, answers, delta=dcfg.band_delta, band=band, meta=meta, equiv=env.equiv()
+    )
+  )
   stats = dict(stats)
-  stats.update(generated=generated, well_formed=len(candidates) + overlong,
-               overlong_prompts=overlong, chunks=len(sizes), time_sampling=t_sampling,
-               time_grading=time.perf_counter() - t2)
+  stats.update(
+    generated=generated,
+    well_formed=len(candidates) + overlong,
+    overlong_prompts=overlong,
+    chunks=len(sizes),
+    time_sampling=t_sampling,
+    time_grading=time.perf_counter() - t2,
+  )
   return records, stats
 
 
-def _dataset_chunk(env: Env, challenger_params, solver_params, dcfg, sampling_cfg, n: int, *,
-                   seed: int, exclude) -> dict:
+def _dataset_chunk(
+  env: Env, challenger_params, solver_params, dcfg, sampling_cfg, n: int, *, seed: int, exclude
+) -> dict:
   """One chunk: n Challenger questions, the well-formed ones with m Solver answers each."""
   prompt = challenger_prompt_ids(env)
-  rows, _, _ = generate_rows(env, challenger_params, [prompt], n=n,
-                             seed=seed, desc="dataset questions",
-                             max_new_tokens=dcfg.max_new_tokens,
-                             temperature=dcfg.temperature, top_p=dcfg.top_p, top_k=dcfg.top_k)
+  rows, _, _ = generate_rows(
+    env,
+    challenger_params,
+    [prompt],
+    n=n,
+    seed=seed,
+    desc="dataset questions",
+    max_new_tokens=dcfg.max_new_tokens,
+    temperature=dcfg.temperature,
+    top_p=dcfg.top_p,
+    top_k=dcfg.top_k,
+  )
   texts = decode(env, rows)
   candidates, overlong = [], 0
   for text in texts:
@@ -366,17 +496,23 @@ def _dataset_chunk(env: Env, challenger_params, solver_params, dcfg, sampling_cf
         candidates.append(q)
       else:
         overlong += 1
-  answers = answer_questions(env, solver_params, candidates, m=dcfg.solver_samples,
-                             seed=seed + 1, sampling_cfg=sampling_cfg)
-  return {"candidates": candidates, "answers": answers, "generated": len(rows),
-          "overlong": overlong}
+  answers = answer_questions(
+    env, solver_params, candidates, m=dcfg.solver_samples, seed=seed + 1, sampling_cfg=sampling_cfg
+  )
+  return {
+    "candidates": candidates,
+    "answers": answers,
+    "generated": len(rows),
+    "overlong": overlong,
+  }
 
 
 # ----------------------------------------------------------------------------- Solver
 
 
-def solver_batch(records: Sequence[dict], step: int, prompts_per_step: int, seed: int,
-                 min_questions: int = 1):
+def solver_batch(
+  records: Sequence[dict], step: int, prompts_per_step: int, seed: int, min_questions: int = 1
+):
   """The step's questions, as the official data loader deals them: a fresh shuffle of the dataset
   every epoch, the last partial batch dropped. Each epoch's shuffle depends on (seed, epoch) only,
   so a resumed step replays. Fewer than `min_questions` (solver.min_questions) or than one full
@@ -384,41 +520,78 @@ def solver_batch(records: Sequence[dict], step: int, prompts_per_step: int, seed
   n = len(records)
   if n < max(min_questions, prompts_per_step):
     raise ValueError(
-        f"the dataset kept {n} questions; solver.min_questions={min_questions} and "
-        f"solver.prompts_per_step={prompts_per_step} need at least "
-        f"{max(min_questions, prompts_per_step)} (raise dataset.num_questions, widen the band, "
-        "or lower solver.min_questions)")
+      f"the dataset kept {n} questions; solver.min_questions={min_questions} and "
+      f"solver.prompts_per_step={prompts_per_step} need at least "
+      f"{max(min_questions, prompts_per_step)} (raise dataset.num_questions, widen the band, "
+      "or lower solver.min_questions)"
+    )
   per_epoch = n // prompts_per_step
   epoch, k = divmod(step, per_epoch)
   order = np.random.default_rng([seed, epoch]).permutation(n)
-  return [records[i] for i in order[k * prompts_per_step:(k + 1) * prompts_per_step]]
+  return [records[i] for i in order[k * prompts_per_step : (k + 1) * prompts_per_step]]
 
 
-def solver_step(env: Env, role: Role, state, ref_params, records: Sequence[dict], scfg, *,
-                step: int, seed: int, data_seed: int):
+def solver_step(
+  env: Env,
+  role: Role,
+  state,
+  ref_params,
+  records: Sequence[dict],
+  scfg,
+  *,
+  step: int,
+  seed: int,
+  data_seed: int,
+):
   """One Solver GRPO step on the pseudo-labelled dataset. Returns (state, metrics record)."""
   t0 = time.perf_counter()
   batch = solver_batch(records, step, scfg.prompts_per_step, data_seed, scfg.min_questions)
   prompts = solver_prompt_ids(env, [r["question"] for r in batch])
   g = scfg.group_size
-  rows, logps, _ = generate_rows(env, state.params, prompts, n=g, seed=seed,
-                                 max_new_tokens=scfg.max_new_tokens,
-                                 temperature=scfg.temperature, top_p=scfg.top_p,
-                                 top_k=scfg.top_k)
+  rows, logps, _ = generate_rows(
+    env,
+    state.params,
+    prompts,
+    n=g,
+    seed=seed,
+    max_new_tokens=scfg.max_new_tokens,
+    temperature=scfg.temperature,
+    top_p=scfg.top_p,
+    top_k=scfg.top_k,
+  )
   t1 = time.perf_counter()
   texts = decode(env, rows)
   labels = [r["label"] for r in batch for _ in range(g)]
   # Process 0's verdicts for all (grading runs under a wall-clock timeout).
-  rewards = np.asarray(multihost.agree(grading.solver_rewards(
-      texts, labels, form=scfg.reward_form, grader=env.grader)), np.float32)
+  rewards = np.asarray(
+    multihost.agree(
+      grading.solver_rewards(texts, labels, form=scfg.reward_form, grader=env.grader)
+    ),
+    np.float32,
+  )
   t2 = time.perf_counter()
   state, train_metrics = grpo_update(
-      env, role, state, ref_params, [p for p in prompts for _ in range(g)], rows, logps,
-      rewards, group_size=g, max_new_tokens=scfg.max_new_tokens,
-      rows_per_update=scfg.prompts_per_update * g)
+    env,
+    role,
+    state,
+    ref_params,
+    [p for p in prompts for _ in range(g)],
+    rows,
+    logps,
+    rewards,
+    group_size=g,
+    max_new_tokens=scfg.max_new_tokens,
+    rows_per_update=scfg.prompts_per_update * g,
+  )
   t3 = time.perf_counter()
   n_tokens = sum(len(r) for r in rows)
-  record = dict(reward_mean=float(np.mean(rewards)), reward_std=float(np.std(rewards)),
-                tokens_per_s=n_tokens / max(t1 - t0, 1e-9), time_sampling=t1 - t0,
-                time_grading=t2 - t1, time_training=t3 - t2, **_train_fields(train_metrics))
+  record = dict(
+    reward_mean=float(np.mean(rewards)),
+    reward_std=float(np.std(rewards)),
+    tokens_per_s=n_tokens / max(t1 - t0, 1e-9),
+    time_sampling=t1 - t0,
+    time_grading=t2 - t1,
+    time_training=t3 - t2,
+    **_train_fields(train_metrics),
+  )
   return state, record

@@ -35,110 +35,110 @@ _PAIR_CHUNK = 1 << 22
 
 
 def _tokenize(questions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Whitespace tokens (str.split(), as the reference) as dense integer ids, flat, plus lengths."""
-    split = []
-    for q in questions:
-        if not isinstance(q, str):
-            raise TypeError(f"questions must be str, got {type(q).__name__}: {q!r:.80}")
-        split.append(q.split())
-    lengths = np.fromiter(map(len, split), dtype=np.int64, count=len(split))
-    flat = [t for toks in split for t in toks]
-    index = {t: i for i, t in enumerate(dict.fromkeys(flat))}
-    tokens = np.fromiter(map(index.__getitem__, flat), dtype=np.int64, count=len(flat))
-    return tokens, lengths
+  """Whitespace tokens (str.split(), as the reference) as dense integer ids, flat, plus lengths."""
+  split = []
+  for q in questions:
+    if not isinstance(q, str):
+      raise TypeError(f"questions must be str, got {type(q).__name__}: {q!r:.80}")
+    split.append(q.split())
+  lengths = np.fromiter(map(len, split), dtype=np.int64, count=len(split))
+  flat = [t for toks in split for t in toks]
+  index = {t: i for i, t in enumerate(dict.fromkeys(flat))}
+  tokens = np.fromiter(map(index.__getitem__, flat), dtype=np.int64, count=len(flat))
+  return tokens, lengths
 
 
 def _ngram_features(tokens: np.ndarray, lengths: np.ndarray):
-    """Yield (n, feature_doc, feature_id) per order n = 1..4, one entry per binary feature.
+  """Yield (n, feature_doc, feature_id) per order n = 1..4, one entry per binary feature.
 
-    Feature ids are exact (no hashing): n-gram ids are built from (n-1)-gram ids and the next token
-    and re-compressed with np.unique at every order.
-    """
-    n_docs = lengths.size
-    vocab_size = int(tokens.max()) + 1 if tokens.size else 1
-    doc_of_token = np.repeat(np.arange(n_docs, dtype=np.int64), lengths)
-    starts = np.cumsum(lengths) - lengths
-    pos_in_doc = np.arange(tokens.size, dtype=np.int64) - np.repeat(starts, lengths)
-    room = lengths[doc_of_token] - pos_in_doc  # tokens from here to the end of the question
+  Feature ids are exact (no hashing): n-gram ids are built from (n-1)-gram ids and the next token
+  and re-compressed with np.unique at every order.
+  """
+  n_docs = lengths.size
+  vocab_size = int(tokens.max()) + 1 if tokens.size else 1
+  doc_of_token = np.repeat(np.arange(n_docs, dtype=np.int64), lengths)
+  starts = np.cumsum(lengths) - lengths
+  pos_in_doc = np.arange(tokens.size, dtype=np.int64) - np.repeat(starts, lengths)
+  room = lengths[doc_of_token] - pos_in_doc  # tokens from here to the end of the question
 
-    gram = tokens.copy()  # id of the n-gram that starts at each token (valid where it fits)
-    for n in range(1, MAX_ORDER + 1):
-        if n > 1:
-            # An n-gram starting at p = (n-1)-gram at p followed by the token at p + n - 1. Positions
-            # where it does not fit get junk ids that the `fits` mask below drops.
-            nxt = np.zeros_like(tokens)
-            shifted = max(tokens.size - (n - 1), 0)
-            nxt[:shifted] = tokens[n - 1 :]
-            gram = np.unique(gram * vocab_size + nxt, return_inverse=True)[1].reshape(-1)
-        fits = room >= n
-        d, g = doc_of_token[fits], gram[fits]
-        if d.size == 0:
-            yield n, d, g
-            continue
-        # Rank of each occurrence among equal (doc, gram): the k-th "the" in a question is feature
-        # (the, k), so the number of shared features is sum_g min(c_i[g], c_j[g]) exactly.
-        order = np.argsort(d * (int(g.max()) + 1) + g)  # by question, then n-gram (one int key)
-        d, g = d[order], g[order]
-        new_group = np.ones(d.size, dtype=bool)
-        new_group[1:] = (d[1:] != d[:-1]) | (g[1:] != g[:-1])
-        group_start = np.flatnonzero(new_group)
-        rank = np.arange(d.size) - np.repeat(group_start, np.diff(np.append(group_start, d.size)))
-        feature = np.unique(g * (int(rank.max()) + 1) + rank, return_inverse=True)[1].reshape(-1)
-        yield n, d, feature
+  gram = tokens.copy()  # id of the n-gram that starts at each token (valid where it fits)
+  for n in range(1, MAX_ORDER + 1):
+    if n > 1:
+      # An n-gram starting at p = (n-1)-gram at p followed by the token at p + n - 1. Positions
+      # where it does not fit get junk ids that the `fits` mask below drops.
+      nxt = np.zeros_like(tokens)
+      shifted = max(tokens.size - (n - 1), 0)
+      nxt[:shifted] = tokens[n - 1 :]
+      gram = np.unique(gram * vocab_size + nxt, return_inverse=True)[1].reshape(-1)
+    fits = room >= n
+    d, g = doc_of_token[fits], gram[fits]
+    if d.size == 0:
+      yield n, d, g
+      continue
+    # Rank of each occurrence among equal (doc, gram): the k-th "the" in a question is feature
+    # (the, k), so the number of shared features is sum_g min(c_i[g], c_j[g]) exactly.
+    order = np.argsort(d * (int(g.max()) + 1) + g)  # by question, then n-gram (one int key)
+    d, g = d[order], g[order]
+    new_group = np.ones(d.size, dtype=bool)
+    new_group[1:] = (d[1:] != d[:-1]) | (g[1:] != g[:-1])
+    group_start = np.flatnonzero(new_group)
+    rank = np.arange(d.size) - np.repeat(group_start, np.diff(np.append(group_start, d.size)))
+    feature = np.unique(g * (int(rank.max()) + 1) + rank, return_inverse=True)[1].reshape(-1)
+    yield n, d, feature
 
 
 def _shared_feature_counts(doc: np.ndarray, feature: np.ndarray, n_docs: int) -> np.ndarray:
-    """[B, B] float64 matrix: number of binary features each pair of documents shares.
+  """[B, B] float64 matrix: number of binary features each pair of documents shares.
 
-    Off-diagonal entries are exact counts; the diagonal is left at whatever the dense product gives
-    and must be overwritten by the caller.
-    """
-    if doc.size == 0:
-        return np.zeros((n_docs, n_docs))
-    order = np.argsort(feature * n_docs + doc)  # postings: by feature, then question
-    doc, feature = doc[order], feature[order]
-    df = np.bincount(feature)
-    per_occurrence_df = df[feature]
-    # Frequent features go through one dense product, rare ones are expanded into their (i, j)
-    # pairs. The crossover is where a feature's df^2 scattered pairs cost about as much as its
-    # column in the B x B product (measured: about df = B / 24 on a 2-core x86 host).
-    dense_min_df = max(8, n_docs // 24)
-    dense_feats = np.flatnonzero(df >= dense_min_df)
-    if dense_feats.size:
-        column = np.full(df.size, -1, dtype=np.int64)
-        column[dense_feats] = np.arange(dense_feats.size)
-        sel = per_occurrence_df >= dense_min_df
-        x = np.zeros((n_docs, dense_feats.size), dtype=np.float32)
-        x[doc[sel], column[feature[sel]]] = 1.0
-        # float32 sums of 0/1 are exact integers below 2^24; single precision halves the BLAS cost.
-        counts = (x @ x.T).astype(np.float64)
-    else:
-        counts = np.zeros((n_docs, n_docs))
+  Off-diagonal entries are exact counts; the diagonal is left at whatever the dense product gives
+  and must be overwritten by the caller.
+  """
+  if doc.size == 0:
+    return np.zeros((n_docs, n_docs))
+  order = np.argsort(feature * n_docs + doc)  # postings: by feature, then question
+  doc, feature = doc[order], feature[order]
+  df = np.bincount(feature)
+  per_occurrence_df = df[feature]
+  # Frequent features go through one dense product, rare ones are expanded into their (i, j)
+  # pairs. The crossover is where a feature's df^2 scattered pairs cost about as much as its
+  # column in the B x B product (measured: about df = B / 24 on a 2-core x86 host).
+  dense_min_df = max(8, n_docs // 24)
+  dense_feats = np.flatnonzero(df >= dense_min_df)
+  if dense_feats.size:
+    column = np.full(df.size, -1, dtype=np.int64)
+    column[dense_feats] = np.arange(dense_feats.size)
+    sel = per_occurrence_df >= dense_min_df
+    x = np.zeros((n_docs, dense_feats.size), dtype=np.float32)
+    x[doc[sel], column[feature[sel]]] = 1.0
+    # float32 sums of 0/1 are exact integers below 2^24; single precision halves the BLAS cost.
+    counts = (x @ x.T).astype(np.float64)
+  else:
+    counts = np.zeros((n_docs, n_docs))
 
-    sparse = (per_occurrence_df >= 2) & (per_occurrence_df < dense_min_df)
-    d_sp, f_sp = doc[sparse], feature[sparse]
-    if d_sp.size:
-        flat = counts.reshape(-1)  # a view: counts is C-contiguous
-        new_group = np.ones(f_sp.size, dtype=bool)
-        new_group[1:] = f_sp[1:] != f_sp[:-1]
-        group_start = np.flatnonzero(new_group)
-        group_size = np.diff(np.append(group_start, f_sp.size))
-        k_in_group = np.arange(f_sp.size) - np.repeat(group_start, group_size)
-        later = np.repeat(group_size, group_size) - 1 - k_in_group  # partners after this entry
-        cum = np.cumsum(later)
-        lo = 0
-        while lo < f_sp.size:  # chunks keep the expanded pair arrays bounded
-            base = cum[lo - 1] if lo else 0
-            hi = max(int(np.searchsorted(cum, base + _PAIR_CHUNK, side="right")), lo + 1)
-            reps = later[lo:hi]
-            n_pairs = int(reps.sum())
-            if n_pairs:
-                left = np.repeat(np.arange(lo, hi), reps)
-                right = left + 1 + np.arange(n_pairs) - np.repeat(np.cumsum(reps) - reps, reps)
-                a, b = d_sp[left], d_sp[right]
-                np.add.at(flat, np.concatenate([a * n_docs + b, b * n_docs + a]), 1.0)
-            lo = hi
-    return counts
+  sparse = (per_occurrence_df >= 2) & (per_occurrence_df < dense_min_df)
+  d_sp, f_sp = doc[sparse], feature[sparse]
+  if d_sp.size:
+    flat = counts.reshape(-1)  # a view: counts is C-contiguous
+    new_group = np.ones(f_sp.size, dtype=bool)
+    new_group[1:] = f_sp[1:] != f_sp[:-1]
+    group_start = np.flatnonzero(new_group)
+    group_size = np.diff(np.append(group_start, f_sp.size))
+    k_in_group = np.arange(f_sp.size) - np.repeat(group_start, group_size)
+    later = np.repeat(group_size, group_size) - 1 - k_in_group  # partners after this entry
+    cum = np.cumsum(later)
+    lo = 0
+    while lo < f_sp.size:  # chunks keep the expanded pair arrays bounded
+      base = cum[lo - 1] if lo else 0
+      hi = max(int(np.searchsorted(cum, base + _PAIR_CHUNK, side="right")), lo + 1)
+      reps = later[lo:hi]
+      n_pairs = int(reps.sum())
+      if n_pairs:
+        left = np.repeat(np.arange(lo, hi), reps)
+        right = left + 1 + np.arange(n_pairs) - np.repeat(np.cumsum(reps) - reps, reps)
+        a, b = d_sp[left], d_sp[right]
+        np.add.at(flat, np.concatenate([a * n_docs + b, b * n_docs + a]), 1.0)
+      lo = hi
+  return counts
 
 
 def _quarter_log_precision(n: int, matches: np.ndarray, hyp_len: np.ndarray) -> np.ndarray:
@@ -185,8 +185,9 @@ def _bleu_flat(questions: Sequence[str], upper_only: bool) -> tuple[np.ndarray, 
       key = (key << bits) | c
     _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
   else:
-    _, first, inverse = np.unique(np.stack(columns, axis=1), axis=0, return_index=True,
-                                  return_inverse=True)
+    _, first, inverse = np.unique(
+      np.stack(columns, axis=1), axis=0, return_index=True, return_inverse=True
+    )
   h = columns[MAX_ORDER][first]
   terms = [_quarter_log_precision(n + 1, columns[n][first], h).tolist() for n in range(MAX_ORDER)]
   precision = np.array([math.exp(math.fsum(t)) for t in zip(*terms)])[inverse.reshape(-1)]
@@ -257,11 +258,11 @@ def average_linkage_labels(distances: np.ndarray, threshold: float) -> np.ndarra
 
 
 def repetition_penalty(questions: Sequence[str], threshold: float = 0.5) -> np.ndarray:
-    """r_rep per question: (size of its BLEU cluster) / B, over the whole rollout batch."""
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be a BLEU distance in [0, 1], got {threshold}")
-    n = len(questions)
-    if n == 0:
-        return np.zeros(0)
-    labels = average_linkage_labels(bleu_distances(questions), threshold)
-    return np.bincount(labels)[labels] / n
+  """r_rep per question: (size of its BLEU cluster) / B, over the whole rollout batch."""
+  if not 0.0 <= threshold <= 1.0:
+    raise ValueError(f"threshold must be a BLEU distance in [0, 1], got {threshold}")
+  n = len(questions)
+  if n == 0:
+    return np.zeros(0)
+  labels = average_linkage_labels(bleu_distances(questions), threshold)
+  return np.bincount(labels)[labels] / n

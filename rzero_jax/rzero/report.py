@@ -3,6 +3,7 @@
 Everything is read back from the workdir (config.json, metrics.jsonl, eval/, datasets/,
 questions.jsonl), so a report can be rebuilt for any run, finished or not.
 """
+
 from __future__ import annotations
 
 import collections
@@ -37,8 +38,14 @@ def collect(workdir: str) -> dict[str, Any]:
   config = wd.read_json(fileio.join(workdir, "config.json"), {}) or {}
   world = _world(config)
   records = metrics_lib.read_metrics(fileio.join(workdir, "metrics.jsonl"))
-  out: dict[str, Any] = {"config": config, "eval": {}, "challenger_steps": [],
-                         "solver_steps": [], "datasets": {}, "difficulty": {}}
+  out: dict[str, Any] = {
+    "config": config,
+    "eval": {},
+    "challenger_steps": [],
+    "solver_steps": [],
+    "datasets": {},
+    "difficulty": {},
+  }
   for t in _iterations(fileio.join(workdir, "eval"), "iter_*.json"):
     result = wd.read_json(wd.eval_path(workdir, t))
     out["eval"][t] = {k: v for k, v in result.items() if k != "results"}
@@ -51,8 +58,11 @@ def collect(workdir: str) -> dict[str, Any]:
     path = wd.dataset_path(workdir, t)
     rows = dataset_lib.read_jsonl(path)
     stats = wd.read_json(path.replace(".jsonl", ".stats.json"), {}) or {}
-    entry = {"kept": len(rows), "stats": stats,
-             "p_hat_hist": metrics_lib.histogram([r["p_hat"] for r in rows])}
+    entry = {
+      "kept": len(rows),
+      "stats": stats,
+      "p_hat_hist": metrics_lib.histogram([r["p_hat"] for r in rows]),
+    }
     truths = [(r["label"], (r.get("meta") or {}).get("true_answer")) for r in rows]
     truths = [(label, truth) for label, truth in truths if truth is not None]
     if truths:
@@ -127,42 +137,66 @@ def summary_table(data: dict) -> str:
 
 
 def render_markdown(data: dict) -> str:
-  parts = ["# R-Zero run report", "",
-           f"## {accuracy_title(data)}", "", summary_table(data), ""]
+  parts = ["# R-Zero run report", "", f"## {accuracy_title(data)}", "", summary_table(data), ""]
   if data["challenger_steps"]:
-    parts += ["## Challenger steps", "",
-              "| iter | step | mean reward | format-valid | mean p̂ | repetition penalty |",
-              "|---|---|---|---|---|---|"]
+    parts += [
+      "## Challenger steps",
+      "",
+      "| iter | step | mean reward | format-valid | mean p̂ | repetition penalty |",
+      "|---|---|---|---|---|---|",
+    ]
     for r in data["challenger_steps"]:
-      parts.append(f"| {r['iteration']} | {r['step']} | {r.get('reward_mean', 0):.3f} | "
-                   f"{_pct(r.get('format_valid'))}% | {r.get('p_hat_mean') or 0:.2f} | "
-                   f"{r.get('repetition_penalty', 0):.3f} |")
+      parts.append(
+        f"| {r['iteration']} | {r['step']} | {r.get('reward_mean', 0):.3f} | "
+        f"{_pct(r.get('format_valid'))}% | {r.get('p_hat_mean') or 0:.2f} | "
+        f"{r.get('repetition_penalty', 0):.3f} |"
+      )
     parts.append("")
   if data["difficulty"]:
     levels = sorted({lvl for c in data["difficulty"].values() for lvl in c}, key=int)
-    parts += ["## Difficulty of the Challenger's questions (share per level, %; 0 = not "
-              "in the world's grammar)", "",
-              "| iter | " + " | ".join(f"L{lvl}" for lvl in levels) + " | n |",
-              "|---|" + "---|" * (len(levels) + 1)]
+    parts += [
+      "## Difficulty of the Challenger's questions (share per level, %; 0 = not "
+      "in the world's grammar)",
+      "",
+      "| iter | " + " | ".join(f"L{lvl}" for lvl in levels) + " | n |",
+      "|---|" + "---|" * (len(levels) + 1),
+    ]
     for t, counts in data["difficulty"].items():
       n = sum(counts.values())
-      parts.append(f"| {t} | " + " | ".join(
-          f"{100 * counts.get(lvl, 0) / n:.0f}" for lvl in levels) + f" | {n} |")
+      parts.append(
+        f"| {t} | "
+        + " | ".join(f"{100 * counts.get(lvl, 0) / n:.0f}" for lvl in levels)
+        + f" | {n} |"
+      )
     parts.append("")
   if data["datasets"]:
-    parts += ["## Datasets", "",
-              "| iter | generated | well-formed | kept | pseudo-label accuracy | p̂ histogram "
-              "(10 bins over [0, 1]) |", "|---|---|---|---|---|---|"]
+    parts += [
+      "## Datasets",
+      "",
+      "| iter | generated | well-formed | kept | pseudo-label accuracy | p̂ histogram "
+      "(10 bins over [0, 1]) |",
+      "|---|---|---|---|---|---|",
+    ]
     for t, d in data["datasets"].items():
       s = d["stats"]
-      parts.append(f"| {t} | {s.get('generated', '–')} | {s.get('well_formed', '–')} | "
-                   f"{d['kept']} | {_pct(d.get('pseudo_label_accuracy'))} | "
-                   f"{s.get('p_hat_histogram', d['p_hat_hist'])} |")
-    parts += ["", "Pseudo-label accuracy compares the majority-vote label with the world's true "
-              "answer. It is measured for this report only and never used in training.", ""]
+      parts.append(
+        f"| {t} | {s.get('generated', '–')} | {s.get('well_formed', '–')} | "
+        f"{d['kept']} | {_pct(d.get('pseudo_label_accuracy'))} | "
+        f"{s.get('p_hat_histogram', d['p_hat_hist'])} |"
+      )
+    parts += [
+      "",
+      "Pseudo-label accuracy compares the majority-vote label with the world's true "
+      "answer. It is measured for this report only and never used in training.",
+      "",
+    ]
   if data["solver_steps"]:
-    parts += ["## Solver steps", "", "| iter | step | mean reward (agreement with label) |",
-              "|---|---|---|"]
+    parts += [
+      "## Solver steps",
+      "",
+      "| iter | step | mean reward (agreement with label) |",
+      "|---|---|---|",
+    ]
     for r in data["solver_steps"]:
       parts.append(f"| {r['iteration']} | {r['step']} | {r.get('reward_mean', 0):.3f} |")
     parts.append("")
@@ -171,16 +205,22 @@ def render_markdown(data: dict) -> str:
 
 def plot(data: dict, path: str) -> None:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, axes = plt.subplots(1, 3, figsize=(15, 4))
   evals = data["eval"]
   levels = _level_keys(evals)
   ax = axes[0]
   for t, e in sorted(evals.items()):
     if levels:
-      ax.plot([int(k.split("/")[1]) for k in levels], [100 * (e.get(k) or 0) for k in levels],
-              marker="o", label="base" if t == 0 else f"iter {t}")
+      ax.plot(
+        [int(k.split("/")[1]) for k in levels],
+        [100 * (e.get(k) or 0) for k in levels],
+        marker="o",
+        label="base" if t == 0 else f"iter {t}",
+      )
     else:
       ax.bar(str(t), 100 * (e.get("accuracy") or 0))
   ax.set_title(accuracy_title(data))
@@ -199,8 +239,7 @@ def plot(data: dict, path: str) -> None:
   for t, counts in data["difficulty"].items():
     n = sum(counts.values()) or 1
     lv = sorted(counts, key=int)
-    ax.plot([int(x) for x in lv], [100 * counts[x] / n for x in lv], marker="o",
-            label=f"iter {t}")
+    ax.plot([int(x) for x in lv], [100 * counts[x] / n for x in lv], marker="o", label=f"iter {t}")
   ax.set_title("Challenger question difficulty (%)")
   ax.set_xlabel("level")
   if data["difficulty"]:

@@ -13,6 +13,7 @@
 WORKDIR may be local or gs://. Every file goes through `fileio`: atomic on a local disk
 (temporary name, then rename), a direct single-object write on GCS. Process 0 writes them all.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -82,8 +83,9 @@ def config_hash(config: Mapping[str, Any]) -> str:
   return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def check_or_store_config(workdir: str, config: Mapping[str, Any],
-                          allow_change: bool = False, is_writer: bool = True) -> None:
+def check_or_store_config(
+  workdir: str, config: Mapping[str, Any], allow_change: bool = False, is_writer: bool = True
+) -> None:
   """Freezes the config of a workdir; a resumed run with another config is refused."""
   path = fileio.join(workdir, "config.json")
   stored = read_json(path)
@@ -92,8 +94,9 @@ def check_or_store_config(workdir: str, config: Mapping[str, Any],
     diff = config_diff(stored, current)
     if diff and not allow_change:
       raise ConfigChangedError(
-          f"{path}: the config differs from the one this workdir was started with "
-          f"({'; '.join(diff)}); use another --workdir, or pass --allow_config_change")
+        f"{path}: the config differs from the one this workdir was started with "
+        f"({'; '.join(diff)}); use another --workdir, or pass --allow_config_change"
+      )
     if not diff:
       return
   if is_writer:

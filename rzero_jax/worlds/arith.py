@@ -14,6 +14,7 @@ sets (`heldout_sets`) are disjoint from training whatever seeds either side uses
 `true_answer` is for the report's pseudo-label accuracy only; nothing in R-Zero's training
 phases may call it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -180,9 +181,11 @@ def question_text(expr: Expr) -> str:
 
 # ----------------------------------------------------------------------------- levels
 
+
 @dataclasses.dataclass(frozen=True)
 class Pattern:
   """A shape of expression: up to `operands` literals of up to `digits` digits each."""
+
   operands: int
   digits: int
   ops: str
@@ -203,14 +206,14 @@ class Level:
 # problems): every two-digit operation (a carry, a borrow, a two-digit product) is the skill
 # that comes last, and each extra operation is one more step that can go wrong.
 LEVELS: tuple[Level, ...] = (
-    Level(1, "a + b, one digit", (Pattern(2, 1, "+", False),), 0.4),
-    Level(2, "a - b or a * b, one digit", (Pattern(2, 1, OPS, False),), 0.3),
-    Level(3, "three one-digit operands, + and - only", (Pattern(3, 1, "+-", False),), 0.1),
-    Level(4, "three one-digit operands with *", (Pattern(3, 1, OPS, False),), 0.1),
-    Level(5, "three one-digit operands with parentheses", (Pattern(3, 1, OPS, True),), 0.1),
-    Level(6, "two operands, one with two digits", (Pattern(2, 2, OPS, False),), 0.1),
-    Level(7, "three operands, one with two digits", (Pattern(3, 2, OPS, True),), 0.1),
-    Level(8, "four one-digit operands (and anything larger)", (Pattern(4, 1, OPS, True),), 0.1),
+  Level(1, "a + b, one digit", (Pattern(2, 1, "+", False),), 0.4),
+  Level(2, "a - b or a * b, one digit", (Pattern(2, 1, OPS, False),), 0.3),
+  Level(3, "three one-digit operands, + and - only", (Pattern(3, 1, "+-", False),), 0.1),
+  Level(4, "three one-digit operands with *", (Pattern(3, 1, OPS, False),), 0.1),
+  Level(5, "three one-digit operands with parentheses", (Pattern(3, 1, OPS, True),), 0.1),
+  Level(6, "two operands, one with two digits", (Pattern(2, 2, OPS, False),), 0.1),
+  Level(7, "three operands, one with two digits", (Pattern(3, 2, OPS, True),), 0.1),
+  Level(8, "four one-digit operands (and anything larger)", (Pattern(4, 1, OPS, True),), 0.1),
 )
 NUM_LEVELS = len(LEVELS)
 
@@ -237,8 +240,12 @@ def _features(expr: Expr, text: str) -> Features:
   lits: list[int] = []
   ops: list[str] = []
   _scan(expr, lits, ops)
-  return Features(operands=len(lits), digits=max(len(str(abs(v))) for v in lits),
-                  ops=frozenset(ops), parens="(" in text)
+  return Features(
+    operands=len(lits),
+    digits=max(len(str(abs(v))) for v in lits),
+    ops=frozenset(ops),
+    parens="(" in text,
+  )
 
 
 def features(expr: Expr) -> Features:
@@ -246,8 +253,12 @@ def features(expr: Expr) -> Features:
 
 
 def _fits(f: Features, p: Pattern) -> bool:
-  return (f.operands <= p.operands and f.digits <= p.digits and f.ops <= set(p.ops)
-          and (p.parens or not f.parens))
+  return (
+    f.operands <= p.operands
+    and f.digits <= p.digits
+    and f.ops <= set(p.ops)
+    and (p.parens or not f.parens)
+  )
 
 
 def _level_of_features(f: Features) -> int | None:
@@ -295,7 +306,7 @@ _HELDOUT_KEY = b"rzero-jax/arith/heldout/v2"
 
 def _unit_hash(text: str) -> float:
   digest = hashlib.blake2b(text.encode(), digest_size=8, key=_HELDOUT_KEY).digest()
-  return int.from_bytes(digest, "big") / 2.0 ** 64
+  return int.from_bytes(digest, "big") / 2.0**64
 
 
 def is_heldout(question: str) -> bool:
@@ -315,6 +326,7 @@ def is_heldout(question: str) -> bool:
 
 # ----------------------------------------------------------------------------- generation
 
+
 @dataclasses.dataclass(frozen=True)
 class Problem:
   question: str
@@ -323,8 +335,11 @@ class Problem:
 
 
 def _check_level(level: int) -> None:
-  if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not (
-      1 <= level <= NUM_LEVELS):
+  if (
+    isinstance(level, bool)
+    or not isinstance(level, (int, np.integer))
+    or not (1 <= level <= NUM_LEVELS)
+  ):
     raise ValueError(f"level={level!r}; expected an integer in 1..{NUM_LEVELS}")
 
 
@@ -337,17 +352,20 @@ def _as_random(rng: Rng) -> random.Random:
   if isinstance(rng, random.Random):
     return rng
   if isinstance(rng, np.random.Generator):
-    return random.Random(int(rng.integers(2 ** 63)))
+    return random.Random(int(rng.integers(2**63)))
   raise TypeError(f"rng: expected random.Random or numpy Generator, got {type(rng).__name__}")
 
 
 def _random_tree(rng: random.Random, pattern: Pattern, operands: int) -> Expr:
   if operands == 1:
     digits = rng.randint(1, pattern.digits)
-    return Lit(rng.randrange(0 if digits == 1 else 10 ** (digits - 1), 10 ** digits))
+    return Lit(rng.randrange(0 if digits == 1 else 10 ** (digits - 1), 10**digits))
   split = rng.randrange(1, operands)
-  return BinOp(rng.choice(pattern.ops), _random_tree(rng, pattern, split),
-               _random_tree(rng, pattern, operands - split))
+  return BinOp(
+    rng.choice(pattern.ops),
+    _random_tree(rng, pattern, split),
+    _random_tree(rng, pattern, operands - split),
+  )
 
 
 def _is_one_digit_literal(expr: Expr) -> bool:
@@ -359,8 +377,7 @@ def _small_products(expr: Expr) -> bool:
   # multi-digit-by-multi-digit product in one step is beyond what a tiny model can learn.
   if isinstance(expr, Lit):
     return True
-  if expr.op == "*" and not (_is_one_digit_literal(expr.left)
-                             or _is_one_digit_literal(expr.right)):
+  if expr.op == "*" and not (_is_one_digit_literal(expr.left) or _is_one_digit_literal(expr.right)):
     return False
   return _small_products(expr.left) and _small_products(expr.right)
 
@@ -398,8 +415,9 @@ def sample_heldout_problem(rng: Rng, level: int) -> Problem:
   return Problem(question=question, answer=evaluate(expr), level=level)
 
 
-def _distinct_sets(kind: str, sample: Callable[[random.Random, int], Problem], seed: int,
-                   per_level: int) -> dict[int, list[Problem]]:
+def _distinct_sets(
+  kind: str, sample: Callable[[random.Random, int], Problem], seed: int, per_level: int
+) -> dict[int, list[Problem]]:
   if isinstance(per_level, bool) or not isinstance(per_level, int) or per_level < 1:
     raise ValueError(f"per_level={per_level!r}; expected a positive integer")
   sets = {}
@@ -439,6 +457,7 @@ def design_sets(seed: int = 20251126, per_level: int = 256) -> dict[int, list[Pr
 
 
 # ----------------------------------------------------------------------------- text formats
+
 
 def _reduce_once(expr: Expr, results_first: bool = False) -> Expr:
   """Evaluates the leftmost operation whose operands are both literals. With `results_first`,
@@ -513,7 +532,7 @@ def challenger_completion(problem: Problem) -> str:
 # Short on purpose: the paper's long competition-math prompt would fill most of a tiny model's
 # context and teach it nothing about this world.
 PROMPTS = PromptSet(
-    challenger_system="Write a new question as <question>\n...\n</question> then \\boxed{answer}.",
-    challenger_user="New question.",
-    solver_system="Solve it; put the answer in \\boxed{}.",
+  challenger_system="Write a new question as <question>\n...\n</question> then \\boxed{answer}.",
+  challenger_user="New question.",
+  solver_system="Solve it; put the answer in \\boxed{}.",
 )

@@ -14,6 +14,7 @@ The build is cached under a key that hashes every argument (and the world's vers
 call with the same arguments returns the existing directory at once. A build is written in a
 temporary directory and renamed into place, so an interrupted build leaves nothing behind.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -60,6 +61,7 @@ class BaseModelSpec:
   authors who give up on harder problems, so the base model gives up greedily at the frontier
   while its samples still work such problems out (its headroom: benchmarks/RESULTS.md).
   """
+
   seed: int = 0
   # model
   hidden_size: int = 64
@@ -106,36 +108,59 @@ class BaseModelSpec:
   bucket_multiple: int = 16
 
   def validate(self) -> None:
-    for name in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
-                 "head_dim", "num_docs", "steps", "batch_size", "bucket_multiple"):
+    for name in (
+      "hidden_size",
+      "intermediate_size",
+      "num_layers",
+      "num_heads",
+      "num_kv_heads",
+      "head_dim",
+      "num_docs",
+      "steps",
+      "batch_size",
+      "bucket_multiple",
+    ):
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"build_base_model: {name}={value!r}; expected a positive integer")
     if self.vocab_size < 64:
       raise ValueError(f"build_base_model: vocab_size={self.vocab_size}; expected >= 64")
     # A careless share of 1 would leave the corpus without one right solution.
-    for name, below_one in (("challenger_fraction", False), ("careless_fraction", True),
-                            ("results_first_fraction", False)):
+    for name, below_one in (
+      ("challenger_fraction", False),
+      ("careless_fraction", True),
+      ("results_first_fraction", False),
+    ):
       value = getattr(self, name)
       if not _is_share(value, below_one):
-        raise ValueError(f"build_base_model: {name}={value!r}; expected a number in "
-                         f"[0, 1{')' if below_one else ']'}")
-    if (not isinstance(self.guess_fractions, (tuple, list))
-        or len(self.guess_fractions) != arith.NUM_LEVELS
-        or not all(_is_share(v, below_one=True) for v in self.guess_fractions)):
-      raise ValueError(f"build_base_model: guess_fractions={self.guess_fractions!r}; expected "
-                       f"{arith.NUM_LEVELS} numbers in [0, 1), one per level")
+        raise ValueError(
+          f"build_base_model: {name}={value!r}; expected a number in "
+          f"[0, 1{')' if below_one else ']'}"
+        )
+    if (
+      not isinstance(self.guess_fractions, (tuple, list))
+      or len(self.guess_fractions) != arith.NUM_LEVELS
+      or not all(_is_share(v, below_one=True) for v in self.guess_fractions)
+    ):
+      raise ValueError(
+        f"build_base_model: guess_fractions={self.guess_fractions!r}; expected "
+        f"{arith.NUM_LEVELS} numbers in [0, 1), one per level"
+      )
     if self.guess_style not in GUESS_STYLES:
-      raise ValueError(f"build_base_model: guess_style={self.guess_style!r}; expected one of "
-                       f"{GUESS_STYLES}")
+      raise ValueError(
+        f"build_base_model: guess_style={self.guess_style!r}; expected one of {GUESS_STYLES}"
+      )
     for name in ("challenger_level_weights", "solver_level_weights"):
       weights = getattr(self, name)
       if len(weights) != arith.NUM_LEVELS or min(weights) < 0 or sum(weights) <= 0:
-        raise ValueError(f"build_base_model: {name}={weights!r}; expected {arith.NUM_LEVELS} "
-                         "non-negative weights with a positive sum")
+        raise ValueError(
+          f"build_base_model: {name}={weights!r}; expected {arith.NUM_LEVELS} "
+          "non-negative weights with a positive sum"
+        )
     if not self.learning_rate > 0 or self.warmup_steps < 0 or self.weight_decay < 0:
-      raise ValueError("build_base_model: learning_rate must be > 0, warmup_steps and "
-                       "weight_decay >= 0")
+      raise ValueError(
+        "build_base_model: learning_rate must be > 0, warmup_steps and weight_decay >= 0"
+      )
 
   def cache_key(self) -> str:
     fields = dataclasses.asdict(self)
@@ -147,8 +172,9 @@ class BaseModelSpec:
       del fields["guess_style"]
     else:
       fields["guess_fractions"] = [float(v) for v in fields["guess_fractions"]]
-    payload = json.dumps({"build": BUILD_VERSION, "world": arith.WORLD_VERSION, **fields},
-                         sort_keys=True)
+    payload = json.dumps(
+      {"build": BUILD_VERSION, "world": arith.WORLD_VERSION, **fields}, sort_keys=True
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -159,6 +185,7 @@ def _is_share(value, below_one: bool) -> bool:
 
 
 # ----------------------------------------------------------------------------- corpus
+
 
 def corpus_documents(spec: BaseModelSpec, prompts=None) -> list[tuple[list[dict], str]]:
   """(chat messages, completion) pairs in both role formats, from training problems only.
@@ -173,13 +200,21 @@ def corpus_documents(spec: BaseModelSpec, prompts=None) -> list[tuple[list[dict]
   for _ in range(spec.num_docs):
     if rng.random() < spec.challenger_fraction:
       level = rng.choices(levels, weights=spec.challenger_level_weights)[0]
-      docs.append((prompts.challenger_messages(),
-                   arith.challenger_completion(arith.sample_problem(rng, level))))
+      docs.append(
+        (
+          prompts.challenger_messages(),
+          arith.challenger_completion(arith.sample_problem(rng, level)),
+        )
+      )
     else:
       level = rng.choices(levels, weights=spec.solver_level_weights)[0]
       problem = arith.sample_problem(rng, level)
-      docs.append((prompts.solver_messages(problem.question),
-                   _solver_completion(spec, rng, problem.question, level)))
+      docs.append(
+        (
+          prompts.solver_messages(problem.question),
+          _solver_completion(spec, rng, problem.question, level),
+        )
+      )
   return docs
 
 
@@ -189,8 +224,7 @@ def guessed_answer(rng: random.Random, level: int) -> str:
   return arith.boxed(arith.sample_problem(rng, level).answer)
 
 
-def _solver_completion(spec: BaseModelSpec, rng: random.Random, question: str,
-                       level: int) -> str:
+def _solver_completion(spec: BaseModelSpec, rng: random.Random, question: str, level: int) -> str:
   """One author's solution; draws from `rng` only where the spec mixes authors, so that the
   default corpus stays what it was."""
   guess = spec.guess_fractions[level - 1]
@@ -213,23 +247,35 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int):
   """A SentencePiece BPE tokenizer trained on `texts` (digits always split one by one)."""
   buf = io.BytesIO()
   spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(texts), model_writer=buf, vocab_size=vocab_size, model_type="bpe",
-      split_digits=True,
-      # Newlines and runs of spaces are part of the formats: keep the text exactly as written.
-      normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
-      # Merge across spaces: the prompts' fixed phrases become a few pieces each.
-      split_by_whitespace=False,
-      user_defined_symbols=list(_USER_SYMBOLS), pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID,
-      eos_id=EOS_ID, character_coverage=1.0, hard_vocab_limit=False, num_threads=1,
-      minloglevel=2)
+    sentence_iterator=iter(texts),
+    model_writer=buf,
+    vocab_size=vocab_size,
+    model_type="bpe",
+    split_digits=True,
+    # Newlines and runs of spaces are part of the formats: keep the text exactly as written.
+    normalization_rule_name="identity",
+    remove_extra_whitespaces=False,
+    add_dummy_prefix=False,
+    # Merge across spaces: the prompts' fixed phrases become a few pieces each.
+    split_by_whitespace=False,
+    user_defined_symbols=list(_USER_SYMBOLS),
+    pad_id=PAD_ID,
+    unk_id=UNK_ID,
+    bos_id=BOS_ID,
+    eos_id=EOS_ID,
+    character_coverage=1.0,
+    hard_vocab_limit=False,
+    num_threads=1,
+    minloglevel=2,
+  )
   return SentencePieceTokenizer(buf.getvalue(), source="arith base-model tokenizer")
 
 
 @dataclasses.dataclass(frozen=True)
 class TokenizedCorpus:
-  tokens: np.ndarray     # int32 [N, T], right-padded with PAD_ID to the longest document
+  tokens: np.ndarray  # int32 [N, T], right-padded with PAD_ID to the longest document
   loss_mask: np.ndarray  # float32 [N, T]: 1 where the token is a completion (or EOS) token
-  lengths: np.ndarray    # int32 [N]: real tokens per document
+  lengths: np.ndarray  # int32 [N]: real tokens per document
 
 
 def tokenize_corpus(tok, docs) -> TokenizedCorpus:
@@ -248,8 +294,8 @@ def tokenize_corpus(tok, docs) -> TokenizedCorpus:
   tokens = np.full((len(rows), int(lengths.max())), PAD_ID, np.int32)
   loss_mask = np.zeros(tokens.shape, np.float32)
   for i, (row, start) in enumerate(zip(rows, prompt_lengths)):
-    tokens[i, :len(row)] = row
-    loss_mask[i, start:len(row)] = 1.0
+    tokens[i, : len(row)] = row
+    loss_mask[i, start : len(row)] = 1.0
   return TokenizedCorpus(tokens, loss_mask, lengths)
 
 
@@ -279,13 +325,22 @@ def length_buckets(lengths: np.ndarray, min_docs: int, multiple: int = 16) -> di
 
 # ----------------------------------------------------------------------------- pretraining
 
+
 def model_config(spec: BaseModelSpec, vocab_size: int, max_positions: int):
   return models.tiny_config(
-      "qwen3", vocab_size=vocab_size, hidden_size=spec.hidden_size,
-      intermediate_size=spec.intermediate_size, num_layers=spec.num_layers,
-      num_heads=spec.num_heads, num_kv_heads=spec.num_kv_heads, head_dim=spec.head_dim,
-      max_position_embeddings=max_positions, bos_token_id=BOS_ID, eos_token_ids=(EOS_ID,),
-      pad_token_id=PAD_ID)
+    "qwen3",
+    vocab_size=vocab_size,
+    hidden_size=spec.hidden_size,
+    intermediate_size=spec.intermediate_size,
+    num_layers=spec.num_layers,
+    num_heads=spec.num_heads,
+    num_kv_heads=spec.num_kv_heads,
+    head_dim=spec.head_dim,
+    max_position_embeddings=max_positions,
+    bos_token_id=BOS_ID,
+    eos_token_ids=(EOS_ID,),
+    pad_token_id=PAD_ID,
+  )
 
 
 def next_token_loss(cfg, params, tokens, loss_mask):
@@ -301,16 +356,21 @@ def next_token_loss(cfg, params, tokens, loss_mask):
 
 def make_optimizer(spec: BaseModelSpec):
   schedule = optax.warmup_cosine_decay_schedule(
-      0.0, spec.learning_rate, min(spec.warmup_steps, spec.steps - 1) if spec.steps > 1 else 0,
-      spec.steps, end_value=spec.learning_rate * 0.1)
-  return optax.chain(optax.clip_by_global_norm(1.0),
-                     optax.adamw(schedule, b1=0.9, b2=0.98, weight_decay=spec.weight_decay))
+    0.0,
+    spec.learning_rate,
+    min(spec.warmup_steps, spec.steps - 1) if spec.steps > 1 else 0,
+    spec.steps,
+    end_value=spec.learning_rate * 0.1,
+  )
+  return optax.chain(
+    optax.clip_by_global_norm(1.0),
+    optax.adamw(schedule, b1=0.9, b2=0.98, weight_decay=spec.weight_decay),
+  )
 
 
 def next_token_step(cfg, optimizer, params, opt_state, tokens, loss_mask):
   """One optimizer update on `next_token_loss`; returns (params, opt_state, loss)."""
-  loss, grads = jax.value_and_grad(
-      lambda p: next_token_loss(cfg, p, tokens, loss_mask))(params)
+  loss, grads = jax.value_and_grad(lambda p: next_token_loss(cfg, p, tokens, loss_mask))(params)
   updates, opt_state = optimizer.update(grads, opt_state, params)
   return optax.apply_updates(params, updates), opt_state, loss
 
@@ -319,8 +379,9 @@ class _BatchSchedule:
   """Host-side batch order: each step picks a length bucket (in proportion to its size) and
   takes the next batch of its shuffled documents, reshuffling a bucket when it runs out."""
 
-  def __init__(self, corpus: TokenizedCorpus, batch_size: int, multiple: int,
-               rng: np.random.Generator):
+  def __init__(
+    self, corpus: TokenizedCorpus, batch_size: int, multiple: int, rng: np.random.Generator
+  ):
     self.corpus, self.batch_size, self.rng = corpus, batch_size, rng
     self.buckets = length_buckets(corpus.lengths, batch_size, multiple)
     self.lengths = sorted(self.buckets)
@@ -334,7 +395,7 @@ class _BatchSchedule:
     lo = self.cursor[length]
     if lo + self.batch_size > len(self.orders[length]):
       self.orders[length], lo = self.rng.permutation(self.buckets[length]), 0
-    idx = self.orders[length][lo:lo + self.batch_size]
+    idx = self.orders[length][lo : lo + self.batch_size]
     self.cursor[length] = lo + self.batch_size
     width = min(length, self.corpus.tokens.shape[1])
     return self.corpus.tokens[idx, :width], self.corpus.loss_mask[idx, :width]
@@ -346,8 +407,9 @@ def pretrain(cfg, spec: BaseModelSpec, corpus: TokenizedCorpus, log_every: int =
   optimizer = make_optimizer(spec)
   opt_state = optimizer.init(params)
   step_fn = jax.jit(functools.partial(next_token_step, cfg, optimizer), donate_argnums=(0, 1))
-  batches = _BatchSchedule(corpus, spec.batch_size, spec.bucket_multiple,
-                           np.random.default_rng([spec.seed, 2]))
+  batches = _BatchSchedule(
+    corpus, spec.batch_size, spec.bucket_multiple, np.random.default_rng([spec.seed, 2])
+  )
   losses = []
   start = time.perf_counter()
   for step in range(spec.steps):
@@ -355,12 +417,18 @@ def pretrain(cfg, spec: BaseModelSpec, corpus: TokenizedCorpus, log_every: int =
     params, opt_state, loss = step_fn(params, opt_state, tokens, loss_mask)
     if (step + 1) % log_every == 0 or step + 1 == spec.steps:
       losses.append((step + 1, float(loss)))
-      logging.info("base model pretraining: step %d/%d loss %.4f (%.1f s)", step + 1, spec.steps,
-               float(loss), time.perf_counter() - start)
+      logging.info(
+        "base model pretraining: step %d/%d loss %.4f (%.1f s)",
+        step + 1,
+        spec.steps,
+        float(loss),
+        time.perf_counter() - start,
+      )
   return params, losses
 
 
 # ----------------------------------------------------------------------------- build + cache
+
 
 def cached_path(out_dir: str, spec: BaseModelSpec) -> str:
   return os.path.join(os.path.abspath(out_dir), f"arith-base-{spec.cache_key()}")
@@ -374,8 +442,10 @@ def spec_from_fields(**spec_fields) -> BaseModelSpec:
   """The validated spec that `build_base_model` would build; a clear error names a bad field."""
   unknown = sorted(set(spec_fields) - {f.name for f in dataclasses.fields(BaseModelSpec)})
   if unknown:
-    raise ValueError(f"build_base_model: unknown argument(s) {', '.join(unknown)}; expected "
-                     f"fields of BaseModelSpec")
+    raise ValueError(
+      f"build_base_model: unknown argument(s) {', '.join(unknown)}; expected "
+      f"fields of BaseModelSpec"
+    )
   spec_fields = {k: tuple(v) if isinstance(v, list) else v for k, v in spec_fields.items()}
   spec = BaseModelSpec(**spec_fields)
   spec.validate()
@@ -430,7 +500,14 @@ def _build_into(model_dir: str, spec: BaseModelSpec) -> dict:
 
   models.save_hf(cfg, params, model_dir)
   tok.save(model_dir)
-  return {"spec": dataclasses.asdict(spec), "cache_key": spec.cache_key(),
-          "build_version": BUILD_VERSION, "world_version": arith.WORLD_VERSION,
-          "num_params": cfg.num_params, "vocab_size": tok.vocab_size,
-          "seq_len": seq_len, "losses": losses, "timings": timings}
+  return {
+    "spec": dataclasses.asdict(spec),
+    "cache_key": spec.cache_key(),
+    "build_version": BUILD_VERSION,
+    "world_version": arith.WORLD_VERSION,
+    "num_params": cfg.num_params,
+    "vocab_size": tok.vocab_size,
+    "seq_len": seq_len,
+    "losses": losses,
+    "timings": timings,
+  }

@@ -6,6 +6,7 @@ jax.distributed on 127.0.0.1 (gloo collectives), or 1 process with 2 virtual CPU
 same (data=1, fsdp=2, tensor=1) mesh, the reference the others must match bit for bit. Every
 wait is bounded; a test that times out kills what it started.
 """
+
 import contextlib
 import json
 import os
@@ -40,8 +41,16 @@ def child_env(devices: int = 1, **extra) -> dict:
 
 
 def command(workdir, base, cache, *extra):
-  return [sys.executable, "-m", "launch.train", f"--workdir={workdir}", f"--base_model={base}",
-          f"--compilation_cache_dir={cache}", *TINY, *extra]
+  return [
+    sys.executable,
+    "-m",
+    "launch.train",
+    f"--workdir={workdir}",
+    f"--base_model={base}",
+    f"--compilation_cache_dir={cache}",
+    *TINY,
+    *extra,
+  ]
 
 
 class Group:
@@ -53,16 +62,18 @@ class Group:
     self.procs = []
     for cmd, log in zip(commands, self.logs):
       with open(log, "ab") as f:
-        self.procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f,
-                                           stderr=subprocess.STDOUT))
+        self.procs.append(
+          subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+        )
 
   def output(self, i) -> str:
     with open(self.logs[i], errors="replace") as f:
       return f.read()
 
   def tails(self) -> str:
-    return "\n".join(f"--- process {i} ---\n{self.output(i)[-3000:]}"
-                     for i in range(len(self.procs)))
+    return "\n".join(
+      f"--- process {i} ---\n{self.output(i)[-3000:]}" for i in range(len(self.procs))
+    )
 
   def wait(self, timeout=RUN_TIMEOUT_S) -> list[int]:
     deadline = time.time() + timeout
@@ -97,30 +108,44 @@ class Group:
 
 def two_processes(workdir, base, cache, log_dir, name, *extra, env=None):
   port = free_port()
-  cmds = [command(workdir, base, cache, f"--coordinator_address=127.0.0.1:{port}",
-                  "--num_processes=2", f"--process_id={i}", *extra) for i in range(2)]
+  cmds = [
+    command(
+      workdir,
+      base,
+      cache,
+      f"--coordinator_address=127.0.0.1:{port}",
+      "--num_processes=2",
+      f"--process_id={i}",
+      *extra,
+    )
+    for i in range(2)
+  ]
   return Group(cmds, env or child_env(devices=1), log_dir, name)
 
 
 def one_process(workdir, base, cache, log_dir, name, *extra, env=None):
-  return Group([command(workdir, base, cache, *extra)], env or child_env(devices=2), log_dir,
-               name)
+  return Group([command(workdir, base, cache, *extra)], env or child_env(devices=2), log_dir, name)
 
 
 def committed_step(workdir, role, step):
   def check():
     d = os.path.join(workdir, "checkpoints", role, str(step))
     return os.path.exists(os.path.join(d, "commit_success.txt"))
+
   return check
 
 
 # ----------------------------------------------------------------------------- comparison
 
+
 def _is_timing(key: str) -> bool:
   """How the run went rather than what it computed: timings, and the compile counter (a
   restarted process compiles again; each process counts its own programs)."""
-  return (key.startswith(("time", "compiles/")) or key.endswith("_seconds")
-          or key in ("tokens_per_s", "recompiles"))
+  return (
+    key.startswith(("time", "compiles/"))
+    or key.endswith("_seconds")
+    or key in ("tokens_per_s", "recompiles")
+  )
 
 
 def _untimed(obj):
@@ -137,6 +162,7 @@ def run_files(workdir) -> dict:
   timings; the workdir's copy of the model files."""
   from rzero_jax import fileio
   from rzero_jax.rzero import metrics
+
   out = {}
   for sub in ("datasets", "eval", "model"):
     folder = fileio.join(workdir, sub)
@@ -147,8 +173,9 @@ def run_files(workdir) -> dict:
       else:
         out[name] = fileio.read_bytes(path)
   out["questions.jsonl"] = fileio.read_bytes(fileio.join(workdir, "questions.jsonl"))
-  out["metrics"] = [_untimed(r) for r in metrics.read_metrics(fileio.join(workdir,
-                                                                          "metrics.jsonl"))]
+  out["metrics"] = [
+    _untimed(r) for r in metrics.read_metrics(fileio.join(workdir, "metrics.jsonl"))
+  ]
   return out
 
 
@@ -157,14 +184,15 @@ def final_params(workdir) -> dict:
   mesh wrote them)."""
   import jax
   import orbax.checkpoint as ocp
+
   from rzero_jax import checkpoint, fileio
+
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   out = {}
   for role in ("challenger", "solver"):
     folder = fileio.join(workdir, "checkpoints", f"{role}_final")
     saved = ocp.StandardCheckpointHandler().metadata(fileio.path(folder) / "1" / "params").tree
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                          saved)
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
     with checkpoint.CheckpointManager(folder, async_save=False, read_only=True) as mgr:
       params = mgr.restore(1, {"params": target}).items["params"]
     out.update(_flatten(params, f"{role}/"))
@@ -195,16 +223,31 @@ def assert_same_run(ours, reference):
 
 # ----------------------------------------------------------------------------- fixtures
 
+
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory):
   from configs import arith_tiny
   from rzero_jax.worlds import base_model
-  corpus = {k: v for k, v in arith_tiny.get_config().world.base.items()
-            if k.endswith(("_fraction", "_fractions", "_style"))}
+
+  corpus = {
+    k: v
+    for k, v in arith_tiny.get_config().world.base.items()
+    if k.endswith(("_fraction", "_fractions", "_style"))
+  }
   return base_model.build_base_model(
-      str(tmp_path_factory.mktemp("base")), num_docs=4000, steps=300, batch_size=16,
-      hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1,
-      head_dim=16, vocab_size=128, **corpus)
+    str(tmp_path_factory.mktemp("base")),
+    num_docs=4000,
+    steps=300,
+    batch_size=16,
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=16,
+    vocab_size=128,
+    **corpus,
+  )
 
 
 @pytest.fixture(scope="session")

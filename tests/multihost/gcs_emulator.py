@@ -7,6 +7,7 @@ GCS driver (Orbax's arrays) reads an object's generation from that header to upd
 manifests; without it every checkpoint with more than one array fails with "Malformed
 StorageGeneration".
 """
+
 import sys
 
 from gcp_storage_emulator.handlers import objects

@@ -4,6 +4,7 @@ resumes after a kill, and leaves the same files and params as a local-disk run.
 gcsfs (etils.epath's backend) reads STORAGE_EMULATOR_HOST; Orbax writes arrays through
 TensorStore, whose GCS driver has its own endpoint setting, TENSORSTORE_GCS_HTTP_URL.
 """
+
 import importlib.util
 import os
 import subprocess
@@ -14,14 +15,14 @@ import urllib.request
 
 import pytest
 
-from tests.multihost.conftest import (REPO, assert_same_run, child_env, free_port,
-                                      one_process)
+from tests.multihost.conftest import REPO, assert_same_run, child_env, free_port, one_process
 
 pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("gcp_storage_emulator") is None,
-                       reason="needs the GCS emulator: pip install gcp-storage-emulator "
-                              "(in the `test` extra)"),
+  pytest.mark.slow,
+  pytest.mark.skipif(
+    importlib.util.find_spec("gcp_storage_emulator") is None,
+    reason="needs the GCS emulator: pip install gcp-storage-emulator (in the `test` extra)",
+  ),
 ]
 BUCKET = "rzero-test"
 
@@ -31,10 +32,20 @@ def emulator(tmp_path_factory):
   port = free_port()
   data = tmp_path_factory.mktemp("gcs")
   proc = subprocess.Popen(
-      [sys.executable, "-m", "tests.multihost.gcs_emulator", "start", "--host=127.0.0.1",
-       f"--port={port}", f"--default-bucket={BUCKET}"],
-      cwd=str(data), env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.DEVNULL,
-      stderr=subprocess.DEVNULL)
+    [
+      sys.executable,
+      "-m",
+      "tests.multihost.gcs_emulator",
+      "start",
+      "--host=127.0.0.1",
+      f"--port={port}",
+      f"--default-bucket={BUCKET}",
+    ],
+    cwd=str(data),
+    env=dict(os.environ, PYTHONPATH=REPO),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   url = f"http://127.0.0.1:{port}"
   deadline = time.time() + 60
   while True:
@@ -46,10 +57,14 @@ def emulator(tmp_path_factory):
         proc.kill()
         pytest.fail("the GCS emulator did not start within 60 s")
       time.sleep(0.3)
-  env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
-         "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
-         # gcsfs's zonal/HNS probe asks real GCS for the bucket type; the emulator has none.
-         "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false", "GOOGLE_CLOUD_PROJECT": "test"}
+  env = {
+    "STORAGE_EMULATOR_HOST": url,
+    "TENSORSTORE_GCS_HTTP_URL": url,
+    "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
+    # gcsfs's zonal/HNS probe asks real GCS for the bucket type; the emulator has none.
+    "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+    "GOOGLE_CLOUD_PROJECT": "test",
+  }
   saved = {k: os.environ.get(k) for k in env}
   os.environ.update(env)  # for this process's own reads of the bucket
   try:
@@ -69,8 +84,10 @@ def emulator(tmp_path_factory):
 
 def _object_exists(emulator_env, name):
   """Asks the emulator itself (gcsfs in this process caches listings, which could go stale)."""
-  url = (f"{emulator_env['STORAGE_EMULATOR_HOST']}/storage/v1/b/{BUCKET}/o/"
-         f"{urllib.parse.quote(name, safe='')}")
+  url = (
+    f"{emulator_env['STORAGE_EMULATOR_HOST']}/storage/v1/b/{BUCKET}/o/"
+    f"{urllib.parse.quote(name, safe='')}"
+  )
 
   def check():
     try:
@@ -78,11 +95,13 @@ def _object_exists(emulator_env, name):
         return r.status == 200
     except OSError:
       return False
+
   return check
 
 
-def test_gcs_workdir_runs_resumes_and_matches_local_disk(emulator, reference_run, tiny_base,
-                                                         xla_cache, logs):
+def test_gcs_workdir_runs_resumes_and_matches_local_disk(
+  emulator, reference_run, tiny_base, xla_cache, logs
+):
   workdir = f"gs://{BUCKET}/run"
   env = child_env(devices=2, **emulator)
   group = one_process(workdir, tiny_base, xla_cache, logs, "gcs", env=env)

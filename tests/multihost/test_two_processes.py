@@ -4,6 +4,7 @@ process with 2 devices and the same mesh: uninterrupted, and after both processe
 mid-Solver and restarted. One process killed alone ends the other, with a clear message, in
 bounded time.
 """
+
 import os
 import shutil
 import subprocess
@@ -18,8 +19,9 @@ from tests.multihost.conftest import assert_same_run, committed_step, two_proces
 pytestmark = pytest.mark.slow
 
 
-def test_two_processes_match_one_process_bit_for_bit(reference_run, tiny_base, xla_cache, logs,
-                                                     tmp_path):
+def test_two_processes_match_one_process_bit_for_bit(
+  reference_run, tiny_base, xla_cache, logs, tmp_path
+):
   workdir = str(tmp_path / "run")
   group = two_processes(workdir, tiny_base, xla_cache, logs, "two")
   group.wait_ok()
@@ -37,8 +39,9 @@ def test_two_processes_match_one_process_bit_for_bit(reference_run, tiny_base, x
   assert tokenizer_lib.load_tokenizer(resolved.tokenizer).encode("1+1")
 
 
-def test_both_killed_mid_solver_then_restarted_match_too(reference_run, tiny_base, xla_cache,
-                                                          logs, tmp_path):
+def test_both_killed_mid_solver_then_restarted_match_too(
+  reference_run, tiny_base, xla_cache, logs, tmp_path
+):
   workdir = str(tmp_path / "run")
   group = two_processes(workdir, tiny_base, xla_cache, logs, "killed")
   # Solver step 1 of iteration 1 is committed: the run is inside the Solver phase.
@@ -53,13 +56,11 @@ def test_both_killed_mid_solver_then_restarted_match_too(reference_run, tiny_bas
 # launcher prints its own line), or, while it is busy elsewhere (compiling, say), the
 # coordination service misses the peer's heartbeats for --peer_timeout_s and jax ends the
 # process with its own message.
-_CLEAR_MESSAGES = ("another process of the run died or stopped responding",
-                   "another task died")
+_CLEAR_MESSAGES = ("another process of the run died or stopped responding", "another task died")
 
 
 @pytest.mark.parametrize("victim", [1, 0], ids=["worker_killed", "coordinator_killed"])
-def test_one_process_killed_alone_stops_the_other(victim, tiny_base, xla_cache, logs,
-                                                  tmp_path):
+def test_one_process_killed_alone_stops_the_other(victim, tiny_base, xla_cache, logs, tmp_path):
   workdir = str(tmp_path / "run")
   group = two_processes(workdir, tiny_base, xla_cache, logs, f"lonely{victim}")
   # Inside the Challenger phase, where collectives run all the time.

@@ -5,6 +5,7 @@ this file before any test module below it, also when one module is run alone (th
 sets it on the command line as well). Where jax was initialised first, by tests collected
 earlier in the same process, every test here is skipped with the reason.
 """
+
 import os
 
 import pytest
@@ -23,8 +24,10 @@ def pytest_collection_modifyitems(config, items):
   if have >= DEVICES:
     return
   here = os.path.dirname(os.path.abspath(__file__))
-  skip = pytest.mark.skip(reason=f"needs {DEVICES} devices, have {have}: run tests/sharded in "
-                                 f"its own process (XLA_FLAGS={_FLAG})")
+  skip = pytest.mark.skip(
+    reason=f"needs {DEVICES} devices, have {have}: run tests/sharded in "
+    f"its own process (XLA_FLAGS={_FLAG})"
+  )
   for item in items:
     if os.path.abspath(str(item.fspath)).startswith(here + os.sep):
       item.add_marker(skip)

@@ -4,6 +4,7 @@ library for fetches that bypass it.
 With one process every array is addressable, so these tests check values and shardings; the
 multi-process behaviour (all-gathers, broadcasts) is exercised by tests/multihost.
 """
+
 import ast
 import os
 
@@ -25,9 +26,11 @@ def mesh():
 
 def _host_batch(rows=8, length=12, seed=0):
   rng = np.random.default_rng(seed)
-  return {"tokens": rng.integers(0, 100, (rows, length)).astype(np.int32),
-          "kv_mask": rng.random((rows, length)) > 0.2,
-          "advantages": rng.standard_normal(rows).astype(np.float32)}
+  return {
+    "tokens": rng.integers(0, 100, (rows, length)).astype(np.int32),
+    "kv_mask": rng.random((rows, length)) > 0.2,
+    "advantages": rng.standard_normal(rows).astype(np.float32),
+  }
 
 
 def test_to_global_splits_rows_and_to_host_gathers_them_back(mesh):
@@ -113,18 +116,27 @@ def test_nothing_outside_the_helper_fetches_device_arrays():
         # np.asarray(some_call(...)) is how a jitted result gets fetched by hand.
         if isinstance(arg, ast.Call) and ast.unparse(arg.func) not in _HOST_CALLEES:
           offenders.append(f"{where}: {ast.unparse(node)[:80]}")
-  assert not offenders, ("fetch device arrays through rzero_jax.multihost.to_host, not by "
-                         "hand:\n" + "\n".join(offenders))
+  assert not offenders, (
+    "fetch device arrays through rzero_jax.multihost.to_host, not by hand:\n" + "\n".join(offenders)
+  )
 
 
 def test_the_scan_catches_the_old_fetches(tmp_path):
   # The patterns this scan exists for, as they stood before the helper.
-  bad = ("out = jax.device_get((state['tokens'], state['lengths']))\n"
-         "mb['old_logp'] = np.asarray(role.logprobs(params, tokens, mask))\n")
+  bad = (
+    "out = jax.device_get((state['tokens'], state['lengths']))\n"
+    "mb['old_logp'] = np.asarray(role.logprobs(params, tokens, mask))\n"
+  )
   tree = ast.parse(bad)
-  hits = [n for n in ast.walk(tree)
-          if (isinstance(n, ast.Attribute) and n.attr in _FETCHES)
-          or (isinstance(n, ast.Call) and ast.unparse(n.func) == "np.asarray"
-              and isinstance(n.args[0], ast.Call)
-              and ast.unparse(n.args[0].func) not in _HOST_CALLEES)]
+  hits = [
+    n
+    for n in ast.walk(tree)
+    if (isinstance(n, ast.Attribute) and n.attr in _FETCHES)
+    or (
+      isinstance(n, ast.Call)
+      and ast.unparse(n.func) == "np.asarray"
+      and isinstance(n.args[0], ast.Call)
+      and ast.unparse(n.args[0].func) not in _HOST_CALLEES
+    )
+  ]
   assert len(hits) == 2

@@ -25,15 +25,17 @@ def mesh():
 def _config(family):
   # Every sharded dimension (batch 4, embed 64, heads 4, kv heads 2, mlp 128, vocab 256) divides
   # its mesh axes, so nothing silently falls back to replication.
-  return models.tiny_config(family, hidden_size=64, num_heads=4, num_kv_heads=2,
-                            intermediate_size=128, vocab_size=256)
+  return models.tiny_config(
+    family, hidden_size=64, num_heads=4, num_kv_heads=2, intermediate_size=128, vocab_size=256
+  )
 
 
 def _host_params(cfg, seed):
   """Random params made on the host: checkpoint tests need values, not a compiled init."""
   rng = np.random.RandomState(seed)
-  return jax.tree.map(lambda a: (rng.standard_normal(a.shape) * 0.05).astype(a.dtype),
-                      models.abstract_params(cfg))
+  return jax.tree.map(
+    lambda a: (rng.standard_normal(a.shape) * 0.05).astype(a.dtype), models.abstract_params(cfg)
+  )
 
 
 def _inputs():
@@ -50,14 +52,14 @@ def test_sharded_forward_equals_single_device(mesh, family):
   cfg = _config(family)
   params = models.init_params(cfg, jax.random.key(1))
   tokens, mask = _inputs()
-  single = np.asarray(jax.jit(functools.partial(models.forward, cfg))(params, tokens,
-                                                                      kv_mask=mask))
+  single = np.asarray(jax.jit(functools.partial(models.forward, cfg))(params, tokens, kv_mask=mask))
 
   sharded_params = jax.device_put(params, models.param_shardings(cfg, mesh))
   batch = jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(("batch", "length")))
   sharded_forward = jax.jit(functools.partial(models.forward, cfg, mesh=mesh))
-  out = sharded_forward(sharded_params, jax.device_put(tokens, batch),
-                        kv_mask=jax.device_put(mask, batch))
+  out = sharded_forward(
+    sharded_params, jax.device_put(tokens, batch), kv_mask=jax.device_put(mask, batch)
+  )
   assert len(out.sharding.device_set) == 8
   np.testing.assert_allclose(np.asarray(out), single, rtol=0, atol=1e-5)
 
@@ -71,15 +73,16 @@ def test_sharded_splash_attention_equals_single_device(mesh, kv_heads):
   rng = np.random.RandomState(1)
   tokens = rng.randint(0, 256, (4, 128)).astype(np.int32)
   mask = np.arange(128)[None] >= np.array([0, 5, 40, 0])[:, None]
-  single = np.asarray(jax.jit(functools.partial(models.forward, cfg, kernel="xla"))(
-      params, tokens, kv_mask=mask))
+  single = np.asarray(
+    jax.jit(functools.partial(models.forward, cfg, kernel="xla"))(params, tokens, kv_mask=mask)
+  )
   sharded_params = jax.device_put(params, models.param_shardings(cfg, mesh))
   batch = jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(("batch", "length")))
   out = jax.jit(functools.partial(models.forward, cfg, mesh=mesh, kernel="splash_interpret"))(
-      sharded_params, jax.device_put(tokens, batch), kv_mask=jax.device_put(mask, batch))
+    sharded_params, jax.device_put(tokens, batch), kv_mask=jax.device_put(mask, batch)
+  )
   for row, pad in enumerate((0, 5, 40, 0)):  # padding queries' outputs are never read
-    np.testing.assert_allclose(np.asarray(out)[row, pad:], single[row, pad:], rtol=0,
-                               atol=1e-4)
+    np.testing.assert_allclose(np.asarray(out)[row, pad:], single[row, pad:], rtol=0, atol=1e-4)
 
 
 def test_sharded_chunked_attention_equals_single_device(mesh):
@@ -89,13 +92,16 @@ def test_sharded_chunked_attention_equals_single_device(mesh):
   mask = np.arange(200)[None] >= np.array([0, 5, 40, 0])[:, None]
   want = models.attend(q, k, v, mask, kernel="xla")
   spec = lambda *axes: jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(axes))
-  args = [jax.device_put(q, spec("batch", None, "heads")),
-          *(jax.device_put(x, spec("batch", "kv_heads")) for x in (k, v)),
-          jax.device_put(mask, spec("batch"))]
+  args = [
+    jax.device_put(q, spec("batch", None, "heads")),
+    *(jax.device_put(x, spec("batch", "kv_heads")) for x in (k, v)),
+    jax.device_put(mask, spec("batch")),
+  ]
   got = jax.jit(functools.partial(models.attend, kernel="chunked", chunk=64, mesh=mesh))(*args)
   for row, pad in enumerate((0, 5, 40, 0)):
-    np.testing.assert_allclose(np.asarray(got)[row, pad:], np.asarray(want)[row, pad:],
-                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+      np.asarray(got)[row, pad:], np.asarray(want)[row, pad:], rtol=0, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -119,8 +125,9 @@ def test_load_hf_places_each_tensor_in_its_target_sharding(mesh, family, tmp_pat
   assert q.addressable_shards[0].data.shape == (cfg.num_layers, 32, 2, cfg.head_dim)
   # Exporting sharded params writes the same checkpoint as the single-device ones.
   models.save_hf(cfg, params, str(tmp_path / "again"))
-  assert ((tmp_path / "again" / "model.safetensors").read_bytes()
-          == (tmp_path / "model.safetensors").read_bytes())
+  assert (tmp_path / "again" / "model.safetensors").read_bytes() == (
+    tmp_path / "model.safetensors"
+  ).read_bytes()
 
 
 def test_load_hf_reads_only_the_slice_each_shard_needs(mesh, tmp_path):

@@ -4,6 +4,7 @@ Two meshes: (data=1, fsdp=4, tensor=2) and (data=2, fsdp=2, tensor=2); two tiny 
 kv heads that divide `tensor`, and a single kv head, whose k/v projections
 `fit_spec_to_shape` leaves unsplit over `tensor`.
 """
+
 import functools
 
 import jax
@@ -15,12 +16,14 @@ import pytest
 from rzero_jax import models, multihost, sharding
 from rzero_jax.rl import grpo, learner, rollouts
 
-MESHES = {"fsdp4_tensor2": {"data": 1, "fsdp": 4, "tensor": 2},
-          "data2_fsdp2_tensor2": {"data": 2, "fsdp": 2, "tensor": 2}}
+MESHES = {
+  "fsdp4_tensor2": {"data": 1, "fsdp": 4, "tensor": 2},
+  "data2_fsdp2_tensor2": {"data": 2, "fsdp": 2, "tensor": 2},
+}
 # hidden 64, 4 heads, mlp 128 and vocab 256 divide every mesh axis they are split over.
 CONFIGS = {
-    "kv_heads_divide_tensor": models.tiny_config("qwen3", num_kv_heads=2),
-    "kv_heads_replicated": models.tiny_config("qwen3", num_kv_heads=1),
+  "kv_heads_divide_tensor": models.tiny_config("qwen3", num_kv_heads=2),
+  "kv_heads_replicated": models.tiny_config("qwen3", num_kv_heads=1),
 }
 # A learning rate large enough that one AdamW step moves every weight by ~lr, far above 1e-5.
 LC = learner.LearnerConfig(learning_rate=1e-3, micro_batches=2, logprob_chunk=8)
@@ -32,10 +35,17 @@ def _batch(seed=0, rows=8, prompt_len=6, new=10, vocab=256):
   completions = [list(rng.integers(1, vocab, rng.integers(1, new + 1))) for _ in range(rows)]
   logps = [list(-rng.random(len(c))) for c in completions]
   rewards = rng.random(rows).astype(np.float32)
-  batch = rollouts.pack(prompts, completions, logps, np.asarray(grpo.group_advantages(rewards, 4)),
-                        prompt_len=prompt_len, max_new_tokens=new)
+  batch = rollouts.pack(
+    prompts,
+    completions,
+    logps,
+    np.asarray(grpo.group_advantages(rewards, 4)),
+    prompt_len=prompt_len,
+    max_new_tokens=new,
+  )
   batch["old_logp"] = batch["sampler_logp"] + 0.05 * rng.standard_normal(
-      batch["sampler_logp"].shape).astype(np.float32)
+    batch["sampler_logp"].shape
+  ).astype(np.float32)
   batch["ref_logp"] = batch["sampler_logp"] - 0.1
   return batch
 
@@ -55,8 +65,11 @@ def _single_device_run(cfg_name):
 
 
 def _adam_states(opt_state):
-  return [s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(
-      s, optax.ScaleByAdamState)) if isinstance(s, optax.ScaleByAdamState)]
+  return [
+    s
+    for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, optax.ScaleByAdamState))
+    if isinstance(s, optax.ScaleByAdamState)
+  ]
 
 
 def _assert_shardings(tree, expected, what):
@@ -64,7 +77,8 @@ def _assert_shardings(tree, expected, what):
   assert len(flat) == len(jax.tree.leaves(expected)), what
   for (path, leaf), want in zip(flat, jax.tree.leaves(expected)):
     assert leaf.sharding.is_equivalent_to(want, leaf.ndim), (
-        f"{what}{jax.tree_util.keystr(path)}: {leaf.sharding.spec} != {want.spec}")
+      f"{what}{jax.tree_util.keystr(path)}: {leaf.sharding.spec} != {want.spec}"
+    )
 
 
 def _assert_params_close(got, want, start):
@@ -72,8 +86,9 @@ def _assert_params_close(got, want, start):
   moved = 0.0
   flat_want = jax.tree_util.tree_flatten_with_path(want)[0]
   for (path, w), g, s in zip(flat_want, jax.tree.leaves(got), jax.tree.leaves(start)):
-    np.testing.assert_allclose(np.asarray(g), w, rtol=0, atol=1e-5,
-                               err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(
+      np.asarray(g), w, rtol=0, atol=1e-5, err_msg=jax.tree_util.keystr(path)
+    )
     moved = max(moved, float(np.max(np.abs(w - s))))
   assert moved > 5e-4, f"the params moved at most {moved}"
 
@@ -87,10 +102,12 @@ def _assert_metrics_close(got, want):
 
 
 # The diagonal pairs run by default; the other pairings add no new code path, only minutes.
-CASES = [("fsdp4_tensor2", "kv_heads_divide_tensor"),
-         ("data2_fsdp2_tensor2", "kv_heads_replicated"),
-         pytest.param("fsdp4_tensor2", "kv_heads_replicated", marks=pytest.mark.slow),
-         pytest.param("data2_fsdp2_tensor2", "kv_heads_divide_tensor", marks=pytest.mark.slow)]
+CASES = [
+  ("fsdp4_tensor2", "kv_heads_divide_tensor"),
+  ("data2_fsdp2_tensor2", "kv_heads_replicated"),
+  pytest.param("fsdp4_tensor2", "kv_heads_replicated", marks=pytest.mark.slow),
+  pytest.param("data2_fsdp2_tensor2", "kv_heads_divide_tensor", marks=pytest.mark.slow),
+]
 
 
 @pytest.mark.parametrize("mesh_name,cfg_name", CASES)

@@ -27,10 +27,13 @@ def big_vocab():
   return cfg, params
 
 
-@pytest.mark.parametrize("shape", [
+@pytest.mark.parametrize(
+  "shape",
+  [
     {"data": 2, "fsdp": 2, "tensor": 2},
     {"data": 1, "fsdp": 2, "tensor": 4},  # 2 kv heads on tensor=4: kv stays replicated
-])
+  ],
+)
 def test_sharded_greedy_equals_unsharded(tiny, shape):
   cfg, params = tiny
   mesh = sharding.make_mesh(shape)
@@ -40,13 +43,15 @@ def test_sharded_greedy_equals_unsharded(tiny, shape):
   out = sampling.generate(cfg, params, PROMPTS, mesh=mesh, **kw)
   assert out.tokens == expected.tokens
   assert out.finish_reasons == expected.finish_reasons
-  np.testing.assert_allclose(np.concatenate(out.logprobs), np.concatenate(expected.logprobs),
-                             atol=1e-4)
+  np.testing.assert_allclose(
+    np.concatenate(out.logprobs), np.concatenate(expected.logprobs), atol=1e-4
+  )
 
 
-@pytest.mark.parametrize("model,rule", [("tiny", dict(top_p=0.9)),
-                                        ("big_vocab", dict(top_p=0.9)),
-                                        ("big_vocab", dict(top_k=40))])
+@pytest.mark.parametrize(
+  "model,rule",
+  [("tiny", dict(top_p=0.9)), ("big_vocab", dict(top_p=0.9)), ("big_vocab", dict(top_k=40))],
+)
 def test_sharded_sampling_equals_unsharded(request, model, rule):
   """Random bits do not depend on the sharding (threefry is partitionable), so sampled
   tokens agree too, top-p and stop tokens included; big_vocab draws by rejection."""
@@ -63,8 +68,7 @@ def test_already_placed_params(tiny):
   cfg, params = tiny
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   placed = jax.device_put(params, models.param_shardings(cfg, mesh))
-  out = sampling.generate(cfg, placed, PROMPTS, max_new_tokens=12, temperature=0.0, n=2,
-                          mesh=mesh)
+  out = sampling.generate(cfg, placed, PROMPTS, max_new_tokens=12, temperature=0.0, n=2, mesh=mesh)
   ref = sampling.generate(cfg, params, PROMPTS, max_new_tokens=12, temperature=0.0, n=2)
   assert out.tokens == ref.tokens
 
