@@ -52,6 +52,11 @@ TINY = [
 
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory):
+  return build_tiny_base(str(tmp_path_factory.mktemp("base")))
+
+
+def build_tiny_base(folder: str) -> str:
+  """The shrunken runs' base model (tests/multihost builds the same one)."""
   from configs import arith_tiny
   from rzero_jax.worlds import base_model
 
@@ -62,7 +67,7 @@ def tiny_base(tmp_path_factory):
     if k.endswith(("_fraction", "_fractions", "_style"))
   }
   return base_model.build_base_model(
-    str(tmp_path_factory.mktemp("base")),
+    folder,
     num_docs=4000,
     steps=300,
     batch_size=16,

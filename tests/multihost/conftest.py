@@ -19,7 +19,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.test_rzero_run import TINY
+from tests.test_rzero_run import TINY, build_tiny_base
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUN_TIMEOUT_S = 1200  # one shrunken run on a busy 2-core machine takes 3-8 minutes
@@ -226,28 +226,7 @@ def assert_same_run(ours, reference):
 
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory):
-  from configs import arith_tiny
-  from rzero_jax.worlds import base_model
-
-  corpus = {
-    k: v
-    for k, v in arith_tiny.get_config().world.base.items()
-    if k.endswith(("_fraction", "_fractions", "_style"))
-  }
-  return base_model.build_base_model(
-    str(tmp_path_factory.mktemp("base")),
-    num_docs=4000,
-    steps=300,
-    batch_size=16,
-    hidden_size=32,
-    intermediate_size=64,
-    num_layers=1,
-    num_heads=2,
-    num_kv_heads=1,
-    head_dim=16,
-    vocab_size=128,
-    **corpus,
-  )
+  return build_tiny_base(str(tmp_path_factory.mktemp("base")))
 
 
 @pytest.fixture(scope="session")
