@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from rzero_jax.evaluation.loaders import GENERAL_BENCHMARKS, MATH_BENCHMARKS, SPECS
 
@@ -112,24 +112,39 @@ def _title(name: str) -> str:
   return SPECS[name].title if name in SPECS else name
 
 
+def markdown_table(
+  head: Sequence[str], rows: Iterable[Sequence[Any]], *, numbers_right: bool = False
+) -> str:
+  """A Markdown table (no trailing newline): the header, its rule, one line per row. With
+  numbers_right every column but the first is right-aligned."""
+  rule = "|---|" + ("---:|" if numbers_right else "---|") * (len(head) - 1)
+  lines = ["| " + " | ".join(head) + " |", rule]
+  lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
 def results_table(results: Mapping[str, Any]) -> str:
   """Markdown table of one results dict (as written to results.json)."""
-  rows = [
-    "| benchmark | problems | samples | accuracy (%) | 95% CI (%) | no answer |",
-    "|---|---:|---:|---:|---:|---:|",
-  ]
+  rows = []
   for name, b in results["benchmarks"].items():
     s = b["score"]
+    ci = f"{_pct(s['ci_low'])}–{_pct(s['ci_high'])}"
     rows.append(
-      f"| {_title(name)} | {s['num_problems']} | {s['num_samples']} | "
-      f"{_pct(s['accuracy'])} | {_pct(s['ci_low'])}–{_pct(s['ci_high'])} | "
-      f"{s['num_no_answer']} |"
+      (
+        _title(name),
+        s["num_problems"],
+        s["num_samples"],
+        _pct(s["accuracy"]),
+        ci,
+        s["num_no_answer"],
+      )
     )
   agg = results["aggregates"]
   for key, label in (("math_average", "Math average"), ("overall", "Overall")):
     if agg.get(key) is not None:
-      rows.append(f"| **{label}** | | | {_pct(agg[key])} | | |")
-  return "\n".join(rows) + "\n"
+      rows.append((f"**{label}**", "", "", _pct(agg[key]), "", ""))
+  head = ("benchmark", "problems", "samples", "accuracy (%)", "95% CI (%)", "no answer")
+  return markdown_table(head, rows, numbers_right=True) + "\n"
 
 
 def comparison_table(a: Mapping[str, Any], b: Mapping[str, Any], label_a: str, label_b: str) -> str:
@@ -140,15 +155,15 @@ def comparison_table(a: Mapping[str, Any], b: Mapping[str, Any], label_a: str, l
     entry = results["benchmarks"].get(name)
     return None if entry is None else entry["score"]["accuracy"]
 
-  rows = [f"| benchmark | {label_a} (%) | {label_b} (%) | Δ (points) |", "|---|---:|---:|---:|"]
   lines = [(_title(n), acc(a, n), acc(b, n)) for n in names]
   lines += [
     (label, a["aggregates"].get(key), b["aggregates"].get(key))
     for key, label in (("math_average", "**Math average**"), ("overall", "**Overall**"))
   ]
-  for title, x, y in lines:
-    if x is None and y is None:
-      continue
-    delta = "–" if x is None or y is None else f"{100 * (y - x):+.2f}"
-    rows.append(f"| {title} | {_pct(x)} | {_pct(y)} | {delta} |")
-  return "\n".join(rows) + "\n"
+  rows = [
+    (title, _pct(x), _pct(y), "–" if x is None or y is None else f"{100 * (y - x):+.2f}")
+    for title, x, y in lines
+    if x is not None or y is not None
+  ]
+  head = ("benchmark", f"{label_a} (%)", f"{label_b} (%)", "Δ (points)")
+  return markdown_table(head, rows, numbers_right=True) + "\n"

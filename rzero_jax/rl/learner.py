@@ -36,6 +36,17 @@ from rzero_jax import models, sharding
 from rzero_jax.rl import grpo
 from rzero_jax.rl.logprobs import token_logprobs
 
+# The LearnerConfig fields that are grpo.policy_loss's settings, under the same names.
+_LOSS_FIELDS = (
+  "clip_low",
+  "clip_high",
+  "dual_clip",
+  "kl_coef",
+  "kl_clamp",
+  "aggregation",
+  "aggregation_rows",
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class LearnerConfig:
@@ -56,6 +67,10 @@ class LearnerConfig:
   micro_batches: int = 1  # gradient accumulation steps per update
   temperature: float = 1.0  # the sampling temperature the logprobs must match
   logprob_chunk: int = 256  # sequence chunk of the vocabulary projection
+
+  def loss_settings(self) -> dict[str, Any]:
+    """The fields grpo.policy_loss takes, as its keywords."""
+    return {k: getattr(self, k) for k in _LOSS_FIELDS}
 
   @classmethod
   def from_config(cls, c: Any) -> "LearnerConfig":
@@ -158,14 +173,8 @@ def _loss_terms(cfg, lc: LearnerConfig, params, mb, mesh, rules):
     mb["ref_logp"] if lc.kl_coef > 0 else None,
     mb["advantages"],
     mb["loss_mask"],
-    clip_low=lc.clip_low,
-    clip_high=lc.clip_high,
-    dual_clip=lc.dual_clip,
-    kl_coef=lc.kl_coef,
-    kl_clamp=lc.kl_clamp,
-    aggregation=lc.aggregation,
-    aggregation_rows=lc.aggregation_rows,
     entropy=entropy,
+    **lc.loss_settings(),
   )
   metrics.update(
     grpo.logprob_mismatch(mb["sampler_logp"], jax.lax.stop_gradient(logp), mb["loss_mask"])

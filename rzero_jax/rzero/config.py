@@ -42,6 +42,25 @@ def _learner(**overrides) -> ml_collections.ConfigDict:
   return c
 
 
+# The settings of every sampler: each role's rollouts, the dataset's questions, and the frozen
+# Solver's answers (named "answer_" + field in c.sampling). phases passes them on by these names.
+SAMPLER_FIELDS = ("max_new_tokens", "temperature", "top_p", "top_k")
+
+
+def _sampler(
+  prefix: str = "",
+  *,
+  top_p: float,
+  top_k: int = 0,
+  temperature: float = 1.0,
+  max_new_tokens: int = 4096,
+) -> dict:
+  """One sampler's settings, each named prefix + field: unless given, the official budget of
+  4,096 new tokens at temperature 1."""
+  values = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
+  return {prefix + k: v for k, v in values.items()}
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -70,10 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
       prompts_per_step=512,  # rollout prompts per step (all the same Challenger prompt)
       group_size=4,  # G rollouts per prompt
       prompts_per_update=16,  # prompts per optimizer update (the code's mini-batch)
-      max_new_tokens=4096,
-      temperature=1.0,
-      top_p=0.99,
-      top_k=0,
+      **_sampler(top_p=0.99),
       solver_samples=10,  # m
       uncertainty_scale="paper",  # "paper": 1-2|p-1/2|; "code": min(p, 1-p)
       reward_form="paper",  # "paper": max(0, r_unc - r_rep), malformed 0; "code"
@@ -85,17 +101,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset = ml_collections.ConfigDict(
     dict(
       num_questions=8000,
-      temperature=1.0,
-      top_p=0.95,
-      top_k=0,
+      # max_new_tokens is the Challenger's budget per question (the official 4,096)
+      **_sampler(top_p=0.95),
       solver_samples=10,
       band_delta=0.25,  # keep |p_hat - 1/2| <= delta (the paper's [0.25, 0.75])
       band_low=-1.0,  # set both band_low and band_high (e.g. 0.3, 0.8, the code's)
       band_high=-1.0,  # to use an explicit range instead of band_delta
-      max_new_tokens=4096,  # the Challenger's budget per question (the official 4,096)
-      max_solver_prompt_tokens=2048,
+      max_solver_prompt_tokens=2048,  # drop a question whose Solver prompt is longer (official)
     )
-  )  # drop a question whose Solver prompt is longer (official)
+  )
 
   c.solver = ml_collections.ConfigDict(
     dict(
@@ -103,10 +117,7 @@ def base_config() -> ml_collections.ConfigDict:
       prompts_per_step=512,
       group_size=5,
       prompts_per_update=128,
-      max_new_tokens=4096,
-      temperature=1.0,
-      top_p=0.99,
-      top_k=0,
+      **_sampler(top_p=0.99),
       reward_form="paper",  # "paper": 1 iff the answer matches the label; "code": 0.9 x
       # that + 0.1 x <think>...</think>...\boxed{} format
       min_questions=512,  # refuse a smaller dataset (the official asserts one batch of 512)
@@ -117,13 +128,10 @@ def base_config() -> ml_collections.ConfigDict:
   # How the frozen Solver answers questions (reward and pseudo-labels): the code's settings.
   c.sampling = ml_collections.ConfigDict(
     dict(
-      answer_temperature=1.0,
-      answer_top_p=1.0,
-      answer_top_k=40,
-      answer_max_new_tokens=4096,
-      max_rows_per_call=4096,
+      **_sampler("answer_", top_p=1.0, top_k=40),
+      max_rows_per_call=4096,  # bounds the KV cache of one generate call
     )
-  )  # bounds the KV cache of one generate call
+  )
 
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
   c.mesh.rules = ml_collections.ConfigDict()  # logical name -> mesh axes overrides

@@ -17,7 +17,7 @@ import tqdm
 from rzero_jax import grading, multihost, sampling, sharding
 from rzero_jax.rl import grpo, rollouts
 from rzero_jax.rl.learner import LearnerConfig, batch_sharding
-from rzero_jax.rzero import challenger, dataset
+from rzero_jax.rzero import challenger, config, dataset
 from rzero_jax.rzero.metrics import histogram
 
 PHASE_IDS = {"challenger": 1, "dataset": 2, "solver": 3, "eval": 4}
@@ -157,6 +157,12 @@ def _on_mesh(env: Env, tree):
   return multihost.to_global(tree, batch_sharding(env.mesh, env.rules or sharding.DEFAULT_RULES))
 
 
+def sampler_settings(section, prefix: str = "") -> dict:
+  """A config section's sampler settings (config.SAMPLER_FIELDS, each named prefix + field
+  there) as generate_rows' keywords."""
+  return {k: getattr(section, prefix + k) for k in config.SAMPLER_FIELDS}
+
+
 def decode(env: Env, rows: Sequence[Sequence[int]]) -> list[str]:
   stops = set(env.stop_token_ids)
   return [env.tokenizer.decode([t for t in row if t not in stops]) for row in rows]
@@ -183,10 +189,7 @@ def answer_questions(
     n=m,
     seed=seed,
     desc="solver answers",
-    max_new_tokens=sampling_cfg.answer_max_new_tokens,
-    temperature=sampling_cfg.answer_temperature,
-    top_p=sampling_cfg.answer_top_p,
-    top_k=sampling_cfg.answer_top_k,
+    **sampler_settings(sampling_cfg, "answer_"),
   )
   texts = decode(env, rows)
   answers = [grading.extract_boxed(t) for t in texts]
@@ -290,10 +293,7 @@ def challenger_step(
     [prompt],
     n=rollouts_n,
     seed=seed,
-    max_new_tokens=ccfg.max_new_tokens,
-    temperature=ccfg.temperature,
-    top_p=ccfg.top_p,
-    top_k=ccfg.top_k,
+    **sampler_settings(ccfg),
   )
   texts = decode(env, rows)
   questions = [challenger.parse_question(t) for t in texts]
@@ -477,10 +477,7 @@ def _dataset_chunk(
     n=n,
     seed=seed,
     desc="dataset questions",
-    max_new_tokens=dcfg.max_new_tokens,
-    temperature=dcfg.temperature,
-    top_p=dcfg.top_p,
-    top_k=dcfg.top_k,
+    **sampler_settings(dcfg),
   )
   texts = decode(env, rows)
   candidates, overlong = [], 0
@@ -554,10 +551,7 @@ def solver_step(
     prompts,
     n=g,
     seed=seed,
-    max_new_tokens=scfg.max_new_tokens,
-    temperature=scfg.temperature,
-    top_p=scfg.top_p,
-    top_k=scfg.top_k,
+    **sampler_settings(scfg),
   )
   t1 = time.perf_counter()
   texts = decode(env, rows)

@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 from rzero_jax import fileio, worlds
+from rzero_jax.evaluation.scoring import markdown_table
 from rzero_jax.rzero import dataset as dataset_lib, metrics as metrics_lib, workdir as wd
 
 
@@ -125,81 +126,81 @@ def summary_table(data: dict) -> str:
   has_labels = any("pseudo_label_accuracy" in d for d in data["datasets"].values())
   if has_labels:
     head += ["kept", "label acc"]
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  rows = []
   for t, e in sorted(evals.items()):
     row = ["base" if t == 0 else f"iter {t}", _pct(e.get("accuracy"))]
     row += [_pct(e.get(k)) for k in levels]
     if has_labels:
       d = data["datasets"].get(t, {})
-      row += [str(d.get("kept", "–")), _pct(d.get("pseudo_label_accuracy"))]
-    lines.append("| " + " | ".join(row) + " |")
-  return "\n".join(lines)
+      row += [d.get("kept", "–"), _pct(d.get("pseudo_label_accuracy"))]
+    rows.append(row)
+  return markdown_table(head, rows)
 
 
 def render_markdown(data: dict) -> str:
   parts = ["# R-Zero run report", "", f"## {accuracy_title(data)}", "", summary_table(data), ""]
   if data["challenger_steps"]:
-    parts += [
-      "## Challenger steps",
-      "",
-      "| iter | step | mean reward | format-valid | mean p̂ | repetition penalty |",
-      "|---|---|---|---|---|---|",
-    ]
-    for r in data["challenger_steps"]:
-      parts.append(
-        f"| {r['iteration']} | {r['step']} | {r.get('reward_mean', 0):.3f} | "
-        f"{_pct(r.get('format_valid'))}% | {r.get('p_hat_mean') or 0:.2f} | "
-        f"{r.get('repetition_penalty', 0):.3f} |"
+    head = ("iter", "step", "mean reward", "format-valid", "mean p̂", "repetition penalty")
+    rows = [
+      (
+        r["iteration"],
+        r["step"],
+        f"{r.get('reward_mean', 0):.3f}",
+        f"{_pct(r.get('format_valid'))}%",
+        f"{r.get('p_hat_mean') or 0:.2f}",
+        f"{r.get('repetition_penalty', 0):.3f}",
       )
-    parts.append("")
+      for r in data["challenger_steps"]
+    ]
+    parts += ["## Challenger steps", "", markdown_table(head, rows), ""]
   if data["difficulty"]:
     levels = sorted({lvl for c in data["difficulty"].values() for lvl in c}, key=int)
+    rows = []
+    for t, counts in data["difficulty"].items():
+      n = sum(counts.values())
+      rows.append([t] + [f"{100 * counts.get(lvl, 0) / n:.0f}" for lvl in levels] + [n])
     parts += [
       "## Difficulty of the Challenger's questions (share per level, %; 0 = not "
       "in the world's grammar)",
       "",
-      "| iter | " + " | ".join(f"L{lvl}" for lvl in levels) + " | n |",
-      "|---|" + "---|" * (len(levels) + 1),
+      markdown_table(["iter"] + [f"L{lvl}" for lvl in levels] + ["n"], rows),
+      "",
     ]
-    for t, counts in data["difficulty"].items():
-      n = sum(counts.values())
-      parts.append(
-        f"| {t} | "
-        + " | ".join(f"{100 * counts.get(lvl, 0) / n:.0f}" for lvl in levels)
-        + f" | {n} |"
-      )
-    parts.append("")
   if data["datasets"]:
+    head = (
+      "iter",
+      "generated",
+      "well-formed",
+      "kept",
+      "pseudo-label accuracy",
+      "p̂ histogram (10 bins over [0, 1])",
+    )
+    rows = [
+      (
+        t,
+        d["stats"].get("generated", "–"),
+        d["stats"].get("well_formed", "–"),
+        d["kept"],
+        _pct(d.get("pseudo_label_accuracy")),
+        d["stats"].get("p_hat_histogram", d["p_hat_hist"]),
+      )
+      for t, d in data["datasets"].items()
+    ]
     parts += [
       "## Datasets",
       "",
-      "| iter | generated | well-formed | kept | pseudo-label accuracy | p̂ histogram "
-      "(10 bins over [0, 1]) |",
-      "|---|---|---|---|---|---|",
-    ]
-    for t, d in data["datasets"].items():
-      s = d["stats"]
-      parts.append(
-        f"| {t} | {s.get('generated', '–')} | {s.get('well_formed', '–')} | "
-        f"{d['kept']} | {_pct(d.get('pseudo_label_accuracy'))} | "
-        f"{s.get('p_hat_histogram', d['p_hat_hist'])} |"
-      )
-    parts += [
+      markdown_table(head, rows),
       "",
       "Pseudo-label accuracy compares the majority-vote label with the world's true "
       "answer. It is measured for this report only and never used in training.",
       "",
     ]
   if data["solver_steps"]:
-    parts += [
-      "## Solver steps",
-      "",
-      "| iter | step | mean reward (agreement with label) |",
-      "|---|---|---|",
+    head = ("iter", "step", "mean reward (agreement with label)")
+    rows = [
+      (r["iteration"], r["step"], f"{r.get('reward_mean', 0):.3f}") for r in data["solver_steps"]
     ]
-    for r in data["solver_steps"]:
-      parts.append(f"| {r['iteration']} | {r['step']} | {r.get('reward_mean', 0):.3f} |")
-    parts.append("")
+    parts += ["## Solver steps", "", markdown_table(head, rows), ""]
   return "\n".join(parts)
 
 
