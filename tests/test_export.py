@@ -144,3 +144,42 @@ def test_bad_input_is_one_line_naming_the_flag(tmp_path):
   proc = _cli(f"--checkpoint={missing}", f"--output={taken}")
   _one_error_line(proc, f"--output: {taken} exists and is not an empty directory")
   assert os.listdir(taken) == ["keep.txt"]
+
+
+class _FailingTokenizer:
+  """Stands in for the loaded tokenizer: `write(out_dir)` runs where the real one would save."""
+
+  def __init__(self, write):
+    self.save_for_transformers = write
+
+
+def _export_with(monkeypatch, tmp_path, write):
+  import jax
+
+  cfg = models.tiny_config("llama", vocab_size=64)
+  params = models.init_params(cfg, jax.random.key(0))
+  monkeypatch.setattr(export.checkpoints, "resolve_checkpoint", lambda *a: "spec")
+  monkeypatch.setattr(
+    export.checkpoints, "load_resolved", lambda *a, **k: (cfg, params, _FailingTokenizer(write))
+  )
+  return export.export("spec", str(tmp_path / "hf"))
+
+
+def test_a_failed_export_leaves_nothing_on_disk(monkeypatch, tmp_path):
+  def write(out_dir):
+    assert os.path.exists(os.path.join(out_dir, "config.json"))  # the weights went first
+    raise OSError("disk full")
+
+  with pytest.raises(OSError, match="disk full"):
+    _export_with(monkeypatch, tmp_path, write)
+  assert os.listdir(tmp_path) == []  # no --output, no staging folder
+
+
+def test_an_output_filled_during_the_export_is_kept_and_refused(monkeypatch, tmp_path):
+  def write(out_dir):
+    os.makedirs(tmp_path / "hf")
+    (tmp_path / "hf" / "theirs.txt").write_text("mine")
+
+  with pytest.raises(export.OutputError, match="not an empty directory"):
+    _export_with(monkeypatch, tmp_path, write)
+  assert os.listdir(tmp_path) == ["hf"] and os.listdir(tmp_path / "hf") == ["theirs.txt"]

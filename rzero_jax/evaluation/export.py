@@ -9,10 +9,8 @@ had none) and generation_config.json. The directory appears whole or not at all.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
-from rzero_jax import models
+from rzero_jax import fileio, models
 from rzero_jax.evaluation import checkpoints
 
 
@@ -38,16 +36,9 @@ def export(
   out_dir = check_output(out_dir)
   resolved = checkpoints.resolve_checkpoint(spec, role, iteration)
   cfg, params, tok = checkpoints.load_resolved(resolved, dtype=dtype)
-  parent = os.path.dirname(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
-  try:
-    inside = os.path.join(staging, "export")
-    models.save_hf(cfg, params, inside)
-    tok.save_for_transformers(inside)
-    if os.path.isdir(out_dir):
-      os.rmdir(out_dir)  # empty, checked above
-    os.rename(inside, out_dir)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
+  with fileio.staging_dir(out_dir) as staging:
+    models.save_hf(cfg, params, staging)
+    tok.save_for_transformers(staging)
+    # Loading and writing take a while: a folder filled meanwhile is refused, not replaced.
+    check_output(out_dir)
   return out_dir
