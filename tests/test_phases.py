@@ -351,10 +351,24 @@ def test_grpo_update_on_a_completion_bucket_equals_the_full_budget_update(monkey
     np.testing.assert_allclose(bucketed_metrics[key], full_metrics[key], rtol=1e-4, atol=1e-7)
 
 
-def test_a_single_update_leaves_pi_old_to_the_train_step():
-  update, _, _ = _grpo_update_case()
+def test_a_single_update_trains_as_with_pi_old_recomputed():
+  """A rollout batch that makes one update is on-policy: it must move the policy exactly as it
+  would with pi_old recomputed from the params it updates (however phases gets there)."""
+  import jax
+
+  from rzero_jax.rl import learner
+
+  update, params, logprob_fn = _grpo_update_case()
   seen, _ = update(rows_per_update=8)
-  assert len(seen) == 1 and "old_logp" not in seen[0] and "ref_logp" in seen[0]
+  assert len(seen) == 1
+  batch = {k: v for k, v in seen[0].items() if k not in ("grads", "params")}
+  batch["old_logp"] = logprob_fn(params, batch["tokens"], batch["kv_mask"])
+  # The model and learner settings _grpo_update_case trains with.
+  cfg = models.tiny_config("qwen3", vocab_size=32, num_layers=2)
+  lc = learner.LearnerConfig(learning_rate=1e-2, kl_coef=0.05)
+  expected = learner.accumulate_gradients(cfg, lc, params, batch)[0]
+  for a, b in zip(jax.tree.leaves(seen[0]["grads"]), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.abs(b).max()))
 
 
 def test_every_minibatch_sees_pi_old_of_the_policy_that_sampled():
