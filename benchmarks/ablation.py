@@ -407,48 +407,47 @@ class World:
       ckpts.close()
 
 
-def written_questions(world: World, writer_params, config, iteration: int) -> list[str]:
-  """The questions the dataset phase of `iteration` wrote, drawn again with its writer and seed
-  (the first half of phases.build_dataset, before any Solver answer)."""
-  dcfg = config.dataset
-  env = world.env
-  rows, _, _ = phases.generate_rows(
-    env,
-    writer_params,
-    [phases.challenger_prompt_ids(env)],
-    n=dcfg.num_questions,
-    seed=phases.derive_seed(config.seed, iteration, "dataset"),
-    max_new_tokens=dcfg.get("challenger_max_new_tokens", None) or dcfg.max_question_tokens,
-    temperature=dcfg.temperature,
-    top_p=dcfg.top_p,
-    top_k=dcfg.top_k,
+class _Recorder:
+  """A chunk store for phases.build_dataset that holds nothing and keeps what is computed."""
+
+  def __init__(self):
+    self.chunks: dict = {}
+
+  def load(self, key):
+    return None
+
+  def save(self, key, value) -> None:
+    self.chunks[key] = value
+
+
+def redraw_dataset(world: World, workdir: str, config, iteration: int) -> dict:
+  """The dataset phase of `iteration` drawn again by phases.build_dataset itself, with the run's
+  writer, frozen Solver and seed: the questions it wrote (well formed, not held out, not
+  overlong), the Solver's m answers to each, and the questions the band kept (which must be the
+  run's own dataset)."""
+  writer = (
+    world.params
+    if config.mode == "base_challenger"
+    else world.final(workdir, "challenger", iteration, config)
   )
-  out = []
-  for text in phases.decode(env, rows):
-    if challenger.is_well_formed(text, require_boxed=True):
-      q = challenger.parse_question(text)
-      if not arith.is_heldout(q) and len(env.tokenizer.encode(q)) <= dcfg.max_question_tokens:
-        out.append(q)
-  return out
-
-
-def vote_probe(world: World, workdir: str, config, iteration: int, questions: list[str]) -> dict:
-  """The frozen Solver's m answers to every question the dataset phase of `iteration` wrote,
-  drawn again with the phase's seed (phases.build_dataset's second half), and the questions
-  that the run's own filters and band keep from them (which must be its dataset)."""
-  dcfg = config.dataset
   solver = world.final(workdir, "solver", iteration - 1, config)
-  answers = phases.answer_questions(
+  recorder = _Recorder()
+  kept, _ = phases.build_dataset(
     world.env,
+    writer,
     solver,
-    questions,
-    m=dcfg.solver_samples,
-    seed=phases.derive_seed(config.seed, iteration, "dataset") + 1,
-    sampling_cfg=config.sampling,
+    config.dataset,
+    config.sampling,
+    seed=phases.derive_seed(config.seed, iteration, "dataset"),
+    exclude=arith.is_heldout,
+    chunks=recorder,
   )
-  band = (dcfg.band_low, dcfg.band_high) if dcfg.band_low >= 0 and dcfg.band_high >= 0 else None
-  kept, _ = dataset_lib.build_dataset(questions, answers, delta=dcfg.band_delta, band=band)
-  return {"questions": questions, "answers": answers, "kept": [r["question"] for r in kept]}
+  chunks = [recorder.chunks[k] for k in sorted(recorder.chunks)]
+  return {
+    "questions": [q for c in chunks for q in c["candidates"]],
+    "answers": [a for c in chunks for a in c["answers"]],
+    "kept": [r["question"] for r in kept],
+  }
 
 
 def vote_rows(votes: dict) -> list[list]:
@@ -508,32 +507,23 @@ def analyse(workdir: str, world: World | None, probe: bool = False) -> dict:
       )
     )
     if world is not None:
-      cache = os.path.join(workdir, "ablation", f"written_{t}.json")
-      questions = wd.read_json(cache)
-      if questions is None:
-        writer = (
-          world.params
-          if config.mode == "base_challenger"
-          else world.final(workdir, "challenger", t, config)
-        )
-        questions = written_questions(world, writer, config, t)
-        wd.atomic_write_json(cache, questions)
+      cache = os.path.join(workdir, "ablation", f"dataset_{t}.json")
+      votes = wd.read_json(cache)
+      if votes is None:
+        votes = redraw_dataset(world, workdir, config, t)
+        wd.atomic_write_json(cache, votes)
+      questions = votes["questions"]
       missing = collections.Counter(r["question"] for r in rows) - collections.Counter(
         q.strip() for q in questions
       )
       run["written_check"] = run.get("written_check", 0) + sum(missing.values())
       run["mix"]["written"][t] = level_counts(questions)
+      # The redrawn votes must give back the run's own dataset, question for question.
+      run["votes_check"] = run.get("votes_check", 0) + int(
+        sorted(votes["kept"]) != sorted(r["question"] for r in rows)
+      )
       if probe:
-        cache = os.path.join(workdir, "ablation", f"votes_{t}.json")
-        votes = wd.read_json(cache)
-        if votes is None:
-          votes = vote_probe(world, workdir, config, t, questions)
-          wd.atomic_write_json(cache, votes)
         run.setdefault("votes", []).extend(vote_rows(votes))
-        # The votes drawn again must give back the run's own dataset, question for question.
-        run["votes_check"] = run.get("votes_check", 0) + int(
-          sorted(votes["kept"]) != sorted(r["question"] for r in rows)
-        )
   for t in range(0, config.iterations + 1):
     held = wd.read_json(os.path.join(workdir, "heldout", f"iter_{t}.json"))
     if held is not None:
@@ -703,8 +693,8 @@ def main():
   ap.add_argument(
     "--vote_probe_seeds",
     default="0",
-    help="seeds whose dataset votes are drawn again for every written question "
-    "(p̂ and label accuracy per level before the band; about 1 min per iteration)",
+    help="seeds whose votes on every written question are tabled (p̂ and label accuracy "
+    "per level before the band)",
   )
   ap.add_argument(
     "--leak_check",
@@ -802,9 +792,11 @@ def main():
   )
   print(mix_table(by_mode))
   checked = [r.get("written_check") for runs in by_mode.values() for r in runs.values()]
+  redrawn_bad = sum(r.get("votes_check", 0) for runs in by_mode.values() for r in runs.values())
   print(
-    f"\n(written questions drawn again from each dataset phase's writer and seed; kept "
-    f"questions not among them: {sum(c or 0 for c in checked)})"
+    f"\n(each dataset phase drawn again by phases.build_dataset from its writer, Solver and "
+    f"seed; kept questions not among its written ones: {sum(c or 0 for c in checked)}; "
+    f"redrawn datasets that differ from the run's own: {redrawn_bad})"
   )
   print("\n## The band per level (pooled over seeds and iterations)\n")
   print(band_table(by_mode))
