@@ -3,7 +3,8 @@
 One atomic writer: on a local disk the bytes go to a temporary file in the same directory,
 which is fsynced and renamed over the target; on an object store (gs://) a single object's
 write is already atomic, so it is written directly (a rename there is a copy plus a delete).
-`staging_dir` builds a whole folder the same way. A gs:// path without gcsfs installed is one
+`staging_dir` builds a whole folder the same way, and `staging_files` adds files to a local
+folder that may hold others. A gs:// path without gcsfs installed is one
 clear error, not a local folder named `gs:`.
 """
 
@@ -230,3 +231,19 @@ def staging_dir(final, commit_file: str | None = None) -> Iterator[str]:
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)
     raise
+
+
+@contextlib.contextmanager
+def staging_files(out_dir, last: str | None = None) -> Iterator[str]:
+  """A temporary folder inside the local folder `out_dir`; on success each file built in it
+  replaces its namesake in `out_dir` by rename (`last` last, so its presence marks the others
+  complete), and the folder's other files are kept. On error nothing is moved."""
+  out_dir = os.path.abspath(os.path.expanduser(os.fspath(out_dir)))
+  os.makedirs(out_dir, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix=".staging-", dir=out_dir)
+  try:
+    yield staging
+    for name in sorted(os.listdir(staging), key=lambda n: n == last):
+      os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)

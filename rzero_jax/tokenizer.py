@@ -18,10 +18,9 @@ import abc
 import copy
 import json
 import os
-import shutil
-import tempfile
 from typing import Any, Mapping, Sequence
 
+from rzero_jax import fileio
 from rzero_jax.models.gguf import read_tokenizer_metadata
 from rzero_jax.prompts import PLAIN_CHAT_TEMPLATE, format_without_template
 
@@ -117,7 +116,7 @@ class Tokenizer(abc.ABC):
   def save_for_transformers(self, out_dir: str) -> None:
     """Writes what `transformers.AutoTokenizer` (and vLLM) load: tokenizer.json, its config
     with a chat template (the plain format where this tokenizer has none) and the stop ids."""
-    with _staging(out_dir) as staging:
+    with fileio.staging_files(out_dir) as staging:
       self.to_transformers().save_pretrained(staging)
       if self.eos_token_ids:
         _write_json(
@@ -183,7 +182,7 @@ class HFTokenizer(Tokenizer):
     return tok
 
   def save(self, out_dir: str) -> None:
-    with _staging(out_dir) as staging:
+    with fileio.staging_files(out_dir) as staging:
       self._tok.save_pretrained(staging)
       if self._eos:
         # Keep the extra stop ids (they came from generation_config.json) with the tokenizer.
@@ -316,7 +315,7 @@ class SentencePieceTokenizer(Tokenizer):
     return None
 
   def save(self, out_dir: str) -> None:
-    with _staging(out_dir) as staging:
+    with fileio.staging_files(out_dir) as staging:
       with open(os.path.join(staging, SENTENCEPIECE_FILE), "wb") as f:
         f.write(self._proto)
 
@@ -393,27 +392,6 @@ class SentencePieceTokenizer(Tokenizer):
 
 
 # ----------------------------------------------------------------------------- saving & loading
-
-
-class _staging:
-  """A temp dir beside `out_dir`; on success its files replace their namesakes in `out_dir`,
-  so a reader never sees a half-written tokenizer file."""
-
-  def __init__(self, out_dir: str):
-    self.out_dir = os.path.abspath(os.fspath(out_dir))
-
-  def __enter__(self) -> str:
-    os.makedirs(self.out_dir, exist_ok=True)
-    self.path = tempfile.mkdtemp(prefix=".tokenizer.tmp-", dir=self.out_dir)
-    return self.path
-
-  def __exit__(self, exc_type, exc, tb):
-    try:
-      if exc_type is None:
-        for name in os.listdir(self.path):
-          os.replace(os.path.join(self.path, name), os.path.join(self.out_dir, name))
-    finally:
-      shutil.rmtree(self.path, ignore_errors=True)
 
 
 def load_tokenizer(path: str) -> Tokenizer:

@@ -20,8 +20,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
-import tempfile
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import jax
@@ -487,8 +485,8 @@ def save_hf(
 ) -> None:
   """Writes config.json + safetensors (one file, or shards + index) that transformers loads.
 
-  Tensors are stored in cfg.param_dtype. Files are written in a temporary directory beside
-  `out_dir` and then moved in, so a crash never leaves a half-written checkpoint. Other files
+  Tensors are stored in cfg.param_dtype. Files are written in a staging folder and then
+  moved in, config.json last, so a crash never leaves a half-written checkpoint. Other files
   in an existing `out_dir` (e.g. a tokenizer) are kept; stale weight files are removed.
   """
   from safetensors.numpy import save_file
@@ -506,15 +504,15 @@ def save_hf(
     shards[-1].append((name, fetch))
     size += nbytes
 
-  parent = os.path.dirname(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
-  try:
-    names = (
-      [SINGLE_FILE]
-      if len(shards) == 1
-      else [f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))]
-    )
+  names = (
+    [SINGLE_FILE]
+    if len(shards) == 1
+    else [f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))]
+  )
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise NotADirectoryError(f"save_hf: {out_dir} exists and is not a directory")
+  # Weights before config.json: a reader that sees the new config sees the new weights.
+  with fileio.staging_files(out_dir, last=CONFIG_FILE) as staging:
     weight_map = {}
     for file, shard in zip(names, shards):
       save_file(
@@ -529,25 +527,11 @@ def save_hf(
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
     with open(os.path.join(staging, CONFIG_FILE), "w") as f:
       json.dump(cfg.to_hf_dict(), f, indent=2)
-    _move_into(staging, out_dir)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
+    new = set(os.listdir(staging))
+  for name in os.listdir(out_dir):
+    if _is_weight_file(name) and name not in new:
+      os.remove(os.path.join(out_dir, name))
 
 
 def _is_weight_file(name: str) -> bool:
   return name == INDEX_FILE or (name.startswith("model") and name.endswith(".safetensors"))
-
-
-def _move_into(staging: str, out_dir: str) -> None:
-  if not os.path.exists(out_dir):
-    os.rename(staging, out_dir)  # the whole checkpoint appears at once
-    return
-  if not os.path.isdir(out_dir):
-    raise NotADirectoryError(f"save_hf: {out_dir} exists and is not a directory")
-  new = set(os.listdir(staging))
-  # Weights before config.json: a reader that sees the new config sees the new weights.
-  for name in sorted(new, key=lambda n: n == CONFIG_FILE):
-    os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
-  for name in os.listdir(out_dir):
-    if _is_weight_file(name) and name not in new:
-      os.remove(os.path.join(out_dir, name))
