@@ -424,8 +424,9 @@ def _splash(q, k, v, segments, *, interpret: bool, chunk: int):
 
 def _dot_product(q, k, v, segments, *, implementation: str):
   """`jax.nn.dot_product_attention`, causal, with the same segments as splash as a boolean
-  [B, 1, T, S] mask (cuDNN wants the mask's full length on both axes): no query row is wholly
-  masked, so cuDNN's backward never sees an empty softmax."""
+  [B, 1, T, S] mask (cuDNN wants the mask's full length on both axes, and takes padding as
+  sequence lengths only when it is on the right, where ours is on the left): no query row is
+  wholly masked, so cuDNN's backward never sees an empty softmax."""
   t = q.shape[2]
   mask = segments[:, None, :t, None] == segments[:, None, None, :]
   out = jax.nn.dot_product_attention(
@@ -611,33 +612,21 @@ def forward(
   mesh=None,
   rules=sharding.DEFAULT_RULES,
   kernel: str = "auto",
+  return_hidden: bool = False,
 ) -> jax.Array:
-  """tokens int32 [B, T] -> float32 logits [B, T, V]. kv_mask marks real (non-pad) tokens;
-  `kernel` picks the attention (`ATTENTION_KERNELS`)."""
+  """tokens int32 [B, T] -> float32 logits [B, T, V], or with `return_hidden` the final-normed
+  hidden states [B, T, D] in the compute dtype. kv_mask marks real (non-pad) tokens; `kernel`
+  picks the attention (`ATTENTION_KERNELS`)."""
   tokens, positions, kv_mask = _inputs(tokens, positions, kv_mask)
-  logits, _ = _decoder(cfg, mesh, rules, kernel).apply(
-    {"params": params}, tokens, positions, kv_mask
+  out, _ = _decoder(cfg, mesh, rules, kernel).apply(
+    {"params": params}, tokens, positions, kv_mask, return_hidden=return_hidden
   )
-  return logits
+  return out
 
 
-def hidden_states(
-  cfg: ModelConfig,
-  params: Params,
-  tokens,
-  positions=None,
-  kv_mask=None,
-  *,
-  mesh=None,
-  rules=sharding.DEFAULT_RULES,
-  kernel: str = "auto",
-) -> jax.Array:
-  """Final-normed hidden states [B, T, D] in the compute dtype (for chunked projections)."""
-  tokens, positions, kv_mask = _inputs(tokens, positions, kv_mask)
-  hidden, _ = _decoder(cfg, mesh, rules, kernel).apply(
-    {"params": params}, tokens, positions, kv_mask, return_hidden=True
-  )
-  return hidden
+def hidden_states(cfg: ModelConfig, params: Params, tokens, *args, **kwargs) -> jax.Array:
+  """`forward`'s final-normed hidden states [B, T, D] (for chunked projections)."""
+  return forward(cfg, params, tokens, *args, return_hidden=True, **kwargs)
 
 
 def unembed(cfg: ModelConfig, params: Params, hidden: jax.Array) -> jax.Array:
