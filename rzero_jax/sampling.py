@@ -569,22 +569,14 @@ def _place(plan: _Plan, params, row_arrays, replicated_arrays):
 
 
 def _setup(
-  caller: str,
-  cfg: ModelConfig,
-  params,
-  prompts,
-  max_new_tokens,
-  temperature,
-  top_p,
-  top_k,
-  n,
-  seed,
-  stop_token_ids,
-  mesh,
-  rules,
+  caller: str, cfg: ModelConfig, params, prompts, max_new_tokens, n, mesh, rules, knob_args
 ):
-  """Checks the arguments; returns the plan and `_prefill`'s placed arguments after it."""
-  stop_token_ids = tuple(int(t) for t in stop_token_ids)
+  """Checks the arguments; returns the plan and `_prefill`'s placed arguments after it.
+  `knob_args`: `generate`'s temperature, top_p, top_k, seed and stop_token_ids."""
+  temperature, top_p, top_k, seed = (
+    knob_args[k] for k in ("temperature", "top_p", "top_k", "seed")
+  )
+  stop_token_ids = tuple(int(t) for t in knob_args["stop_token_ids"])
   _check_args(caller, cfg, prompts, max_new_tokens, temperature, top_p, top_k, n, stop_token_ids)
   rules = tuple(rules)
   pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
@@ -636,21 +628,9 @@ def generate(
   was emitted, else "length". Under a mesh, rows are split over the batch axes and heads over
   tensor, following `rules`.
   """
-  plan, args = _setup(
-    "generate",
-    cfg,
-    params,
-    prompts,
-    max_new_tokens,
-    temperature,
-    top_p,
-    top_k,
-    n,
-    seed,
-    stop_token_ids,
-    mesh,
-    rules,
-  )
+  knob_args = dict(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+  knob_args["stop_token_ids"] = stop_token_ids
+  plan, args = _setup("generate", cfg, params, prompts, max_new_tokens, n, mesh, rules, knob_args)
   params, _, _, _, stop_mask, knobs = args
   state, prompt_cache = _prefill(plan, *args)
   state = _decode(plan, params, state, prompt_cache, stop_mask, knobs)
@@ -686,8 +666,10 @@ def peak_memory_bytes(
   Decode's peak is above its KV cache (`kv_cache_bytes` of `prompt_bucket + max_new_tokens`
   slots) by the prompts' cache, which it holds while it builds the rows' cache.
   """
+  # Any knobs: their values are placed scalars, which do not change the programs.
+  knob_args = dict(temperature=1.0, top_p=1.0, top_k=0, seed=0, stop_token_ids=())
   plan, args = _setup(
-    "peak_memory_bytes", cfg, params, prompts, max_new_tokens, 1.0, 1.0, 0, n, 0, (), mesh, rules
+    "peak_memory_bytes", cfg, params, prompts, max_new_tokens, n, mesh, rules, knob_args
   )
   params, _, _, _, stop_mask, knobs = args
 

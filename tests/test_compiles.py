@@ -35,3 +35,24 @@ def test_counts_programs_per_signature_and_a_rebuilt_function_as_a_recompile():
   build()(jnp.ones(5))  # a new jit around a new closure: the same program again
   assert compiles.counts(["doubled"])["doubled"] == 2
   assert compiles.recompiled(["doubled"]) == {"doubled": 1}
+
+
+def test_same_named_functions_with_different_settings_are_not_recompiles():
+  """Two roles' train steps: one python name and one signature, but each closes over its own
+  micro-batch count, so they are two programs. Keyed by (name, signature) alone, the second
+  looked like a recompile of the first."""
+  compiles.install()
+
+  def build(micro_batches):
+    def role_step(x):
+      return jnp.sum(x.reshape(micro_batches, -1) ** 2, axis=1).sum()
+
+    return jax.jit(role_step)
+
+  build(2)(jnp.ones(8))
+  build(4)(jnp.ones(8))
+  assert compiles.counts(["role_step"])["role_step"] == 2
+  assert compiles.counts(["role_step"])["role_step/signatures"] == 2
+  assert compiles.recompiled(["role_step"]) == {"role_step": 0}
+  build(4)(jnp.ones(8))  # the second role's program again, rebuilt: a recompile
+  assert compiles.recompiled(["role_step"]) == {"role_step": 1}

@@ -97,6 +97,11 @@ def test_paper_cost_counts_the_papers_workload():
   # As the sampler runs today, a call decodes to its budget over the whole cache.
   today = pc.workload(config, m, 0.5, 512)["challenger"]["solver answers"]
   assert today.bytes > answers.bytes
+  # Calls that end with their rows (at half the budget) take half the steps of calls that run
+  # to the budget, each still reading the whole cache: more bytes than written-slot reads.
+  short = pc.workload(config, m, 0.5, 512, calls_to_budget=False)["challenger"]["solver answers"]
+  assert short.flops == pytest.approx(today.flops / 2)
+  assert half.bytes < short.bytes < today.bytes
   roof, real = pc.seconds(pc.Cost(flops=0.0, bytes=4 * 2.76e12), 4, 459e12, 2.76e12)
   assert roof == pytest.approx(1.0) and real == pytest.approx(1.0 / pc.DECODE_EFFICIENCY)
   roof, real = pc.seconds(pc.Cost(flops=4 * 459e12, kind="train"), 4, 459e12, 2.76e12)

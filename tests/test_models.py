@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import types
 
 import jax
 import jax.numpy as jnp
@@ -560,6 +561,43 @@ def test_splash_attention_equals_the_plain_one_in_interpret_mode():
     np.testing.assert_allclose(got_rows, want_rows, rtol=1e-5, atol=1e-5)
 
 
+def test_cudnn_call_through_xla_equals_the_chunked_path():
+  """The GPU branch's exact call (`jax.nn.dot_product_attention`: BTNH layout, GQA, left
+  padding as a [B, 1, T, S] segment mask, causal), with XLA's implementation in place of
+  cuDNN's: the same outputs and gradients as the chunked path."""
+  q, k, v, kv_mask = _attention_inputs(200)
+  dot = functools.partial(models.attend, kernel="cudnn_xla")
+  chunked = functools.partial(models.attend, kernel="chunked", chunk=64)
+  for got, want in zip(
+    _real_rows(jax.jit(dot)(q, k, v, kv_mask)), _real_rows(chunked(q, k, v, kv_mask))
+  ):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  # It is the call itself, not a fallback to the chunked path.
+  assert "scan" not in str(jax.make_jaxpr(dot)(q, k, v, kv_mask))
+  weight = kv_mask[:, :, None, None]
+  grads = [
+    jax.jit(jax.grad(lambda q, k, v, f=f: (f(q, k, v, kv_mask) * weight).sum(), argnums=(0, 1, 2)))(
+      q, k, v
+    )
+    for f in (dot, chunked)
+  ]
+  for got, want in zip(*grads):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_cudnn_falls_back_where_it_does_not_fit():
+  """float32, an odd length, or a decode step (T < S) take the XLA path, which runs on any
+  backend; cuDNN itself would fail here on a CPU."""
+  for t, s in ((200, 200), (199, 199), (1, 200)):
+    q, k, v, kv_mask = _attention_inputs(t, s)
+    want = models.attend(q, k, v, kv_mask, s - t, kernel="chunked", chunk=64)
+    got = models.attend(q, k, v, kv_mask, s - t, kernel="cudnn", chunk=64)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  q, k, v, kv_mask = _attention_inputs(199)
+  dot = functools.partial(models.attend, kernel="cudnn_xla", chunk=64)
+  assert "scan" in str(jax.make_jaxpr(dot)(q, k, v, kv_mask))
+
+
 def test_forward_with_each_kernel_gives_the_same_logits():
   """The whole model through each kernel: the hook is the only difference."""
   cfg = models.tiny_config("qwen3", num_layers=1)
@@ -568,7 +606,7 @@ def test_forward_with_each_kernel_gives_the_same_logits():
   kv_mask = np.arange(128)[None] >= np.array([0, 37])[:, None]
   run = jax.jit(models.forward, static_argnums=0, static_argnames="kernel")
   want = run(cfg, params, tokens, kv_mask=kv_mask, kernel="xla")
-  for kernel in ("chunked", "splash_interpret"):
+  for kernel in ("chunked", "splash_interpret", "cudnn_xla"):
     got = run(cfg, params, tokens, kv_mask=kv_mask, kernel=kernel)
     for got_rows, want_rows in zip(_real_rows(got), _real_rows(want)):
       np.testing.assert_allclose(got_rows, want_rows, rtol=1e-4, atol=1e-4, err_msg=kernel)
@@ -576,7 +614,11 @@ def test_forward_with_each_kernel_gives_the_same_logits():
 
 def test_auto_kernel_follows_the_backend():
   assert models.transformer.resolve_kernel("auto") == (
-    "splash" if jax.default_backend() == "tpu" else "chunked"
+    {"tpu": "splash", "gpu": "cudnn"}.get(jax.default_backend(), "chunked")
   )
+  # A mesh's devices decide, as when a program is compiled ahead of time for another backend.
+  for platform, kernel in (("tpu", "splash"), ("gpu", "cudnn"), ("cpu", "chunked")):
+    mesh = types.SimpleNamespace(devices=np.array([types.SimpleNamespace(platform=platform)]))
+    assert models.transformer.resolve_kernel("auto", mesh) == kernel
   with pytest.raises(ValueError, match="attention kernel 'flash'"):
     models.forward(models.tiny_config("qwen3"), None, np.ones((1, 2)), kernel="flash")

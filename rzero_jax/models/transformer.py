@@ -57,9 +57,12 @@ CACHE_AXES = ("layers", "batch", "kv_heads", "cache_length", "head_dim")
 # A masked attention score: exp of it, less any real score, is exactly 0 in float32, and a
 # fully masked row (a padding query) stays finite.
 _MASKED_SCORE = -1e30
-# "auto" picks by backend (`resolve_kernel`): splash on TPU, XLA elsewhere, chunked once the
-# queries outgrow `CHUNK`. "splash_interpret" runs the TPU kernel in the Pallas interpreter.
-ATTENTION_KERNELS = ("auto", "xla", "chunked", "splash", "splash_interpret")
+# "auto" picks by backend (`resolve_kernel`): splash on TPU, cuDNN flash attention on GPU, XLA
+# elsewhere, chunked once the queries outgrow `CHUNK`. "splash_interpret" runs the TPU kernel in
+# the Pallas interpreter and "cudnn_xla" the cuDNN call's exact arguments through XLA, so both
+# are tested on any backend.
+ATTENTION_KERNELS = ("auto", "xla", "chunked", "splash", "splash_interpret", "cudnn", "cudnn_xla")
+_KERNEL_BY_PLATFORM = {"tpu": "splash", "gpu": "cudnn"}
 # Query and key block of the chunked XLA attention; the splash kernel's largest block.
 CHUNK = 512
 
@@ -232,7 +235,7 @@ def resolve_kernel(kernel: str, mesh=None) -> str:
   if kernel != "auto":
     return kernel
   platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
-  return "splash" if platform == "tpu" else "chunked"
+  return _KERNEL_BY_PLATFORM.get(platform, "chunked")
 
 
 def attend(
@@ -252,15 +255,22 @@ def attend(
   q [B, T, H, Dh]; k, v [B, KV, S, Dh]; kv_mask [B, S] marks real slots; query t sits at slot
   q_start + t and sees the real slots at or before it. Returns [B, T, H, Dh].
   The splash kernel takes the causal self-attention of T == S (training, prefill), when T is a
-  multiple of 128; everything else (decode steps, short or odd lengths) runs in XLA ops, in
-  query and key blocks of `chunk` with an online softmax once T exceeds `chunk`, so no
-  float32 [T, S] matrix is ever whole.
+  multiple of 128; so does cuDNN (`jax.nn.dot_product_attention`) where it supports the case
+  (`_cudnn_fits`). Everything else (decode steps, short or odd lengths, float32 on GPU) runs in
+  XLA ops, in query and key blocks of `chunk` with an online softmax once T exceeds `chunk`,
+  so no float32 [T, S] matrix is ever whole.
   """
   kernel = resolve_kernel(kernel, mesh)
   t, s = q.shape[1], k.shape[2]
+  # T == S: the call writes every slot, so q_start is 0 (dynamic_update_slice clamps).
   if kernel.startswith("splash") and t == s and t % 128 == 0:
-    # T == S: the call writes every slot, so q_start is 0 (dynamic_update_slice clamps).
-    return _attend_splash(q, k, v, kv_mask, kernel == "splash_interpret", mesh, rules, chunk)
+    run = functools.partial(_splash, interpret=kernel == "splash_interpret", chunk=chunk)
+    return _attend_per_shard(q, k, v, kv_mask, run, mesh, rules)
+  if kernel.startswith("cudnn") and t == s and _cudnn_fits(q, k, kernel == "cudnn"):
+    # Unmeasured here: timing it against the chunked path is the GPU issue's job.
+    implementation = "cudnn" if kernel == "cudnn" else "xla"
+    run = functools.partial(_dot_product, implementation=implementation)
+    return _attend_per_shard(q, k, v, kv_mask, run, mesh, rules)
   if kernel == "xla" or t <= chunk:
     return _attend_block(q, k, v, _mask(kv_mask, q_start + jnp.arange(t)))
   return _attend_chunked(q, k, v, kv_mask, q_start, chunk)
@@ -351,33 +361,23 @@ def _attend_chunked(q, k, v, kv_mask, q_start, chunk: int):
   return out.transpose(1, 0, 2, 3, 4).reshape(b, nq * chunk, h, hd)[:, :t]
 
 
-def _attend_splash(q, k, v, kv_mask, interpret: bool, mesh, rules, chunk: int):
-  """The TPU splash-attention kernel, causal, left padding as segment ids (a padding query
-  sees padding keys only; its output is never read). Under a mesh it runs per shard
-  (`shard_map`): batch over the batch axes, heads over tensor."""
-  b, t, h, hd = q.shape
-  q = (q * hd**-0.5).transpose(0, 2, 1, 3)  # [B, H, T, Dh]
+def _cudnn_fits(q, k, check_dtype: bool) -> bool:
+  """Whether cuDNN's flash attention takes this T == S call (its documented limits): half
+  precision, a head dim that is a multiple of 8 and at most 128 (256 from Hopper on), and an
+  even length (it needs one to train with a mask)."""
+  hd, t = q.shape[-1], q.shape[1]
+  half = q.dtype in (jnp.bfloat16, jnp.float16) and k.dtype == q.dtype
+  return (half or not check_dtype) and hd % 8 == 0 and hd <= 128 and t % 2 == 0
+
+
+def _attend_per_shard(q, k, v, kv_mask, run, mesh, rules):
+  """q [B, T, H, Dh] -> `run(q [B, H, T, Dh], k, v [B, KV, S, Dh], segments [B, S])`, with
+  left padding as segment ids (1 real, 0 padding) -> [B, T, H, Dh]. Under a mesh it runs per
+  shard (`shard_map`): batch over the batch axes, heads over tensor."""
+  h = q.shape[2]
+  dtype = q.dtype
+  q = q.transpose(0, 2, 1, 3)  # [B, H, T, Dh]
   segments = kv_mask.astype(jnp.int32)
-
-  def run(q, k, v, segments):
-    block = next(size for size in (chunk, 256, 128) if t % size == 0)
-    sizes = splash.BlockSizes(
-      block_q=block,
-      block_kv=block,
-      block_kv_compute=block,
-      block_q_dkv=block,
-      block_kv_dkv=block,
-      block_kv_dkv_compute=block,
-      block_q_dq=block,
-      block_kv_dq=block,
-    )
-    heads = q.shape[1]
-    mask = splash_mask.MultiHeadMask([splash_mask.CausalMask((t, t))] * heads)
-    kernel = splash.make_splash_mha(
-      mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret
-    )
-    return jax.vmap(kernel)(q, k, v, splash.SegmentIds(segments, segments))
-
   if mesh is None or mesh.size == 1:
     out = run(q, k, v, segments)
   else:
@@ -397,7 +397,47 @@ def _attend_splash(q, k, v, kv_mask, interpret: bool, mesh, rules, chunk: int):
       out_specs=q_spec,
       check_vma=False,
     )(q, k, v, segments)
-  return out.transpose(0, 2, 1, 3).astype(q.dtype)
+  return out.transpose(0, 2, 1, 3).astype(dtype)
+
+
+def _splash(q, k, v, segments, *, interpret: bool, chunk: int):
+  """The TPU splash-attention kernel, causal; a padding query sees padding keys only (its
+  output is never read)."""
+  t, hd = q.shape[2], q.shape[3]
+  block = next(size for size in (chunk, 256, 128) if t % size == 0)
+  sizes = splash.BlockSizes(
+    block_q=block,
+    block_kv=block,
+    block_kv_compute=block,
+    block_q_dkv=block,
+    block_kv_dkv=block,
+    block_kv_dkv_compute=block,
+    block_q_dq=block,
+    block_kv_dq=block,
+  )
+  mask = splash_mask.MultiHeadMask([splash_mask.CausalMask((t, t))] * q.shape[1])
+  kernel = splash.make_splash_mha(
+    mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret
+  )
+  return jax.vmap(kernel)(q * hd**-0.5, k, v, splash.SegmentIds(segments, segments))
+
+
+def _dot_product(q, k, v, segments, *, implementation: str):
+  """`jax.nn.dot_product_attention`, causal, with the same segments as splash as a boolean
+  [B, 1, T, S] mask (cuDNN wants the mask's full length on both axes, and takes padding as
+  sequence lengths only when it is on the right, where ours is on the left): no query row is
+  wholly masked, so cuDNN's backward never sees an empty softmax."""
+  t = q.shape[2]
+  mask = segments[:, None, :t, None] == segments[:, None, None, :]
+  out = jax.nn.dot_product_attention(
+    q.transpose(0, 2, 1, 3),
+    k.transpose(0, 2, 1, 3),
+    v.transpose(0, 2, 1, 3),
+    mask=mask,
+    is_causal=True,
+    implementation=implementation,
+  )
+  return out.transpose(0, 2, 1, 3)
 
 
 class MLP(nn.Module):
@@ -572,33 +612,21 @@ def forward(
   mesh=None,
   rules=sharding.DEFAULT_RULES,
   kernel: str = "auto",
+  return_hidden: bool = False,
 ) -> jax.Array:
-  """tokens int32 [B, T] -> float32 logits [B, T, V]. kv_mask marks real (non-pad) tokens;
-  `kernel` picks the attention (`ATTENTION_KERNELS`)."""
+  """tokens int32 [B, T] -> float32 logits [B, T, V], or with `return_hidden` the final-normed
+  hidden states [B, T, D] in the compute dtype. kv_mask marks real (non-pad) tokens; `kernel`
+  picks the attention (`ATTENTION_KERNELS`)."""
   tokens, positions, kv_mask = _inputs(tokens, positions, kv_mask)
-  logits, _ = _decoder(cfg, mesh, rules, kernel).apply(
-    {"params": params}, tokens, positions, kv_mask
+  out, _ = _decoder(cfg, mesh, rules, kernel).apply(
+    {"params": params}, tokens, positions, kv_mask, return_hidden=return_hidden
   )
-  return logits
+  return out
 
 
-def hidden_states(
-  cfg: ModelConfig,
-  params: Params,
-  tokens,
-  positions=None,
-  kv_mask=None,
-  *,
-  mesh=None,
-  rules=sharding.DEFAULT_RULES,
-  kernel: str = "auto",
-) -> jax.Array:
-  """Final-normed hidden states [B, T, D] in the compute dtype (for chunked projections)."""
-  tokens, positions, kv_mask = _inputs(tokens, positions, kv_mask)
-  hidden, _ = _decoder(cfg, mesh, rules, kernel).apply(
-    {"params": params}, tokens, positions, kv_mask, return_hidden=True
-  )
-  return hidden
+def hidden_states(cfg: ModelConfig, params: Params, tokens, *args, **kwargs) -> jax.Array:
+  """`forward`'s final-normed hidden states [B, T, D] (for chunked projections)."""
+  return forward(cfg, params, tokens, *args, return_hidden=True, **kwargs)
 
 
 def unembed(cfg: ModelConfig, params: Params, hidden: jax.Array) -> jax.Array:

@@ -303,7 +303,7 @@ def frozen_copy(cfg, params, offload: bool = False):
 
 def compile_fields() -> dict:
   """The compile counter for a metrics record: programs compiled so far in this process, per
-  step function and in all, and how many of them repeated a signature already compiled (a
+  step function and in all, and how many of them repeated a program already compiled (a
   function rebuilt instead of reused; zero when every phase reuses the run's functions)."""
   counts = compiles.counts(STEP_FUNCTIONS)
   out = {f"compiles/{k.lstrip('_')}": v for k, v in counts.items()}

@@ -64,10 +64,12 @@ def test_sharded_forward_equals_single_device(mesh, family):
   np.testing.assert_allclose(np.asarray(out), single, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("kernel", ["splash_interpret", "cudnn_xla"])
 @pytest.mark.parametrize("kv_heads", [2, 1])
-def test_sharded_splash_attention_equals_single_device(mesh, kv_heads):
-  """The TPU kernel (interpreted) runs per shard under the mesh: rows over data x fsdp, heads
-  over tensor. With one kv head, which tensor cannot split, each query head gets its keys."""
+def test_sharded_kernel_attention_equals_single_device(mesh, kv_heads, kernel):
+  """The TPU kernel (interpreted) and the GPU's cuDNN call (through XLA) run per shard under
+  the mesh: rows over data x fsdp, heads over tensor. With one kv head, which tensor cannot
+  split, each query head gets its keys."""
   cfg = models.tiny_config("qwen3", num_layers=1, num_kv_heads=kv_heads)
   params = models.init_params(cfg, jax.random.key(2))
   rng = np.random.RandomState(1)
@@ -78,7 +80,7 @@ def test_sharded_splash_attention_equals_single_device(mesh, kv_heads):
   )
   sharded_params = jax.device_put(params, models.param_shardings(cfg, mesh))
   batch = jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(("batch", "length")))
-  out = jax.jit(functools.partial(models.forward, cfg, mesh=mesh, kernel="splash_interpret"))(
+  out = jax.jit(functools.partial(models.forward, cfg, mesh=mesh, kernel=kernel))(
     sharded_params, jax.device_put(tokens, batch), kv_mask=jax.device_put(mask, batch)
   )
   for row, pad in enumerate((0, 5, 40, 0)):  # padding queries' outputs are never read
