@@ -450,26 +450,16 @@ class MLP(nn.Module):
     cfg = self.cfg
     dt, pdt = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
     d, f = cfg.hidden_size, cfg.intermediate_size
+    proj = functools.partial(Projection, dtype=dt, param_dtype=pdt)
     up = functools.partial(
-      Projection,
-      in_shape=(d,),
-      out_shape=(f,),
-      in_axes=("embed",),
-      out_axes=("mlp",),
-      dtype=dt,
-      param_dtype=pdt,
+      proj, in_shape=(d,), out_shape=(f,), in_axes=("embed",), out_axes=("mlp",)
     )
     hidden = jax.nn.silu(up(name="gate_proj")(x)) * up(name="up_proj")(x)
     hidden = sharding.constrain(hidden, ("batch", "length", "act_mlp"), self.mesh, self.rules)
-    return Projection(
-      in_shape=(f,),
-      out_shape=(d,),
-      in_axes=("mlp",),
-      out_axes=("embed",),
-      dtype=dt,
-      param_dtype=pdt,
-      name="down_proj",
-    )(hidden)
+    down = proj(
+      in_shape=(f,), out_shape=(d,), in_axes=("mlp",), out_axes=("embed",), name="down_proj"
+    )
+    return down(hidden)
 
 
 class DecoderLayer(nn.Module):
