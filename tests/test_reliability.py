@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import types
 
 import jax.numpy as jnp
@@ -104,24 +103,26 @@ def test_remat_choices_match_the_model_code():
     ["--config.dataset.band_low=0.9", "--config.dataset.band_high=0.2"],
   ],
 )
-def test_the_launcher_refuses_bad_values_in_seconds_writing_nothing(tmp_path, override):
-  start = time.perf_counter()
+def test_the_launcher_refuses_bad_values_before_the_model_code_loads(tmp_path, override):
+  # The model code is made unimportable: a launcher that reached it before refusing the value
+  # (seconds of jax/flax imports and more) would die with an ImportError traceback instead.
+  argv = ["launch.train", f"--workdir={tmp_path / 'run'}", *override]
+  code = (
+    "import runpy, sys; sys.modules['rzero_jax.models'] = None; "
+    f"sys.argv = {argv!r}; runpy.run_module('launch.train', run_name='__main__')"
+  )
   proc = subprocess.run(
-    [sys.executable, "-m", "launch.train", f"--workdir={tmp_path / 'run'}", *override],
+    [sys.executable, "-c", code],
     cwd=REPO,
     env=dict(os.environ, JAX_PLATFORMS="cpu"),
     capture_output=True,
     text=True,
     timeout=120,
   )
-  elapsed = time.perf_counter() - start
   assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
   lines = [l for l in proc.stderr.splitlines() if l.strip()]
   assert len(lines) == 1 and lines[0].startswith("error: config."), proc.stderr
   assert not (tmp_path / "run").exists()
-  # The bound. The check itself is instant; the time is the interpreter's start-up
-  # (8 s measured on a 2-core machine at load 20).
-  assert elapsed < 10.0, elapsed
 
 
 # ------------------------------------------------------------------- 4, 5: final checkpoints

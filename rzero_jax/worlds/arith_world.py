@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-from rzero_jax.worlds import arith, base_model
+from rzero_jax.worlds import arith, base_model_spec
 from rzero_jax.worlds.world import WorldBenchmark, register
 
 
@@ -33,9 +33,11 @@ class ArithWorld:
   }
 
   def check_base_model(self, fields: Mapping[str, Any]) -> None:
-    base_model.spec_from_fields(**fields)
+    base_model_spec.spec_from_fields(**fields)
 
   def base_model(self, cache_dir: str, fields: Mapping[str, Any]) -> str:
+    from rzero_jax.worlds import base_model  # the builder's jax/flax load only when it is used
+
     return base_model.build_base_model(os.path.join(cache_dir, "arith_base"), **fields)
 
   def annotate(self, question: str) -> dict[str, Any]:
