@@ -6,7 +6,7 @@ import json
 import operator
 import os
 import re
-import time
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -481,9 +481,8 @@ def test_build_makes_a_loadable_cached_hf_dir(tmp_path):
   assert losses[-1] < 0.6 * losses[0], losses  # pretraining learned something
 
   stamp = os.path.getmtime(os.path.join(path, base_model.BUILD_INFO_FILE))
-  start = time.perf_counter()
-  assert base_model.build_base_model(str(tmp_path), **TINY) == path
-  assert time.perf_counter() - start < 1.0
+  with mock.patch.object(base_model, "_build_into", side_effect=AssertionError("rebuilt")):
+    assert base_model.build_base_model(str(tmp_path), **TINY) == path  # the cache answers
   assert os.path.getmtime(os.path.join(path, base_model.BUILD_INFO_FILE)) == stamp
   assert (
     base_model.cached_path(str(tmp_path), base_model.BaseModelSpec(**{**TINY, "seed": 1})) != path
