@@ -50,6 +50,7 @@ from rzero_jax.rzero import loop  # noqa: E402
 
 GB = 1e9
 HEADROOM = 0.10  # a phase FITS when it uses at most 90% of the device's HBM
+PROGRAMS = ("prefill", "decode", "logprobs", "train_step")
 
 # HBM per device of the topology (see the module docstring for v4's two devices per chip).
 CHIPS = {
@@ -197,12 +198,13 @@ class Program:
     return self.arguments + self.outputs - self.aliased + self.temps
 
 
-def phase_rows(programs: dict, resident: dict, hbm: float) -> list[dict]:
+def phase_rows(programs: dict, resident: dict, hbm: float, skipped=()) -> list[dict]:
   """Per phase and step: the program that runs, what else stays resident, the total and the
   verdict. `programs` maps program names to Program (or None where it failed to compile, with
   `resident['_errors'][name]` holding the compiler's figure if any); `resident` holds per-device
   bytes of the state trees: 'params' (float32 master), 'opt' (Adam moments), 'frozen' (a
-  compute-dtype copy on device), 'host' (0: trees kept in host memory)."""
+  compute-dtype copy on device), 'host' (0: trees kept in host memory). Programs in `skipped`
+  were left out on purpose (--programs): their rows say "not run", never FITS."""
   p, opt, frozen = resident["params"], resident["opt"], resident["frozen"]
   ref = resident["ref"]
   # (phase, step, program, bytes resident beside the program's own arguments)
@@ -222,7 +224,9 @@ def phase_rows(programs: dict, resident: dict, hbm: float) -> list[dict]:
   rows = []
   for phase, step, name, extra in steps:
     prog = programs.get(name)
-    if prog is None:
+    if name in skipped:
+      total = None
+    elif prog is None:
       used = resident.get("_errors", {}).get(name)
       total = None if used is None else used + extra
     else:
@@ -235,7 +239,9 @@ def phase_rows(programs: dict, resident: dict, hbm: float) -> list[dict]:
         program_bytes=None if prog is None else prog.peak,
         resident=extra,
         total=total,
-        verdict=("DOES NOT FIT" if total is None else verdict(total, hbm)),
+        verdict=(
+          "not run" if name in skipped else "DOES NOT FIT" if total is None else verdict(total, hbm)
+        ),
       )
     )
   return rows
@@ -248,7 +254,10 @@ def format_table(rows: list[dict], hbm: float) -> str:
   ]
   for r in rows:
     prog = "–" if r["program_bytes"] is None else f"{r['program_bytes'] / GB:.1f}"
-    total = "compile failed" if r["total"] is None else f"{r['total'] / GB:.1f}"
+    if r["total"] is not None:
+      total = f"{r['total'] / GB:.1f}"
+    else:
+      total = "–" if r["verdict"] == "not run" else "compile failed"
     lines.append(
       f"| {r['phase']} | {r['step']} | {r['program']} | {prog} | "
       f"{r['resident'] / GB:.1f} | {total} | {hbm / GB:.1f} | {r['verdict']} |"
@@ -277,10 +286,13 @@ def define_flags() -> None:
   flags.DEFINE_string("architecture", "", "One of ARCHITECTURES; default: the config file's name.")
   flags.DEFINE_integer(
     "prompt_bucket",
-    1024,
-    "Padded prompt length planned for (the run's buckets are powers "
-    "of two: the Challenger prompt and Solver prompts of questions up to ~900 tokens fit "
-    "1024).",
+    0,
+    "Padded prompt length planned for; 0: the largest bucket a Solver prompt can take, "
+    "sampling.prompt_bucket(dataset.max_solver_prompt_tokens) (2,048 in the paper configs; "
+    "the Challenger's prompt is shorter, so its phases are bounded from above).",
+  )
+  flags.DEFINE_list(
+    "programs", list(PROGRAMS), f"Which programs to compile, a subset of {list(PROGRAMS)}."
   )
   flags.DEFINE_string("mesh", "", "Override the config's mesh: data,fsdp,tensor.")
   flags.DEFINE_integer("micro_batches", 0, "Override both roles' learner.micro_batches.")
@@ -294,6 +306,10 @@ def load_config(path: str):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+class _Skip(Exception):
+  """A program left out by --programs."""
 
 
 def _compile(fn, *args):
@@ -315,8 +331,20 @@ def _tree_bytes_per_device(abstract, shardings) -> float:
   return total
 
 
-def plan(config, topology: str, architecture: str, prompt_bucket: int, log=print) -> dict:
-  """Compiles the programs for the topology; returns {'rows', 'hbm', 'slice', ...}."""
+def default_prompt_bucket(config) -> int:
+  """The longest padded prompt the run can give a program: a Solver prompt is kept up to
+  dataset.max_solver_prompt_tokens and padded to its power-of-two bucket."""
+  return sampling.prompt_bucket(config.dataset.max_solver_prompt_tokens)
+
+
+def plan(
+  config, topology: str, architecture: str, prompt_bucket: int, programs_to_run=PROGRAMS, log=print
+) -> dict:
+  """Compiles the programs for the topology (those in `programs_to_run`); returns {'rows',
+  'hbm', 'slice', ...}."""
+  unknown = set(programs_to_run) - set(PROGRAMS)
+  if unknown:
+    raise ValueError(f"--programs: unknown {sorted(unknown)}; expected some of {list(PROGRAMS)}")
   kind = chip_of(topology)
   topo = topologies.get_topology_desc(platform="tpu", topology_name=topology)
   devices = list(topo.devices)
@@ -395,9 +423,11 @@ def plan(config, topology: str, architecture: str, prompt_bucket: int, log=print
   }
   stop_mask = sds((cfg.vocab_size,), jnp.bool_, rep)
   t0 = time.time()
+  want = set(programs_to_run)
   try:
-    prefill = _compile(
-      sampling._prefill,
+    if not want & {"prefill", "decode"}:
+      raise _Skip
+    prefill = sampling._prefill.lower(
       plan_,
       params,
       sds((num_prompts, prompt_bucket), jnp.int32, rows_sh),
@@ -406,19 +436,23 @@ def plan(config, topology: str, architecture: str, prompt_bucket: int, log=print
       stop_mask,
       knobs,
     )
-    programs["prefill"] = _program(prefill)
-    log(
-      f"  prefill {num_prompts} prompts x {prompt_bucket}: "
-      f"{programs['prefill'].peak / GB:.1f} GB ({time.time() - t0:.0f} s)"
-    )
-    state_out, cache_out = prefill.out_info
-    t0 = time.time()
-    decode = _compile(sampling._decode, plan_, params, state_out, cache_out, stop_mask, knobs)
-    programs["decode"] = _program(decode)
-    log(
-      f"  decode {num_prompts * n} rows x {prompt_bucket + new_tokens} slots: "
-      f"{programs['decode'].peak / GB:.1f} GB ({time.time() - t0:.0f} s)"
-    )
+    if "prefill" in want:
+      programs["prefill"] = _program(prefill.compile())
+      log(
+        f"  prefill {num_prompts} prompts x {prompt_bucket}: "
+        f"{programs['prefill'].peak / GB:.1f} GB ({time.time() - t0:.0f} s)"
+      )
+    if "decode" in want:
+      state_out, cache_out = prefill.out_info
+      t0 = time.time()
+      decode = _compile(sampling._decode, plan_, params, state_out, cache_out, stop_mask, knobs)
+      programs["decode"] = _program(decode)
+      log(
+        f"  decode {num_prompts * n} rows x {prompt_bucket + new_tokens} slots: "
+        f"{programs['decode'].peak / GB:.1f} GB ({time.time() - t0:.0f} s)"
+      )
+  except _Skip:
+    pass
   except Exception as e:  # the compiler refuses a program that cannot fit: report its figure
     log(f"  sampling: {str(e).splitlines()[0][:300]}")
     resident["_errors"]["decode"] = oom_bytes(str(e))
@@ -431,6 +465,8 @@ def plan(config, topology: str, architecture: str, prompt_bucket: int, log=print
   mask = sds((rows, length), jnp.bool_, bsh)
   t0 = time.time()
   try:
+    if "logprobs" not in want:
+      raise _Skip
     logprobs = _compile(
       learner.make_logprob_fn(cfg, lc, mesh=mesh, rules=rules), params, tokens, mask
     )
@@ -439,6 +475,8 @@ def plan(config, topology: str, architecture: str, prompt_bucket: int, log=print
       f"  logprobs {rows} rows x {length} in {lc.micro_batches} micro-batches: "
       f"{programs['logprobs'].peak / GB:.1f} GB ({time.time() - t0:.0f} s)"
     )
+  except _Skip:
+    pass
   except Exception as e:
     log(f"  logprobs: {str(e).splitlines()[0][:300]}")
     resident["_errors"]["logprobs"] = oom_bytes(str(e))
@@ -454,17 +492,21 @@ def plan(config, topology: str, architecture: str, prompt_bucket: int, log=print
   }
   t0 = time.time()
   try:
+    if "train_step" not in want:
+      raise _Skip
     step = learner.make_train_step(cfg, lc, state, mesh=mesh, rules=rules)
     programs["train_step"] = _program(_compile(step, state, batch))
     log(
       f"  train_step {rows} rows x {length} in {lc.micro_batches} micro-batches: "
       f"{programs['train_step'].peak / GB:.1f} GB ({time.time() - t0:.0f} s)"
     )
+  except _Skip:
+    pass
   except Exception as e:
     log(f"  train_step: {str(e).splitlines()[0][:300]}")
     resident["_errors"]["train_step"] = oom_bytes(str(e))
   return dict(
-    rows=phase_rows(programs, resident, hbm),
+    rows=phase_rows(programs, resident, hbm, skipped=set(PROGRAMS) - want),
     hbm=hbm,
     resident=resident,
     slice=slice_name(topology, len(devices)),
@@ -487,17 +529,19 @@ def main(argv):
       role.learner.micro_batches = FLAGS.micro_batches
   if FLAGS.max_rows_per_call:
     config.sampling.max_rows_per_call = FLAGS.max_rows_per_call
-  out = plan(config, FLAGS.topology, arch, FLAGS.prompt_bucket)
+  bucket = FLAGS.prompt_bucket or default_prompt_bucket(config)
+  out = plan(config, FLAGS.topology, arch, bucket, FLAGS.programs)
   r = out["resident"]
   print(
     f"\n{arch} on {out['slice']} ({FLAGS.topology}), mesh {out['mesh']}, "
     f"max_rows_per_call {config.sampling.max_rows_per_call}, micro_batches "
-    f"{config.solver.learner.micro_batches}, prompt bucket {FLAGS.prompt_bucket}; per "
+    f"{config.solver.learner.micro_batches}, prompt bucket {bucket}; per "
     f"device: params f32 {r['params'] / GB:.1f} GB, Adam {r['opt'] / GB:.1f} GB, "
     f"frozen copy {r['frozen'] / GB:.1f} GB, KL reference on device {r['ref'] / GB:.1f} GB"
   )
   print(format_table(out["rows"], out["hbm"]))
-  worst = max((x["total"] or math.inf) for x in out["rows"])
+  run = [x for x in out["rows"] if x["verdict"] != "not run"]
+  worst = max((x["total"] or math.inf) for x in run)
   print(
     f"\nworst phase: {worst / GB:.1f} GB of {out['hbm'] / GB:.1f} GB: {verdict(worst, out['hbm'])}"
   )

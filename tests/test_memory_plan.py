@@ -101,3 +101,30 @@ def test_paper_cost_counts_the_papers_workload():
   assert roof == pytest.approx(1.0) and real == pytest.approx(1.0 / pc.DECODE_EFFICIENCY)
   roof, real = pc.seconds(pc.Cost(flops=4 * 459e12, kind="train"), 4, 459e12, 2.76e12)
   assert roof == pytest.approx(1.0) and real == pytest.approx(1.0 / pc.TRAIN_MFU)
+
+
+def test_programs_left_out_say_not_run_and_never_fit():
+  programs = {"train_step": mp.Program(arguments=1 * GB, outputs=0, aliased=0, temps=1 * GB)}
+  resident = dict(params=1 * GB, opt=2 * GB, frozen=0.5 * GB, ref=0.5 * GB, _errors={})
+  skipped = {"prefill", "decode", "logprobs"}
+  rows = mp.phase_rows(programs, resident, hbm=30 * GB, skipped=skipped)
+  for r in rows:
+    if r["program"] in skipped:
+      assert r["total"] is None and r["verdict"] == "not run"
+    else:
+      assert r["verdict"] == "FITS" and r["total"] is not None
+  table = mp.format_table(rows, 30 * GB)
+  assert "| solver | rollouts | decode | – | 2.5 | – | 30.0 | not run |" in table
+  # A program that was run but did not compile still reads as a failure, not as "not run".
+  rows = mp.phase_rows({}, resident, hbm=30 * GB, skipped=skipped)
+  assert {r["verdict"] for r in rows if r["program"] == "train_step"} == {"DOES NOT FIT"}
+
+
+def test_default_prompt_bucket_is_the_longest_solver_prompts_bucket():
+  config = mp.load_config("configs/qwen3_4b_base.py")
+  assert config.dataset.max_solver_prompt_tokens == 2048
+  assert mp.default_prompt_bucket(config) == 2048
+  config.dataset.max_solver_prompt_tokens = 2049
+  assert mp.default_prompt_bucket(config) == 4096
+  with pytest.raises(ValueError, match="--programs"):
+    mp.plan(config, "v5p:2x2x1", "qwen3_4b_base", 2048, programs_to_run=("decoder",))
