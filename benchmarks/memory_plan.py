@@ -50,7 +50,7 @@ from rzero_jax.rzero import loop  # noqa: E402
 
 GB = 1e9
 HEADROOM = 0.10  # a phase FITS when it uses at most 90% of the device's HBM
-PROGRAMS = ("prefill", "decode", "logprobs", "train_step")
+PROGRAMS = ("prefill", "decode", "answers_decode", "logprobs", "train_step")
 
 # HBM per device of the topology (see the module docstring for v4's two devices per chip).
 CHIPS = {
@@ -211,7 +211,7 @@ def phase_rows(programs: dict, resident: dict, hbm: float, skipped=()) -> list[d
   steps = [
     ("challenger", "rollouts", "decode", opt + ref + frozen),
     ("challenger", "rollouts", "prefill", opt + ref + frozen),
-    ("challenger", "solver answers", "decode", p + opt + ref),
+    ("challenger", "solver answers", "answers_decode", p + opt + ref),
     ("challenger", "pi_old / pi_ref", "logprobs", opt + ref + frozen),
     ("challenger", "update", "train_step", ref + frozen),
     ("dataset", "questions", "decode", frozen),
@@ -291,6 +291,13 @@ def define_flags() -> None:
     "sampling.prompt_bucket(dataset.max_solver_prompt_tokens) (2,048 in the paper configs; "
     "the Challenger's prompt is shorter, so its phases are bounded from above).",
   )
+  flags.DEFINE_integer(
+    "answers_prompt_bucket",
+    0,
+    "Padded prompt length of the Challenger phase's Solver answers; 0: "
+    "sampling.prompt_bucket(challenger.max_new_tokens + 1), a question as long as the "
+    "Challenger's budget plus the Solver's template (8,192 in the paper configs).",
+  )
   flags.DEFINE_list(
     "programs", list(PROGRAMS), f"Which programs to compile, a subset of {list(PROGRAMS)}."
   )
@@ -337,8 +344,21 @@ def default_prompt_bucket(config) -> int:
   return sampling.prompt_bucket(config.dataset.max_solver_prompt_tokens)
 
 
+def default_answers_bucket(config) -> int:
+  """The longest padded prompt of the Challenger phase's Solver answers: the phase keeps every
+  parsed question, which may fill the Challenger's whole budget, and the Solver's template
+  adds tokens to it (4,096 -> the 8,192 bucket)."""
+  return sampling.prompt_bucket(config.challenger.max_new_tokens + 1)
+
+
 def plan(
-  config, topology: str, architecture: str, prompt_bucket: int, programs_to_run=PROGRAMS, log=print
+  config,
+  topology: str,
+  architecture: str,
+  prompt_bucket: int,
+  programs_to_run=PROGRAMS,
+  answers_bucket: int = 0,
+  log=print,
 ) -> dict:
   """Compiles the programs for the topology (those in `programs_to_run`); returns {'rows',
   'hbm', 'slice', ...}."""
@@ -396,19 +416,7 @@ def plan(
     config.solver.max_new_tokens,
     config.sampling.answer_max_new_tokens,
   )
-  n = config.challenger.group_size
-  prompts = sampling.prompts_per_call(rows_per_call, n, mesh, rules)
   shards = sampling.batch_bucket(1, sampling._batch_shards(mesh, tuple(rules)))
-  num_prompts = sampling.batch_bucket(prompts, shards)
-  plan_ = sampling._Plan(
-    cfg=cfg,
-    prompt_bucket=prompt_bucket,
-    max_new_tokens=new_tokens,
-    n=n,
-    pad_id=0,
-    mesh=mesh,
-    rules=tuple(rules),
-  )
   rows_sh = NamedSharding(mesh, PartitionSpec(*sharding.logical_to_spec(("batch",), rules, mesh)))
   rep = sharding.replicated(mesh)
 
@@ -422,41 +430,62 @@ def plan(
     "seed": sds((), jnp.uint32, rep),
   }
   stop_mask = sds((cfg.vocab_size,), jnp.bool_, rep)
-  t0 = time.time()
   want = set(programs_to_run)
-  try:
-    if not want & {"prefill", "decode"}:
-      raise _Skip
-    prefill = sampling._prefill.lower(
-      plan_,
-      params,
-      sds((num_prompts, prompt_bucket), jnp.int32, rows_sh),
-      sds((num_prompts,), jnp.int32, rows_sh),
-      sds((num_prompts,), jnp.bool_, rows_sh),
-      stop_mask,
-      knobs,
+  answers_bucket = answers_bucket or default_answers_bucket(config)
+
+  def sample(prefill_name, decode_name, bucket, n):
+    """Compiles one generate call's prefill and decode at `bucket` prompt slots, n samples
+    per prompt and as many prompts as phases.generate_rows puts in a call."""
+    if not want & {prefill_name, decode_name}:
+      return
+    prompts = sampling.prompts_per_call(rows_per_call, n, mesh, rules)
+    num_prompts = sampling.batch_bucket(prompts, shards)
+    plan_ = sampling._Plan(
+      cfg=cfg,
+      prompt_bucket=bucket,
+      max_new_tokens=new_tokens,
+      n=n,
+      pad_id=0,
+      mesh=mesh,
+      rules=tuple(rules),
     )
-    if "prefill" in want:
-      programs["prefill"] = _program(prefill.compile())
-      log(
-        f"  prefill {num_prompts} prompts x {prompt_bucket}: "
-        f"{programs['prefill'].peak / GB:.1f} GB ({time.time() - t0:.0f} s)"
+    t0 = time.time()
+    try:
+      prefill = sampling._prefill.lower(
+        plan_,
+        params,
+        sds((num_prompts, bucket), jnp.int32, rows_sh),
+        sds((num_prompts,), jnp.int32, rows_sh),
+        sds((num_prompts,), jnp.bool_, rows_sh),
+        stop_mask,
+        knobs,
       )
-    if "decode" in want:
-      state_out, cache_out = prefill.out_info
-      t0 = time.time()
-      decode = _compile(sampling._decode, plan_, params, state_out, cache_out, stop_mask, knobs)
-      programs["decode"] = _program(decode)
-      log(
-        f"  decode {num_prompts * n} rows x {prompt_bucket + new_tokens} slots: "
-        f"{programs['decode'].peak / GB:.1f} GB ({time.time() - t0:.0f} s)"
-      )
-  except _Skip:
-    pass
-  except Exception as e:  # the compiler refuses a program that cannot fit: report its figure
-    log(f"  sampling: {str(e).splitlines()[0][:300]}")
-    resident["_errors"]["decode"] = oom_bytes(str(e))
-    resident["_errors"]["prefill"] = oom_bytes(str(e))
+      if prefill_name in want:
+        programs[prefill_name] = _program(prefill.compile())
+        log(
+          f"  {prefill_name} {num_prompts} prompts x {bucket}: "
+          f"{programs[prefill_name].peak / GB:.1f} GB ({time.time() - t0:.0f} s)"
+        )
+      if decode_name in want:
+        state_out, cache_out = prefill.out_info
+        t0 = time.time()
+        decode = _compile(sampling._decode, plan_, params, state_out, cache_out, stop_mask, knobs)
+        programs[decode_name] = _program(decode)
+        log(
+          f"  {decode_name} {num_prompts * n} rows x {bucket + new_tokens} slots: "
+          f"{programs[decode_name].peak / GB:.1f} GB ({time.time() - t0:.0f} s)"
+        )
+    except Exception as e:  # the compiler refuses a program that cannot fit: report its figure
+      log(f"  {decode_name}: {str(e).splitlines()[0][:300]}")
+      resident["_errors"][decode_name] = oom_bytes(str(e))
+      resident["_errors"][prefill_name] = oom_bytes(str(e))
+
+  # Rollouts (G samples per prompt) and the dataset's answers at the Solver-prompt bucket:
+  # more rows per call than the m answers per question take, so an upper bound for both.
+  sample("prefill", "decode", prompt_bucket, config.challenger.group_size)
+  # The Challenger phase's Solver answers: its questions are not length-filtered, so a Solver
+  # prompt may hold a question as long as the Challenger's whole budget.
+  sample("answers_prefill", "answers_decode", answers_bucket, config.challenger.solver_samples)
 
   rows = config.solver.prompts_per_update * config.solver.group_size
   length = prompt_bucket + config.solver.max_new_tokens
@@ -530,12 +559,13 @@ def main(argv):
   if FLAGS.max_rows_per_call:
     config.sampling.max_rows_per_call = FLAGS.max_rows_per_call
   bucket = FLAGS.prompt_bucket or default_prompt_bucket(config)
-  out = plan(config, FLAGS.topology, arch, bucket, FLAGS.programs)
+  out = plan(config, FLAGS.topology, arch, bucket, FLAGS.programs, FLAGS.answers_prompt_bucket)
   r = out["resident"]
   print(
     f"\n{arch} on {out['slice']} ({FLAGS.topology}), mesh {out['mesh']}, "
     f"max_rows_per_call {config.sampling.max_rows_per_call}, micro_batches "
-    f"{config.solver.learner.micro_batches}, prompt bucket {bucket}; per "
+    f"{config.solver.learner.micro_batches}, prompt bucket {bucket} (Challenger's Solver "
+    f"answers: {FLAGS.answers_prompt_bucket or default_answers_bucket(config)}); per "
     f"device: params f32 {r['params'] / GB:.1f} GB, Adam {r['opt'] / GB:.1f} GB, "
     f"frozen copy {r['frozen'] / GB:.1f} GB, KL reference on device {r['ref'] / GB:.1f} GB"
   )

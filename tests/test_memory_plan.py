@@ -28,7 +28,7 @@ def test_verdict_needs_ten_percent_headroom():
 def test_phase_rows_add_what_stays_resident_beside_each_program():
   programs = {
     name: mp.Program(arguments=10 * GB, outputs=2 * GB, aliased=1 * GB, temps=5 * GB)
-    for name in ("prefill", "decode", "logprobs")
+    for name in ("prefill", "decode", "answers_decode", "logprobs")
   }
   resident = dict(
     params=4 * GB, opt=8 * GB, frozen=2 * GB, ref=2 * GB, _errors={"train_step": 200 * GB}
@@ -39,6 +39,10 @@ def test_phase_rows_add_what_stays_resident_beside_each_program():
   r = by[("challenger", "rollouts", "decode")]
   assert r["program_bytes"] == 16 * GB and r["resident"] == 12 * GB
   assert r["total"] == 28 * GB and r["verdict"] == "DOES NOT FIT"  # 28 > 0.9 x 30
+  # The Challenger phase's Solver answers: its own program (a longer prompt bucket), beside the
+  # Challenger's float32 params and Adam moments and the KL reference.
+  r = by[("challenger", "solver answers", "answers_decode")]
+  assert r["resident"] == 4 * GB + 8 * GB + 2 * GB
   # The Solver's rollouts: no frozen other role.
   assert by[("solver", "rollouts", "decode")]["total"] == 16 * GB + 10 * GB
   # A program the compiler refused is counted at the compiler's figure, never as fitting.
@@ -106,7 +110,7 @@ def test_paper_cost_counts_the_papers_workload():
 def test_programs_left_out_say_not_run_and_never_fit():
   programs = {"train_step": mp.Program(arguments=1 * GB, outputs=0, aliased=0, temps=1 * GB)}
   resident = dict(params=1 * GB, opt=2 * GB, frozen=0.5 * GB, ref=0.5 * GB, _errors={})
-  skipped = {"prefill", "decode", "logprobs"}
+  skipped = {"prefill", "decode", "answers_decode", "logprobs"}
   rows = mp.phase_rows(programs, resident, hbm=30 * GB, skipped=skipped)
   for r in rows:
     if r["program"] in skipped:
@@ -126,5 +130,8 @@ def test_default_prompt_bucket_is_the_longest_solver_prompts_bucket():
   assert mp.default_prompt_bucket(config) == 2048
   config.dataset.max_solver_prompt_tokens = 2049
   assert mp.default_prompt_bucket(config) == 4096
+  # A Challenger question may fill its 4,096-token budget; the Solver's template adds to it.
+  assert config.challenger.max_new_tokens == 4096
+  assert mp.default_answers_bucket(config) == 8192
   with pytest.raises(ValueError, match="--programs"):
     mp.plan(config, "v5p:2x2x1", "qwen3_4b_base", 2048, programs_to_run=("decoder",))
