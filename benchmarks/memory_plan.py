@@ -558,6 +558,9 @@ def main(argv):
       role.learner.micro_batches = FLAGS.micro_batches
   if FLAGS.max_rows_per_call:
     config.sampling.max_rows_per_call = FLAGS.max_rows_per_call
+  unknown = sorted(set(FLAGS.programs) - set(PROGRAMS))
+  if unknown:
+    raise SystemExit(f"--programs: unknown {unknown}; expected some of {list(PROGRAMS)}")
   bucket = FLAGS.prompt_bucket or default_prompt_bucket(config)
   out = plan(config, FLAGS.topology, arch, bucket, FLAGS.programs, FLAGS.answers_prompt_bucket)
   r = out["resident"]
