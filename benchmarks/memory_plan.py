@@ -8,8 +8,16 @@ program's `memory_analysis()` is the TPU compiler's own figure. Nothing is alloc
 
 Compiled, at the config's shapes and mesh (the exact jitted functions the run calls):
   prefill, decode   sampling at max_rows_per_call rows, prompt bucket + the full token budget
+  answers_decode    the Challenger phase's Solver answers (m per question), at their own bucket
   logprobs          pi_old / pi_ref of one Solver mini-batch (prompts_per_update x G rows)
   train_step        one optimizer update of that mini-batch, in learner.micro_batches parts
+`--programs=train_step` (a comma list) compiles only those; the others' rows read "not run".
+
+Prompt buckets are the largest the run can reach: a Solver prompt is kept up to
+dataset.max_solver_prompt_tokens (2,048 -> bucket 2,048), and the Challenger's own prompt is
+shorter, so one bucket bounds rollouts, dataset answers, logprobs and updates from above. The
+Challenger phase sends every parsed question to the Solver, however long: up to its 4,096-token
+budget plus the template, bucket 8,192.
 Added by hand, per phase: what stays resident but is not an argument of the program running
 (the optimizer state while the role samples, the KL reference, the frozen other role).
 
