@@ -338,6 +338,13 @@ def _program(compiled) -> Program:
   )
 
 
+def _parts(p: Program) -> str:
+  return (
+    f"{p.peak / GB:.1f} GB (arguments {p.arguments / GB:.1f}, outputs {p.outputs / GB:.1f}, "
+    f"donated {p.aliased / GB:.1f}, temporaries {p.temps / GB:.1f})"
+  )
+
+
 def _tree_bytes_per_device(abstract, shardings) -> float:
   total = 0
   for a, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings)):
@@ -472,7 +479,7 @@ def plan(
         programs[prefill_name] = _program(prefill.compile())
         log(
           f"  {prefill_name} {num_prompts} prompts x {bucket}: "
-          f"{programs[prefill_name].peak / GB:.1f} GB ({time.time() - t0:.0f} s)"
+          f"{_parts(programs[prefill_name])} ({time.time() - t0:.0f} s)"
         )
       if decode_name in want:
         state_out, cache_out = prefill.out_info
@@ -481,7 +488,7 @@ def plan(
         programs[decode_name] = _program(decode)
         log(
           f"  {decode_name} {num_prompts * n} rows x {bucket + new_tokens} slots: "
-          f"{programs[decode_name].peak / GB:.1f} GB ({time.time() - t0:.0f} s)"
+          f"{_parts(programs[decode_name])} ({time.time() - t0:.0f} s)"
         )
     except Exception as e:  # the compiler refuses a program that cannot fit: report its figure
       log(f"  {decode_name}: {str(e).splitlines()[0][:300]}")
@@ -510,7 +517,7 @@ def plan(
     programs["logprobs"] = _program(logprobs)
     log(
       f"  logprobs {rows} rows x {length} in {lc.micro_batches} micro-batches: "
-      f"{programs['logprobs'].peak / GB:.1f} GB ({time.time() - t0:.0f} s)"
+      f"{_parts(programs['logprobs'])} ({time.time() - t0:.0f} s)"
     )
   except _Skip:
     pass
@@ -535,7 +542,7 @@ def plan(
     programs["train_step"] = _program(_compile(step, state, batch))
     log(
       f"  train_step {rows} rows x {length} in {lc.micro_batches} micro-batches: "
-      f"{programs['train_step'].peak / GB:.1f} GB ({time.time() - t0:.0f} s)"
+      f"{_parts(programs['train_step'])} ({time.time() - t0:.0f} s)"
     )
   except _Skip:
     pass
