@@ -169,6 +169,18 @@ def split_problems(config, devices: int) -> list[str]:
   return out
 
 
+def call_shape(n: int, limit: int, shards: int, per_call: int) -> tuple[int, int]:
+  """(padded prompts, samples per prompt) of the largest `generate` call phases.generate_rows
+  makes for n samples per prompt, max_rows_per_call `limit`, on `shards` batch shards;
+  per_call is sampling.prompts_per_call(limit, n, mesh, rules)."""
+  copies = sampling.batch_bucket(1, shards)
+  if copies * n <= limit:
+    return sampling.batch_bucket(per_call, shards), n
+  most = max(copies, limit // copies * copies)
+  piece = -(-n // -(-n // most))  # the largest part of phases._even_split(n, most)
+  return copies, -(-piece // copies)
+
+
 def chip_of(topology: str) -> str:
   """'v5p:2x2x1' -> 'v5p'."""
   kind = topology.split(":")[0]
@@ -448,24 +460,25 @@ def plan(
   want = set(programs_to_run)
   answers_bucket = answers_bucket or default_answers_bucket(config)
 
-  def sample(prefill_name, decode_name, bucket, n):
-    """Compiles one generate call's prefill and decode at `bucket` prompt slots, n samples
-    per prompt and as many prompts as phases.generate_rows puts in a call."""
+  def sample(prefill_name, decode_name, bucket, counts):
+    """Compiles `generate`'s prefill and decode at `bucket` prompt slots for the largest calls
+    phases.generate_rows makes for any of the sample counts: prefill at the most prompts,
+    decode at the most rows."""
     if not want & {prefill_name, decode_name}:
       return
-    prompts = sampling.prompts_per_call(rows_per_call, n, mesh, rules)
-    num_prompts = sampling.batch_bucket(prompts, shards)
-    plan_ = sampling._Plan(
-      cfg=cfg,
-      prompt_bucket=bucket,
-      max_new_tokens=new_tokens,
-      n=n,
-      pad_id=0,
-      mesh=mesh,
-      rules=tuple(rules),
-    )
-    t0 = time.time()
-    try:
+    per_call = lambda k: sampling.prompts_per_call(rows_per_call, k, mesh, rules)  # noqa: E731
+    shapes = [call_shape(k, rows_per_call, shards, per_call(k)) for k in counts]
+
+    def lower(num_prompts, n):
+      plan_ = sampling._Plan(
+        cfg=cfg,
+        prompt_bucket=bucket,
+        max_new_tokens=new_tokens,
+        n=n,
+        pad_id=0,
+        mesh=mesh,
+        rules=tuple(rules),
+      )
       prefill = sampling._prefill.lower(
         plan_,
         params,
@@ -475,32 +488,46 @@ def plan(
         stop_mask,
         knobs,
       )
+      return plan_, prefill
+
+    t0 = time.time()
+    try:
       if prefill_name in want:
-        programs[prefill_name] = _program(prefill.compile())
+        num_prompts, n = max(shapes, key=lambda c: (c[0], c[0] * c[1]))
+        programs[prefill_name] = _program(lower(num_prompts, n)[1].compile())
         log(
           f"  {prefill_name} {num_prompts} prompts x {bucket}: "
           f"{_parts(programs[prefill_name])} ({time.time() - t0:.0f} s)"
         )
       if decode_name in want:
+        num_prompts, n = max(shapes, key=lambda c: (c[0] * c[1], c[0]))
+        plan_, prefill = lower(num_prompts, n)
         state_out, cache_out = prefill.out_info
         t0 = time.time()
         decode = _compile(sampling._decode, plan_, params, state_out, cache_out, stop_mask, knobs)
         programs[decode_name] = _program(decode)
         log(
-          f"  {decode_name} {num_prompts * n} rows x {bucket + new_tokens} slots: "
-          f"{_parts(programs[decode_name])} ({time.time() - t0:.0f} s)"
+          f"  {decode_name} {num_prompts} prompts x {n} = {num_prompts * n} rows x "
+          f"{bucket + new_tokens} slots: {_parts(programs[decode_name])} "
+          f"({time.time() - t0:.0f} s)"
         )
     except Exception as e:  # the compiler refuses a program that cannot fit: report its figure
       log(f"  {decode_name}: {str(e).splitlines()[0][:300]}")
       resident["_errors"][decode_name] = oom_bytes(str(e))
       resident["_errors"][prefill_name] = oom_bytes(str(e))
 
-  # Rollouts (G samples per prompt) and the dataset's answers at the Solver-prompt bucket:
-  # more rows per call than the m answers per question take, so an upper bound for both.
-  sample("prefill", "decode", prompt_bucket, config.challenger.group_size)
+  # Rollouts and the dataset's questions and answers at the Solver-prompt bucket: the largest
+  # call of them (the Challenger's prompt sampled prompts_per_step x G times, the Solver's G,
+  # the m answers per question), an upper bound for all.
+  counts = (
+    config.challenger.prompts_per_step * config.challenger.group_size,
+    config.solver.group_size,
+    config.dataset.solver_samples,
+  )
+  sample("prefill", "decode", prompt_bucket, counts)
   # The Challenger phase's Solver answers: its questions are not length-filtered, so a Solver
   # prompt may hold a question as long as the Challenger's whole budget.
-  sample("answers_prefill", "answers_decode", answers_bucket, config.challenger.solver_samples)
+  sample("answers_prefill", "answers_decode", answers_bucket, (config.challenger.solver_samples,))
 
   rows = config.solver.prompts_per_update * config.solver.group_size
   length = prompt_bucket + config.solver.max_new_tokens

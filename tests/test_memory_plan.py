@@ -135,3 +135,42 @@ def test_default_prompt_bucket_is_the_longest_solver_prompts_bucket():
   assert mp.default_answers_bucket(config) == 8192
   with pytest.raises(ValueError, match="--programs"):
     mp.plan(config, "v5p:2x2x1", "qwen3_4b_base", 2048, programs_to_run=("decoder",))
+
+
+@pytest.mark.parametrize(
+  "n, limit, shards", [(10, 64, 1), (4, 64, 1), (2048, 64, 1), (5, 8, 4), (10, 64, 16), (20, 8, 4)]
+)
+def test_call_shape_is_the_largest_call_generate_rows_makes(monkeypatch, n, limit, shards):
+  from rzero_jax import sampling
+  from rzero_jax.rzero import phases
+
+  calls = []
+
+  class Out:
+    def __init__(self, prompts, n):
+      self.tokens = [[0] for _ in range(len(prompts) * n)]
+      self.logprobs = [[0.0] for _ in self.tokens]
+      self.finish_reasons = ["length"] * len(self.tokens)
+
+  def fake_generate(cfg, params, prompts, *, n, seed, **kw):
+    calls.append((sampling.batch_bucket(len(prompts), shards), n))
+    return Out(prompts, n)
+
+  monkeypatch.setattr(phases.sampling, "generate", fake_generate)
+  monkeypatch.setattr(phases, "_batch_shards", lambda env: shards)
+  monkeypatch.setattr(sampling, "_batch_shards", lambda mesh, rules: shards)
+  env = phases.Env(
+    cfg=None,
+    tokenizer=None,
+    mesh=None,
+    rules=None,
+    prompt_set=None,
+    stop_token_ids=(),
+    max_rows_per_call=limit,
+  )
+  phases.generate_rows(
+    env, None, [[1]] * 300, n=n, seed=0, max_new_tokens=1, temperature=1.0, top_p=1.0, top_k=0
+  )
+  per_call = sampling.prompts_per_call(limit, n)
+  largest = max(calls, key=lambda c: (c[0] * c[1], c[0]))
+  assert mp.call_shape(n, limit, shards, per_call) == largest
