@@ -288,6 +288,8 @@ def format_table(rows: list[dict], hbm: float) -> str:
 def oom_bytes(message: str) -> float | None:
   """The bytes a program needs, from the TPU compiler's out-of-memory message, if it says."""
   m = re.search(r"Used ([\d.]+)([KMGT])? of ([\d.]+)([KMGT])? hbm", message)
+  # libtpu 0.0.42 words it by the temporaries alone: a lower bound of the program's need.
+  m = m or re.search(r"required for HLO temporaries \(([\d.]+)([KMGT])?\)", message)
   if not m:
     return None
   scale = {None: 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}

@@ -59,6 +59,11 @@ def test_oom_message_is_read():
     "space hbm. Used 120.50G of 95.74G hbm. Exceeded hbm capacity by 24.76G."
   )
   assert mp.oom_bytes(msg) == pytest.approx(120.5 * 2**30)
+  msg = (
+    "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+    "temporaries (37.97G) exceeds available HBM (15.25G)."
+  )
+  assert mp.oom_bytes(msg) == pytest.approx(37.97 * 2**30)
   assert mp.oom_bytes("something else") is None
 
 
