@@ -179,3 +179,14 @@ def test_call_shape_is_the_largest_call_generate_rows_makes(monkeypatch, n, limi
   per_call = sampling.prompts_per_call(limit, n)
   largest = max(calls, key=lambda c: (c[0] * c[1], c[0]))
   assert mp.call_shape(n, limit, shards, per_call) == largest
+
+
+@pytest.mark.parametrize("name", ["qwen3_8b_base", "octothinker_8b"])
+def test_the_8b_configs_v5p_override_splits_evenly_there_and_is_documented(name):
+  config = mp.load_config(f"configs/{name}.py")
+  override = "--config.challenger.learner.micro_batches=4 --config.solver.learner.micro_batches=40"
+  assert override in open(f"configs/{name}.py").read()
+  config.challenger.learner.micro_batches = 4
+  config.solver.learner.micro_batches = 40
+  assert not mp.split_problems(config, 4)  # v5p-8: 16-row micro-batches, 4 rows per chip
+  assert mp.split_problems(config, 32)  # why it is not the file's own value (v4-32)
