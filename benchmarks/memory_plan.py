@@ -7,7 +7,8 @@ On a machine without a TPU this needs libtpu (`make memory-plan` builds a venv w
 program's `memory_analysis()` is the TPU compiler's own figure. Nothing is allocated.
 
 Compiled, at the config's shapes and mesh (the exact jitted functions the run calls):
-  prefill, decode   sampling at max_rows_per_call rows, prompt bucket + the full token budget
+  prefill, decode   the largest generate call phases.generate_rows makes (call_shape), at the
+                    prompt bucket + the full token budget
   answers_decode    the Challenger phase's Solver answers (m per question), at their own bucket
   logprobs          pi_old / pi_ref of one Solver mini-batch (prompts_per_update x G rows)
   train_step        one optimizer update of that mini-batch, in learner.micro_batches parts
