@@ -9,8 +9,8 @@ for every phase (sampling, logprobs, train step, plus what stays resident: the K
 and the frozen other role as bf16 copies on the devices) are in benchmarks/RESULTS.md,
 "memory_plan.py"; they set this file's rows per generate call and micro-batches (64 Challenger /
 640 Solver rows per update, split so that a micro-batch divides over 32 devices). On v5p-8 the
-update is planned in micro-batches of 16 rows (4 per chip; Qwen3-8B's at 32 rows does not
-fit), which would not divide over a v4-32's 32 devices, so a v5p-8 run adds (the plan: --micro_batches=40)
+update fits only in micro-batches of 16 rows (4 per chip), which would not divide over a
+v4-32's 32 devices, so a v5p-8 run adds (the plan: --micro_batches=40)
   --config.challenger.learner.micro_batches=4 --config.solver.learner.micro_batches=40
 Recompute them after a change:
   make memory-plan CONFIG=configs/octothinker_8b.py TOPOLOGY=v5p:2x2x1   (and TOPOLOGY=v4:2x2x4)
