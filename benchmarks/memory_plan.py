@@ -7,9 +7,18 @@ On a machine without a TPU this needs libtpu (`make memory-plan` builds a venv w
 program's `memory_analysis()` is the TPU compiler's own figure. Nothing is allocated.
 
 Compiled, at the config's shapes and mesh (the exact jitted functions the run calls):
-  prefill, decode   sampling at max_rows_per_call rows, prompt bucket + the full token budget
+  prefill, decode   the largest generate call phases.generate_rows makes (call_shape), at the
+                    prompt bucket + the full token budget
+  answers_decode    the Challenger phase's Solver answers (m per question), at their own bucket
   logprobs          pi_old / pi_ref of one Solver mini-batch (prompts_per_update x G rows)
   train_step        one optimizer update of that mini-batch, in learner.micro_batches parts
+`--programs=train_step` (a comma list) compiles only those; the others' rows read "not run".
+
+Prompt buckets are the largest the run can reach: a Solver prompt is kept up to
+dataset.max_solver_prompt_tokens (2,048 -> bucket 2,048), and the Challenger's own prompt is
+shorter, so one bucket bounds rollouts, dataset answers, logprobs and updates from above. The
+Challenger phase sends every parsed question to the Solver, however long: up to its 4,096-token
+budget plus the template, bucket 8,192.
 Added by hand, per phase: what stays resident but is not an argument of the program running
 (the optimizer state while the role samples, the KL reference, the frozen other role).
 
@@ -50,6 +59,7 @@ from rzero_jax.rzero import loop  # noqa: E402
 
 GB = 1e9
 HEADROOM = 0.10  # a phase FITS when it uses at most 90% of the device's HBM
+PROGRAMS = ("prefill", "decode", "answers_decode", "logprobs", "train_step")
 
 # HBM per device of the topology (see the module docstring for v4's two devices per chip).
 CHIPS = {
@@ -160,6 +170,18 @@ def split_problems(config, devices: int) -> list[str]:
   return out
 
 
+def call_shape(n: int, limit: int, shards: int, per_call: int) -> tuple[int, int]:
+  """(padded prompts, samples per prompt) of the largest `generate` call phases.generate_rows
+  makes for n samples per prompt, max_rows_per_call `limit`, on `shards` batch shards;
+  per_call is sampling.prompts_per_call(limit, n, mesh, rules)."""
+  copies = sampling.batch_bucket(1, shards)
+  if copies * n <= limit:
+    return sampling.batch_bucket(per_call, shards), n
+  most = max(copies, limit // copies * copies)
+  piece = -(-n // -(-n // most))  # the largest part of phases._even_split(n, most)
+  return copies, -(-piece // copies)
+
+
 def chip_of(topology: str) -> str:
   """'v5p:2x2x1' -> 'v5p'."""
   kind = topology.split(":")[0]
@@ -197,19 +219,20 @@ class Program:
     return self.arguments + self.outputs - self.aliased + self.temps
 
 
-def phase_rows(programs: dict, resident: dict, hbm: float) -> list[dict]:
+def phase_rows(programs: dict, resident: dict, hbm: float, skipped=()) -> list[dict]:
   """Per phase and step: the program that runs, what else stays resident, the total and the
   verdict. `programs` maps program names to Program (or None where it failed to compile, with
   `resident['_errors'][name]` holding the compiler's figure if any); `resident` holds per-device
   bytes of the state trees: 'params' (float32 master), 'opt' (Adam moments), 'frozen' (a
-  compute-dtype copy on device), 'host' (0: trees kept in host memory)."""
+  compute-dtype copy on device), 'host' (0: trees kept in host memory). Programs in `skipped`
+  were left out on purpose (--programs): their rows say "not run", never FITS."""
   p, opt, frozen = resident["params"], resident["opt"], resident["frozen"]
   ref = resident["ref"]
   # (phase, step, program, bytes resident beside the program's own arguments)
   steps = [
     ("challenger", "rollouts", "decode", opt + ref + frozen),
     ("challenger", "rollouts", "prefill", opt + ref + frozen),
-    ("challenger", "solver answers", "decode", p + opt + ref),
+    ("challenger", "solver answers", "answers_decode", p + opt + ref),
     ("challenger", "pi_old / pi_ref", "logprobs", opt + ref + frozen),
     ("challenger", "update", "train_step", ref + frozen),
     ("dataset", "questions", "decode", frozen),
@@ -222,7 +245,9 @@ def phase_rows(programs: dict, resident: dict, hbm: float) -> list[dict]:
   rows = []
   for phase, step, name, extra in steps:
     prog = programs.get(name)
-    if prog is None:
+    if name in skipped:
+      total = None
+    elif prog is None:
       used = resident.get("_errors", {}).get(name)
       total = None if used is None else used + extra
     else:
@@ -235,7 +260,9 @@ def phase_rows(programs: dict, resident: dict, hbm: float) -> list[dict]:
         program_bytes=None if prog is None else prog.peak,
         resident=extra,
         total=total,
-        verdict=("DOES NOT FIT" if total is None else verdict(total, hbm)),
+        verdict=(
+          "not run" if name in skipped else "DOES NOT FIT" if total is None else verdict(total, hbm)
+        ),
       )
     )
   return rows
@@ -248,7 +275,10 @@ def format_table(rows: list[dict], hbm: float) -> str:
   ]
   for r in rows:
     prog = "–" if r["program_bytes"] is None else f"{r['program_bytes'] / GB:.1f}"
-    total = "compile failed" if r["total"] is None else f"{r['total'] / GB:.1f}"
+    if r["total"] is not None:
+      total = f"{r['total'] / GB:.1f}"
+    else:
+      total = "–" if r["verdict"] == "not run" else "compile failed"
     lines.append(
       f"| {r['phase']} | {r['step']} | {r['program']} | {prog} | "
       f"{r['resident'] / GB:.1f} | {total} | {hbm / GB:.1f} | {r['verdict']} |"
@@ -259,6 +289,8 @@ def format_table(rows: list[dict], hbm: float) -> str:
 def oom_bytes(message: str) -> float | None:
   """The bytes a program needs, from the TPU compiler's out-of-memory message, if it says."""
   m = re.search(r"Used ([\d.]+)([KMGT])? of ([\d.]+)([KMGT])? hbm", message)
+  # libtpu 0.0.42 words it by the temporaries alone: a lower bound of the program's need.
+  m = m or re.search(r"required for HLO temporaries \(([\d.]+)([KMGT])?\)", message)
   if not m:
     return None
   scale = {None: 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -277,10 +309,20 @@ def define_flags() -> None:
   flags.DEFINE_string("architecture", "", "One of ARCHITECTURES; default: the config file's name.")
   flags.DEFINE_integer(
     "prompt_bucket",
-    1024,
-    "Padded prompt length planned for (the run's buckets are powers "
-    "of two: the Challenger prompt and Solver prompts of questions up to ~900 tokens fit "
-    "1024).",
+    0,
+    "Padded prompt length planned for; 0: the largest bucket a Solver prompt can take, "
+    "sampling.prompt_bucket(dataset.max_solver_prompt_tokens) (2,048 in the paper configs; "
+    "the Challenger's prompt is shorter, so its phases are bounded from above).",
+  )
+  flags.DEFINE_integer(
+    "answers_prompt_bucket",
+    0,
+    "Padded prompt length of the Challenger phase's Solver answers; 0: "
+    "sampling.prompt_bucket(challenger.max_new_tokens + 1), a question as long as the "
+    "Challenger's budget plus the Solver's template (8,192 in the paper configs).",
+  )
+  flags.DEFINE_list(
+    "programs", list(PROGRAMS), f"Which programs to compile, a subset of {list(PROGRAMS)}."
   )
   flags.DEFINE_string("mesh", "", "Override the config's mesh: data,fsdp,tensor.")
   flags.DEFINE_integer("micro_batches", 0, "Override both roles' learner.micro_batches.")
@@ -296,6 +338,10 @@ def load_config(path: str):
   return module.get_config()
 
 
+class _Skip(Exception):
+  """A program left out by --programs."""
+
+
 def _compile(fn, *args):
   return fn.lower(*args).compile()
 
@@ -307,6 +353,13 @@ def _program(compiled) -> Program:
   )
 
 
+def _parts(p: Program) -> str:
+  return (
+    f"{p.peak / GB:.1f} GB (arguments {p.arguments / GB:.1f}, outputs {p.outputs / GB:.1f}, "
+    f"donated {p.aliased / GB:.1f}, temporaries {p.temps / GB:.1f})"
+  )
+
+
 def _tree_bytes_per_device(abstract, shardings) -> float:
   total = 0
   for a, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings)):
@@ -315,8 +368,33 @@ def _tree_bytes_per_device(abstract, shardings) -> float:
   return total
 
 
-def plan(config, topology: str, architecture: str, prompt_bucket: int, log=print) -> dict:
-  """Compiles the programs for the topology; returns {'rows', 'hbm', 'slice', ...}."""
+def default_prompt_bucket(config) -> int:
+  """The longest padded prompt the run can give a program: a Solver prompt is kept up to
+  dataset.max_solver_prompt_tokens and padded to its power-of-two bucket."""
+  return sampling.prompt_bucket(config.dataset.max_solver_prompt_tokens)
+
+
+def default_answers_bucket(config) -> int:
+  """The longest padded prompt of the Challenger phase's Solver answers: the phase keeps every
+  parsed question, which may fill the Challenger's whole budget, and the Solver's template
+  adds tokens to it (4,096 -> the 8,192 bucket)."""
+  return sampling.prompt_bucket(config.challenger.max_new_tokens + 1)
+
+
+def plan(
+  config,
+  topology: str,
+  architecture: str,
+  prompt_bucket: int,
+  programs_to_run=PROGRAMS,
+  answers_bucket: int = 0,
+  log=print,
+) -> dict:
+  """Compiles the programs for the topology (those in `programs_to_run`); returns {'rows',
+  'hbm', 'slice', ...}."""
+  unknown = set(programs_to_run) - set(PROGRAMS)
+  if unknown:
+    raise ValueError(f"--programs: unknown {sorted(unknown)}; expected some of {list(PROGRAMS)}")
   kind = chip_of(topology)
   topo = topologies.get_topology_desc(platform="tpu", topology_name=topology)
   devices = list(topo.devices)
@@ -368,19 +446,7 @@ def plan(config, topology: str, architecture: str, prompt_bucket: int, log=print
     config.solver.max_new_tokens,
     config.sampling.answer_max_new_tokens,
   )
-  n = config.challenger.group_size
-  prompts = sampling.prompts_per_call(rows_per_call, n, mesh, rules)
   shards = sampling.batch_bucket(1, sampling._batch_shards(mesh, tuple(rules)))
-  num_prompts = sampling.batch_bucket(prompts, shards)
-  plan_ = sampling._Plan(
-    cfg=cfg,
-    prompt_bucket=prompt_bucket,
-    max_new_tokens=new_tokens,
-    n=n,
-    pad_id=0,
-    mesh=mesh,
-    rules=tuple(rules),
-  )
   rows_sh = NamedSharding(mesh, PartitionSpec(*sharding.logical_to_spec(("batch",), rules, mesh)))
   rep = sharding.replicated(mesh)
 
@@ -394,35 +460,77 @@ def plan(config, topology: str, architecture: str, prompt_bucket: int, log=print
     "seed": sds((), jnp.uint32, rep),
   }
   stop_mask = sds((cfg.vocab_size,), jnp.bool_, rep)
-  t0 = time.time()
-  try:
-    prefill = _compile(
-      sampling._prefill,
-      plan_,
-      params,
-      sds((num_prompts, prompt_bucket), jnp.int32, rows_sh),
-      sds((num_prompts,), jnp.int32, rows_sh),
-      sds((num_prompts,), jnp.bool_, rows_sh),
-      stop_mask,
-      knobs,
-    )
-    programs["prefill"] = _program(prefill)
-    log(
-      f"  prefill {num_prompts} prompts x {prompt_bucket}: "
-      f"{programs['prefill'].peak / GB:.1f} GB ({time.time() - t0:.0f} s)"
-    )
-    state_out, cache_out = prefill.out_info
+  want = set(programs_to_run)
+  answers_bucket = answers_bucket or default_answers_bucket(config)
+
+  def sample(prefill_name, decode_name, bucket, counts):
+    """Compiles `generate`'s prefill and decode at `bucket` prompt slots for the largest calls
+    phases.generate_rows makes for any of the sample counts: prefill at the most prompts,
+    decode at the most rows."""
+    if not want & {prefill_name, decode_name}:
+      return
+    per_call = lambda k: sampling.prompts_per_call(rows_per_call, k, mesh, rules)  # noqa: E731
+    shapes = [call_shape(k, rows_per_call, shards, per_call(k)) for k in counts]
+
+    def lower(num_prompts, n):
+      plan_ = sampling._Plan(
+        cfg=cfg,
+        prompt_bucket=bucket,
+        max_new_tokens=new_tokens,
+        n=n,
+        pad_id=0,
+        mesh=mesh,
+        rules=tuple(rules),
+      )
+      prefill = sampling._prefill.lower(
+        plan_,
+        params,
+        sds((num_prompts, bucket), jnp.int32, rows_sh),
+        sds((num_prompts,), jnp.int32, rows_sh),
+        sds((num_prompts,), jnp.bool_, rows_sh),
+        stop_mask,
+        knobs,
+      )
+      return plan_, prefill
+
     t0 = time.time()
-    decode = _compile(sampling._decode, plan_, params, state_out, cache_out, stop_mask, knobs)
-    programs["decode"] = _program(decode)
-    log(
-      f"  decode {num_prompts * n} rows x {prompt_bucket + new_tokens} slots: "
-      f"{programs['decode'].peak / GB:.1f} GB ({time.time() - t0:.0f} s)"
-    )
-  except Exception as e:  # the compiler refuses a program that cannot fit: report its figure
-    log(f"  sampling: {str(e).splitlines()[0][:300]}")
-    resident["_errors"]["decode"] = oom_bytes(str(e))
-    resident["_errors"]["prefill"] = oom_bytes(str(e))
+    try:
+      if prefill_name in want:
+        num_prompts, n = max(shapes, key=lambda c: (c[0], c[0] * c[1]))
+        programs[prefill_name] = _program(lower(num_prompts, n)[1].compile())
+        log(
+          f"  {prefill_name} {num_prompts} prompts x {bucket}: "
+          f"{_parts(programs[prefill_name])} ({time.time() - t0:.0f} s)"
+        )
+      if decode_name in want:
+        num_prompts, n = max(shapes, key=lambda c: (c[0] * c[1], c[0]))
+        plan_, prefill = lower(num_prompts, n)
+        state_out, cache_out = prefill.out_info
+        t0 = time.time()
+        decode = _compile(sampling._decode, plan_, params, state_out, cache_out, stop_mask, knobs)
+        programs[decode_name] = _program(decode)
+        log(
+          f"  {decode_name} {num_prompts} prompts x {n} = {num_prompts * n} rows x "
+          f"{bucket + new_tokens} slots: {_parts(programs[decode_name])} "
+          f"({time.time() - t0:.0f} s)"
+        )
+    except Exception as e:  # the compiler refuses a program that cannot fit: report its figure
+      log(f"  {decode_name}: {str(e).splitlines()[0][:300]}")
+      resident["_errors"][decode_name] = oom_bytes(str(e))
+      resident["_errors"][prefill_name] = oom_bytes(str(e))
+
+  # Rollouts and the dataset's questions and answers at the Solver-prompt bucket: the largest
+  # call of them (the Challenger's prompt sampled prompts_per_step x G times, the Solver's G,
+  # the m answers per question), an upper bound for all.
+  counts = (
+    config.challenger.prompts_per_step * config.challenger.group_size,
+    config.solver.group_size,
+    config.dataset.solver_samples,
+  )
+  sample("prefill", "decode", prompt_bucket, counts)
+  # The Challenger phase's Solver answers: its questions are not length-filtered, so a Solver
+  # prompt may hold a question as long as the Challenger's whole budget.
+  sample("answers_prefill", "answers_decode", answers_bucket, (config.challenger.solver_samples,))
 
   rows = config.solver.prompts_per_update * config.solver.group_size
   length = prompt_bucket + config.solver.max_new_tokens
@@ -431,14 +539,18 @@ def plan(config, topology: str, architecture: str, prompt_bucket: int, log=print
   mask = sds((rows, length), jnp.bool_, bsh)
   t0 = time.time()
   try:
+    if "logprobs" not in want:
+      raise _Skip
     logprobs = _compile(
       learner.make_logprob_fn(cfg, lc, mesh=mesh, rules=rules), params, tokens, mask
     )
     programs["logprobs"] = _program(logprobs)
     log(
       f"  logprobs {rows} rows x {length} in {lc.micro_batches} micro-batches: "
-      f"{programs['logprobs'].peak / GB:.1f} GB ({time.time() - t0:.0f} s)"
+      f"{_parts(programs['logprobs'])} ({time.time() - t0:.0f} s)"
     )
+  except _Skip:
+    pass
   except Exception as e:
     log(f"  logprobs: {str(e).splitlines()[0][:300]}")
     resident["_errors"]["logprobs"] = oom_bytes(str(e))
@@ -454,17 +566,21 @@ def plan(config, topology: str, architecture: str, prompt_bucket: int, log=print
   }
   t0 = time.time()
   try:
+    if "train_step" not in want:
+      raise _Skip
     step = learner.make_train_step(cfg, lc, state, mesh=mesh, rules=rules)
     programs["train_step"] = _program(_compile(step, state, batch))
     log(
       f"  train_step {rows} rows x {length} in {lc.micro_batches} micro-batches: "
-      f"{programs['train_step'].peak / GB:.1f} GB ({time.time() - t0:.0f} s)"
+      f"{_parts(programs['train_step'])} ({time.time() - t0:.0f} s)"
     )
+  except _Skip:
+    pass
   except Exception as e:
     log(f"  train_step: {str(e).splitlines()[0][:300]}")
     resident["_errors"]["train_step"] = oom_bytes(str(e))
   return dict(
-    rows=phase_rows(programs, resident, hbm),
+    rows=phase_rows(programs, resident, hbm, skipped=set(PROGRAMS) - want),
     hbm=hbm,
     resident=resident,
     slice=slice_name(topology, len(devices)),
@@ -487,17 +603,23 @@ def main(argv):
       role.learner.micro_batches = FLAGS.micro_batches
   if FLAGS.max_rows_per_call:
     config.sampling.max_rows_per_call = FLAGS.max_rows_per_call
-  out = plan(config, FLAGS.topology, arch, FLAGS.prompt_bucket)
+  unknown = sorted(set(FLAGS.programs) - set(PROGRAMS))
+  if unknown:
+    raise SystemExit(f"--programs: unknown {unknown}; expected some of {list(PROGRAMS)}")
+  bucket = FLAGS.prompt_bucket or default_prompt_bucket(config)
+  out = plan(config, FLAGS.topology, arch, bucket, FLAGS.programs, FLAGS.answers_prompt_bucket)
   r = out["resident"]
   print(
     f"\n{arch} on {out['slice']} ({FLAGS.topology}), mesh {out['mesh']}, "
     f"max_rows_per_call {config.sampling.max_rows_per_call}, micro_batches "
-    f"{config.solver.learner.micro_batches}, prompt bucket {FLAGS.prompt_bucket}; per "
+    f"{config.solver.learner.micro_batches}, prompt bucket {bucket} (Challenger's Solver "
+    f"answers: {FLAGS.answers_prompt_bucket or default_answers_bucket(config)}); per "
     f"device: params f32 {r['params'] / GB:.1f} GB, Adam {r['opt'] / GB:.1f} GB, "
     f"frozen copy {r['frozen'] / GB:.1f} GB, KL reference on device {r['ref'] / GB:.1f} GB"
   )
   print(format_table(out["rows"], out["hbm"]))
-  worst = max((x["total"] or math.inf) for x in out["rows"])
+  run = [x for x in out["rows"] if x["verdict"] != "not run"]
+  worst = max((x["total"] or math.inf) for x in run)
   print(
     f"\nworst phase: {worst / GB:.1f} GB of {out['hbm'] / GB:.1f} GB: {verdict(worst, out['hbm'])}"
   )

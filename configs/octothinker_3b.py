@@ -7,9 +7,9 @@ and optimizer state, rematerialised layers, fully sharded (FSDP) parameters over
 Hardware: TPU v5p-8 (4 chips) or v4-16 (8 chips). Memory: the TPU compiler's per-chip figures
 for every phase (sampling, logprobs, train step, plus what stays resident: the KL reference
 and the frozen other role as bf16 copies on the devices) are in benchmarks/RESULTS.md,
-"Memory plan"; they set this file's rows per generate call and micro-batches (64 Challenger /
-640 Solver rows per update, split so that a micro-batch divides over 32 devices). Recompute
-them after a change:
+"memory_plan.py"; they set this file's rows per generate call and micro-batches (64 Challenger /
+640 Solver rows per update, split so that a micro-batch divides over 32 devices); both slices
+run this file as it is. Recompute them after a change:
   make memory-plan CONFIG=configs/octothinker_3b.py TOPOLOGY=v5p:2x2x1   (and TOPOLOGY=v4:2x2x2)
 
 Run:

@@ -7,9 +7,12 @@ and optimizer state, rematerialised layers, fully sharded (FSDP) parameters over
 Hardware: TPU v5p-8 (4 chips) or v4-32 (16 chips). Memory: the TPU compiler's per-chip figures
 for every phase (sampling, logprobs, train step, plus what stays resident: the KL reference
 and the frozen other role as bf16 copies on the devices) are in benchmarks/RESULTS.md,
-"Memory plan"; they set this file's rows per generate call and micro-batches (64 Challenger /
-640 Solver rows per update, split so that a micro-batch divides over 32 devices). Recompute
-them after a change:
+"memory_plan.py"; they set this file's rows per generate call and micro-batches (64 Challenger /
+640 Solver rows per update, split so that a micro-batch divides over 32 devices). On v5p-8 the
+update fits only in micro-batches of 16 rows (4 per chip), which would not divide over a
+v4-32's 32 devices, so a v5p-8 run adds (the plan: --micro_batches=40)
+  --config.challenger.learner.micro_batches=4 --config.solver.learner.micro_batches=40
+Recompute them after a change:
   make memory-plan CONFIG=configs/qwen3_8b_base.py TOPOLOGY=v5p:2x2x1   (and TOPOLOGY=v4:2x2x4)
 
 Run:

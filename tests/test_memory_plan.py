@@ -28,7 +28,7 @@ def test_verdict_needs_ten_percent_headroom():
 def test_phase_rows_add_what_stays_resident_beside_each_program():
   programs = {
     name: mp.Program(arguments=10 * GB, outputs=2 * GB, aliased=1 * GB, temps=5 * GB)
-    for name in ("prefill", "decode", "logprobs")
+    for name in ("prefill", "decode", "answers_decode", "logprobs")
   }
   resident = dict(
     params=4 * GB, opt=8 * GB, frozen=2 * GB, ref=2 * GB, _errors={"train_step": 200 * GB}
@@ -39,6 +39,10 @@ def test_phase_rows_add_what_stays_resident_beside_each_program():
   r = by[("challenger", "rollouts", "decode")]
   assert r["program_bytes"] == 16 * GB and r["resident"] == 12 * GB
   assert r["total"] == 28 * GB and r["verdict"] == "DOES NOT FIT"  # 28 > 0.9 x 30
+  # The Challenger phase's Solver answers: its own program (a longer prompt bucket), beside the
+  # Challenger's float32 params and Adam moments and the KL reference.
+  r = by[("challenger", "solver answers", "answers_decode")]
+  assert r["resident"] == 4 * GB + 8 * GB + 2 * GB
   # The Solver's rollouts: no frozen other role.
   assert by[("solver", "rollouts", "decode")]["total"] == 16 * GB + 10 * GB
   # A program the compiler refused is counted at the compiler's figure, never as fitting.
@@ -55,6 +59,11 @@ def test_oom_message_is_read():
     "space hbm. Used 120.50G of 95.74G hbm. Exceeded hbm capacity by 24.76G."
   )
   assert mp.oom_bytes(msg) == pytest.approx(120.5 * 2**30)
+  msg = (
+    "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+    "temporaries (37.97G) exceeds available HBM (15.25G)."
+  )
+  assert mp.oom_bytes(msg) == pytest.approx(37.97 * 2**30)
   assert mp.oom_bytes("something else") is None
 
 
@@ -106,3 +115,83 @@ def test_paper_cost_counts_the_papers_workload():
   assert roof == pytest.approx(1.0) and real == pytest.approx(1.0 / pc.DECODE_EFFICIENCY)
   roof, real = pc.seconds(pc.Cost(flops=4 * 459e12, kind="train"), 4, 459e12, 2.76e12)
   assert roof == pytest.approx(1.0) and real == pytest.approx(1.0 / pc.TRAIN_MFU)
+
+
+def test_programs_left_out_say_not_run_and_never_fit():
+  programs = {"train_step": mp.Program(arguments=1 * GB, outputs=0, aliased=0, temps=1 * GB)}
+  resident = dict(params=1 * GB, opt=2 * GB, frozen=0.5 * GB, ref=0.5 * GB, _errors={})
+  skipped = {"prefill", "decode", "answers_decode", "logprobs"}
+  rows = mp.phase_rows(programs, resident, hbm=30 * GB, skipped=skipped)
+  for r in rows:
+    if r["program"] in skipped:
+      assert r["total"] is None and r["verdict"] == "not run"
+    else:
+      assert r["verdict"] == "FITS" and r["total"] is not None
+  table = mp.format_table(rows, 30 * GB)
+  assert "| solver | rollouts | decode | – | 2.5 | – | 30.0 | not run |" in table
+  # A program that was run but did not compile still reads as a failure, not as "not run".
+  rows = mp.phase_rows({}, resident, hbm=30 * GB, skipped=skipped)
+  assert {r["verdict"] for r in rows if r["program"] == "train_step"} == {"DOES NOT FIT"}
+
+
+def test_default_prompt_bucket_is_the_longest_solver_prompts_bucket():
+  config = mp.load_config("configs/qwen3_4b_base.py")
+  assert config.dataset.max_solver_prompt_tokens == 2048
+  assert mp.default_prompt_bucket(config) == 2048
+  config.dataset.max_solver_prompt_tokens = 2049
+  assert mp.default_prompt_bucket(config) == 4096
+  # A Challenger question may fill its 4,096-token budget; the Solver's template adds to it.
+  assert config.challenger.max_new_tokens == 4096
+  assert mp.default_answers_bucket(config) == 8192
+  with pytest.raises(ValueError, match="--programs"):
+    mp.plan(config, "v5p:2x2x1", "qwen3_4b_base", 2048, programs_to_run=("decoder",))
+
+
+@pytest.mark.parametrize(
+  "n, limit, shards", [(10, 64, 1), (4, 64, 1), (2048, 64, 1), (5, 8, 4), (10, 64, 16), (20, 8, 4)]
+)
+def test_call_shape_is_the_largest_call_generate_rows_makes(monkeypatch, n, limit, shards):
+  from rzero_jax import sampling
+  from rzero_jax.rzero import phases
+
+  calls = []
+
+  class Out:
+    def __init__(self, prompts, n):
+      self.tokens = [[0] for _ in range(len(prompts) * n)]
+      self.logprobs = [[0.0] for _ in self.tokens]
+      self.finish_reasons = ["length"] * len(self.tokens)
+
+  def fake_generate(cfg, params, prompts, *, n, seed, **kw):
+    calls.append((sampling.batch_bucket(len(prompts), shards), n))
+    return Out(prompts, n)
+
+  monkeypatch.setattr(phases.sampling, "generate", fake_generate)
+  monkeypatch.setattr(phases, "_batch_shards", lambda env: shards)
+  monkeypatch.setattr(sampling, "_batch_shards", lambda mesh, rules: shards)
+  env = phases.Env(
+    cfg=None,
+    tokenizer=None,
+    mesh=None,
+    rules=None,
+    prompt_set=None,
+    stop_token_ids=(),
+    max_rows_per_call=limit,
+  )
+  phases.generate_rows(
+    env, None, [[1]] * 300, n=n, seed=0, max_new_tokens=1, temperature=1.0, top_p=1.0, top_k=0
+  )
+  per_call = sampling.prompts_per_call(limit, n)
+  largest = max(calls, key=lambda c: (c[0] * c[1], c[0]))
+  assert mp.call_shape(n, limit, shards, per_call) == largest
+
+
+@pytest.mark.parametrize("name", ["qwen3_8b_base", "octothinker_8b"])
+def test_the_8b_configs_v5p_override_splits_evenly_there_and_is_documented(name):
+  config = mp.load_config(f"configs/{name}.py")
+  override = "--config.challenger.learner.micro_batches=4 --config.solver.learner.micro_batches=40"
+  assert override in open(f"configs/{name}.py").read()
+  config.challenger.learner.micro_batches = 4
+  config.solver.learner.micro_batches = 40
+  assert not mp.split_problems(config, 4)  # v5p-8: 16-row micro-batches, 4 rows per chip
+  assert mp.split_problems(config, 32)  # why it is not the file's own value (v4-32)

@@ -100,6 +100,30 @@ def test_one_prompts_samples_stay_within_the_limit_on_a_sharded_batch(monkeypatc
   assert all(phases.sampling.batch_bucket(p, 4) * n <= 8 for p, n in calls), calls
 
 
+def test_few_samples_per_prompt_stay_within_the_limit_on_a_sharded_batch(monkeypatch):
+  """n below the limit but one prompt padded to the shards' count above it: m=10 answers on 16
+  shards with 64 rows per call would decode 160 rows (one real prompt); they go in pieces."""
+  calls = []
+
+  class Out:
+    def __init__(self, prompts, n):
+      self.tokens = [[p[0], j] for p in prompts for j in range(n)]
+      self.logprobs = [[0.0, 0.0] for _ in self.tokens]
+      self.finish_reasons = ["length"] * len(self.tokens)
+
+  def fake_generate(cfg, params, prompts, *, n, seed, **kw):
+    calls.append((len(prompts), n))
+    return Out(prompts, n)
+
+  monkeypatch.setattr(phases.sampling, "generate", fake_generate)
+  monkeypatch.setattr(phases, "_batch_shards", lambda env: 4)
+  rows, _, _ = phases.generate_rows(
+    _env(8), None, [[7], [9]], n=5, seed=0, max_new_tokens=2, temperature=1.0, top_p=1.0, top_k=0
+  )
+  assert [r[0] for r in rows] == [7] * 5 + [9] * 5
+  assert all(phases.sampling.batch_bucket(p, 4) * n <= 8 for p, n in calls), calls
+
+
 def test_pack_aligns_targets_with_completions():
   batch = rollouts.pack(
     [[5, 6], [7]],

@@ -98,8 +98,11 @@ def generate_rows(
   # one prompt's samples in pieces (e.g. 8,000 dataset questions from the one Challenger prompt).
   calls = []
   # The limit holds after `generate` pads the prompt count to its bucket, and the pieces are of
-  # equal size (to one), so they share one shape and one compiled program.
-  if n <= limit:
+  # equal size (to one), so they share one shape and one compiled program. `generate` pads even
+  # one prompt to a multiple of the batch shards, so whole prompts fit only when that many
+  # prompts' samples do (m=10 answers on 16 shards would decode 160 rows, 150 of them padding).
+  copies = sampling.batch_bucket(1, _batch_shards(env))
+  if copies * n <= limit:
     per_call = sampling.prompts_per_call(limit, n, env.mesh, env.rules or sharding.DEFAULT_RULES)
     start = 0
     for size in _even_split(len(prompts), per_call):
@@ -109,7 +112,6 @@ def generate_rows(
     # One prompt's samples in pieces. A call's prompt count is padded to a multiple of the
     # mesh's batch shards, so a piece goes as that many copies of the prompt, each sampled
     # a share of the piece: every decoded row is a real sample and no call exceeds the limit.
-    copies = sampling.batch_bucket(1, _batch_shards(env))
     for i in range(len(prompts)):
       for size in _even_split(n, max(copies, limit // copies * copies)):
         calls.append(([i] * copies, -(-size // copies), size))
