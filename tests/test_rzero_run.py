@@ -87,7 +87,7 @@ def xla_cache(tmp_path_factory):
   return str(tmp_path_factory.mktemp("xla"))
 
 
-def _command(workdir, base, cache):
+def _command(workdir, base, cache, iterations=1):
   return [
     sys.executable,
     "-m",
@@ -95,7 +95,8 @@ def _command(workdir, base, cache):
     f"--workdir={workdir}",
     f"--base_model={base}",
     f"--compilation_cache_dir={cache}",
-    *TINY,
+    *[a for a in TINY if not a.startswith("--config.iterations=")],
+    f"--config.iterations={iterations}",
   ]
 
 
@@ -103,9 +104,9 @@ def _env():
   return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
 
 
-def _run(workdir, base, cache, timeout=900):
+def _run(workdir, base, cache, timeout=900, iterations=1):
   proc = subprocess.run(
-    _command(workdir, base, cache),
+    _command(workdir, base, cache, iterations),
     cwd=REPO,
     env=_env(),
     capture_output=True,
@@ -116,18 +117,20 @@ def _run(workdir, base, cache, timeout=900):
   return proc
 
 
-def _final_solver_params(workdir):
+def _final_solver_params(workdir, iteration=1):
   with checkpoint.CheckpointManager(
     os.path.join(workdir, "checkpoints", "solver_final"), async_save=False
   ) as mgr:
-    restored = mgr.restore(1, {"params": None})
+    restored = mgr.restore(iteration, {"params": None})
   return restored.items["params"]
 
 
 @pytest.fixture(scope="session")
 def reference_run(tiny_base, xla_cache, tmp_path_factory):
+  """Two iterations: the compile-once test needs a second one in the same process, and the
+  one-iteration runs below compare with its first (iteration t depends on nothing later)."""
   workdir = str(tmp_path_factory.mktemp("reference") / "run")
-  proc = _run(workdir, tiny_base, xla_cache)
+  proc = _run(workdir, tiny_base, xla_cache, timeout=1800, iterations=2)
   return workdir, proc
 
 
@@ -138,7 +141,7 @@ def test_end_to_end_artefacts(reference_run):
       os.path.join(workdir, "checkpoints", role), async_save=False
     ) as mgr:
       meta = mgr.restore().metadata
-    assert meta["iteration"] == 1 and meta["step"] == 2 and meta["role"] == role
+    assert meta["iteration"] == 2 and meta["step"] == 2 and meta["role"] == role
     assert meta["model_config"]["model_type"] == "qwen3"
   records = dataset.read_jsonl(os.path.join(workdir, "datasets", "iter_1.jsonl"))
   for r in records:
@@ -163,11 +166,11 @@ def test_end_to_end_artefacts(reference_run):
     "time_training",
   ):
     assert key in challenger_rec, key
-  for t in (0, 1):
+  for t in (0, 1, 2):
     result = json.load(open(os.path.join(workdir, "eval", f"iter_{t}.json")))
     assert 0.0 <= result["accuracy"] <= 1.0
   progress = json.load(open(os.path.join(workdir, "progress.json")))
-  assert progress["iteration"] == 1 and progress["phase_done"] == "eval"
+  assert progress["iteration"] == 2 and progress["phase_done"] == "eval"
   text = open(os.path.join(workdir, "report.md")).read()
   for heading in ("Held-out Solver accuracy", "Challenger steps", "Datasets"):
     assert heading in text
@@ -189,7 +192,7 @@ def test_report_matches_the_workdir(reference_run):
   if truths:
     expected = np.mean([str(a).strip() == str(b) for a, b in truths])
     assert data["datasets"][1]["pseudo_label_accuracy"] == pytest.approx(expected)
-  assert sorted(data["eval"]) == [0, 1]
+  assert sorted(data["eval"]) == [0, 1, 2]
 
 
 def _wait_for(path_fn, proc, timeout=600, poll=0.2):
@@ -359,11 +362,11 @@ def test_a_finished_run_with_corrupt_files_recovers(reference_run, tiny_base, xl
   workdir = str(tmp_path / "run")
   shutil.copytree(reference_run[0], workdir)
   for role in ("challenger", "solver"):
-    _truncate_data(os.path.join(workdir, "checkpoints", f"{role}_final", "1", "params"))
-  open(os.path.join(workdir, "datasets", "iter_1.jsonl"), "w").close()
+    _truncate_data(os.path.join(workdir, "checkpoints", f"{role}_final", "2", "params"))
+  open(os.path.join(workdir, "datasets", "iter_2.jsonl"), "w").close()
   os.remove(os.path.join(workdir, "config.json"))
   changed = subprocess.run(
-    _command(workdir, tiny_base, xla_cache) + ["--config.solver.steps=3"],
+    _command(workdir, tiny_base, xla_cache, iterations=2) + ["--config.solver.steps=3"],
     cwd=REPO,
     env=_env(),
     capture_output=True,
@@ -372,13 +375,13 @@ def test_a_finished_run_with_corrupt_files_recovers(reference_run, tiny_base, xl
   )
   assert changed.returncode != 0 and "Traceback" not in changed.stderr, changed.stderr[-3000:]
   assert "config.json is missing" in changed.stderr
-  proc = _run(workdir, tiny_base, xla_cache)
+  proc = _run(workdir, tiny_base, xla_cache, iterations=2)
   assert "falling back to the last step" in proc.stderr
-  flat_ours = _flatten(_final_solver_params(workdir))
-  flat_ref = _flatten(_final_solver_params(reference_run[0]))
+  flat_ours = _flatten(_final_solver_params(workdir, 2))
+  flat_ref = _flatten(_final_solver_params(reference_run[0], 2))
   for key in flat_ref:
     assert np.array_equal(flat_ours[key], flat_ref[key]), key
-  data = "datasets/iter_1.jsonl"
+  data = "datasets/iter_2.jsonl"
   assert (
     open(os.path.join(workdir, data)).read() == open(os.path.join(reference_run[0], data)).read()
   )
@@ -391,27 +394,12 @@ def _truncate_data(item_dir):
     f.truncate(10)
 
 
-def test_every_step_function_compiles_once_per_shape_across_iterations(
-  tiny_base, xla_cache, tmp_path
-):
-  """Two iterations of the shrunken default: every phase of both reuses the run's jitted
-  train step, logprob function and sampler, so no (function, input signature) is ever
-  compiled twice. Before the functions were cached, each phase built a new train step and
+def test_every_step_function_compiles_once_per_shape_across_iterations(reference_run):
+  """Two iterations of the shrunken default in one process: every phase of both reuses the
+  run's jitted train step, logprob function and sampler, so no (function, input signature) is
+  ever compiled twice. Before the functions were cached, each phase built a new train step and
   logprob function, and iteration 2 compiled them again for shapes iteration 1 had seen."""
-  workdir = str(tmp_path / "run")
-  args = [
-    a for a in _command(workdir, tiny_base, xla_cache) if not a.startswith("--config.iterations=")
-  ]
-  # Two iterations: twice _run's budget.
-  proc = subprocess.run(
-    args + ["--config.iterations=2"],
-    cwd=REPO,
-    env=_env(),
-    capture_output=True,
-    text=True,
-    timeout=1800,
-  )
-  assert proc.returncode == 0, proc.stderr[-4000:]
+  workdir, _ = reference_run
   recs = metrics.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   steps = [r for r in recs if r["phase"] in ("challenger", "solver")]
   assert {r["iteration"] for r in steps} == {1, 2}

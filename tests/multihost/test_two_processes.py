@@ -1,8 +1,7 @@
 """One R-Zero run across 2 processes (1 CPU device each, jax.distributed on 127.0.0.1) gives
 the same datasets, questions, evaluations, metrics and final params, bit for bit, as one
-process with 2 devices and the same mesh: uninterrupted, and after both processes are killed
-mid-Solver and restarted. One process killed alone ends the other, with a clear message, in
-bounded time.
+process with 2 devices and the same mesh: uninterrupted, and after being killed and restarted.
+One process killed alone ends the other, with a clear message, in bounded time.
 """
 
 import os
@@ -39,19 +38,6 @@ def test_two_processes_match_one_process_bit_for_bit(
   assert tokenizer_lib.load_tokenizer(resolved.tokenizer).encode("1+1")
 
 
-def test_both_killed_mid_solver_then_restarted_match_too(
-  reference_run, tiny_base, xla_cache, logs, tmp_path
-):
-  workdir = str(tmp_path / "run")
-  group = two_processes(workdir, tiny_base, xla_cache, logs, "killed")
-  # Solver step 1 of iteration 1 is committed: the run is inside the Solver phase.
-  group.wait_for(committed_step(workdir, "solver", 1))
-  group.kill()
-  assert not os.path.exists(os.path.join(workdir, "eval", "iter_1.json"))
-  two_processes(workdir, tiny_base, xla_cache, logs, "restarted").wait_ok()
-  assert_same_run(workdir, reference_run)
-
-
 # The survivor notices in one of two ways: a collective whose peer is gone fails at once (the
 # launcher prints its own line), or, while it is busy elsewhere (compiling, say), the
 # coordination service misses the peer's heartbeats for --peer_timeout_s and jax ends the
@@ -59,12 +45,7 @@ def test_both_killed_mid_solver_then_restarted_match_too(
 _CLEAR_MESSAGES = ("another process of the run died or stopped responding", "another task died")
 
 
-@pytest.mark.parametrize("victim", [1, 0], ids=["worker_killed", "coordinator_killed"])
-def test_one_process_killed_alone_stops_the_other(victim, tiny_base, xla_cache, logs, tmp_path):
-  workdir = str(tmp_path / "run")
-  group = two_processes(workdir, tiny_base, xla_cache, logs, f"lonely{victim}")
-  # Inside the Challenger phase, where collectives run all the time.
-  group.wait_for(lambda: os.path.exists(os.path.join(workdir, "metrics.jsonl")))
+def _kill_one_and_check_the_other_stops(group, victim):
   group.kill(which=[victim])
   survivor = 1 - victim
   start = time.time()
@@ -79,3 +60,23 @@ def test_one_process_killed_alone_stops_the_other(victim, tiny_base, xla_cache, 
   # The bound the issue asks for: the survivor must not hang (2 minutes).
   assert elapsed < 120, f"took {elapsed:.0f} s to stop:\n{out[-3000:]}"
   assert any(m in out for m in _CLEAR_MESSAGES), out[-3000:]
+
+
+def test_one_process_killed_alone_stops_the_other_and_the_restarted_run_matches(
+  reference_run, tiny_base, xla_cache, logs, tmp_path
+):
+  """One run, killed twice: the worker alone inside the Challenger phase, then, restarted, the
+  coordinator alone mid-Solver. Each time the survivor stops by itself, with a clear message, in
+  bounded time; restarted once more, the run finishes and matches the reference bit for bit."""
+  workdir = str(tmp_path / "run")
+  group = two_processes(workdir, tiny_base, xla_cache, logs, "worker_killed")
+  # Inside the Challenger phase, where collectives run all the time.
+  group.wait_for(lambda: os.path.exists(os.path.join(workdir, "metrics.jsonl")))
+  _kill_one_and_check_the_other_stops(group, victim=1)
+  group = two_processes(workdir, tiny_base, xla_cache, logs, "coordinator_killed")
+  # Solver step 1 of iteration 1 is committed: the run is inside the Solver phase.
+  group.wait_for(committed_step(workdir, "solver", 1))
+  _kill_one_and_check_the_other_stops(group, victim=0)
+  assert not os.path.exists(os.path.join(workdir, "eval", "iter_1.json"))
+  two_processes(workdir, tiny_base, xla_cache, logs, "restarted").wait_ok()
+  assert_same_run(workdir, reference_run)
