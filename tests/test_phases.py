@@ -75,10 +75,9 @@ def test_generate_rows_makes_equal_calls_within_the_padded_limit(monkeypatch):
   assert {phases.sampling.batch_bucket(c) * 10 for c in calls} == {1920}
 
 
-def test_one_prompts_samples_stay_within_the_limit_on_a_sharded_batch(monkeypatch):
-  """On a mesh that splits rows 4 ways, `generate` pads one prompt to 4: a piece of one
-  prompt's samples goes as 4 copies of it, so no call decodes more than the limit (a single
-  prompt with n = limit used to decode 4 x limit rows, 3 in 4 of them padding)."""
+def _fake_sharded_generate(monkeypatch) -> list:
+  """`generate` replaced by a fake that records (prompts, n) per call, on a mesh whose rows
+  split 4 ways; returns the list of calls."""
   calls = []
 
   class Out:
@@ -93,6 +92,14 @@ def test_one_prompts_samples_stay_within_the_limit_on_a_sharded_batch(monkeypatc
 
   monkeypatch.setattr(phases.sampling, "generate", fake_generate)
   monkeypatch.setattr(phases, "_batch_shards", lambda env: 4)
+  return calls
+
+
+def test_one_prompts_samples_stay_within_the_limit_on_a_sharded_batch(monkeypatch):
+  """On a mesh that splits rows 4 ways, `generate` pads one prompt to 4: a piece of one
+  prompt's samples goes as 4 copies of it, so no call decodes more than the limit (a single
+  prompt with n = limit used to decode 4 x limit rows, 3 in 4 of them padding)."""
+  calls = _fake_sharded_generate(monkeypatch)
   rows, logps, finish = phases.generate_rows(
     _env(8), None, [[9]], n=20, seed=0, max_new_tokens=2, temperature=1.0, top_p=1.0, top_k=0
   )
@@ -103,20 +110,7 @@ def test_one_prompts_samples_stay_within_the_limit_on_a_sharded_batch(monkeypatc
 def test_few_samples_per_prompt_stay_within_the_limit_on_a_sharded_batch(monkeypatch):
   """n below the limit but one prompt padded to the shards' count above it: m=10 answers on 16
   shards with 64 rows per call would decode 160 rows (one real prompt); they go in pieces."""
-  calls = []
-
-  class Out:
-    def __init__(self, prompts, n):
-      self.tokens = [[p[0], j] for p in prompts for j in range(n)]
-      self.logprobs = [[0.0, 0.0] for _ in self.tokens]
-      self.finish_reasons = ["length"] * len(self.tokens)
-
-  def fake_generate(cfg, params, prompts, *, n, seed, **kw):
-    calls.append((len(prompts), n))
-    return Out(prompts, n)
-
-  monkeypatch.setattr(phases.sampling, "generate", fake_generate)
-  monkeypatch.setattr(phases, "_batch_shards", lambda env: 4)
+  calls = _fake_sharded_generate(monkeypatch)
   rows, _, _ = phases.generate_rows(
     _env(8), None, [[7], [9]], n=5, seed=0, max_new_tokens=2, temperature=1.0, top_p=1.0, top_k=0
   )
