@@ -32,6 +32,7 @@ class _Counter(logging.Filter):
   def __init__(self, shown_level: int):
     super().__init__()
     self.shown_level = shown_level
+    self.level_before = logging.NOTSET
     self.lock = threading.Lock()
     self.by_key: collections.Counter = collections.Counter()
 
@@ -82,8 +83,20 @@ def install() -> None:
     return
   logger = logging.getLogger(_LOGGER)
   _counter = _Counter(logger.getEffectiveLevel())
+  _counter.level_before = logger.level
   logger.addFilter(_counter)
   logger.setLevel(logging.DEBUG)
+
+
+def uninstall() -> None:
+  """Stops counting and forgets the counts; the lowering logger is as it was before install()."""
+  global _counter
+  if _counter is None:
+    return
+  logger = logging.getLogger(_LOGGER)
+  logger.removeFilter(_counter)
+  logger.setLevel(_counter.level_before)
+  _counter = None
 
 
 def _short(name: str) -> str:

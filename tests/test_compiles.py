@@ -4,12 +4,20 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from rzero_jax import compiles
 
 
-def test_counts_programs_per_signature_and_a_rebuilt_function_as_a_recompile():
+@pytest.fixture(autouse=True)
+def counting():
+  """Counts for one test only: an installed counter fingerprints every later compile."""
   compiles.install()
+  yield
+  compiles.uninstall()
+
+
+def test_counts_programs_per_signature_and_a_rebuilt_function_as_a_recompile():
 
   @functools.partial(jax.jit, static_argnums=1)
   def padded(x, width):
@@ -41,7 +49,6 @@ def test_same_named_functions_with_different_settings_are_not_recompiles():
   """Two roles' train steps: one python name and one signature, but each closes over its own
   micro-batch count, so they are two programs. Keyed by (name, signature) alone, the second
   looked like a recompile of the first."""
-  compiles.install()
 
   def build(micro_batches):
     def role_step(x):
