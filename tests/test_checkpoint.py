@@ -17,6 +17,7 @@ from etils import epath
 
 from rzero_jax import checkpoint as ckpt_lib
 from rzero_jax.checkpoint import CheckpointManager
+from tests import conftest
 
 # A deliberately failed Orbax read leaves an asyncio callback behind that fires, at some later
 # garbage collection, after its event loop has closed; that noise is not a test result.
@@ -260,7 +261,7 @@ def run_python(code: str, timeout=120, n_devices=1):
     os.environ,
     JAX_PLATFORMS="cpu",
     PYTHONPATH=REPO,
-    XLA_FLAGS=f"--xla_force_host_platform_device_count={n_devices}",
+    XLA_FLAGS=conftest.xla_flags(n_devices),
   )
   return subprocess.run(
     [sys.executable, "-c", textwrap.dedent(code)],

@@ -19,6 +19,7 @@ import time
 import numpy as np
 import pytest
 
+from tests import conftest
 from tests.test_rzero_run import TINY, build_tiny_base
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -32,10 +33,8 @@ def free_port() -> int:
 
 
 def child_env(devices: int = 1, **extra) -> dict:
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-  if devices > 1:
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  env["XLA_FLAGS"] = conftest.xla_flags(devices)
   env.update(extra)
   return env
 
