@@ -7,6 +7,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/default
 PYTEST_ARGS ?=
+# One per core of the 2-core machine CI runs on; more workers each hold their own jax.
+TEST_WORKERS ?= 2
 
 .PHONY: run test lint venv clean memory-plan
 
@@ -33,11 +35,13 @@ run: venv
 	$(PY) -m launch.train --workdir=$(WORKDIR)
 
 test: venv lint
-	JAX_PLATFORMS=cpu $(PY) -m pytest -q tests --ignore=tests/sharded --ignore=tests/multihost $(PYTEST_ARGS)
-	# Own process: 8 virtual CPU devices must be configured before jax is imported.
-	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q tests/sharded $(PYTEST_ARGS)
-	# Own process group: runs that span 2 processes joined by jax.distributed on 127.0.0.1.
-	JAX_PLATFORMS=cpu $(PY) -m pytest -q tests/multihost $(PYTEST_ARGS)
+	# TEST_WORKERS pytest-xdist workers, each taking whole files, so a module's fixtures are built
+	# once (xdist's loadgroup does not group under pytest 9.2: it sets a node id pytest renamed).
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests --ignore=tests/sharded --ignore=tests/multihost $(PYTEST_ARGS)
+	# Own processes: 8 virtual CPU devices must be configured before jax is imported. The
+	# multihost tests' runs (2 processes joined by jax.distributed on 127.0.0.1) start processes
+	# of their own, so they share this invocation.
+	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests/sharded tests/multihost $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

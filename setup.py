@@ -43,6 +43,9 @@ setup(
     # gcsfs and the GCS emulator: tests/multihost runs a gs:// workdir against a local one.
     "test": [
       "pytest",
+      # Two test workers on a 2-core machine: one pytest process leaves a third of the CPU
+      # idle (waiting on subprocesses, disk, Python between compiles).
+      "pytest-xdist",
       "torch==2.13.0",
       "nltk",
       "scipy",
