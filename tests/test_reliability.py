@@ -4,6 +4,7 @@ parts (SIGTERM in every phase, corrupt files of a finished run) are in test_rzer
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import types
@@ -305,3 +306,19 @@ def test_a_non_utf8_benchmark_file_is_named(tmp_path):
   path.write_bytes(b'{"problem": "caf\xe9", "answer": "1"}\n')
   with pytest.raises(ValueError, match="bad.jsonl: not UTF-8"):
     list(loaders.read_records(str(path)))
+
+
+def test_a_sigterm_turned_into_another_error_by_the_code_it_interrupted_is_a_preemption():
+  """The handler raises Preempted wherever the main thread is. Code that handles it by raising
+  something else (jax's tree_map raised UnboundLocalError, in CI) must not turn a SIGTERM into a
+  crash with exit code 1; a real error without a SIGTERM passes through untouched."""
+  with pytest.raises(loop.Preempted) as info:
+    with loop._SigtermFlag() as flag:
+      try:
+        flag._handle(signal.SIGTERM, None)  # what the signal does, without the watchdog
+      except loop.Preempted:
+        raise UnboundLocalError("cannot access local variable 'r2'") from None
+  assert isinstance(info.value.__cause__, UnboundLocalError)
+  with pytest.raises(KeyError):
+    with loop._SigtermFlag():
+      raise KeyError("a real bug")

@@ -150,7 +150,7 @@ class _SigtermFlag:
     if multihost.any_process(self.requested):
       raise Preempted("stopped by SIGTERM at a chunk boundary; rerun the same command to resume")
 
-  def __exit__(self, *exc):
+  def __exit__(self, exc_type, exc, tb):
     if self._wakeup is not None:
       reader, writer, old = self._wakeup
       signal.set_wakeup_fd(old)
@@ -158,6 +158,14 @@ class _SigtermFlag:
       reader.close()
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
+    # The handler's Preempted can land inside code that handles it by raising something else
+    # (jax's tree_map once raised UnboundLocalError): the run was still only preempted.
+    context = exc.__context__ if exc is not None and not isinstance(exc, Preempted) else None
+    while context is not None and not isinstance(context, Preempted):
+      context = context.__cause__ or context.__context__
+    if context is not None:
+      logging.debug("the SIGTERM interrupted code that raised instead", exc_info=exc)
+      raise Preempted(str(context)) from exc
 
 
 # ----------------------------------------------------------------------------- model loading
