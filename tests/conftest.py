@@ -26,3 +26,12 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 def xla_flags(devices: int) -> str:
   """XLA_FLAGS for a child process with `devices` virtual CPU devices, keeping the fast compile."""
   return f"{FAST_COMPILE_FLAGS} --xla_force_host_platform_device_count={devices}"
+
+
+def pytest_collection_modifyitems(config, items):
+  """Files with a slow test run first. xdist hands out whole files in collection order, and a
+  long file left for the end keeps one worker busy while the other idles (CI: one worker at
+  86% CPU and the other at 41% over the last minutes)."""
+  del config
+  slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+  items.sort(key=lambda item: item.path not in slow_files)  # stable: file order kept otherwise
