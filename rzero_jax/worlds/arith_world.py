@@ -3,15 +3,26 @@ model `base_model` builds."""
 
 from __future__ import annotations
 
+import functools
 import os
+import types
 from typing import Any, Mapping
 
 from rzero_jax.worlds import arith, base_model_spec
 from rzero_jax.worlds.world import WorldBenchmark, register
 
 
-def _as_pairs(sets) -> dict[int, list[tuple[str, str]]]:
-  return {level: [(p.question, str(p.answer)) for p in items] for level, items in sets.items()}
+def _as_pairs(sets) -> Mapping[int, tuple[tuple[str, str], ...]]:
+  pairs = {
+    level: tuple((p.question, str(p.answer)) for p in items) for level, items in sets.items()
+  }
+  return types.MappingProxyType(pairs)
+
+
+# Built once per process, read-only: a run evaluates every iteration, and drawing the held-out
+# sets by rejection takes seconds each time.
+_heldout_pairs = functools.cache(lambda: _as_pairs(arith.heldout_sets()))
+_design_pairs = functools.cache(lambda: _as_pairs(arith.design_sets()))
 
 
 class ArithWorld:
@@ -22,13 +33,13 @@ class ArithWorld:
       title="Arithmetic world (held-out)",
       report_title="Held-out Solver accuracy (%)",
       held_out=True,
-      sets=lambda: _as_pairs(arith.heldout_sets()),
+      sets=_heldout_pairs,
     ),
     "arith_design": WorldBenchmark(
       title="Arithmetic world (training distribution, for design checks)",
       report_title="Solver accuracy on training-distribution design sets, never held-out (%)",
       held_out=False,
-      sets=lambda: _as_pairs(arith.design_sets()),
+      sets=_design_pairs,
     ),
   }
 

@@ -10,7 +10,7 @@ docs/ARCHITECTURE.md says how to add one.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from rzero_jax import prompts as prompts_lib
 
@@ -22,7 +22,7 @@ class WorldBenchmark:
   title: str  # its name in result tables
   report_title: str  # the heading of the report's accuracy table
   held_out: bool  # False: training-distribution problems, for design checks only
-  sets: Callable[[], Mapping[int, list[tuple[str, str]]]]  # level -> [(question, answer)]
+  sets: Callable[[], Mapping[int, Sequence[tuple[str, str]]]]  # level -> [(question, answer)]
 
 
 class World(Protocol):
