@@ -101,12 +101,10 @@ def _assert_metrics_close(got, want):
     np.testing.assert_allclose(float(got[key]), float(value), rtol=1e-5, atol=1e-6, err_msg=key)
 
 
-# The diagonal pairs run by default; the other pairings add no new code path, only minutes.
+# Each mesh with one of the kv layouts: the other two pairings add no code path, only compiles.
 CASES = [
   ("fsdp4_tensor2", "kv_heads_divide_tensor"),
   ("data2_fsdp2_tensor2", "kv_heads_replicated"),
-  pytest.param("fsdp4_tensor2", "kv_heads_replicated", marks=pytest.mark.slow),
-  pytest.param("data2_fsdp2_tensor2", "kv_heads_divide_tensor", marks=pytest.mark.slow),
 ]
 
 
