@@ -1,6 +1,7 @@
 """Host-side pieces of the loop: row splitting, batch packing, seeds."""
 
 import dataclasses
+import functools
 
 import numpy as np
 import pytest
@@ -298,6 +299,7 @@ def test_completion_bucket_is_a_power_of_two_capped_at_the_budget():
   assert phases.completion_bucket([[1] * 5], 8) == 8
 
 
+@functools.cache  # one set of compiled functions for every test below
 def _grpo_update_case():
   """A tiny model, 8 rollouts of 4 GRPO groups with completions of mixed lengths, and a way to
   run `phases.grpo_update` on it while recording what each train step receives."""
@@ -317,14 +319,16 @@ def _grpo_update_case():
   params = models.init_params(cfg, jax.random.key(1))
   ref = jax.tree.map(lambda x: x * 0.9, params)
   logprob_fn = learner.make_logprob_fn(cfg, lc)
+  grads_fn = jax.jit(functools.partial(learner.accumulate_gradients, cfg, lc))
+
+  step = learner.make_train_step(cfg, lc, learner.init_train_state(params, lc))
 
   def update(rows_per_update=4):
     state = learner.init_train_state(jax.tree.map(jnp.copy, params), lc)
     seen = []
-    step = learner.make_train_step(cfg, lc, state)
 
     def recording_step(s, mb):
-      grads = learner.accumulate_gradients(cfg, lc, s.params, mb)[0]
+      grads = grads_fn(s.params, mb)[0]
       seen.append(dict(mb, grads=grads, params=jax.tree.map(jnp.copy, s.params)))
       return step(s, mb)
 
@@ -344,14 +348,14 @@ def _grpo_update_case():
     )
     return seen, metrics
 
-  return update, params, logprob_fn
+  return update, params, logprob_fn, grads_fn
 
 
 def test_grpo_update_on_a_completion_bucket_equals_the_full_budget_update(monkeypatch):
   """Trailing completion padding must not change the update, only its cost."""
   import jax
 
-  update, _, _ = _grpo_update_case()
+  update, _, _, _ = _grpo_update_case()
   bucketed, bucketed_metrics = update()
   monkeypatch.setattr(phases, "completion_bucket", lambda completions, budget: budget)
   full, full_metrics = update()
@@ -374,23 +378,18 @@ def test_a_single_update_trains_as_with_pi_old_recomputed():
   would with pi_old recomputed from the params it updates (however phases gets there)."""
   import jax
 
-  from rzero_jax.rl import learner
-
-  update, params, logprob_fn = _grpo_update_case()
+  update, params, logprob_fn, grads_fn = _grpo_update_case()
   seen, _ = update(rows_per_update=8)
   assert len(seen) == 1
   batch = {k: v for k, v in seen[0].items() if k not in ("grads", "params")}
   batch["old_logp"] = logprob_fn(params, batch["tokens"], batch["kv_mask"])
-  # The model and learner settings _grpo_update_case trains with.
-  cfg = models.tiny_config("qwen3", vocab_size=32, num_layers=2)
-  lc = learner.LearnerConfig(learning_rate=1e-2, kl_coef=0.05)
-  expected = learner.accumulate_gradients(cfg, lc, params, batch)[0]
+  expected = grads_fn(params, batch)[0]
   for a, b in zip(jax.tree.leaves(seen[0]["grads"]), jax.tree.leaves(expected)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.abs(b).max()))
 
 
 def test_every_minibatch_sees_pi_old_of_the_policy_that_sampled():
-  update, params, logprob_fn = _grpo_update_case()
+  update, params, logprob_fn, _ = _grpo_update_case()
   seen, _ = update()
   assert len(seen) == 2
   for mb in seen:
