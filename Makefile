@@ -37,11 +37,11 @@ run: venv
 test: venv lint
 	# TEST_WORKERS pytest-xdist workers, each taking whole files, so a module's fixtures are built
 	# once (xdist's loadgroup does not group under pytest 9.2: it sets a node id pytest renamed).
-	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests --ignore=tests/sharded --ignore=tests/multihost $(PYTEST_ARGS)
-	# Own processes: 8 virtual CPU devices must be configured before jax is imported. The
-	# multihost tests' runs (2 processes joined by jax.distributed on 127.0.0.1) start processes
-	# of their own, so they share this invocation.
-	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests/sharded tests/multihost $(PYTEST_ARGS)
+	# tests/multihost is here: its runs start processes of their own, with their own devices, and
+	# share this session's tiny base model with tests/test_rzero_run.py.
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests --ignore=tests/sharded $(PYTEST_ARGS)
+	# Own processes: 8 virtual CPU devices must be configured before jax is imported.
+	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests/sharded $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -46,6 +46,7 @@ setup(
       # Two test workers on a 2-core machine: one pytest process leaves a third of the CPU
       # idle (waiting on subprocesses, disk, Python between compiles).
       "pytest-xdist",
+      "filelock",  # what several test files need is built once per session, by one worker
       "torch==2.13.0",
       "nltk",
       "scipy",

@@ -35,3 +35,25 @@ def pytest_collection_modifyitems(config, items):
   del config
   slow_files = {item.path for item in items if item.get_closest_marker("slow")}
   items.sort(key=lambda item: item.path not in slow_files)  # stable: file order kept otherwise
+
+
+def built_once(tmp_path_factory, name: str, build, timeout_s: float = 1800) -> str:
+  """`build(folder) -> str` run once per test session and shared by xdist's workers: the first
+  worker to ask builds under a file lock while the others wait, then all read its result.
+
+  For what several files need and each worker would otherwise build again (the shrunken runs'
+  base model, the multihost reference run). A failed build leaves nothing a later one reuses.
+  """
+  import filelock
+
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # the session's folder, above every worker's own
+  folder = root / f"built-{name}"
+  result = root / f"built-{name}.result"
+  with filelock.FileLock(f"{folder}.lock", timeout=timeout_s):
+    if not result.exists():
+      shutil.rmtree(folder, ignore_errors=True)
+      folder.mkdir()
+      result.write_text(build(str(folder)))
+    return result.read_text()

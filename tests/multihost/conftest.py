@@ -1,4 +1,4 @@
-"""tests/multihost: R-Zero runs that span processes, in their own pytest process.
+"""tests/multihost: R-Zero runs that span processes, each started with devices of its own.
 
 Every run is the shrunken default run of tests/test_rzero_run.py, launched through
 `python -m launch.train` in subprocesses: either 2 processes of 1 CPU device each, joined by
@@ -225,7 +225,7 @@ def assert_same_run(ours, reference):
 
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory):
-  return build_tiny_base(str(tmp_path_factory.mktemp("base")))
+  return conftest.built_once(tmp_path_factory, "tiny-base", build_tiny_base)
 
 
 @pytest.fixture(scope="session")
@@ -243,6 +243,10 @@ def logs(tmp_path_factory):
 @pytest.fixture(scope="session")
 def reference_run(tiny_base, xla_cache, logs, tmp_path_factory):
   """One process, 2 virtual devices, the same mesh as the 2-process runs: their reference."""
-  workdir = str(tmp_path_factory.mktemp("reference") / "run")
-  one_process(workdir, tiny_base, xla_cache, logs, "reference").wait_ok()
-  return workdir
+
+  def run(folder):
+    workdir = os.path.join(folder, "run")
+    one_process(workdir, tiny_base, xla_cache, logs, "reference").wait_ok()
+    return workdir
+
+  return conftest.built_once(tmp_path_factory, "multihost-reference", run)
