@@ -35,10 +35,16 @@ def test_chunked_logprobs_match_full_softmax():
   tokens = rng.integers(0, 64, (3, 13)).astype(np.int32)
   mask = np.ones_like(tokens, bool)
   mask[1, :4] = False
-  logits = models.forward(CFG, params, tokens, kv_mask=mask) / 0.7
-  ref = jnp.take_along_axis(jax.nn.log_softmax(logits[:, :-1], -1), tokens[:, 1:, None], -1)[..., 0]
+
+  @jax.jit
+  def full_softmax(params, tokens, mask):
+    logits = models.forward(CFG, params, tokens, kv_mask=mask) / 0.7
+    return jnp.take_along_axis(jax.nn.log_softmax(logits[:, :-1], -1), tokens[:, 1:, None], -1)
+
+  ref = full_softmax(params, tokens, mask)[..., 0]
+  chunked = jax.jit(token_logprobs, static_argnums=0, static_argnames=("temperature", "chunk_size"))
   for chunk in (1, 5, 12, 64):
-    ours = token_logprobs(CFG, params, tokens, mask, temperature=0.7, chunk_size=chunk)
+    ours = chunked(CFG, params, tokens, mask, temperature=0.7, chunk_size=chunk)
     np.testing.assert_allclose(np.asarray(ours)[:, 3:], np.asarray(ref)[:, 3:], atol=2e-6)
     np.testing.assert_allclose(np.asarray(ours)[0], np.asarray(ref)[0], atol=2e-6)
 
@@ -82,8 +88,13 @@ def test_train_step_is_one_adamw_update_of_the_accumulated_gradient():
   lc = learner.LearnerConfig(learning_rate=1e-3, micro_batches=2, logprob_chunk=4)
   grads, _ = jax.jit(lambda p, b: learner.accumulate_gradients(CFG, lc, p, b))(params, batch)
   opt = learner.make_optimizer(lc)
-  updates, _ = opt.update(grads, opt.init(params), params)
-  expected = jax.tree.map(lambda p, u: p + u, params, updates)
+
+  @jax.jit  # one program, as the train step is, instead of optax's ops one by one
+  def adamw_step(grads, params):
+    updates, _ = opt.update(grads, opt.init(params), params)
+    return jax.tree.map(lambda p, u: p + u, params, updates)
+
+  expected = adamw_step(grads, params)
   state = learner.init_train_state(jax.tree.map(jnp.copy, params), lc)
   state, _ = learner.make_train_step(CFG, lc, state)(state, batch)
   assert int(state.step) == 1
