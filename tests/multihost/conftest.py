@@ -230,9 +230,12 @@ def tiny_base(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def xla_cache(tmp_path_factory):
-  # Shared by every run of the session (the killed and restarted runs compile nothing new);
+  # Shared by every run of the session, whichever worker starts it: the gs:// run compiles what
+  # the reference (one process, 2 devices) did, and restarted runs compile nothing new.
   # RZERO_TEST_XLA_CACHE keeps it across sessions, e.g. while working on these tests.
-  return os.environ.get("RZERO_TEST_XLA_CACHE") or str(tmp_path_factory.mktemp("xla"))
+  return os.environ.get("RZERO_TEST_XLA_CACHE") or conftest.built_once(
+    tmp_path_factory, "multihost-xla-cache", lambda folder: folder
+  )
 
 
 @pytest.fixture(scope="session")
