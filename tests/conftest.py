@@ -14,6 +14,8 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 # Read when jax creates its CPU backend: pytest imports this file before any test module.
 FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=1"
 if FAST_COMPILE_FLAGS not in os.environ.get("XLA_FLAGS", ""):
@@ -75,3 +77,11 @@ def built_once(tmp_path_factory, name: str, build, timeout_s: float = 1800) -> s
       folder.mkdir()
       result.write_text(build(str(folder)))
     return result.read_text()
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory):
+  """The shrunken runs' base model, for tests/test_rzero_run.py and tests/multihost."""
+  from tests.test_rzero_run import build_tiny_base
+
+  return built_once(tmp_path_factory, "tiny-base", build_tiny_base)

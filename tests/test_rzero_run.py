@@ -17,7 +17,6 @@ import pytest
 
 from rzero_jax import checkpoint
 from rzero_jax.rzero import dataset, metrics, report
-from tests import conftest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow
@@ -51,13 +50,8 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="session")
-def tiny_base(tmp_path_factory):
-  return conftest.built_once(tmp_path_factory, "tiny-base", build_tiny_base)
-
-
 def build_tiny_base(folder: str) -> str:
-  """The shrunken runs' base model (tests/multihost uses the same one)."""
+  """The shrunken runs' base model: tests/conftest.py's `tiny_base`, built once per session."""
   from configs import arith_tiny
   from rzero_jax.worlds import base_model
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from tests import conftest
-from tests.test_rzero_run import TINY, build_tiny_base
+from tests.test_rzero_run import TINY
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUN_TIMEOUT_S = 1200  # one shrunken run on a busy 2-core machine takes 3-8 minutes
@@ -221,11 +221,6 @@ def assert_same_run(ours, reference):
 
 
 # ----------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="session")
-def tiny_base(tmp_path_factory):
-  return conftest.built_once(tmp_path_factory, "tiny-base", build_tiny_base)
 
 
 @pytest.fixture(scope="session")
