@@ -12,6 +12,7 @@ gives exactly the full-batch value. The definitions follow verl's `compute_polic
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Mapping, NamedTuple
 
 import jax
@@ -119,7 +120,7 @@ def group_advantages(
     raise ValueError(
       f"group_advantages: estimator={estimator!r}; expected one of {sorted(ADVANTAGE_ESTIMATORS)}"
     )
-  fn, min_group = ADVANTAGE_ESTIMATORS[estimator]
+  _, min_group = ADVANTAGE_ESTIMATORS[estimator]
   if not isinstance(group_size, int) or group_size < min_group:
     raise ValueError(
       f"group_advantages: group_size={group_size!r}; estimator {estimator!r} "
@@ -131,6 +132,14 @@ def group_advantages(
       f"group_advantages: rewards must be 1-D with a length divisible by "
       f"group_size={group_size}; got shape {rewards.shape}"
     )
+  return _advantages(rewards, group_size, eps, estimator)
+
+
+# One program per (shape, settings): called eagerly, the few ops above would each compile on
+# their own, for every batch shape of every run.
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _advantages(rewards: jax.Array, group_size: int, eps: float, estimator: str) -> jax.Array:
+  fn, _ = ADVANTAGE_ESTIMATORS[estimator]
   grouped = rewards.reshape(-1, group_size)
   all_equal = jnp.max(grouped, axis=1, keepdims=True) == jnp.min(grouped, axis=1, keepdims=True)
   return jnp.where(all_equal, 0.0, fn(grouped, eps)).reshape(-1)
