@@ -12,6 +12,7 @@ import atexit
 import collections
 import os
 import shutil
+import subprocess
 import tempfile
 
 import pytest
@@ -31,9 +32,15 @@ def xla_flags(devices: int) -> str:
   return f"{FAST_COMPILE_FLAGS} --xla_force_host_platform_device_count={devices}"
 
 
-# The two files whose runs wait on the shared multihost reference run, split by the long file
-# that runs meanwhile, so that one worker's wait for the reference is not the other's too.
-FIRST_FILES = ("multihost/test_gcs.py", "test_rzero_run.py", "multihost/test_two_processes.py")
+# xdist hands each worker two files to start with, in this order, then one more per file done.
+# The first builds the session's reference run (tiny_reference), which the multihost files wait
+# on; the second worker meanwhile runs a long file that needs no reference.
+FIRST_FILES = (
+  "test_rzero_run.py",
+  "test_smollm2_smoke.py",
+  "multihost/test_gcs.py",
+  "multihost/test_two_processes.py",
+)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -81,7 +88,43 @@ def built_once(tmp_path_factory, name: str, build, timeout_s: float = 1800) -> s
 
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory):
-  """The shrunken runs' base model, for tests/test_rzero_run.py and tests/multihost."""
-  from tests.test_rzero_run import build_tiny_base
+  """The shrunken runs' base model (tests/tiny_run.py), for test_rzero_run.py and multihost."""
+  from tests import tiny_run
 
-  return built_once(tmp_path_factory, "tiny-base", build_tiny_base)
+  return built_once(tmp_path_factory, "tiny-base", tiny_run.build_tiny_base)
+
+
+@pytest.fixture(scope="session")
+def tiny_xla_cache(tmp_path_factory):
+  """One persistent compile cache for every shrunken run of the session, whichever worker
+  starts it: they all compile the same programs. RZERO_TEST_XLA_CACHE keeps it across
+  sessions, e.g. while working on these tests."""
+  return os.environ.get("RZERO_TEST_XLA_CACHE") or built_once(
+    tmp_path_factory, "tiny-xla-cache", lambda folder: folder
+  )
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(tiny_base, tiny_xla_cache, tmp_path_factory):
+  """The shrunken run, uninterrupted, in one process: what the killed, preempted, corrupted,
+  multi-process and gs:// runs must end as. Its workdir; the launcher's output is in
+  REFERENCE_OUTPUT beside it."""
+  from tests import tiny_run
+
+  def run(folder):
+    workdir = os.path.join(folder, "run")
+    cmd = tiny_run.command(
+      workdir, tiny_base, tiny_xla_cache, iterations=tiny_run.REFERENCE_ITERATIONS
+    )
+    proc = subprocess.run(
+      cmd, cwd=tiny_run.REPO, env=tiny_run.env(), capture_output=True, text=True, timeout=1800
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with open(os.path.join(folder, REFERENCE_OUTPUT), "w") as f:
+      f.write(proc.stdout)
+    return workdir
+
+  return built_once(tmp_path_factory, "tiny-reference", run)
+
+
+REFERENCE_OUTPUT = "stdout.txt"

@@ -1,7 +1,7 @@
 """The co-evolution loop end to end through launch/train.py: artefacts, kill/resume, SIGTERM.
 
-Every run here is the embedded default config (configs/arith_tiny.py, the same code path as
-the README's main job) shrunk to tiny sizes, on a tiny base model built once per session.
+Every run here is the shrunken default run of tests/tiny_run.py, on the session's tiny base
+model, compile cache and reference run (tests/conftest.py).
 """
 
 import json
@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -17,93 +16,16 @@ import pytest
 
 from rzero_jax import checkpoint
 from rzero_jax.rzero import dataset, metrics, report
+from tests import conftest, tiny_run
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow
-
-TINY = [
-  "--config.iterations=1",
-  "--config.challenger.steps=2",
-  "--config.challenger.prompts_per_step=4",
-  "--config.challenger.prompts_per_update=2",
-  "--config.challenger.max_new_tokens=40",
-  "--config.challenger.solver_samples=4",
-  "--config.dataset.num_questions=64",
-  "--config.dataset.solver_samples=4",
-  "--config.dataset.band_low=0.0",
-  "--config.dataset.band_high=1.0",
-  "--config.solver.steps=2",
-  "--config.solver.prompts_per_step=4",
-  "--config.solver.prompts_per_update=4",
-  "--config.solver.group_size=2",
-  "--config.solver.min_questions=4",
-  "--config.solver.max_new_tokens=40",
-  "--config.sampling.answer_max_new_tokens=40",
-  "--config.eval.limit=32",
-  "--config.eval.max_new_tokens=40",
-  "--config.eval.batch_size=2",
-  # Small generate calls, so that the dataset (4 chunks) and each evaluation (16 chunks) are
-  # saved in several pieces, as at paper scale.
-  "--config.sampling.max_rows_per_call=64",
-  "--config.challenger.learner.learning_rate=1e-4",
-  "--config.solver.learner.learning_rate=1e-3",
-]
-
-
-def build_tiny_base(folder: str) -> str:
-  """The shrunken runs' base model: tests/conftest.py's `tiny_base`, built once per session."""
-  from configs import arith_tiny
-  from rzero_jax.worlds import base_model
-
-  # The default's corpus (its authors' shares included) at a tiny size and budget.
-  corpus = {
-    k: v
-    for k, v in arith_tiny.get_config().world.base.items()
-    if k.endswith(("_fraction", "_fractions", "_style"))
-  }
-  return base_model.build_base_model(
-    folder,
-    num_docs=4000,
-    steps=300,
-    batch_size=16,
-    hidden_size=32,
-    intermediate_size=64,
-    num_layers=1,
-    num_heads=2,
-    num_kv_heads=1,
-    head_dim=16,
-    vocab_size=128,
-    **corpus,
-  )
-
-
-@pytest.fixture(scope="session")
-def xla_cache(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("xla"))
-
-
-def _command(workdir, base, cache, iterations=1):
-  return [
-    sys.executable,
-    "-m",
-    "launch.train",
-    f"--workdir={workdir}",
-    f"--base_model={base}",
-    f"--compilation_cache_dir={cache}",
-    *[a for a in TINY if not a.startswith("--config.iterations=")],
-    f"--config.iterations={iterations}",
-  ]
-
-
-def _env():
-  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
 
 
 def _run(workdir, base, cache, timeout=900, iterations=1):
   proc = subprocess.run(
-    _command(workdir, base, cache, iterations),
-    cwd=REPO,
-    env=_env(),
+    tiny_run.command(workdir, base, cache, iterations=iterations),
+    cwd=tiny_run.REPO,
+    env=tiny_run.env(),
     capture_output=True,
     text=True,
     timeout=timeout,
@@ -112,25 +34,17 @@ def _run(workdir, base, cache, timeout=900, iterations=1):
   return proc
 
 
-def _final_solver_params(workdir, iteration=1):
-  with checkpoint.CheckpointManager(
-    os.path.join(workdir, "checkpoints", "solver_final"), async_save=False
-  ) as mgr:
-    restored = mgr.restore(iteration, {"params": None})
-  return restored.items["params"]
-
-
-@pytest.fixture(scope="session")
-def reference_run(tiny_base, xla_cache, tmp_path_factory):
-  """Two iterations: the compile-once test needs a second one in the same process, and the
-  one-iteration runs below compare with its first (iteration t depends on nothing later)."""
-  workdir = str(tmp_path_factory.mktemp("reference") / "run")
-  proc = _run(workdir, tiny_base, xla_cache, timeout=1800, iterations=2)
-  return workdir, proc
+@pytest.fixture(scope="module")
+def reference_run(tiny_reference):
+  """tests/conftest.py's reference, two iterations: the compile-once test needs a second one in
+  the same process, and the one-iteration runs below compare with its first (iteration t
+  depends on nothing later)."""
+  with open(os.path.join(os.path.dirname(tiny_reference), conftest.REFERENCE_OUTPUT)) as f:
+    return tiny_reference, f.read()
 
 
 def test_end_to_end_artefacts(reference_run):
-  workdir, proc = reference_run
+  workdir, stdout = reference_run
   for role in ("challenger", "solver"):
     with checkpoint.CheckpointManager(
       os.path.join(workdir, "checkpoints", role), async_save=False
@@ -170,7 +84,7 @@ def test_end_to_end_artefacts(reference_run):
   for heading in ("Held-out Solver accuracy", "Challenger steps", "Datasets"):
     assert heading in text
   assert os.path.getsize(os.path.join(workdir, "progress.png")) > 1000
-  assert "Report:" in proc.stdout and "| base |" in proc.stdout
+  assert "Report:" in stdout and "| base |" in stdout
   assert os.path.isdir(os.path.join(workdir, "tb"))
   leftovers = [f for _, _, files in os.walk(workdir) for f in files if f.startswith(".tmp")]
   assert not leftovers
@@ -211,106 +125,66 @@ def _committed_step(workdir, role, step):
   return check
 
 
-def test_kill_and_resume_is_bit_identical(reference_run, tiny_base, xla_cache, tmp_path):
-  workdir = str(tmp_path / "run")
-  kill_points = [
-    ("mid-Challenger step", _committed_step(workdir, "challenger", 1)),
-    (
-      "after the dataset, before the Solver phase",
-      lambda: os.path.exists(os.path.join(workdir, "datasets", "iter_1.jsonl")),
-    ),
-    ("mid-Solver step", _committed_step(workdir, "solver", 1)),
-  ]
-  for _name, reached in kill_points:
-    proc = subprocess.Popen(
-      _command(workdir, tiny_base, xla_cache),
-      cwd=REPO,
-      env=_env(),
-      stdout=subprocess.DEVNULL,
-      stderr=subprocess.PIPE,
-      text=True,
-    )
-    try:
-      _wait_for(reached, proc)
-    finally:
-      proc.send_signal(signal.SIGKILL)
-      proc.wait()
-  _run(workdir, tiny_base, xla_cache)
-  # Replayed steps replace their lines (the report counted killed steps twice).
-  questions = [json.loads(l) for l in open(os.path.join(workdir, "questions.jsonl"))]
-  assert sorted(q["step"] for q in questions) == [1, 2]
-  lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
-  keys = [(r["iteration"], r["phase"], r["step"]) for r in lines]
-  assert len(keys) == len(set(keys))
-  ours = _final_solver_params(workdir)
-  ref = _final_solver_params(reference_run[0])
-  flat_ours, flat_ref = _flatten(ours), _flatten(ref)
-  assert flat_ours.keys() == flat_ref.keys()
-  for key in flat_ref:
-    assert np.array_equal(flat_ours[key], flat_ref[key]), key
-
-
-def _flatten(tree, prefix=""):
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}/"))
-    else:
-      out[prefix + k] = np.asarray(v)
-  return out
-
-
 def _chunk_saved(directory):
   return lambda: (
     os.path.isdir(directory) and any(f.startswith("chunk_") for f in os.listdir(directory))
   )
 
 
-def test_sigterm_in_every_phase_exits_within_seconds_and_resumes_bit_identically(
-  reference_run, tiny_base, xla_cache, tmp_path
+def _exists(*parts):
+  return lambda: os.path.exists(os.path.join(*parts))
+
+
+def test_killed_or_preempted_in_every_phase_resumes_bit_identically(
+  reference_run, tiny_base, tiny_xla_cache, tmp_path
 ):
-  """A preemption notice gives about 30 s: SIGTERM once inside each phase, then finish."""
+  """One run, stopped seven times on its way: SIGTERM (a preemption notice gives about 30 s)
+  once inside each phase, which must exit 0 within seconds, and SIGKILL between two Challenger
+  steps and between the dataset and the Solver phase. Restarted once more, it finishes as the
+  uninterrupted run did, bit for bit, with no step counted twice."""
   workdir = str(tmp_path / "run")
-  kill_points = [
-    ("Challenger", lambda: os.path.exists(os.path.join(workdir, "eval", "iter_0.json"))),
-    ("dataset", _chunk_saved(os.path.join(workdir, "datasets", "iter_1.chunks"))),
-    ("Solver", _committed_step(workdir, "solver", 1)),
-    ("evaluation", _chunk_saved(os.path.join(workdir, "eval", "iter_1.chunks"))),
+  stops = [
+    ("Challenger", signal.SIGTERM, _exists(workdir, "eval", "iter_0.json")),
+    ("mid-Challenger", signal.SIGKILL, _committed_step(workdir, "challenger", 1)),
+    ("dataset", signal.SIGTERM, _chunk_saved(os.path.join(workdir, "datasets", "iter_1.chunks"))),
+    ("after the dataset", signal.SIGKILL, _exists(workdir, "datasets", "iter_1.jsonl")),
+    ("Solver", signal.SIGTERM, _committed_step(workdir, "solver", 1)),
+    ("evaluation", signal.SIGTERM, _chunk_saved(os.path.join(workdir, "eval", "iter_1.chunks"))),
   ]
   exit_seconds = {}
-  for name, reached in kill_points:
+  for name, sig, reached in stops:
     proc = subprocess.Popen(
-      _command(workdir, tiny_base, xla_cache),
-      cwd=REPO,
-      env=_env(),
+      tiny_run.command(workdir, tiny_base, tiny_xla_cache),
+      cwd=tiny_run.REPO,
+      env=tiny_run.env(),
       stdout=subprocess.DEVNULL,
       stderr=subprocess.PIPE,
       text=True,
     )
     try:
-      # The tiny model evaluates 16 chunks in a few seconds: poll often enough to land inside.
+      # The tiny model evaluates its chunks in a second or two: poll often enough to land inside.
       _wait_for(reached, proc, poll=0.01)
       sent = time.perf_counter()
-      proc.send_signal(signal.SIGTERM)
+      proc.send_signal(sig)
       _, err = proc.communicate(timeout=120)
       exit_seconds[name] = time.perf_counter() - sent
     finally:
       if proc.poll() is None:
         proc.kill()
         proc.wait()
-    assert proc.returncode == 0, err[-3000:]
-    assert "SIGTERM" in err, err[-3000:]
-    print(f"SIGTERM inside the {name} phase: exited after {exit_seconds[name]:.2f} s")
-  print("SIGTERM-to-exit seconds per phase:", {k: round(v, 2) for k, v in exit_seconds.items()})
+    if sig == signal.SIGTERM:
+      assert proc.returncode == 0, err[-3000:]
+      assert "SIGTERM" in err, err[-3000:]
+      print(f"SIGTERM inside the {name} phase: exited after {exit_seconds[name]:.2f} s")
   assert not os.path.exists(os.path.join(workdir, "eval", "iter_1.json"))  # really cut
   # The issue's bound (a TPU preemption notice gives about 30 s).
-  assert all(v < 10.0 for v in exit_seconds.values()), exit_seconds
-  _run(workdir, tiny_base, xla_cache)
+  preempted = {name: exit_seconds[name] for name, sig, _ in stops if sig == signal.SIGTERM}
+  assert all(v < 10.0 for v in preempted.values()), preempted
+  _run(workdir, tiny_base, tiny_xla_cache)
   ref = reference_run[0]
-  flat_ours, flat_ref = _flatten(_final_solver_params(workdir)), _flatten(_final_solver_params(ref))
-  assert flat_ours.keys() == flat_ref.keys()
-  for key in flat_ref:
-    assert np.array_equal(flat_ours[key], flat_ref[key]), key
+  tiny_run.assert_same_params(
+    tiny_run.final_params(workdir, 1, ["solver"]), tiny_run.final_params(ref, 1, ["solver"])
+  )
   data = "datasets/iter_1.jsonl"
   assert open(os.path.join(workdir, data)).read() == open(os.path.join(ref, data)).read()
   for t in (0, 1):
@@ -319,6 +193,12 @@ def test_sigterm_in_every_phase_exits_within_seconds_and_resumes_bit_identically
     assert _same_scores(ours, theirs)
   assert not os.path.isdir(os.path.join(workdir, "datasets", "iter_1.chunks"))
   assert not os.path.isdir(os.path.join(workdir, "eval", "iter_1.chunks"))
+  # Replayed steps replace their lines (the report counted killed steps twice).
+  questions = [json.loads(l) for l in open(os.path.join(workdir, "questions.jsonl"))]
+  assert sorted(q["step"] for q in questions) == [1, 2]
+  lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  keys = [(r["iteration"], r["phase"], r["step"]) for r in lines]
+  assert len(keys) == len(set(keys))
 
 
 def _same_scores(a, b):
@@ -333,9 +213,9 @@ def _same_scores(a, b):
 def test_a_failed_start_leaves_nothing_that_refuses_the_corrected_rerun(tiny_base, tmp_path):
   workdir = tmp_path / "run"
   proc = subprocess.run(
-    _command(str(workdir), "/wrong/path", ""),
-    cwd=REPO,
-    env=_env(),
+    tiny_run.command(str(workdir), "/wrong/path", ""),
+    cwd=tiny_run.REPO,
+    env=tiny_run.env(),
     capture_output=True,
     text=True,
     timeout=300,
@@ -351,7 +231,9 @@ def test_a_failed_start_leaves_nothing_that_refuses_the_corrected_rerun(tiny_bas
   assert (workdir / "config.json").exists()
 
 
-def test_a_finished_run_with_corrupt_files_recovers(reference_run, tiny_base, xla_cache, tmp_path):
+def test_a_finished_run_with_corrupt_files_recovers(
+  reference_run, tiny_base, tiny_xla_cache, tmp_path
+):
   """Corrupt finals fall back to their phase's last step, an emptied dataset is rebuilt, and
   a deleted config.json still guards against a changed config."""
   workdir = str(tmp_path / "run")
@@ -361,21 +243,21 @@ def test_a_finished_run_with_corrupt_files_recovers(reference_run, tiny_base, xl
   open(os.path.join(workdir, "datasets", "iter_2.jsonl"), "w").close()
   os.remove(os.path.join(workdir, "config.json"))
   changed = subprocess.run(
-    _command(workdir, tiny_base, xla_cache, iterations=2) + ["--config.solver.steps=3"],
-    cwd=REPO,
-    env=_env(),
+    tiny_run.command(workdir, tiny_base, tiny_xla_cache, "--config.solver.steps=3", iterations=2),
+    cwd=tiny_run.REPO,
+    env=tiny_run.env(),
     capture_output=True,
     text=True,
     timeout=600,
   )
   assert changed.returncode != 0 and "Traceback" not in changed.stderr, changed.stderr[-3000:]
   assert "config.json is missing" in changed.stderr
-  proc = _run(workdir, tiny_base, xla_cache, iterations=2)
+  proc = _run(workdir, tiny_base, tiny_xla_cache, iterations=2)
   assert "falling back to the last step" in proc.stderr
-  flat_ours = _flatten(_final_solver_params(workdir, 2))
-  flat_ref = _flatten(_final_solver_params(reference_run[0], 2))
-  for key in flat_ref:
-    assert np.array_equal(flat_ours[key], flat_ref[key]), key
+  tiny_run.assert_same_params(
+    tiny_run.final_params(workdir, 2, ["solver"]),
+    tiny_run.final_params(reference_run[0], 2, ["solver"]),
+  )
   data = "datasets/iter_2.jsonl"
   assert (
     open(os.path.join(workdir, data)).read() == open(os.path.join(reference_run[0], data)).read()

@@ -1,55 +1,35 @@
 """tests/multihost: R-Zero runs that span processes, each started with devices of its own.
 
-Every run is the shrunken default run of tests/test_rzero_run.py, launched through
+Every run is the shrunken default run of tests/tiny_run.py, launched through
 `python -m launch.train` in subprocesses: either 2 processes of 1 CPU device each, joined by
 jax.distributed on 127.0.0.1 (gloo collectives), or 1 process with 2 virtual CPU devices and the
-same (data=1, fsdp=2, tensor=1) mesh, the reference the others must match bit for bit. Every
-wait is bounded; a test that times out kills what it started.
+same (data=1, fsdp=2, tensor=1) mesh. Each must match the first iteration of the session's
+reference run (tests/conftest.py) bit for bit. Every wait is bounded; a test that times out
+kills what it started.
 """
 
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 
-import numpy as np
 import pytest
 
-from tests import conftest
-from tests.test_rzero_run import TINY
+from tests import tiny_run
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = tiny_run.REPO
 RUN_TIMEOUT_S = 1200  # one shrunken run on a busy 2-core machine takes 3-8 minutes
+ITERATIONS = 1  # of each run here; the reference has more, and iteration t depends on nothing later
 
 
 def free_port() -> int:
   with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
-
-
-def child_env(devices: int = 1, **extra) -> dict:
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-  env["XLA_FLAGS"] = conftest.xla_flags(devices)
-  env.update(extra)
-  return env
-
-
-def command(workdir, base, cache, *extra):
-  return [
-    sys.executable,
-    "-m",
-    "launch.train",
-    f"--workdir={workdir}",
-    f"--base_model={base}",
-    f"--compilation_cache_dir={cache}",
-    *TINY,
-    *extra,
-  ]
 
 
 class Group:
@@ -108,7 +88,7 @@ class Group:
 def two_processes(workdir, base, cache, log_dir, name, *extra, env=None):
   port = free_port()
   cmds = [
-    command(
+    tiny_run.command(
       workdir,
       base,
       cache,
@@ -119,11 +99,12 @@ def two_processes(workdir, base, cache, log_dir, name, *extra, env=None):
     )
     for i in range(2)
   ]
-  return Group(cmds, env or child_env(devices=1), log_dir, name)
+  return Group(cmds, env or tiny_run.env(devices=1), log_dir, name)
 
 
 def one_process(workdir, base, cache, log_dir, name, *extra, env=None):
-  return Group([command(workdir, base, cache, *extra)], env or child_env(devices=2), log_dir, name)
+  cmd = tiny_run.command(workdir, base, cache, *extra)
+  return Group([cmd], env or tiny_run.env(), log_dir, name)
 
 
 def committed_step(workdir, role, step):
@@ -155,10 +136,10 @@ def _untimed(obj):
   return obj
 
 
-def run_files(workdir) -> dict:
-  """Everything a run leaves that must not depend on how it was spread over processes: the
-  datasets and questions byte for byte; evaluations, dataset stats and metrics without
-  timings; the workdir's copy of the model files."""
+def run_files(workdir, iterations: int = ITERATIONS) -> dict:
+  """Everything a run leaves up to `iterations` that must not depend on how it was spread over
+  processes: the datasets and questions byte for byte; evaluations, dataset stats and metrics
+  without timings; the workdir's copy of the model files."""
   from rzero_jax import fileio
   from rzero_jax.rzero import metrics
 
@@ -167,84 +148,38 @@ def run_files(workdir) -> dict:
     folder = fileio.join(workdir, sub)
     for path in fileio.glob(folder, "*"):
       name = f"{sub}/{os.path.basename(path)}"
+      iteration = re.match(r"iter_(\d+)\.", os.path.basename(path))
+      if iteration and int(iteration.group(1)) > iterations:
+        continue
       if path.endswith(".json"):
         out[name] = _untimed(json.loads(fileio.read_text(path)))
       else:
         out[name] = fileio.read_bytes(path)
-  out["questions.jsonl"] = fileio.read_bytes(fileio.join(workdir, "questions.jsonl"))
+  lines = fileio.read_text(fileio.join(workdir, "questions.jsonl")).splitlines()
+  out["questions.jsonl"] = [l for l in lines if json.loads(l)["iteration"] <= iterations]
   out["metrics"] = [
-    _untimed(r) for r in metrics.read_metrics(fileio.join(workdir, "metrics.jsonl"))
+    _untimed(r)
+    for r in metrics.read_metrics(fileio.join(workdir, "metrics.jsonl"))
+    if r["iteration"] <= iterations
   ]
   return out
 
 
-def final_params(workdir) -> dict:
-  """Both roles' params after iteration 1, read onto this process's one device (whatever
-  mesh wrote them)."""
-  import jax
-  import orbax.checkpoint as ocp
-
-  from rzero_jax import checkpoint, fileio
-
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  out = {}
-  for role in ("challenger", "solver"):
-    folder = fileio.join(workdir, "checkpoints", f"{role}_final")
-    saved = ocp.StandardCheckpointHandler().metadata(fileio.path(folder) / "1" / "params").tree
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
-    with checkpoint.CheckpointManager(folder, async_save=False, read_only=True) as mgr:
-      params = mgr.restore(1, {"params": target}).items["params"]
-    out.update(_flatten(params, f"{role}/"))
-  return out
-
-
-def _flatten(tree, prefix=""):
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}/"))
-    else:
-      out[prefix + k] = np.asarray(v)
-  return out
-
-
 def assert_same_run(ours, reference):
-  """Bit-identical: files (timings aside) and final params of both roles."""
+  """Bit-identical up to iteration ITERATIONS, the reference's later ones aside: files (timings
+  aside) and final params of both roles."""
   a, b = run_files(ours), run_files(reference)
   assert sorted(a) == sorted(b)
   for name in b:
     assert a[name] == b[name], f"{name} differs from the reference run"
-  pa, pb = final_params(ours), final_params(reference)
-  assert pa.keys() == pb.keys()
-  for key in pb:
-    assert pa[key].dtype == pb[key].dtype and np.array_equal(pa[key], pb[key]), key
+  tiny_run.assert_same_params(
+    tiny_run.final_params(ours, ITERATIONS), tiny_run.final_params(reference, ITERATIONS)
+  )
 
 
 # ----------------------------------------------------------------------------- fixtures
 
 
 @pytest.fixture(scope="session")
-def xla_cache(tmp_path_factory):
-  # Shared by every run of the session, whichever worker starts it: the gs:// run compiles what
-  # the reference (one process, 2 devices) did, and restarted runs compile nothing new.
-  # RZERO_TEST_XLA_CACHE keeps it across sessions, e.g. while working on these tests.
-  return os.environ.get("RZERO_TEST_XLA_CACHE") or conftest.built_once(
-    tmp_path_factory, "multihost-xla-cache", lambda folder: folder
-  )
-
-
-@pytest.fixture(scope="session")
 def logs(tmp_path_factory):
   return str(tmp_path_factory.mktemp("logs"))
-
-
-@pytest.fixture(scope="session")
-def reference_run(tiny_base, xla_cache, logs, tmp_path_factory):
-  """One process, 2 virtual devices, the same mesh as the 2-process runs: their reference."""
-
-  def run(folder):
-    workdir = os.path.join(folder, "run")
-    one_process(workdir, tiny_base, xla_cache, logs, "reference").wait_ok()
-    return workdir
-
-  return conftest.built_once(tmp_path_factory, "multihost-reference", run)

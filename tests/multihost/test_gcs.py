@@ -15,7 +15,8 @@ import urllib.request
 
 import pytest
 
-from tests.multihost.conftest import REPO, assert_same_run, child_env, free_port, one_process
+from tests import tiny_run
+from tests.multihost.conftest import REPO, assert_same_run, free_port, one_process
 
 pytestmark = [
   pytest.mark.slow,
@@ -100,17 +101,17 @@ def _object_exists(emulator_env, name):
 
 
 def test_gcs_workdir_runs_resumes_and_matches_local_disk(
-  emulator, reference_run, tiny_base, xla_cache, logs
+  emulator, tiny_reference, tiny_base, tiny_xla_cache, logs
 ):
   workdir = f"gs://{BUCKET}/run"
-  env = child_env(devices=2, **emulator)
-  group = one_process(workdir, tiny_base, xla_cache, logs, "gcs", env=env)
+  env = tiny_run.env(**emulator)
+  group = one_process(workdir, tiny_base, tiny_xla_cache, logs, "gcs", env=env)
   # Killed once the first Solver step's checkpoint is committed in the bucket.
   group.wait_for(_object_exists(emulator, "run/checkpoints/solver/1/commit_success.txt"))
   group.kill()
-  resumed = one_process(workdir, tiny_base, xla_cache, logs, "gcs_resumed", env=env)
+  resumed = one_process(workdir, tiny_base, tiny_xla_cache, logs, "gcs_resumed", env=env)
   resumed.wait_ok()
   assert "resuming the solver phase" in resumed.output(0)
   assert f"Report: {workdir}/report.md" in resumed.output(0)
   assert not os.path.exists(os.path.join(REPO, "gs:")), "a local folder named gs: was made"
-  assert_same_run(workdir, reference_run)
+  assert_same_run(workdir, tiny_reference)

@@ -42,25 +42,27 @@ def _kill_one_and_check_the_other_stops(group, victim):
 
 
 def test_a_two_process_run_killed_one_process_at_a_time_finishes_as_one_process_does(
-  reference_run, tiny_base, xla_cache, logs, tmp_path
+  tiny_reference, tiny_base, tiny_xla_cache, logs, tmp_path
 ):
   """One run, killed twice: the worker alone inside the Challenger phase, then, restarted, the
   coordinator alone mid-Solver. Each time the survivor stops by itself, with a clear message, in
   bounded time; restarted once more, the run finishes and matches the reference bit for bit.
   (Every phase is thus run by two processes; an uninterrupted run added only its minutes.)"""
   workdir = str(tmp_path / "run")
-  group = two_processes(workdir, tiny_base, xla_cache, logs, "worker_killed", PEER_TIMEOUT)
+  group = two_processes(workdir, tiny_base, tiny_xla_cache, logs, "worker_killed", PEER_TIMEOUT)
   group.wait_for(lambda: os.path.exists(os.path.join(workdir, "metrics.jsonl")))
   _kill_one_and_check_the_other_stops(group, victim=1)
-  group = two_processes(workdir, tiny_base, xla_cache, logs, "coordinator_killed", PEER_TIMEOUT)
+  group = two_processes(
+    workdir, tiny_base, tiny_xla_cache, logs, "coordinator_killed", PEER_TIMEOUT
+  )
   group.wait_for(committed_step(workdir, "solver", 1))
   _kill_one_and_check_the_other_stops(group, victim=0)
   assert not os.path.exists(os.path.join(workdir, "eval", "iter_1.json"))
-  group = two_processes(workdir, tiny_base, xla_cache, logs, "restarted", PEER_TIMEOUT)
+  group = two_processes(workdir, tiny_base, tiny_xla_cache, logs, "restarted", PEER_TIMEOUT)
   group.wait_ok()
   assert "process 1 of 2" in group.output(1) and "process 0 of 2" in group.output(0)
   assert "Report:" in group.output(0) and "Report:" not in group.output(1)
-  assert_same_run(workdir, reference_run)
+  assert_same_run(workdir, tiny_reference)
   leftovers = [f for _, _, files in os.walk(workdir) for f in files if ".tmp" in f]
   assert not leftovers
   moved = str(tmp_path / "moved")
