@@ -20,11 +20,12 @@ def test_one_challenger_and_one_solver_step(tmp_path):
   from rzero_jax.rzero import loop, phases
 
   c = smollm2_135m.get_config()
+  # One group of two per step: the smallest batch GRPO learns from, 135M parameters on a CPU.
   c.challenger.update(
-    prompts_per_step=2, group_size=2, prompts_per_update=2, max_new_tokens=24, solver_samples=2
+    prompts_per_step=1, group_size=2, prompts_per_update=1, max_new_tokens=24, solver_samples=2
   )
   c.solver.update(
-    prompts_per_step=2, group_size=2, prompts_per_update=2, max_new_tokens=24, min_questions=2
+    prompts_per_step=1, group_size=2, prompts_per_update=1, max_new_tokens=24, min_questions=1
   )
   c.sampling.answer_max_new_tokens = 24
   c.eval.benchmarks = ""
@@ -40,10 +41,7 @@ def test_one_challenger_and_one_solver_step(tmp_path):
     assert np.isfinite(record["loss"]) and record["logprob_diff/max"] < 1e-2
     assert int(state.step) == 1
 
-    records = [
-      {"question": "What is 2 + 3?", "label": "5"},
-      {"question": "What is 7 times 6?", "label": "42"},
-    ]
+    records = [{"question": "What is 7 times 6?", "label": "42"}]
     state = learner.init_train_state(s.base_params, loop.learner_config(c.solver))
     role = loop.make_role(c.solver, s.env, state)
     state, record = phases.solver_step(
