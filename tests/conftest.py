@@ -104,6 +104,9 @@ def tiny_xla_cache(tmp_path_factory):
   )
 
 
+REFERENCE_OUTPUT = "stdout.txt"  # the reference launcher's stdout, beside its workdir
+
+
 @pytest.fixture(scope="session")
 def tiny_reference(tiny_base, tiny_xla_cache, tmp_path_factory):
   """The shrunken run, uninterrupted, in one process: what the killed, preempted, corrupted,
@@ -125,6 +128,3 @@ def tiny_reference(tiny_base, tiny_xla_cache, tmp_path_factory):
     return workdir
 
   return built_once(tmp_path_factory, "tiny-reference", run)
-
-
-REFERENCE_OUTPUT = "stdout.txt"

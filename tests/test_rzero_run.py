@@ -117,14 +117,6 @@ def _wait_for(path_fn, proc, timeout=600, poll=0.2):
   raise AssertionError("kill point never reached")
 
 
-def _committed_step(workdir, role, step):
-  def check():
-    d = os.path.join(workdir, "checkpoints", role, str(step))
-    return os.path.isdir(d) and os.path.exists(os.path.join(d, "commit_success.txt"))
-
-  return check
-
-
 def _chunk_saved(directory):
   return lambda: (
     os.path.isdir(directory) and any(f.startswith("chunk_") for f in os.listdir(directory))
@@ -145,10 +137,10 @@ def test_killed_or_preempted_in_every_phase_resumes_bit_identically(
   workdir = str(tmp_path / "run")
   stops = [
     ("Challenger", signal.SIGTERM, _exists(workdir, "eval", "iter_0.json")),
-    ("mid-Challenger", signal.SIGKILL, _committed_step(workdir, "challenger", 1)),
+    ("mid-Challenger", signal.SIGKILL, tiny_run.committed_step(workdir, "challenger", 1)),
     ("dataset", signal.SIGTERM, _chunk_saved(os.path.join(workdir, "datasets", "iter_1.chunks"))),
     ("after the dataset", signal.SIGKILL, _exists(workdir, "datasets", "iter_1.jsonl")),
-    ("Solver", signal.SIGTERM, _committed_step(workdir, "solver", 1)),
+    ("Solver", signal.SIGTERM, tiny_run.committed_step(workdir, "solver", 1)),
     ("evaluation", signal.SIGTERM, _chunk_saved(os.path.join(workdir, "eval", "iter_1.chunks"))),
   ]
   exit_seconds = {}

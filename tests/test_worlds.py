@@ -13,6 +13,7 @@ import pytest
 
 from rzero_jax import worlds
 from rzero_jax.worlds import arith, base_model
+from tests import tiny_run
 
 _AST_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
 
@@ -303,13 +304,7 @@ def test_prompts_are_short_and_ask_for_the_formats():
 # One length bucket (one compile) and enough steps at a high learning rate to see the loss fall.
 TINY = dict(
   seed=0,
-  hidden_size=32,
-  intermediate_size=64,
-  num_layers=1,
-  num_heads=2,
-  num_kv_heads=1,
-  head_dim=16,
-  vocab_size=128,
+  **tiny_run.TINY_MODEL,
   num_docs=256,
   steps=30,
   batch_size=32,

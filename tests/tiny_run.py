@@ -47,6 +47,18 @@ TINY = [
 ]
 
 
+# The tiny base model's shapes, also tests/test_worlds.py's.
+TINY_MODEL = dict(
+  hidden_size=32,
+  intermediate_size=64,
+  num_layers=1,
+  num_heads=2,
+  num_kv_heads=1,
+  head_dim=16,
+  vocab_size=128,
+)
+
+
 def build_tiny_base(folder: str) -> str:
   """The shrunken runs' base model: tests/conftest.py's `tiny_base`, built once per session."""
   from configs import arith_tiny
@@ -59,18 +71,7 @@ def build_tiny_base(folder: str) -> str:
     if k.endswith(("_fraction", "_fractions", "_style"))
   }
   return base_model.build_base_model(
-    folder,
-    num_docs=4000,
-    steps=300,
-    batch_size=16,
-    hidden_size=32,
-    intermediate_size=64,
-    num_layers=1,
-    num_heads=2,
-    num_kv_heads=1,
-    head_dim=16,
-    vocab_size=128,
-    **corpus,
+    folder, num_docs=4000, steps=300, batch_size=16, **TINY_MODEL, **corpus
   )
 
 
@@ -95,6 +96,16 @@ def env(devices: int = DEVICES, **extra) -> dict:
   out["XLA_FLAGS"] = conftest.xla_flags(devices)
   out.update(extra)
   return out
+
+
+def committed_step(workdir, role: str, step: int):
+  """A check that `role`'s checkpoint of `step` is committed (a kill point)."""
+
+  def check():
+    d = os.path.join(workdir, "checkpoints", role, str(step))
+    return os.path.exists(os.path.join(d, "commit_success.txt"))
+
+  return check
 
 
 def final_params(workdir, iteration: int, roles=("challenger", "solver")) -> dict:

@@ -107,14 +107,6 @@ def one_process(workdir, base, cache, log_dir, name, *extra, env=None):
   return Group([cmd], env or tiny_run.env(), log_dir, name)
 
 
-def committed_step(workdir, role, step):
-  def check():
-    d = os.path.join(workdir, "checkpoints", role, str(step))
-    return os.path.exists(os.path.join(d, "commit_success.txt"))
-
-  return check
-
-
 # ----------------------------------------------------------------------------- comparison
 
 

@@ -13,7 +13,8 @@ import pytest
 
 from rzero_jax import tokenizer as tokenizer_lib
 from rzero_jax.evaluation import checkpoints as eval_checkpoints
-from tests.multihost.conftest import assert_same_run, committed_step, two_processes
+from tests import tiny_run
+from tests.multihost.conftest import assert_same_run, two_processes
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +56,7 @@ def test_a_two_process_run_killed_one_process_at_a_time_finishes_as_one_process_
   group = two_processes(
     workdir, tiny_base, tiny_xla_cache, logs, "coordinator_killed", PEER_TIMEOUT
   )
-  group.wait_for(committed_step(workdir, "solver", 1))
+  group.wait_for(tiny_run.committed_step(workdir, "solver", 1))
   _kill_one_and_check_the_other_stops(group, victim=0)
   assert not os.path.exists(os.path.join(workdir, "eval", "iter_1.json"))
   group = two_processes(workdir, tiny_base, tiny_xla_cache, logs, "restarted", PEER_TIMEOUT)
