@@ -228,6 +228,26 @@ def test_an_empty_kept_set_is_recorded_as_empty(tmp_path):
   assert loop._read_dataset(path) == []
 
 
+def test_chunks_left_by_a_kill_after_the_phase_file_was_written_are_removed_on_resume(tmp_path):
+  # SIGKILL cannot be deferred: it may land between writing a phase's file and removing its
+  # chunks. The rerun finds the file, reuses it and removes the leftovers.
+  workdir = str(tmp_path)
+  data, result = wd.dataset_path(workdir, 1), wd.eval_path(workdir, 1)
+  os.makedirs(os.path.dirname(data))
+  os.makedirs(os.path.dirname(result))
+  dataset.write_jsonl_atomic(data, RECORDS)
+  wd.atomic_write_json(result, {"results": {}})
+  for leftover in (data.replace(".jsonl", ".chunks"), result.replace(".json", ".chunks")):
+    os.makedirs(leftover)
+    wd.atomic_write_json(os.path.join(leftover, "chunk_0.json"), {"done": True})
+  s = types.SimpleNamespace(workdir=workdir, is_writer=True, evaluate=lambda *a: 1 / 0)
+  with loop._SigtermFlag() as sigterm:
+    assert loop._dataset_phase(s, 1, None, None, None, sigterm) == RECORDS
+    assert loop._evaluate(s, 1, None, sigterm) == {"results": {}}
+  assert sorted(os.listdir(os.path.dirname(data))) == ["iter_1.jsonl"]
+  assert sorted(os.listdir(os.path.dirname(result))) == ["iter_1.json"]
+
+
 # ------------------------------------------------------------------- 6: idempotent side files
 
 

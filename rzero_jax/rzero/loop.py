@@ -553,7 +553,9 @@ def _dataset_phase(
   path = wd.dataset_path(s.workdir, iteration)
   # Read (and checked) on process 0 and shared: another host may not see the file (or not yet).
   records = multihost.agree(_read_dataset(path) if s.is_writer else None)
+  chunks = _ChunkStore(path.replace(".jsonl", ".chunks"), s.is_writer, sigterm)
   if records is not None:
+    chunks.remove()  # left behind by a SIGKILL between writing the file and removing them
     if not records:
       logging.warning(
         "iteration %d: the dataset %s is empty (no question kept); the Solver "
@@ -569,7 +571,6 @@ def _dataset_phase(
     if c.mode == "base_challenger"
     else challenger
   )
-  chunks = _ChunkStore(path.replace(".jsonl", ".chunks"), s.is_writer, sigterm)
   records, stats = phases.build_dataset(
     s.env,
     writer.get,
@@ -611,10 +612,11 @@ def _dataset_phase(
 
 def _evaluate(s: Setup, iteration: int, params: _Lazy, sigterm: _SigtermFlag):
   path = wd.eval_path(s.workdir, iteration)
+  chunks = _ChunkStore(path.replace(".json", ".chunks"), s.is_writer, sigterm)
   if s.evaluate is None or multihost.agree(s.is_writer and fileio.exists(path)):
+    chunks.remove()  # left behind by a SIGKILL between writing the file and removing them
     return multihost.agree(wd.read_json(path) if s.is_writer else None)
   start = time.perf_counter()
-  chunks = _ChunkStore(path.replace(".json", ".chunks"), s.is_writer, sigterm)
   # Grading runs under wall-clock timeouts: process 0's scores are the run's.
   result = multihost.agree(s.evaluate(s.env, params.get(), chunks))
   result["time_eval"] = time.perf_counter() - start
