@@ -33,13 +33,12 @@ def xla_flags(devices: int) -> str:
 
 
 # xdist hands each worker two files to start with, in this order, then one more per file done.
-# The first builds the session's reference run (tiny_reference), which the multihost files wait
-# on; the second worker meanwhile runs a long file that needs no reference.
+# The first builds the session's reference run (tiny_reference); the other worker meanwhile runs
+# the smoke test and the multihost run, which asks for the reference only at its end.
 FIRST_FILES = (
   "test_rzero_run.py",
   "test_smollm2_smoke.py",
-  "multihost/test_gcs.py",
-  "multihost/test_two_processes.py",
+  "multihost/test_pod_run.py",
 )
 
 

@@ -1,5 +1,5 @@
 """rzero_jax.fileio: one atomic writer for local and gs:// paths, staging folders, and the
-one-line error for gs:// without gcsfs. (A real gs:// run is in tests/multihost/test_gcs.py.)"""
+one-line error for gs:// without gcsfs. (A real gs:// run is in tests/multihost/test_pod_run.py.)"""
 
 import os
 import subprocess

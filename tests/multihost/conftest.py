@@ -1,11 +1,14 @@
-"""tests/multihost: R-Zero runs that span processes, each started with devices of its own.
+"""tests/multihost: R-Zero runs as a pod runs them, several processes with a gs:// workdir.
 
 Every run is the shrunken default run of tests/tiny_run.py, launched through
-`python -m launch.train` in subprocesses: either 2 processes of 1 CPU device each, joined by
-jax.distributed on 127.0.0.1 (gloo collectives), or 1 process with 2 virtual CPU devices and the
-same (data=1, fsdp=2, tensor=1) mesh. Each must match the first iteration of the session's
-reference run (tests/conftest.py) bit for bit. Every wait is bounded; a test that times out
-kills what it started.
+`python -m launch.train` in subprocesses: 2 processes of 1 CPU device each, joined by
+jax.distributed on 127.0.0.1 (gloo collectives), writing to a local GCS emulator. They must
+match the first iteration of the session's reference run (tests/conftest.py: 1 process with 2
+virtual CPU devices and the same (data=1, fsdp=2, tensor=1) mesh, on local disk) bit for bit.
+Every wait is bounded; a test that times out kills what it started.
+
+gcsfs (etils.epath's backend) reads STORAGE_EMULATOR_HOST; Orbax writes arrays through
+TensorStore, whose GCS driver has its own endpoint setting, TENSORSTORE_GCS_HTTP_URL.
 """
 
 import contextlib
@@ -15,7 +18,10 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
+import urllib.parse
+import urllib.request
 
 import pytest
 
@@ -102,11 +108,6 @@ def two_processes(workdir, base, cache, log_dir, name, *extra, env=None):
   return Group(cmds, env or tiny_run.env(devices=1), log_dir, name)
 
 
-def one_process(workdir, base, cache, log_dir, name, *extra, env=None):
-  cmd = tiny_run.command(workdir, base, cache, *extra)
-  return Group([cmd], env or tiny_run.env(), log_dir, name)
-
-
 # ----------------------------------------------------------------------------- comparison
 
 
@@ -175,3 +176,94 @@ def assert_same_run(ours, reference):
 @pytest.fixture(scope="session")
 def logs(tmp_path_factory):
   return str(tmp_path_factory.mktemp("logs"))
+
+
+class Bucket:
+  """The emulator's bucket, asked directly (gcsfs in this process caches listings, which could
+  go stale while the runs write)."""
+
+  def __init__(self, url: str, name: str):
+    self.url, self.name = url, name
+
+  def has(self, obj: str):
+    """A check that the object exists (a kill point)."""
+    quoted = urllib.parse.quote(obj, safe="")
+
+    def check():
+      try:
+        with urllib.request.urlopen(f"{self.url}/storage/v1/b/{self.name}/o/{quoted}", timeout=5):
+          return True
+      except OSError:
+        return False
+
+    return check
+
+  def objects(self, prefix: str) -> list[str]:
+    names, token = [], ""
+    while True:
+      query = urllib.parse.urlencode({"prefix": prefix, "pageToken": token})
+      with urllib.request.urlopen(
+        f"{self.url}/storage/v1/b/{self.name}/o?{query}", timeout=30
+      ) as r:
+        page = json.load(r)
+      names += [item["name"] for item in page.get("items", [])]
+      token = page.get("nextPageToken")
+      if not token:
+        return names
+
+
+@pytest.fixture(scope="module")
+def bucket(tmp_path_factory):
+  """A local GCS emulator with one bucket; the environment that points a run at it is set in
+  this process too, for its own reads of the bucket."""
+  port = free_port()
+  name = "rzero-test"
+  proc = subprocess.Popen(
+    [
+      sys.executable,
+      "-m",
+      "tests.multihost.gcs_emulator",
+      "start",
+      "--host=127.0.0.1",
+      f"--port={port}",
+      f"--default-bucket={name}",
+    ],
+    cwd=str(tmp_path_factory.mktemp("gcs")),
+    env=dict(os.environ, PYTHONPATH=REPO),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
+  url = f"http://127.0.0.1:{port}"
+  deadline = time.time() + 60
+  while True:
+    try:
+      urllib.request.urlopen(f"{url}/storage/v1/b", timeout=2)
+      break
+    except OSError:
+      if time.time() > deadline or proc.poll() is not None:
+        proc.kill()
+        pytest.fail("the GCS emulator did not start within 60 s")
+      time.sleep(0.3)
+  env = {
+    "STORAGE_EMULATOR_HOST": url,
+    "TENSORSTORE_GCS_HTTP_URL": url,
+    "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
+    # gcsfs's zonal/HNS probe asks real GCS for the bucket type; the emulator has none.
+    "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+    "GOOGLE_CLOUD_PROJECT": "test",
+  }
+  saved = {k: os.environ.get(k) for k in env}
+  os.environ.update(env)
+  try:
+    yield Bucket(url, name)
+  finally:
+    for k, v in saved.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+    proc.terminate()
+    try:
+      proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+      proc.kill()
