@@ -98,8 +98,19 @@ def test_train_step_is_one_adamw_update_of_the_accumulated_gradient():
   state = learner.init_train_state(jax.tree.map(jnp.copy, params), lc)
   state, _ = learner.make_train_step(CFG, lc, state)(state, batch)
   assert int(state.step) == 1
-  for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(state.params)):
-    np.testing.assert_allclose(a, b, atol=1e-7, rtol=0)
+  # Adam's first step moves a param by lr * g / (|g| + eps): where |g| is near eps, the last bits
+  # of g (which the two programs may compute in another order) move it by up to lr. So each
+  # element may differ by that sensitivity times the gradients' agreement bound (1e-6 of their
+  # scale, as above), on top of 1e-7: elements with a real gradient are held to about 1e-7.
+  eps = 1e-8  # optax.adamw's default
+  scale = max(float(np.max(np.abs(g))) for g in jax.tree.leaves(grads))
+  for a, b, g in zip(
+    jax.tree.leaves(expected), jax.tree.leaves(state.params), jax.tree.leaves(grads)
+  ):
+    sensitivity = lc.learning_rate * eps / (np.abs(np.asarray(g)) + eps) ** 2
+    np.testing.assert_array_less(
+      np.abs(np.asarray(a) - np.asarray(b)), 1e-7 + sensitivity * 1e-6 * scale
+    )
 
 
 def test_an_update_with_a_non_finite_gradient_is_skipped():
