@@ -813,9 +813,9 @@ def _cli(*args):
   )
 
 
-@pytest.mark.parametrize(
-  "case", ["corrupt", "missing_field", "unknown", "no_checkpoint", "no_compare_to"]
-)
+# A bad data file as one case ("corrupt"): the loader's other messages take the same way out
+# and are tested above.
+@pytest.mark.parametrize("case", ["corrupt", "unknown", "no_checkpoint", "no_compare_to"])
 def test_cli_errors_are_one_line(case, run_dir, tmp_path):
   workdir, _ = run_dir
   data = tmp_path / "data"
@@ -824,7 +824,6 @@ def test_cli_errors_are_one_line(case, run_dir, tmp_path):
   (data / "gsm8k.jsonl").write_text('{"question": "a", "answer": "#### 1"}\n{"question": "b"}\n')
   args, expected = {
     "corrupt": (["--benchmarks=math500"], "math500.jsonl: line 2: not valid JSON"),
-    "missing_field": (["--benchmarks=gsm8k"], "gsm8k.jsonl: line 2: missing field 'answer'"),
     "unknown": (["--benchmarks=gsm8k,nosuch"], "unknown benchmark 'nosuch'"),
     "no_checkpoint": (
       [f"--checkpoint={tmp_path / 'gone'}", "--benchmarks=champ"],

@@ -52,6 +52,7 @@ BAD_VALUES = [
   ("challenger.reward_form", "x"),
   ("checkpoint.max_to_keep", 0),
   ("mesh.tensor", 0),
+  ("sampling.max_rows_per_call", 0),
 ]
 
 
@@ -93,14 +94,12 @@ def test_remat_choices_match_the_model_code():
   assert set(config_lib.REMAT_CHOICES) == {"none", *transformer._REMAT_POLICIES}
 
 
+# Every value's check is tested above; here, that the launcher runs them first: one field, and
+# two that are wrong only together.
 @pytest.mark.parametrize(
   "override",
   [
-    ["--config.challenger.group_size=0"],
-    ["--config.dataset.num_questions=0"],
-    ["--config.solver.group_size=1"],
-    ["--config.iterations=-1"],
-    ["--config.solver.steps=-1"],
+    ["--config.sampling.max_rows_per_call=0"],
     ["--config.dataset.band_low=0.9", "--config.dataset.band_high=0.2"],
   ],
 )
@@ -291,7 +290,9 @@ def _train(*args):
 
 def test_an_unknown_override_is_blamed_on_itself_in_plain_text(tmp_path):
   proc = _train(f"--workdir={tmp_path}", "--config.challenger.steps=2", "--config.steps=3")
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
   assert "in --config.steps=3:" in proc.stderr, proc.stderr
+  assert not os.listdir(tmp_path)
   proc = _train(f"--workdir={tmp_path}", "--config.solver.step=3")
   assert "in --config.solver.step=3:" in proc.stderr and "\\'" not in proc.stderr
   assert "\\n" not in proc.stderr, proc.stderr
