@@ -18,6 +18,10 @@ TPU_VENV ?= .venv-tpu
 CONFIG ?= configs/qwen3_4b_base.py
 TOPOLOGY ?= v5p:2x2x1
 
+# The suite starts dozens of Python processes: each would compile jax's, transformers' and our
+# sources again (~4 CPU-s) where the environment forbids writing bytecode caches.
+unexport PYTHONDONTWRITEBYTECODE
+
 # --no-compile: byte-compiling every file of every package (torch, transformers, tfds) is most
 # of a fresh install's time on 2 cores; Python compiles what is imported, once.
 PIP_INSTALL := -m pip install -q --no-compile
