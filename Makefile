@@ -19,7 +19,7 @@ CONFIG ?= configs/qwen3_4b_base.py
 TOPOLOGY ?= v5p:2x2x1
 
 # The suite starts dozens of Python processes: each would compile jax's, transformers' and our
-# sources again (~4 CPU-s) where the environment forbids writing bytecode caches.
+# sources again where the environment forbids writing bytecode caches (benchmarks/RESULTS.md).
 unexport PYTHONDONTWRITEBYTECODE
 
 # --no-compile: byte-compiling every file of every package (torch, transformers, tfds) is most

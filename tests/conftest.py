@@ -3,7 +3,7 @@ subprocesses they start (which inherit the environment set here).
 
 Most of a test's time goes into XLA compiling small programs that then run for milliseconds.
 The tests compile at backend optimisation level 0 (no LLVM optimisation passes) and with XLA's
-older CPU emitters instead of its MLIR fusion pipeline: that halved the suite's time. Fast-math
+older CPU emitters instead of its MLIR fusion pipeline (benchmarks/RESULTS.md). Fast-math
 is off either way, and every test holds as with the defaults. Programs that two tests (or two
 launcher starts) build alike come from one persistent cache, removed when the session ends.
 """
